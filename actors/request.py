@@ -1,0 +1,583 @@
+"""The request actor: runs each chat completion's attempt loop across models and keys.
+
+Structured concurrency (DESIGN.md section 5): every upstream attempt runs in its own cancel scope whose
+deadline is the first-byte deadline, then is pushed forward by `stall_s` on every frame. Cancelling the
+scope leaves the adapter's context, which closes the upstream connection.
+
+Streaming follows the commit contract: frames go to the HTTP side through a channel; until a frame with
+content has been sent, a failing attempt falls over silently to the next candidate; after that, a failure
+ends the stream with an error event. The producer of a stream runs in this actor's nursery so it can
+outlive the handler's `return Response(...)`; the consumer cancels it when the client goes away.
+
+Error handling: expected upstream failures are classified (events/taxonomy.py) and recorded; anything
+else is a bug and propagates, taking the service down loudly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import trio
+
+from actors.log_writer import LogWriter
+from actors.model_health import ModelHealth
+from actors.sse import DONE, data_frames, error_frame, frame
+from actors.upstream import TransportFailure, Upstream, UpstreamCall
+from events import taxonomy
+from events.routing import Candidate, Exclusion, UnknownModel
+from events.types import (
+    AttemptFailed,
+    AttemptStarted,
+    AttemptSucceeded,
+    ClientDisconnected,
+    KeyInvalidated,
+    RequestCompleted,
+    RequestReceived,
+    StreamStalled,
+)
+
+_decode = msgspec.json.decode
+_encode = msgspec.json.encode
+
+
+@dataclass(frozen=True)
+class Deadlines:
+    first_byte_s: float
+    stall_s: float
+    keepalive_s: float
+    platform_first_byte_s: Mapping[str, float] = field(default_factory=dict)
+
+    def first_byte_for(self, platform: str) -> float:
+        return self.platform_first_byte_s.get(platform, self.first_byte_s)
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    request_id: str
+    body: dict[str, Any]  # what the client sent, gateway fields removed
+    requested: tuple[str, ...]
+    stream: bool
+    est_tokens: int
+    use_chain: bool = True
+
+    @property
+    def client_max_tokens(self) -> int | None:
+        value = self.body.get("max_completion_tokens", self.body.get("max_tokens"))
+        return value if isinstance(value, int) else None
+
+
+@dataclass(frozen=True)
+class Failure:
+    """What the client gets when the request fails: an OpenAI-shaped error with a status."""
+
+    status: int
+    message: str
+    type: str
+    code: str | None
+    retry_after_s: float | None = None
+    attempts: int = 0
+
+
+@dataclass(frozen=True)
+class Completion:
+    body: bytes
+    routed_via: str
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Routed:
+    """Sent on a stream's channel right before its first content frame."""
+
+    routed_via: str
+    attempts: int
+
+
+@dataclass
+class _Outcome:
+    ok: bool
+    kind: str = ""
+    status: int | None = None
+    message: str = ""
+    retry_after_s: float | None = None
+    body: bytes | None = None
+    forwarded: bool = False  # a stream's content reached the client: no silent fallover any more
+    delivered: bool = False  # the client has a whole answer, even though it counts as a failure
+
+
+@dataclass
+class _Tried:
+    ref: str
+    key_id: str
+    kind: str
+    status: int | None
+    message: str
+    retry_after_s: float | None = None
+
+
+@dataclass(frozen=True)
+class RequestStatistics:
+    in_flight: int
+    streams_open: int
+    requests: int
+    attempts: int
+    client_disconnects: int
+
+
+StreamItem = bytes | Routed | Failure
+
+
+class StreamHandle:
+    """The HTTP side's view of a running stream: receive items, and close it when the client goes."""
+
+    def __init__(self, recv: trio.MemoryReceiveChannel[StreamItem], scope: trio.CancelScope) -> None:
+        self.items = recv
+        self._scope = scope
+        self.client_gone = False
+
+    def close(self, *, client_gone: bool) -> None:
+        """Idempotent. Cancels the producer if it is still running."""
+        if client_gone and not self._scope.cancel_called:
+            self.client_gone = True
+        self._scope.cancel()
+        self.items.close()
+
+
+class RequestActor:
+    def __init__(self, *, log: LogWriter, health: ModelHealth, upstream: Upstream, deadlines: Deadlines,
+                 max_attempts: int, now: Callable[[], float]) -> None:
+        self._log = log
+        self._health = health
+        self._upstream = upstream
+        self._deadlines = deadlines
+        self._max_attempts = max_attempts
+        self._now = now
+        self._nursery: trio.Nursery | None = None
+        self._in_flight = 0
+        self._streams = 0
+        self._requests = self._attempts = self._disconnects = 0
+
+    @property
+    def keepalive_s(self) -> float:
+        return self._deadlines.keepalive_s
+
+    def statistics(self) -> RequestStatistics:
+        return RequestStatistics(self._in_flight, self._streams, self._requests, self._attempts,
+                                 self._disconnects)
+
+    async def run(self, *, task_status: trio.TaskStatus[RequestActor] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started(self)
+            await trio.sleep_forever()
+
+    # ---- entry points for the HTTP side -------------------------------------------------------------
+
+    async def complete(self, req: ChatRequest) -> Completion | Failure:
+        """A non-streaming completion, run in the caller's task (a disconnect cancels it)."""
+        async def no_emit(_: StreamItem) -> None:
+            raise AssertionError("non-streaming attempts do not emit")
+
+        return await self._run(req, no_emit, None)
+
+    async def open_stream(self, req: ChatRequest) -> StreamHandle:
+        """Start a streaming completion in this actor's nursery; the caller consumes `handle.items`."""
+        assert self._nursery is not None, "request actor not running"
+        send, recv = trio.open_memory_channel[StreamItem](64)
+        scope = trio.CancelScope()
+        handle = StreamHandle(recv, scope)
+        self._nursery.start_soon(self._produce, req, send, scope, handle)
+        return handle
+
+    # ---- the attempt loop ---------------------------------------------------------------------------
+
+    async def _produce(self, req: ChatRequest, send: trio.MemorySendChannel[StreamItem],
+                       scope: trio.CancelScope, handle: StreamHandle) -> None:
+        self._streams += 1
+        try:
+            async with send:
+                with scope:
+                    async def emit(item: StreamItem) -> None:
+                        await send.send(item)
+
+                    try:
+                        result = await self._run(req, emit, handle)
+                    except trio.BrokenResourceError:
+                        result = None  # the consumer closed its end: the client went away
+                    if isinstance(result, Failure):
+                        await send.send(result)
+        finally:
+            self._streams -= 1
+
+    async def _run(self, req: ChatRequest, emit: Callable[[StreamItem], Awaitable[None]],
+                   handle: StreamHandle | None) -> Completion | Failure | None:
+        self._requests += 1
+        self._in_flight += 1
+        started = trio.current_time()
+        progress = _Progress()
+        try:
+            await self._log.append(RequestReceived(
+                ts=self._now(), request_id=req.request_id, model=",".join(req.requested), stream=req.stream,
+                messages=len(req.body.get("messages", ())), est_input_tokens=req.est_tokens,
+                requested_models=req.requested,
+            ))
+            result = await self._attempt_loop(req, emit, progress)
+        except (trio.Cancelled, trio.BrokenResourceError):
+            client_gone = handle.client_gone if handle is not None else True
+            if client_gone:
+                with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                    await self._record_disconnect(req, progress, started)
+            raise
+        finally:
+            self._in_flight -= 1
+        latency = (trio.current_time() - started) * 1000
+        if isinstance(result, Failure):
+            await self._log.append(RequestCompleted(
+                ts=self._now(), request_id=req.request_id, outcome="error", status=result.status,
+                attempts=result.attempts, latency_ms=latency, error=result.message[:300],
+            ))
+        else:
+            platform, _, model = progress.routed.partition("/")
+            await self._log.append(RequestCompleted(
+                ts=self._now(), request_id=req.request_id, outcome="ok", status=200,
+                attempts=progress.attempts, latency_ms=latency, platform=platform, model=model,
+            ))
+        return result
+
+    async def _record_disconnect(self, req: ChatRequest, progress: _Progress, started: float) -> None:
+        self._disconnects += 1
+        platform, _, model = progress.current.partition("/")
+        await self._log.append(ClientDisconnected(
+            ts=self._now(), request_id=req.request_id, platform=platform or None, model=model or None,
+            content_forwarded=progress.forwarded,
+        ))
+        await self._log.append(RequestCompleted(
+            ts=self._now(), request_id=req.request_id, outcome="client_abort", status=499,
+            attempts=progress.attempts, latency_ms=(trio.current_time() - started) * 1000,
+            platform=platform or None, model=model or None,
+        ))
+
+    async def _attempt_loop(self, req: ChatRequest, emit: Callable[[StreamItem], Awaitable[None]],
+                            progress: _Progress) -> Completion | Failure:
+        try:
+            plan = await self._health.plan(req.requested, req.est_tokens, req.use_chain)
+        except UnknownModel as exc:
+            return Failure(404, f"The model '{exc.args[0]}' does not exist or is disabled. "
+                                "GET /v1/models lists the models you can use.",
+                           "invalid_request_error", "model_not_found")
+        tried: list[_Tried] = []
+        excluded = list(plan.excluded)
+        min_context: int | None = None  # after a context error: only models with a larger window
+        bad_request: _Tried | None = None
+        fallback_body: bytes | None = None  # a truncated answer, better than nothing if all else fails
+        fallback_ref = ""
+        for cand in plan.candidates:
+            model = cand.model
+            if min_context is not None and (model.context_window or 0) <= min_context:
+                excluded.append(Exclusion(model.ref, f"context window not larger than {min_context}"))
+                continue
+            if bad_request is not None and model.platform == bad_request.ref.split("/")[0]:
+                continue
+            for key_id in cand.keys:
+                if progress.attempts >= self._max_attempts or (bad_request and len(tried) > 1):
+                    break
+                progress.attempts += 1
+                progress.current = model.ref
+                out = await self._attempt(req, cand, key_id, progress, emit)
+                if out.ok or out.delivered:
+                    progress.routed = model.ref
+                    return Completion(out.body or b"", model.ref, progress.attempts)
+                tried.append(_Tried(model.ref, key_id, out.kind, out.status, out.message, out.retry_after_s))
+                if out.forwarded:
+                    # Content already reached the client: the stream was ended with an error event.
+                    return Failure(502, out.message, "upstream_error", out.kind, attempts=progress.attempts)
+                if out.kind == "truncated" and out.body is not None:
+                    fallback_body, fallback_ref = out.body, model.ref
+                if out.kind == "bad_request":
+                    if bad_request is None:
+                        bad_request = tried[-1]
+                    break
+                if out.kind in ("model_missing",):
+                    break
+                if out.kind == "context_exceeded":
+                    min_context = model.context_window or 0
+                    break
+            if progress.attempts >= self._max_attempts or (bad_request and len(tried) > 1):
+                break
+        if fallback_body is not None:
+            return Completion(fallback_body, fallback_ref, progress.attempts)
+        return _final_failure(tried, excluded, bad_request, progress.attempts, self._now())
+
+    async def _attempt(self, req: ChatRequest, cand: Candidate, key_id: str, progress: _Progress,
+                       emit: Callable[[StreamItem], Awaitable[None]]) -> _Outcome:
+        model = cand.model
+        self._attempts += 1
+        base = {"request_id": req.request_id, "attempt": progress.attempts, "platform": model.platform,
+                "model": model.id, "key_id": key_id}
+        await self._log.append(AttemptStarted(ts=self._now(), **base))
+        body = dict(req.body)
+        body["model"] = model.id
+        call = UpstreamCall(model.platform, model.id, key_id, body, req.stream)
+        first_byte_s = self._deadlines.first_byte_for(model.platform)
+        timer = _Timer(trio.current_time())
+        deadline = trio.CancelScope(deadline=trio.current_time() + first_byte_s)
+        out = _Outcome(ok=False)
+        stream_state = _StreamState()
+        try:
+            with deadline:
+                async with self._upstream.open(call) as resp:
+                    if resp.status != 200 or not req.stream:
+                        raw = bytearray()
+                        async for chunk in resp.chunks():
+                            timer.first_byte()
+                            raw += chunk
+                            deadline.deadline = trio.current_time() + self._deadlines.stall_s
+                        out = self._judge_body(req, resp.status, resp.headers, bytes(raw))
+                    elif "json" in resp.headers.get("content-type", ""):
+                        # Asked to stream, the provider answered with one JSON document (often an error).
+                        raw = bytearray()
+                        async for chunk in resp.chunks():
+                            raw += chunk
+                        out = self._judge_body(req, resp.status, resp.headers, bytes(raw))
+                        if out.ok:
+                            out = _Outcome(False, "server_error", 502, "expected an event stream, got JSON")
+                    else:
+                        out = await self._relay(req, model.ref, resp.chunks(), deadline, timer, stream_state,
+                                                progress, emit)
+        except TransportFailure as exc:
+            out = _Outcome(False, "connect", None, str(exc), forwarded=stream_state.forwarded)
+        if deadline.cancelled_caught:
+            mid = stream_state.forwarded
+            silent = trio.current_time() - (timer.last or timer.start)
+            await self._log.append(StreamStalled(
+                ts=self._now(), request_id=req.request_id, platform=model.platform, model=model.id,
+                key_id=key_id, phase="mid" if mid else "pre", silent_s=round(silent, 3),
+            ))
+            what = "stopped sending" if mid else "sent no first byte"
+            out = _Outcome(False, "stall_mid" if mid else "stall_pre", None,
+                           f"{model.ref} {what} within {self._deadlines.stall_s if mid else first_byte_s:g}s",
+                           forwarded=mid)
+        if out.forwarded and not out.ok and not out.delivered:
+            # Honest ending: the client already has content, so it gets an error event, never a fake stop.
+            err_type = "stream_timeout" if out.kind == "stall_mid" else "upstream_error"
+            await emit(error_frame(out.message, err_type, out.kind))
+            await emit(DONE)
+        latency = timer.elapsed_ms()
+        if out.ok:
+            await self._log.append(AttemptSucceeded(
+                ts=self._now(), latency_ms=latency, ttfb_ms=timer.ttfb_ms(),
+                input_tokens=stream_state.input_tokens or req.est_tokens,
+                output_tokens=stream_state.output_tokens, streamed=req.stream, **base,
+            ))
+        else:
+            await self._log.append(AttemptFailed(
+                ts=self._now(), kind=out.kind, status=out.status, message=out.message,
+                retry_after_s=out.retry_after_s, latency_ms=latency, mid_stream=out.forwarded, **base,
+            ))
+            if out.kind == "auth" and out.status is not None:
+                await self._log.append(KeyInvalidated(ts=self._now(), key_id=key_id, status=out.status,
+                                                      message=out.message))
+        return out
+
+    def _judge_body(self, req: ChatRequest, status: int, headers: Mapping[str, str], raw: bytes) -> _Outcome:
+        try:
+            payload = _decode(raw) if raw else None
+        except msgspec.DecodeError:
+            payload = None
+        if status != 200:
+            error = payload.get("error") if isinstance(payload, dict) else None
+            error = error if isinstance(error, dict) else ({"message": error} if error else None)
+            kind = taxonomy.kind_for_status(status, error)
+            fallback = raw[:200].decode("utf-8", "replace") or f"HTTP {status}"
+            return _Outcome(False, kind, status, taxonomy.error_message(error, fallback),
+                            retry_after_s=taxonomy.retry_after_s(headers, self._now()))
+        wrapped = taxonomy.wrapped_error(payload)
+        if wrapped is not None:
+            code, error = wrapped
+            return _Outcome(False, taxonomy.kind_for_status(code, error), code,
+                            "wrapped error: " + taxonomy.error_message(error, "error in a 200 response"))
+        if not isinstance(payload, dict) or not isinstance(payload.get("choices"), list) or not payload["choices"]:
+            return _Outcome(False, "server_error", 502, "the provider's answer is not a chat completion")
+        choice = payload["choices"][0]
+        message = choice.get("message") or {}
+        _normalise_message(message)
+        if not message.get("content") and not message.get("tool_calls"):
+            return _Outcome(False, "empty", 200, "the answer has no content and no tool calls")
+        body = _encode(payload)
+        if _truncated(choice.get("finish_reason"), req, payload.get("usage")):
+            return _Outcome(False, "truncated", 200, "the answer was cut off (finish_reason length)", body=body)
+        return _Outcome(True, body=body)
+
+    async def _relay(self, req: ChatRequest, ref: str, chunks: Any, deadline: trio.CancelScope,
+                     timer: _Timer, state: _StreamState, progress: _Progress,
+                     emit: Callable[[StreamItem], Awaitable[None]]) -> _Outcome:
+        stall_s = self._deadlines.stall_s
+        pending: list[bytes] = []  # frames before the first content: held back so a failure can fall over
+        finish: str | None = None
+        async for payload in data_frames(chunks):
+            timer.first_byte()
+            deadline.deadline = trio.current_time() + stall_s
+            if payload == b"[DONE]":
+                break
+            try:
+                obj = _decode(payload)
+            except msgspec.DecodeError:
+                continue
+            wrapped = taxonomy.wrapped_error(obj)
+            if wrapped is not None:
+                code, error = wrapped
+                message = "wrapped error: " + taxonomy.error_message(error, "error frame in the stream")
+                return _Outcome(False, taxonomy.kind_for_status(code, error), code, message,
+                                forwarded=state.forwarded)
+            has_content, finish_now, usage = _inspect_chunk(obj, state)
+            finish = finish_now or finish
+            if usage:
+                state.input_tokens = usage.get("prompt_tokens") or state.input_tokens
+                state.output_tokens = usage.get("completion_tokens") or state.output_tokens
+            if not state.forwarded and not has_content:
+                pending.append(payload)
+                continue
+            # Sending to the client is not the upstream's time: suspend the stall deadline meanwhile.
+            deadline.deadline = math.inf
+            if not state.forwarded:
+                state.forwarded = progress.forwarded = True
+                progress.routed = ref
+                await emit(Routed(ref, progress.attempts))
+                for held in pending:
+                    await emit(frame(held))
+                pending.clear()
+            await emit(frame(payload))
+            deadline.deadline = trio.current_time() + stall_s
+        if not state.forwarded:
+            return _Outcome(False, "empty", 200, "the stream ended with no content and no tool calls")
+        deadline.deadline = math.inf
+        await emit(DONE)
+        if _truncated(finish, req, None):
+            # Delivered as the provider sent it (finish_reason says so); recorded as a model fault.
+            return _Outcome(False, "truncated", 200, "the answer was cut off (finish_reason length)",
+                            delivered=True)
+        return _Outcome(True)
+
+
+@dataclass
+class _Progress:
+    attempts: int = 0
+    current: str = ""
+    routed: str = ""
+    forwarded: bool = False
+
+
+@dataclass
+class _StreamState:
+    forwarded: bool = False
+    output_chars: int = 0
+    input_tokens: int = 0
+    output_tokens_reported: int = 0
+
+    @property
+    def output_tokens(self) -> int:
+        return self.output_tokens_reported or (self.output_chars + 3) // 4
+
+    @output_tokens.setter
+    def output_tokens(self, value: int) -> None:
+        self.output_tokens_reported = value
+
+
+class _Timer:
+    def __init__(self, start: float) -> None:
+        self.start = start
+        self.first: float | None = None
+        self.last: float | None = None
+
+    def first_byte(self) -> None:
+        self.last = trio.current_time()
+        if self.first is None:
+            self.first = self.last
+
+    def ttfb_ms(self) -> float:
+        return ((self.first or trio.current_time()) - self.start) * 1000
+
+    def elapsed_ms(self) -> float:
+        return (trio.current_time() - self.start) * 1000
+
+
+def _inspect_chunk(obj: Any, state: _StreamState) -> tuple[bool, str | None, dict[str, Any] | None]:
+    """(has content, finish_reason, usage) of one chunk. Content = text, reasoning or a tool call."""
+    if not isinstance(obj, dict):
+        return False, None, None
+    usage = obj.get("usage") if isinstance(obj.get("usage"), dict) else None
+    has_content = False
+    finish = None
+    for choice in obj.get("choices") or ():
+        if not isinstance(choice, dict):
+            continue
+        finish = choice.get("finish_reason") or finish
+        delta = choice.get("delta") or {}
+        text = delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning")
+        if text:
+            has_content = True
+            state.output_chars += len(text) if isinstance(text, str) else 1
+        if delta.get("tool_calls"):
+            has_content = True
+    return has_content, finish, usage
+
+
+def _truncated(finish_reason: Any, req: ChatRequest, usage: Any) -> bool:
+    """`length` is a failure when the client set no limit, or got fewer tokens than it asked for."""
+    if finish_reason != "length":
+        return False
+    limit = req.client_max_tokens
+    if limit is None:
+        return True
+    got = usage.get("completion_tokens") if isinstance(usage, dict) else None
+    return isinstance(got, int) and got < limit
+
+
+def _normalise_message(message: dict[str, Any]) -> None:
+    """Array content becomes text; a reasoning-only answer without tool calls becomes the content."""
+    content = message.get("content")
+    if isinstance(content, list):
+        message["content"] = "".join(
+            part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text"
+        )
+    if not message.get("content") and not message.get("tool_calls"):
+        reasoning = message.get("reasoning_content") or message.get("reasoning")
+        if isinstance(reasoning, str) and reasoning:
+            message["content"] = reasoning
+
+
+def _final_failure(tried: list[_Tried], excluded: list[Exclusion], bad_request: _Tried | None,
+                   attempts: int, now: float) -> Failure:
+    if bad_request is not None:
+        return Failure(bad_request.status or 400, f"{bad_request.ref}: {bad_request.message}",
+                       "invalid_request_error", "upstream_bad_request", attempts=attempts)
+    parts = [f"{t.ref} (key {t.key_id}): {t.kind}{f' {t.status}' if t.status else ''} {t.message}".rstrip()
+             for t in tried]
+    parts += [f"{e.ref}: skipped, {e.reason}" for e in excluded[:20]]
+    if len(excluded) > 20:
+        parts.append(f"... and {len(excluded) - 20} more models skipped")
+    detail = "; ".join(parts) if parts else "no models are configured"
+    kinds = {t.kind for t in tried}
+    if tried and kinds == {"context_exceeded"}:
+        return Failure(400, "The request is larger than every available model's context window. Tried: "
+                       + detail, "invalid_request_error", "context_length_exceeded", attempts=attempts)
+    limited = [e for e in excluded if "rate-limited" in e.reason]
+    if (tried and kinds == {"rate_limited"}) or (not tried and limited):
+        return Failure(429, "Every candidate is rate-limited. " + detail, "rate_limit_error",
+                       "rate_limit_exceeded", retry_after_s=_soonest_retry(tried, limited, now),
+                       attempts=attempts)
+    if not tried:
+        return Failure(503, "No model can take this request right now: " + detail, "service_unavailable",
+                       "no_available_model", attempts=attempts)
+    return Failure(502, f"All {len(tried)} attempts failed: {detail}", "upstream_error", "all_attempts_failed",
+                   attempts=attempts)
+
+
+def _soonest_retry(tried: list[_Tried], limited: list[Exclusion], now: float) -> float | None:
+    waits = [t.retry_after_s for t in tried if t.retry_after_s is not None]
+    waits += [e.until - now for e in limited if e.until is not None]
+    return max(1.0, min(waits)) if waits else None

@@ -1,0 +1,111 @@
+"""The supervisor: rebuilds projections from the log, then runs every actor and the HTTP server side by
+side in one root nursery, so a crash anywhere takes the whole process down with its traceback.
+
+Shutdown order (SIGINT/SIGTERM or `shutdown.set()`): the server stops accepting and lets in-flight
+requests end within its grace period; then the actors stop; then the log writer commits what it holds and
+the log gets a final `ServiceStopped`. Nothing accepted is lost.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import trio
+
+from actors.clock import WallClock
+from actors.log_writer import LogWriter
+from actors.model_health import ModelHealth
+from actors.request import Deadlines, RequestActor
+from actors.stats import StatsActor
+from actors.upstream import Upstream
+from events.projections import KeyHealth, ModelOverrides, Stats
+from events.routing import Catalog, CatalogModel
+from events.store import LogStore
+from events.types import KeyAdded, ServiceStarted, ServiceStopped
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The handles the HTTP layer talks to."""
+
+    log: LogWriter
+    health: ModelHealth
+    stats: StatsActor
+    requests: RequestActor
+    clock: WallClock
+    shutting_down: trio.Event
+
+
+@dataclass(frozen=True)
+class Settings:
+    models: Sequence[CatalogModel]
+    keys: Sequence[tuple[str, str, str, str]]  # (key_id, platform, label, source) known at start
+    deadlines: Deadlines
+    max_attempts: int
+    rate_limit_cooldown_s: float
+    version: str
+
+
+ServeHttp = Callable[[Runtime], Awaitable[None]]
+
+
+def rebuild(store: LogStore, health: KeyHealth, overrides: ModelOverrides, stats: Stats) -> int:
+    """Fold the whole log into fresh projections; returns the number of events read."""
+    seq, count = 0, 0
+    while True:
+        entries = store.read_after(seq, 5000)
+        if not entries:
+            return count
+        for _, event in entries:
+            health.apply(event)
+            overrides.apply(event)
+            stats.apply(event)
+        seq = entries[-1][0]
+        count += len(entries)
+
+
+async def run_service(store: LogStore, upstream: Upstream, settings: Settings, serve_http: ServeHttp, *,
+                      handle_signals: bool = True,
+                      task_status: trio.TaskStatus[Runtime] = trio.TASK_STATUS_IGNORED) -> None:
+    clock = WallClock()
+    health_p = KeyHealth(settings.rate_limit_cooldown_s)
+    overrides = ModelOverrides()
+    stats_p = Stats()
+    replayed = rebuild(store, health_p, overrides, stats_p)
+
+    log = LogWriter(store)
+    health = ModelHealth(health_p, Catalog(settings.models, overrides), log, clock.now)
+    stats = StatsActor(stats_p, log)
+    requests = RequestActor(log=log, health=health, upstream=upstream, deadlines=settings.deadlines,
+                            max_attempts=settings.max_attempts, now=clock.now)
+    shutting_down = trio.Event()
+    runtime = Runtime(log, health, stats, requests, clock, shutting_down)
+
+    async with trio.open_nursery() as outer:
+        await outer.start(log.run)
+        async with trio.open_nursery() as inner:
+            await inner.start(health.run)
+            await inner.start(stats.run)
+            await inner.start(requests.run)
+            if handle_signals:
+                inner.start_soon(_watch_signals, shutting_down)
+            for key_id, platform, label, source in settings.keys:
+                if key_id not in health_p.keys:
+                    await log.append_durable(KeyAdded(ts=clock.now(), key_id=key_id, platform=platform,
+                                                      label=label, source=source))  # type: ignore[arg-type]
+            await log.append_durable(ServiceStarted(ts=clock.now(), version=settings.version,
+                                                    events_replayed=replayed))
+            task_status.started(runtime)
+            await serve_http(runtime)
+            inner.cancel_scope.cancel()
+        await log.append_durable(ServiceStopped(ts=clock.now()))
+        log.close()
+
+
+async def _watch_signals(shutting_down: trio.Event) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            shutting_down.set()
+            return

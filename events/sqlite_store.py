@@ -1,0 +1,129 @@
+"""The event log in one SQLite file (apsw, WAL), shareable by several worker processes.
+
+Durability: WAL with `synchronous=NORMAL` fsyncs at checkpoints, not at every commit. A crashed or killed
+process loses nothing it committed (the WAL is already in the OS page cache); a power loss or kernel crash may
+lose the last few transactions, never corrupt the file. The gateway accepts that for telemetry; admin changes
+are committed before their HTTP call returns, which survives any process death.
+
+Several processes share the file: writes take the lock up front (`BEGIN IMMEDIATE`) and wait up to the busy
+timeout for it, so a busy log slows a writer down instead of failing it. Every call is synchronous and short:
+it runs on the trio thread, and a thread hop would ignore cancellation (STYLE.md, thread traps).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import apsw
+
+from events.store import Entry
+from events.types import Event, decode_event, encode_event, event_type
+
+# Migration i takes the schema from user_version i to i + 1. Append only: a released entry never changes.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY,
+        ts REAL NOT NULL,
+        type TEXT NOT NULL,
+        request_id TEXT,
+        data BLOB NOT NULL
+    );
+    CREATE INDEX events_request_id ON events (request_id);
+    CREATE INDEX events_type_ts ON events (type, ts);
+    """,
+]
+
+BUSY_TIMEOUT_MS = 5000
+
+_INSERT = "INSERT INTO events (ts, type, request_id, data) VALUES (?, ?, ?, ?)"
+
+
+@contextmanager
+def _immediate(db: apsw.Connection) -> Iterator[None]:
+    """One write transaction: `BEGIN IMMEDIATE` ... `COMMIT`, rolled back on any exception."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        db.execute("COMMIT")
+    except BaseException:
+        # Some errors (disk full, I/O) already rolled back; a second ROLLBACK would hide the first error.
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+
+
+class SchemaVersionError(RuntimeError):
+    """The file was written by a newer switchboard; this build must not guess at its schema."""
+
+
+class SqliteStore:
+    """The `LogStore` on SQLite: one append-only `events` table, `seq` is the rowid."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = apsw.Connection(str(self.path))
+        try:
+            # Busy timeout first: the pragmas and migrations below may meet another process's lock.
+            self._db.set_busy_timeout(BUSY_TIMEOUT_MS)
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            self._migrate()
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _migrate(self) -> None:
+        if self._check_version() == len(MIGRATIONS):
+            return
+        # Two processes may open an old file at once: read the version again under the write lock.
+        with _immediate(self._db):
+            for version in range(self._check_version(), len(MIGRATIONS)):
+                self._db.execute(MIGRATIONS[version])
+                self._db.execute(f"PRAGMA user_version = {version + 1}")
+
+    def _check_version(self) -> int:
+        version = int(self._db.execute("PRAGMA user_version").get)
+        if version > len(MIGRATIONS):
+            raise SchemaVersionError(
+                f"{self.path} has event log schema version {version}, but this build knows versions up to "
+                f"{len(MIGRATIONS)}; run a newer switchboard or point it at another data directory"
+            )
+        return version
+
+    def append(self, events: Sequence[Event]) -> list[int]:
+        if not events:
+            return []
+        # Encode before taking the write lock: other processes wait for as short a time as possible.
+        rows = [(e.ts, event_type(e), e.request_id, encode_event(e)) for e in events]
+        with _immediate(self._db):
+            self._db.executemany(_INSERT, rows)
+            # No other writer can run inside BEGIN IMMEDIATE, so the batch got consecutive rowids.
+            last = self._db.last_insert_rowid()
+        return list(range(last - len(rows) + 1, last + 1))
+
+    def read_after(self, seq: int, limit: int | None = None) -> list[Entry]:
+        rows = self._db.execute(
+            "SELECT seq, data FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+            (seq, -1 if limit is None else limit),
+        )
+        return [(s, decode_event(data)) for s, data in rows]
+
+    def read_request(self, request_id: str) -> list[Entry]:
+        rows = self._db.execute(
+            "SELECT seq, data FROM events WHERE request_id = ? ORDER BY seq", (request_id,)
+        )
+        return [(s, decode_event(data)) for s, data in rows]
+
+    def last_seq(self) -> int:
+        return int(self._db.execute("SELECT coalesce(max(seq), 0) FROM events").get)
+
+    def data_version(self) -> int:
+        # Changes only when another connection commits; this connection's own appends leave it alone.
+        return int(self._db.execute("PRAGMA data_version").get)
+
+    def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,123 @@
+"""The error taxonomy of DESIGN.md section 5 as pure functions: from what an upstream said to a failure kind.
+
+The request actor decides what to do with a kind (next key, next model, back to the client); the
+projections decide what a kind does to a key or a model. Nothing here looks at a platform's name.
+"""
+
+from __future__ import annotations
+
+import email.utils
+from collections.abc import Mapping
+from typing import Any
+
+# Kinds after which another candidate may succeed.
+RETRYABLE = frozenset(
+    {"connect", "server_error", "rate_limited", "auth", "model_missing", "context_exceeded", "stall_pre",
+     "truncated", "empty"}
+)
+# Kinds that say something about the model rather than the key (count against the model's stats).
+MODEL_FAULTS = frozenset(
+    {"connect", "server_error", "stall_pre", "stall_mid", "truncated", "empty", "model_missing"}
+)
+
+_CONTEXT_MARKERS = ("context_length_exceeded", "context length", "maximum context", "too many tokens",
+                    "context window", "prompt is too long", "input is too long")
+
+
+def kind_for_status(status: int, error: Mapping[str, Any] | None = None) -> str:
+    """Classify an HTTP error status (and the provider's error object, if any)."""
+    if status == 429:
+        return "rate_limited"
+    if status in (401, 403):
+        return "auth"
+    if status == 413 or (status == 400 and _is_context_error(error)):
+        return "context_exceeded"
+    if status == 404:
+        return "model_missing"
+    if 400 <= status < 500:
+        return "bad_request"
+    return "server_error"
+
+
+def _is_context_error(error: Mapping[str, Any] | None) -> bool:
+    if not error:
+        return False
+    text = f"{error.get('code', '')} {error.get('type', '')} {error.get('message', '')}".lower()
+    return any(marker in text for marker in _CONTEXT_MARKERS)
+
+
+def wrapped_error(payload: Any) -> tuple[int, Mapping[str, Any]] | None:
+    """A 200 body (or SSE frame) with a root-level `error` is a failure: (status its code names, error).
+
+    A code that is not an HTTP error status (a string, 200, absent) counts as 502.
+    """
+    if not isinstance(payload, dict) or "error" not in payload or payload.get("choices"):
+        return None
+    error = payload["error"]
+    if not isinstance(error, dict):
+        error = {"message": str(error)}
+    code = error.get("code", error.get("status"))
+    try:
+        status = int(code)
+    except (TypeError, ValueError):
+        status = 502
+    if not 400 <= status <= 599:
+        status = 502
+    return status, error
+
+
+def error_message(error: Mapping[str, Any] | None, fallback: str, limit: int = 200) -> str:
+    """The provider's message, shortened for an event: one line, bounded, never the request body."""
+    message = str(error.get("message", "")) if error else ""
+    message = " ".join(message.split()) or fallback
+    return message if len(message) <= limit else message[: limit - 1] + "…"
+
+
+def retry_after_s(headers: Mapping[str, str], now_wall: float) -> float | None:
+    """Seconds to wait from `Retry-After` (seconds or an HTTP date), else from `x-ratelimit-reset-*`."""
+    value = headers.get("retry-after")
+    if value:
+        value = value.strip()
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            try:
+                when = email.utils.parsedate_to_datetime(value).timestamp()
+            except (TypeError, ValueError):
+                when = None
+            if when is not None:
+                return max(0.0, when - now_wall)
+    for name in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens", "x-ratelimit-reset"):
+        parsed = _duration_s(headers.get(name))
+        if parsed is not None:
+            return parsed
+    return None
+
+
+def _duration_s(value: str | None) -> float | None:
+    """Provider reset headers come as '12', '1.5s', '250ms' or '1m30s'."""
+    if not value:
+        return None
+    value = value.strip().lower()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    total, number = 0.0, ""
+    i = 0
+    while i < len(value):
+        ch = value[i]
+        if ch.isdigit() or ch == ".":
+            number += ch
+        elif value.startswith("ms", i) and number:
+            total += float(number) / 1000
+            number, i = "", i + 1
+        elif ch in "hms" and number:
+            total += float(number) * {"h": 3600, "m": 60, "s": 1}[ch]
+            number = ""
+        else:
+            return None
+        i += 1
+    if number:
+        return None
+    return total

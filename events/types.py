@@ -1,0 +1,202 @@
+"""The event vocabulary: every fact the gateway records, as one msgspec tagged union.
+
+Facts are past tense. They carry key ids and labels, never key material, gateway tokens or prompts.
+Schema evolution: new fields get defaults; a field's type never changes; a tag is never reused.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+# Failure kinds of the error taxonomy (DESIGN.md section 5). Kept as plain strings so that an old log
+# with a kind this build does not know still decodes.
+FailureKind = Literal[
+    "connect",
+    "server_error",
+    "rate_limited",
+    "auth",
+    "model_missing",
+    "context_exceeded",
+    "bad_request",
+    "truncated",
+    "empty",
+    "stall_pre",
+    "stall_mid",
+    "client_abort",
+]
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """Base of every event: when it happened (wall seconds) and, for request events, which request."""
+
+    ts: float
+    request_id: str | None = None
+
+
+class ServiceStarted(Event, tag="service_started"):
+    """The gateway started and rebuilt its projections from `events_replayed` events."""
+
+    version: str
+    events_replayed: int = 0
+
+
+class ServiceStopped(Event, tag="service_stopped"):
+    """The gateway shut down gracefully after flushing the log."""
+
+    reason: str = "signal"
+
+
+class RequestReceived(Event, tag="request_received"):
+    """A client asked for a completion; `model` is what it asked for (a virtual or concrete model)."""
+
+    model: str
+    stream: bool
+    messages: int
+    est_input_tokens: int
+    requested_models: tuple[str, ...] = ()
+
+
+class AttemptStarted(Event, tag="attempt_started"):
+    """One upstream call began, on one model with one key."""
+
+    attempt: int
+    platform: str
+    model: str
+    key_id: str
+
+
+class AttemptSucceeded(Event, tag="attempt_succeeded"):
+    """An upstream call answered in full. Times in milliseconds; tokens from usage or estimated."""
+
+    attempt: int
+    platform: str
+    model: str
+    key_id: str
+    latency_ms: float
+    ttfb_ms: float
+    input_tokens: int
+    output_tokens: int
+    streamed: bool = False
+
+
+class AttemptFailed(Event, tag="attempt_failed"):
+    """An upstream call failed; `kind` follows the error taxonomy, `message` is short and secret-free."""
+
+    attempt: int
+    platform: str
+    model: str
+    key_id: str
+    kind: str
+    status: int | None = None
+    message: str = ""
+    retry_after_s: float | None = None
+    latency_ms: float = 0.0
+    mid_stream: bool = False
+
+
+class StreamStalled(Event, tag="stream_stalled"):
+    """An upstream went silent: before its first byte (`pre`) or after content began (`mid`)."""
+
+    platform: str
+    model: str
+    key_id: str
+    phase: Literal["pre", "mid"]
+    silent_s: float
+
+
+class ClientDisconnected(Event, tag="client_disconnected"):
+    """The client went away; the attempt in flight was cancelled. Not a model failure."""
+
+    platform: str | None = None
+    model: str | None = None
+    content_forwarded: bool = False
+
+
+class RequestCompleted(Event, tag="request_completed"):
+    """The request ended: `outcome` ok, error or client_abort, after `attempts` upstream calls."""
+
+    outcome: Literal["ok", "error", "client_abort"]
+    status: int
+    attempts: int
+    latency_ms: float
+    platform: str | None = None
+    model: str | None = None
+    error: str | None = None
+
+
+class KeyAdded(Event, tag="key_added"):
+    """A provider key became known. `source` is config, env or vault (encrypted in the data dir)."""
+
+    key_id: str
+    platform: str
+    label: str
+    source: Literal["config", "env", "vault"]
+
+
+class KeyDisabled(Event, tag="key_disabled"):
+    """An operator took a key out of rotation."""
+
+    key_id: str
+    reason: str = ""
+
+
+class KeyEnabled(Event, tag="key_enabled"):
+    """An operator (or a passing health check) put a key back into rotation."""
+
+    key_id: str
+
+
+class KeyInvalidated(Event, tag="key_invalidated"):
+    """The provider rejected a key (401/403). Persisted: it stays invalid across restarts."""
+
+    key_id: str
+    status: int
+    message: str = ""
+
+
+class ModelUpdated(Event, tag="model_updated"):
+    """An operator changed a model's catalog entry. Unset fields keep their current value."""
+
+    platform: str
+    model: str
+    enabled: bool | None = None
+    fallback: bool | None = None
+    pool: str | None = None
+
+
+AnyEvent = (
+    ServiceStarted
+    | ServiceStopped
+    | RequestReceived
+    | AttemptStarted
+    | AttemptSucceeded
+    | AttemptFailed
+    | StreamStalled
+    | ClientDisconnected
+    | RequestCompleted
+    | KeyAdded
+    | KeyDisabled
+    | KeyEnabled
+    | KeyInvalidated
+    | ModelUpdated
+)
+
+EVENT_TYPES: tuple[type[Event], ...] = AnyEvent.__args__  # type: ignore[attr-defined]
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(AnyEvent)
+
+
+def encode_event(event: Event) -> bytes:
+    """JSON with the `type` tag, as stored in the log and sent on the admin feed."""
+    return _encoder.encode(event)
+
+
+def decode_event(data: bytes | str) -> AnyEvent:
+    return _decoder.decode(data)
+
+
+def event_type(event: Event) -> str:
+    return type(event).__struct_config__.tag  # type: ignore[return-value]

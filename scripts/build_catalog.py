@@ -1,0 +1,133 @@
+"""Build switchboard's built-in catalog (`service/data/catalog.json`) from the seed catalog.
+
+    .venv/bin/python scripts/build_catalog.py /work/shared/catalog/seed-catalog.json --version 2026-11-26.1
+
+What it does, and why:
+- Keeps only platforms of kind `openai`: the gemini, cohere and cloudflare adapters do not exist yet, so their
+  platforms and models are dropped rather than shipped as rows nothing can call.
+- Per platform: name, kind, display_name (the seed's provider name), base_url, headers, timeout_s, key_page,
+  notes, the thread-protection level from the seed's defaults (`provider-ban` for longcat, `model-skip` for
+  the rest) and the env var its keys may come from (`GROQ_API_KEY` style).
+- Per model: the seed's ranks, limits, context window and enabled flag, plus two fields the seed did not have:
+  `pool` (smart / fast / balanced, see `assign_pool`) and `fallback` (in the automatic chain = enabled).
+- Copies the seed's uncertainty notes that still describe this data; notes about the seed's own migration
+  chain or router bugs do not apply to a static file and are left out.
+Order is stable (platforms in seed order, models in seed order), so a regenerated file diffs cleanly.
+Bump `--version` whenever the output changes: the catalog version is recorded with the routing data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+KIND = "openai"
+SMART_MAX_INTELLIGENCE_RANK = 3
+FAST_MAX_SPEED_RANK = 2
+# The seed's router preferred these in smart mode although their ranks alone would not put them there.
+SMART_EXTRA = {("longcat", "LongCat-2.0-Preview"), ("openrouter", "openrouter/owl-alpha")}
+# Seed `uncertain` notes kept, by their opening words (the others are about the seed's migrations/router).
+UNCERTAIN_KEPT = ("github/gpt-4o", "All numeric limits", "Disabled rows", "zhipu:")
+OUTPUT = Path(__file__).resolve().parents[1] / "service" / "data" / "catalog.json"
+
+
+def env_var(platform: str) -> str:
+    return platform.upper().replace("-", "_") + "_API_KEY"
+
+
+def assign_pool(model: dict[str, Any]) -> str:
+    if (
+        model["intelligence_rank"] <= SMART_MAX_INTELLIGENCE_RANK
+        or (model["platform"], model["id"]) in SMART_EXTRA
+    ):
+        return "smart"
+    if model["speed_rank"] <= FAST_MAX_SPEED_RANK:
+        return "fast"
+    return "balanced"
+
+
+def build(seed: dict[str, Any], version: str) -> dict[str, Any]:
+    protection = seed["defaults"]["thread_protection"]
+    other_protection = seed["defaults"]["thread_protection_other_platforms"]
+    platforms = [
+        {
+            "name": p["name"],
+            "kind": p["kind"],
+            "display_name": p["provider_name"],
+            "base_url": p["base_url"],
+            "headers": p["headers"],
+            "timeout_s": p["timeout_s"],
+            "key_page": p["key_page"],
+            "protection": protection.get(p["name"], other_protection),
+            "env_var": env_var(p["name"]),
+            "notes": p["notes"],
+        }
+        for p in seed["platforms"]
+        if p["kind"] == KIND
+    ]
+    names = {p["name"] for p in platforms}
+    models = [
+        {
+            "platform": m["platform"],
+            "id": m["id"],
+            "display_name": m["display_name"],
+            "pool": assign_pool(m),
+            "fallback": m["enabled"],
+            "intelligence_rank": m["intelligence_rank"],
+            "speed_rank": m["speed_rank"],
+            "rpm": m["rpm"],
+            "rpd": m["rpd"],
+            "tpm": m["tpm"],
+            "tpd": m["tpd"],
+            "context_window": m["context_window"],
+            "enabled": m["enabled"],
+        }
+        for m in seed["models"]
+        if m["platform"] in names
+    ]
+    # Fail loudly if the seed changed under us instead of silently shipping a different catalog.
+    refs = {(m["platform"], m["id"]) for m in models}
+    missing = SMART_EXTRA - refs
+    if missing:
+        raise SystemExit(f"smart-pool extras not in the seed: {sorted(missing)}")
+    uncertain = [n for n in seed["uncertain"] if n.startswith(UNCERTAIN_KEPT)]
+    if len(uncertain) != len(UNCERTAIN_KEPT):
+        raise SystemExit("an expected `uncertain` note is missing from the seed")
+    return {
+        "version": version,
+        "source": f"switchboard seed catalog (kind {KIND!r} platforms only), extracted from {seed['source']}",
+        "conventions": {
+            "intelligence_rank": "lower = smarter; ties allowed",
+            "speed_rank": "lower = faster",
+            "limits": "rpm/rpd/tpm/tpd null = no limit recorded (unlimited / unknown)",
+            "pool": (
+                f"smart: intelligence_rank <= {SMART_MAX_INTELLIGENCE_RANK} plus the seed's smart-mode "
+                f"preferences; fast: speed_rank <= {FAST_MAX_SPEED_RANK} and not smart; balanced: the rest"
+            ),
+            "fallback": "member of the automatic fallback chain (= enabled)",
+        },
+        "uncertain": uncertain,
+        "platforms": platforms,
+        "models": models,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("seed", type=Path, help="path to seed-catalog.json")
+    parser.add_argument("--version", required=True, help="catalog version, e.g. 2026-11-26.1")
+    parser.add_argument("--output", type=Path, default=OUTPUT)
+    args = parser.parse_args()
+    catalog = build(json.loads(args.seed.read_text(encoding="utf-8")), args.version)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(catalog, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    counts: dict[str, int] = {}
+    for m in catalog["models"]:
+        counts[m["pool"]] = counts.get(m["pool"], 0) + 1
+    print(f"{args.output}: {len(catalog['platforms'])} platforms, {len(catalog['models'])} models, {counts}")
+
+
+if __name__ == "__main__":
+    main()

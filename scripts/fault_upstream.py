@@ -1,0 +1,716 @@
+"""A fast, fault-injecting, OpenAI-compatible upstream for end-to-end tests and the benchmark.
+
+Raw trio sockets + h11 (HTTP/1.1 keep-alive), no framework: the server can answer normally, fail with any
+status, wrap errors in a 200, stall before or in the middle of a stream, drip tokens, reset the connection,
+and notice a client that hangs up.
+
+What a request gets is its *behaviour*, a spec ``name[:arg[:arg]]``, looked up in this order:
+``state.key_behaviours[api_key]``, ``state.behaviours[model]``, then the model id itself parsed as a spec
+(so ``model="fail:503"`` fails with 503). Unknown names behave as ``ok``. See ``BEHAVIOURS`` for the list.
+
+Use it in-process::
+
+    state = UpstreamState()
+    base_url = await nursery.start(serve_upstream, state)   # "http://127.0.0.1:PORT/v1"
+
+or as a process: ``python scripts/fault_upstream.py [--host 127.0.0.1] [--port 0]`` prints one line
+``listening on http://HOST:PORT/v1`` and serves until SIGINT/SIGTERM (exit status 0).
+
+Timing: every wait is a ``trio.sleep``, so in-process use follows a ``MockClock``.
+
+Client hang-ups: while a response is delayed (stall, drip, slow, a stream with pauses) a watcher task
+reads the socket; EOF (or a failed send) counts in ``state.client_disconnects``, sets
+``state.disconnected`` and stops the response.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import itertools
+import signal
+import socket
+import struct
+import sys
+import time
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+
+import h11
+import msgspec
+import trio
+
+__all__ = ["BEHAVIOURS", "RecordedRequest", "UpstreamState", "parse_spec", "serve_upstream"]
+
+BEHAVIOURS = frozenset(
+    {
+        "ok",
+        "echo",
+        "fail",
+        "rate-limit",
+        "auth",
+        "context",
+        "wrapped-body",
+        "wrapped-sse",
+        "stall-pre",
+        "stall-mid",
+        "truncated",
+        "empty",
+        "reset",
+        "reset-mid",
+        "drip",
+        "slow",
+    }
+)
+
+_PLAIN = frozenset({"ok", "echo", "truncated", "empty"})
+_DELAYED = frozenset({"stall-pre", "slow"})
+
+DEFAULT_MODELS = ("ok", "echo", "gpt-4o-mini")
+
+_RECV = 65536
+_encode = msgspec.json.Encoder().encode
+_decode_json = msgspec.json.Decoder().decode
+
+_JSON = (b"content-type", b"application/json")
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-cache"),
+    (b"transfer-encoding", b"chunked"),
+]
+_DONE = b"data: [DONE]\n\n"
+_LINGER_RST = struct.pack("ii", 1, 0)
+_ids = itertools.count(1)
+
+
+@dataclass
+class RecordedRequest:
+    """One request as the upstream saw it (``api_key`` is the Bearer token, headers are lower-cased)."""
+
+    method: str
+    path: str
+    model: str | None
+    api_key: str | None
+    stream: bool
+    body: dict | None
+    headers: dict[str, str]
+
+
+@dataclass
+class UpstreamState:
+    """What the upstream does and what it saw. Shared with the test that drives it; mutate freely."""
+
+    requests: list[RecordedRequest] = field(default_factory=list)
+    behaviours: dict[str, str] = field(default_factory=dict)
+    key_behaviours: dict[str, str] = field(default_factory=dict)
+    client_disconnects: int = 0
+    disconnected: trio.Event = field(default_factory=trio.Event)
+    open_connections: int = 0
+
+    def reset(self) -> None:
+        """Forget recorded requests, configured behaviours and disconnects (live connections stay counted)."""
+        self.requests.clear()
+        self.behaviours.clear()
+        self.key_behaviours.clear()
+        self.client_disconnects = 0
+        self.disconnected = trio.Event()
+
+    def behaviour_for(self, model: str | None, api_key: str | None) -> str:
+        if api_key is not None and (spec := self.key_behaviours.get(api_key)):
+            return spec
+        if model is not None:
+            return self.behaviours.get(model) or model
+        return "ok"
+
+    def _note_disconnect(self) -> None:
+        self.client_disconnects += 1
+        self.disconnected.set()
+
+
+def parse_spec(spec: str) -> tuple[str, list[str]]:
+    """``"drip:0.1:5"`` -> ``("drip", ["0.1", "5"])``; unknown names become ``("ok", [])``."""
+    name, *args = spec.split(":")
+    if name not in BEHAVIOURS:
+        return "ok", []
+    return name, args
+
+
+def _float(args: list[str], i: int, default: float) -> float:
+    try:
+        return float(args[i])
+    except (IndexError, ValueError):
+        return default
+
+
+def _int(args: list[str], i: int, default: int) -> int:
+    try:
+        return int(args[i])
+    except (IndexError, ValueError):
+        return default
+
+
+# ----------------------------------------------------------------------------------------------- bodies
+
+_ERROR_TYPES = {
+    400: ("invalid_request_error", "invalid_request"),
+    401: ("invalid_request_error", "invalid_api_key"),
+    403: ("permission_error", "permission_denied"),
+    404: ("invalid_request_error", "model_not_found"),
+    408: ("timeout", "request_timeout"),
+    413: ("invalid_request_error", "request_too_large"),
+    422: ("invalid_request_error", "unprocessable_entity"),
+    429: ("requests", "rate_limit_exceeded"),
+}
+
+
+def _reason(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b"Error"
+
+
+def _error_body(status: int, model: str | None, message: str | None = None, code: Any = None) -> bytes:
+    etype, ecode = _ERROR_TYPES.get(status, ("server_error", "server_error"))
+    if message is None:
+        if status == 404:
+            message = f"The model `{model}` does not exist or you do not have access to it."
+        elif status == 401:
+            message = "Incorrect API key provided."
+        elif status == 429:
+            message = f"Rate limit reached for {model} on requests per min (RPM)."
+        else:
+            message = f"fault upstream: injected HTTP {status} for model {model}"
+    return _encode({"error": {"message": message, "type": etype, "code": code or ecode}})
+
+
+def _message_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def _prompt_tokens(body: dict) -> int:
+    messages = body.get("messages")
+    n = 0
+    if isinstance(messages, list):
+        for m in messages:
+            if isinstance(m, dict):
+                n += len(_message_text(m.get("content")).split())
+    return max(n, 1)
+
+
+def _split_words(text: str) -> list[str]:
+    if not text:
+        return []
+    words = text.split(" ")
+    return [words[0], *(" " + w for w in words[1:])]
+
+
+@dataclass(slots=True)
+class _Answer:
+    """The normal answer to one chat request: content pieces (one per stream chunk) or one tool call."""
+
+    model: str
+    pieces: list[str]
+    tool: str | None
+    finish: str
+    prompt_tokens: int
+    include_usage: bool
+    id: str = ""
+    created: int = 0
+
+    def usage(self) -> dict:
+        completion = max(len(self.pieces), 1) if self.tool is None else 1
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": self.prompt_tokens + completion,
+        }
+
+    def completion(self) -> bytes:
+        if self.tool is not None:
+            message: dict = {"role": "assistant", "content": None, "tool_calls": [self._tool_call()]}
+        else:
+            message = {"role": "assistant", "content": "".join(self.pieces)}
+        return _encode(
+            {
+                "id": self.id,
+                "object": "chat.completion",
+                "created": self.created,
+                "model": self.model,
+                "choices": [{"index": 0, "message": message, "finish_reason": self.finish}],
+                "usage": self.usage(),
+            }
+        )
+
+    def _tool_call(self) -> dict:
+        return {
+            "id": "call_" + self.id.rpartition("-")[2],
+            "type": "function",
+            "function": {"name": self.tool, "arguments": "{}"},
+        }
+
+    def _chunk(self, delta: dict, finish: str | None = None) -> bytes:
+        return (
+            b"data: "
+            + _encode(
+                {
+                    "id": self.id,
+                    "object": "chat.completion.chunk",
+                    "created": self.created,
+                    "model": self.model,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                }
+            )
+            + b"\n\n"
+        )
+
+    def head_frames(self) -> list[bytes]:
+        """The role chunk, then each content piece (or the tool-call deltas) as its own SSE frame."""
+        frames = [self._chunk({"role": "assistant"})]
+        if self.tool is not None:
+            call = self._tool_call()
+            call["index"] = 0
+            call["function"] = {"name": self.tool, "arguments": ""}
+            frames.append(self._chunk({"tool_calls": [call]}))
+            frames.append(self._chunk({"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}))
+        else:
+            frames.extend(self._chunk({"content": p}) for p in self.pieces)
+        return frames
+
+    def tail_frames(self) -> list[bytes]:
+        """The finishing chunk, the usage chunk when asked for, and ``[DONE]``."""
+        frames = [self._chunk({}, self.finish)]
+        if self.include_usage:
+            frames.append(
+                b"data: "
+                + _encode(
+                    {
+                        "id": self.id,
+                        "object": "chat.completion.chunk",
+                        "created": self.created,
+                        "model": self.model,
+                        "choices": [],
+                        "usage": self.usage(),
+                    }
+                )
+                + b"\n\n"
+            )
+        frames.append(_DONE)
+        return frames
+
+
+def _build_answer(name: str, args: list[str], model: str, body: dict) -> _Answer:
+    tool = None
+    finish = "stop"
+    if name == "echo":
+        pieces = []
+        messages = body.get("messages")
+        if isinstance(messages, list):
+            for m in reversed(messages):
+                if isinstance(m, dict) and m.get("role") == "user":
+                    pieces = _split_words(_message_text(m.get("content")))
+                    break
+    elif name == "empty":
+        pieces = []
+    elif name == "drip":
+        pieces = [f"t{i} " for i in range(_int(args, 1, 5))]
+    else:
+        pieces = ["Hello", " from", f" {model}."]
+        tools = body.get("tools")
+        if tools and isinstance(tools, list) and isinstance(tools[0], dict):
+            fn = tools[0].get("function") or {}
+            tool = str(fn.get("name") or tools[0].get("name") or "tool")
+            finish = "tool_calls"
+    if name == "truncated":
+        finish = "length"
+    opts = body.get("stream_options")
+    include_usage = isinstance(opts, dict) and bool(opts.get("include_usage"))
+    n = next(_ids)
+    return _Answer(
+        model=model,
+        pieces=pieces,
+        tool=tool,
+        finish=finish,
+        prompt_tokens=_prompt_tokens(body),
+        include_usage=include_usage,
+        id=f"chatcmpl-{n:08d}",
+        created=int(time.time()),
+    )
+
+
+# ------------------------------------------------------------------------------------------ connection
+
+_RESET = object()  # sentinel in a stream schedule: abort the connection here
+
+
+class _Disconnected(Exception):
+    """The client hung up while we were responding."""
+
+
+class _Conn:
+    """One client connection: an h11 state machine over a trio SocketStream."""
+
+    __slots__ = ("h11", "state", "stream")
+
+    def __init__(self, stream: trio.SocketStream, state: UpstreamState) -> None:
+        self.stream = stream
+        self.state = state
+        self.h11 = h11.Connection(h11.SERVER)
+
+    async def serve(self) -> None:
+        """Answer requests until the client closes, an error, or a behaviour ends the connection.
+
+        Error handling: transport errors end the connection quietly; a protocol error gets a 400 when the
+        state machine still allows one. Nothing escapes to ``serve_listeners`` (which would stop the server).
+        """
+        state = self.state
+        state.open_connections += 1
+        try:
+            while True:
+                request = await self._read_request()
+                if request is None:
+                    return
+                if not await self._dispatch(*request):
+                    return
+                if self.h11.our_state is not h11.DONE or self.h11.their_state is not h11.DONE:
+                    return
+                self.h11.start_next_cycle()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, _Disconnected):
+            pass
+        except h11.RemoteProtocolError as exc:
+            await self._protocol_error(exc)
+        finally:
+            state.open_connections -= 1
+            await self.stream.aclose()
+
+    async def _protocol_error(self, exc: h11.RemoteProtocolError) -> None:
+        if self.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        body = _error_body(exc.error_status_hint, None, message=f"bad request: {exc}")
+        try:
+            data = self.h11.send(
+                h11.Response(
+                    status_code=exc.error_status_hint,
+                    headers=[_JSON, (b"content-length", str(len(body)).encode()), (b"connection", b"close")],
+                )
+            )
+            await self.stream.send_all(data + body)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
+            pass
+
+    async def _read_request(self) -> tuple[h11.Request, bytes] | None:
+        conn = self.h11
+        request = None
+        body = b""
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                try:
+                    data = await self.stream.receive_some(_RECV)
+                except trio.BrokenResourceError:
+                    data = b""
+                conn.receive_data(data)
+                continue
+            if type(event) is h11.Request:
+                request = event
+            elif type(event) is h11.Data:
+                body += event.data
+            elif type(event) is h11.EndOfMessage:
+                return request, body
+            else:  # ConnectionClosed, or PAUSED after a response that must close
+                return None
+
+    # ------------------------------------------------------------------------------------------ routes
+
+    async def _dispatch(self, request: h11.Request, raw: bytes) -> bool:
+        """Answer one request; return False when the connection must end."""
+        state = self.state
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in request.headers}
+        auth = headers.get("authorization")
+        api_key = auth[7:].strip() if auth and auth[:7].lower() == "bearer " else None
+        method = request.method.decode()
+        target = request.target.decode("latin-1")
+        path = target.split("?", 1)[0]
+
+        body: dict | None = None
+        model = None
+        stream = False
+        bad_json = False
+        if raw:
+            try:
+                decoded = _decode_json(raw)
+            except msgspec.DecodeError:
+                decoded = None
+            if isinstance(decoded, dict):
+                body = decoded
+                m = body.get("model")
+                model = m if isinstance(m, str) else None
+                stream = body.get("stream") is True
+            else:
+                bad_json = True
+        state.requests.append(RecordedRequest(method, path, model, api_key, stream, body, headers))
+
+        if path == "/v1/chat/completions":
+            if method != "POST":
+                return await self._error(405, None)
+            if body is None or bad_json:
+                return await self._error(400, None, "request body must be a JSON object")
+            spec = state.behaviour_for(model, api_key)
+            return await self._chat(spec, model or "unknown", body, stream)
+        if path == "/v1/models" or path.startswith("/v1/models/"):
+            if method != "GET":
+                return await self._error(405, None)
+            return await self._models(path, api_key)
+        return await self._error(404, None, f"no route for {method} {path}", code="not_found")
+
+    async def _models(self, path: str, api_key: str | None) -> bool:
+        spec = self.state.key_behaviours.get(api_key, "ok") if api_key is not None else "ok"
+        name, args = parse_spec(spec)
+        if name in ("auth", "fail", "rate-limit", "reset"):
+            return await self._chat(spec, "models", {}, False)
+        if name in ("slow", "stall-pre", "stall-mid"):
+            await trio.sleep(_float(args, 0, 1.0))
+        ids = list(dict.fromkeys([*DEFAULT_MODELS, *self.state.behaviours]))
+        if path != "/v1/models":
+            wanted = path[len("/v1/models/") :]
+            return await self._json(200, _encode(_model_obj(wanted)))
+        return await self._json(200, _encode({"object": "list", "data": [_model_obj(i) for i in ids]}))
+
+    async def _chat(self, spec: str, model: str, body: dict, stream: bool) -> bool:
+        name, args = parse_spec(spec)
+        if name in _PLAIN:
+            answer = _build_answer(name, args, model, body)
+            if stream:
+                return await self._stream(answer, [(0.0, f) for f in answer.head_frames()])
+            return await self._json(200, answer.completion())
+        if name == "fail":
+            return await self._error(_int(args, 0, 500), model)
+        if name == "rate-limit":
+            extra = [(b"retry-after", args[0].encode())] if args and args[0] else []
+            return await self._error(429, model, extra=extra)
+        if name == "auth":
+            return await self._error(401, model)
+        if name == "context":
+            message = (
+                "This model's maximum context length is 8192 tokens. However, your messages resulted in "
+                f"{_prompt_tokens(body) + 8192} tokens. Please reduce the length of the messages."
+            )
+            return await self._error(400, model, message, code="context_length_exceeded")
+        if name == "wrapped-body" or (name == "wrapped-sse" and not stream):
+            return await self._json(200, _wrapped(model, _int(args, 0, 503)))
+        if name == "wrapped-sse":
+            frame = b"data: " + _wrapped(model, _int(args, 0, 503)) + b"\n\n"
+            return await self._stream(None, [(0.0, frame), (0.0, _DONE)])
+        if name == "reset":
+            await self._abort()
+            return False
+        answer = _build_answer(name, args, model, body)
+        if name in _DELAYED or (name == "stall-mid" and not stream):
+            delay = _float(args, 0, 1.0)
+            if stream:
+                return await self._stream(answer, [(0.0, f) for f in answer.head_frames()], delay=delay)
+            return await self._watched(self._delayed_json, delay, answer)
+        if name == "drip":
+            interval = _float(args, 0, 0.1)
+            if not stream:
+                return await self._watched(self._delayed_json, interval * len(answer.pieces), answer)
+            frames = answer.head_frames()
+            return await self._stream(answer, [(0.0, frames[0]), *((interval, f) for f in frames[1:])])
+        # stall-mid (stream) and reset-mid: role chunk + 2 content chunks, then silence or a reset.
+        if name == "reset-mid" and not stream:
+            return await self._reset_mid_json(answer)
+        frames = [(0.0, f) for f in answer.head_frames()]
+        if name == "reset-mid":
+            frames.insert(3, (0.0, _RESET))
+            return await self._stream(answer, frames)
+        if len(frames) > 3:
+            frames[3] = (_float(args, 0, 1.0), frames[3][1])
+        else:
+            frames.append((_float(args, 0, 1.0), b""))
+        return await self._stream(answer, frames)
+
+    # ---------------------------------------------------------------------------------------- writing
+
+    async def _send(self, data: bytes) -> None:
+        try:
+            await self.stream.send_all(data)
+        except trio.BrokenResourceError:
+            self.state._note_disconnect()
+            raise _Disconnected from None
+
+    async def _json(self, status: int, body: bytes, extra: list | None = None) -> bool:
+        headers = [_JSON, (b"content-length", str(len(body)).encode())]
+        if extra:
+            headers.extend(extra)
+        conn = self.h11
+        data = conn.send(h11.Response(status_code=status, headers=headers, reason=_reason(status)))
+        await self._send(data + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage()))
+        return True
+
+    async def _error(
+        self, status: int, model: str | None, message: str | None = None, code: Any = None, extra=None
+    ) -> bool:
+        return await self._json(status, _error_body(status, model, message, code), extra)
+
+    async def _delayed_json(self, delay: float, answer: _Answer) -> bool:
+        await trio.sleep(delay)
+        return await self._json(200, answer.completion())
+
+    async def _reset_mid_json(self, answer: _Answer) -> bool:
+        body = answer.completion()
+        conn = self.h11
+        head = conn.send(
+            h11.Response(status_code=200, headers=[_JSON, (b"content-length", str(len(body)).encode())])
+        )
+        await self._send(head + body[: len(body) // 2])
+        await self._abort()
+        return False
+
+    async def _stream(
+        self, answer: _Answer | None, schedule: list[tuple[float, Any]], delay: float = 0.0
+    ) -> bool:
+        """Send an SSE response: ``schedule`` is (pause before, frame); the answer's tail frames follow.
+
+        Frames with no pause before them are sent in one write. Pauses (and ``delay`` before the headers)
+        run under a watcher that notices the client hanging up.
+        """
+        if answer is not None:
+            schedule = schedule + [(0.0, f) for f in answer.tail_frames()]
+        if delay <= 0 and all(pause <= 0 and frame is not _RESET for pause, frame in schedule):
+            conn = self.h11
+            out = [conn.send(h11.Response(status_code=200, headers=_SSE_HEADERS))]
+            out.extend(conn.send(h11.Data(data=frame)) for _, frame in schedule if frame)
+            out.append(conn.send(h11.EndOfMessage()))
+            await self._send(b"".join(out))
+            return True
+        return await self._watched(self._stream_paced, schedule, delay)
+
+    async def _stream_paced(self, schedule: list[tuple[float, Any]], delay: float) -> bool:
+        conn = self.h11
+        if delay > 0:
+            await trio.sleep(delay)
+        out = [conn.send(h11.Response(status_code=200, headers=_SSE_HEADERS))]
+        for pause, frame in schedule:
+            if frame is _RESET:
+                await self._send(b"".join(out))
+                return False  # the caller aborts once the watcher is gone
+            if pause > 0:
+                if out:
+                    await self._send(b"".join(out))
+                    out = []
+                await trio.sleep(pause)
+            if frame:
+                out.append(conn.send(h11.Data(data=frame)))
+        out.append(conn.send(h11.EndOfMessage()))
+        await self._send(b"".join(out))
+        return True
+
+    async def _watched(self, respond, *args) -> bool:
+        """Run ``respond(*args)`` while a watcher reads the socket; EOF means the client hung up.
+
+        Bytes that arrive meanwhile (a pipelined request) go into h11's buffer for the next cycle.
+        If ``respond`` returns False the connection is reset abortively (``reset-mid``).
+        """
+        hung_up = False  # the watcher saw EOF
+        send_failed = False  # a send failed (already counted by _send)
+        keep = True
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                nonlocal hung_up
+                while True:
+                    try:
+                        data = await self.stream.receive_some(_RECV)
+                    except trio.BrokenResourceError:
+                        data = b""
+                    if not data:
+                        hung_up = True
+                        nursery.cancel_scope.cancel()
+                        return
+                    self.h11.receive_data(data)
+
+            nursery.start_soon(watch)
+            try:
+                keep = await respond(*args)
+            except _Disconnected:  # caught here: strict exception groups would wrap it at the nursery
+                send_failed = True
+            nursery.cancel_scope.cancel()
+        if hung_up and not send_failed:
+            self.state._note_disconnect()
+        if hung_up or send_failed:
+            raise _Disconnected
+        if not keep:
+            await self._abort()
+        return keep
+
+    async def _abort(self) -> None:
+        """Close with SO_LINGER 0, so the kernel sends RST instead of FIN."""
+        with contextlib.suppress(OSError):
+            self.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+        await self.stream.aclose()
+
+
+def _wrapped(model: str, code: int) -> bytes:
+    return _encode(
+        {"error": {"message": f"fault upstream: wrapped error {code} for model {model}", "code": code}}
+    )
+
+
+def _model_obj(model_id: str) -> dict:
+    return {"id": model_id, "object": "model", "created": 0, "owned_by": "fault-upstream"}
+
+
+# --------------------------------------------------------------------------------------------- serving
+
+
+async def serve_upstream(
+    state: UpstreamState | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    task_status=trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the fault-injecting upstream; ``task_status.started(base_url)`` once it accepts connections.
+
+    ``base_url`` ends in ``/v1`` (e.g. ``http://127.0.0.1:41234/v1``). Runs until cancelled.
+    """
+    if state is None:
+        state = UpstreamState()
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    bound_port = listeners[0].socket.getsockname()[1]
+    url_host = f"[{host}]" if ":" in host else host
+    task_status.started(f"http://{url_host}:{bound_port}/v1")
+
+    async def handler(stream: trio.SocketStream) -> None:
+        await _Conn(stream, state).serve()
+
+    await trio.serve_listeners(handler, listeners)
+
+
+async def _main(host: str, port: int) -> None:
+    async with trio.open_nursery() as nursery:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            base_url = await nursery.start(functools.partial(serve_upstream, host=host, port=port))
+            print(f"listening on {base_url}", flush=True)
+            async for _ in signals:
+                nursery.cancel_scope.cancel()
+                break
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Fault-injecting OpenAI-compatible upstream")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    ns = parser.parse_args(argv)
+    trio.run(_main, ns.host, ns.port)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

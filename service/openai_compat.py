@@ -1,0 +1,102 @@
+"""The adapter for OpenAI-compatible providers, on long-lived pooled httpx clients.
+
+httpx's pool gets slower as more requests share one client (measured here: one client at 32 in flight
+630 req/s, 32 clients 2,343 req/s), so calls are spread over a few clients (shards). Every client lives
+as long as the gateway; none is made per request.
+
+Resource handling: `open()` streams the response; leaving the context before the body was read closes
+that connection (httpcore cannot reuse it), which is how a cancelled attempt hangs up on the upstream.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import httpx
+import msgspec
+
+from actors.upstream import TransportFailure, UpstreamCall
+
+_encode = msgspec.json.encode
+
+
+@dataclass(frozen=True)
+class PlatformEndpoint:
+    name: str
+    base_url: str
+    headers: Mapping[str, str]
+
+
+class _Response:
+    __slots__ = ("_resp", "headers", "status")
+
+    def __init__(self, resp: httpx.Response) -> None:
+        self._resp = resp
+        self.status = resp.status_code
+        self.headers = resp.headers  # case-insensitive, so lower-case lookups work
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._resp.aiter_bytes():
+                yield chunk
+        except httpx.TransportError as exc:
+            raise TransportFailure(_describe(exc)) from None
+
+
+class OpenAICompatUpstream:
+    def __init__(self, platforms: Mapping[str, PlatformEndpoint], secret_for: Callable[[str], str], *,
+                 shards: int = 8, connections_per_shard: int = 64, connect_timeout_s: float = 10.0) -> None:
+        self._platforms = dict(platforms)
+        self._secret_for = secret_for
+        limits = httpx.Limits(max_connections=connections_per_shard,
+                              max_keepalive_connections=connections_per_shard, keepalive_expiry=30)
+        # Read timeouts are the request actor's cancel scopes (first-byte and stall deadlines), not httpx's.
+        timeout = httpx.Timeout(connect=connect_timeout_s, read=None, write=30.0, pool=30.0)
+        self._clients = [httpx.AsyncClient(limits=limits, timeout=timeout, trust_env=False)
+                         for _ in range(shards)]
+        self._next = itertools.cycle(self._clients)
+
+    async def aclose(self) -> None:
+        for client in self._clients:
+            await client.aclose()
+
+    def _request(self, method: str, platform: str, key_id: str, path: str,
+                 body: bytes | None = None) -> tuple[httpx.AsyncClient, httpx.Request]:
+        endpoint = self._platforms[platform]
+        headers = {"authorization": f"Bearer {self._secret_for(key_id)}", "accept-encoding": "gzip",
+                   **endpoint.headers}
+        if body is not None:
+            headers["content-type"] = "application/json"
+        client = next(self._next)
+        return client, client.build_request(method, endpoint.base_url.rstrip("/") + path, content=body,
+                                            headers=headers)
+
+    @asynccontextmanager
+    async def open(self, call: UpstreamCall) -> AsyncIterator[_Response]:
+        client, request = self._request("POST", call.platform, call.key_id, "/chat/completions",
+                                        _encode(call.body))
+        try:
+            resp = await client.send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise TransportFailure(_describe(exc)) from None
+        try:
+            yield _Response(resp)
+        finally:
+            await resp.aclose()
+
+    async def check_key(self, platform: str, key_id: str) -> int:
+        client, request = self._request("GET", platform, key_id, "/models")
+        try:
+            resp = await client.send(request)
+        except httpx.TransportError as exc:
+            raise TransportFailure(_describe(exc)) from None
+        return resp.status_code
+
+
+def _describe(exc: httpx.TransportError) -> str:
+    """A short, secret-free description: the exception's class and text, never the request or URL."""
+    text = str(exc).strip() or "no detail"
+    return f"{type(exc).__name__}: {text[:160]}"

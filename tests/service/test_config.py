@@ -1,0 +1,482 @@
+"""Config loading: defaults, merging over the built-in catalog, environment, and precise error messages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from service.config import (
+    POOLS,
+    Config,
+    ConfigError,
+    Routing,
+    Timeouts,
+    load_builtin_catalog,
+    load_config,
+)
+
+SEED = Path("/work/shared/catalog/seed-catalog.json")
+CATALOG = Path(__file__).resolve().parents[2] / "service" / "data" / "catalog.json"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "switchboard.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def error_for(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> ConfigError:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env or {})
+    return info.value
+
+
+def model(config: Config, ref: str):
+    return next(m for m in config.models if m.ref == ref)
+
+
+# --- defaults and the built-in catalog ------------------------------------------------------------------
+
+
+def test_defaults_without_a_file() -> None:
+    config = load_config(None, {})
+    assert config.path is None
+    assert (config.host, config.port, config.data_dir) == ("127.0.0.1", 8080, Path("data"))
+    assert config.api_keys == ()
+    assert config.admin_token is None
+    assert config.timeouts == Timeouts()
+    assert config.routing == Routing()
+    assert config.builtin_catalog
+    assert config.env_keys == {}
+
+    assert len(config.platforms) == 14
+    assert {p.kind for p in config.platforms.values()} == {"openai"}
+    assert not {"google", "cohere", "cloudflare"} & set(config.platforms)
+    assert config.platforms["longcat"].protection == "provider-ban"
+    assert {p.protection for n, p in config.platforms.items() if n != "longcat"} == {"model-skip"}
+    assert config.platforms["groq"].env_var == "GROQ_API_KEY"
+    assert config.platforms["ollama"].timeout_s == 120.0
+    assert config.platforms["openrouter"].headers["X-Title"] == "FreeLLMAPI"
+
+    assert len(config.models) == 81
+    assert all(m.platform in config.platforms for m in config.models)
+    assert {m.pool for m in config.models} == set(POOLS)
+    assert all(m.fallback == m.enabled for m in config.models)
+    assert model(config, "longcat/LongCat-2.0-Preview").pool == "smart"
+    assert model(config, "openrouter/openrouter/owl-alpha").pool == "smart"
+    assert model(config, "cerebras/gpt-oss-120b").pool == "fast"
+    assert not model(config, "cerebras/zai-glm-4.7").enabled
+
+
+def test_builtin_catalog_pools_follow_ranks() -> None:
+    version, _, models = load_builtin_catalog()
+    assert version
+    extras = {"longcat/LongCat-2.0-Preview", "openrouter/openrouter/owl-alpha"}
+    for m in models:
+        smart = m.intelligence_rank <= 3 or m.ref in extras
+        expected = "smart" if smart else "fast" if m.speed_rank <= 2 else "balanced"
+        assert m.pool == expected, m.ref
+
+
+def test_builtin_catalog_is_a_fresh_copy_each_call() -> None:
+    _, platforms, _ = load_builtin_catalog()
+    platforms.pop("groq")
+    platforms["openrouter"].headers.clear()
+    _, again, _ = load_builtin_catalog()
+    assert "groq" in again
+    assert again["openrouter"].headers
+
+
+@pytest.mark.skipif(not SEED.exists(), reason="seed catalog not available")
+def test_catalog_file_is_what_the_build_script_makes() -> None:
+    from build_catalog import build  # scripts/ is on sys.path (tests/conftest.py)
+
+    shipped = json.loads(CATALOG.read_text(encoding="utf-8"))
+    rebuilt = build(json.loads(SEED.read_text(encoding="utf-8")), shipped["version"])
+    assert rebuilt == shipped
+
+
+# --- valid files ----------------------------------------------------------------------------------------
+
+
+FULL = (
+    """\
+# a complete file
+[server]
+host = "0.0.0.0"
+port = 9000
+data_dir = "/var/lib/switchboard"
+
+[gateway]
+api_keys = [
+  "sk-one",
+  "sha256:"""
+    + "ab" * 32
+    + """",
+]
+
+[admin]
+token = "admin-secret"
+
+[timeouts]
+first_byte_s = 30
+stall_s = 20.5
+keepalive_s = 5
+transient_cooldown_s = 10
+
+[routing]
+max_attempts = 3
+rate_limit_cooldown_s = 90
+
+[catalog]
+builtin = true
+
+[[platforms]]
+name = "groq"
+protection = "off"
+timeout_s = 30
+headers = { "X-Title" = "mine" }
+
+[[models]]
+platform = "groq"
+id = "llama-3.3-70b-versatile"
+pool = "smart"
+fallback = false
+context_window = 65536
+rpm = 10
+rpd = 100
+tpm = 1000
+tpd = 10000
+intelligence_rank = 2
+speed_rank = 3
+enabled = true
+"""
+)
+
+
+def test_full_valid_file(tmp_path: Path) -> None:
+    path = write(tmp_path, FULL)
+    config = load_config(path, {})
+    assert config.path == path
+    assert (config.host, config.port, config.data_dir) == ("0.0.0.0", 9000, Path("/var/lib/switchboard"))
+    assert config.api_keys == ("sk-one", "sha256:" + "ab" * 32)
+    assert config.admin_token == "admin-secret"
+    assert config.timeouts == Timeouts(30.0, 20.5, 5.0, 10.0)
+    assert isinstance(config.timeouts.first_byte_s, float)
+    assert config.routing == Routing(max_attempts=3, rate_limit_cooldown_s=90.0)
+    groq = config.platforms["groq"]
+    assert (groq.protection, groq.timeout_s, groq.headers) == ("off", 30.0, {"X-Title": "mine"})
+    assert groq.base_url == "https://api.groq.com/openai/v1"  # not given: kept from the catalog
+    llama = model(config, "groq/llama-3.3-70b-versatile")
+    assert (llama.pool, llama.fallback, llama.context_window) == ("smart", False, 65536)
+    assert (llama.rpm, llama.rpd, llama.tpm, llama.tpd) == (10, 100, 1000, 10000)
+    assert (llama.intelligence_rank, llama.speed_rank, llama.enabled) == (2, 3, True)
+    assert llama.display_name == "Llama 3.3 70B"  # not given: kept
+    assert len(config.models) == 81
+
+
+def test_override_builtin_platform_base_url_and_keys(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[[platforms]]\nname = "groq"\nbase_url = "http://localhost:9999/v1/"\nkeys = ["gsk_a", "gsk_b"]\n',
+    )
+    config = load_config(path, {})
+    groq = config.platforms["groq"]
+    assert groq.base_url == "http://localhost:9999/v1"  # trailing slash dropped: adapters append paths
+    assert groq.keys == ("gsk_a", "gsk_b")
+    assert (groq.protection, groq.display_name, groq.env_var) == ("model-skip", "Groq", "GROQ_API_KEY")
+    assert list(config.platforms) == list(load_builtin_catalog()[1])  # order unchanged
+
+
+def test_add_new_platform_and_model(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+[[platforms]]
+name = "my-lab"
+kind = "openai"
+base_url = "https://llm.example.com/v1"
+
+[[models]]
+platform = "my-lab"
+id = "lab/model-7b"
+enabled = false
+
+[[models]]
+platform = "groq"
+id = "brand-new"
+rpm = 5
+""",
+    )
+    config = load_config(path, {})
+    lab = config.platforms["my-lab"]
+    assert list(config.platforms)[-1] == "my-lab"
+    assert (lab.keys, lab.headers, lab.protection, lab.timeout_s) == ((), {}, "model-skip", None)
+    assert (lab.env_var, lab.display_name) == ("MY_LAB_API_KEY", "my-lab")
+    assert [m.ref for m in config.models[-2:]] == ["my-lab/lab/model-7b", "groq/brand-new"]
+    new = model(config, "my-lab/lab/model-7b")
+    assert (new.pool, new.enabled, new.fallback, new.display_name) == (
+        "balanced",
+        False,
+        False,
+        "lab/model-7b",
+    )
+    assert (new.context_window, new.rpm, new.rpd, new.tpm, new.tpd) == (None, None, None, None, None)
+    assert model(config, "groq/brand-new").fallback
+    assert model(config, "groq/brand-new").rpm == 5
+
+
+def test_unlimited_resets_a_builtin_limit(tmp_path: Path) -> None:
+    path = write(tmp_path, '[[models]]\nplatform = "groq"\nid = "qwen/qwen3-32b"\nrpd = "unlimited"\n')
+    assert model(load_config(path, {}), "groq/qwen/qwen3-32b").rpd is None
+
+
+def test_builtin_false_keeps_only_the_files_platforms(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+[catalog]
+builtin = false
+
+[[platforms]]
+name = "groq"
+kind = "openai"
+base_url = "https://api.groq.com/openai/v1"
+
+[[models]]
+platform = "groq"
+id = "llama-3.3-70b-versatile"
+""",
+    )
+    config = load_config(path, {"CEREBRAS_API_KEY": "csk"})
+    assert not config.builtin_catalog
+    assert config.catalog_version == "none"
+    assert list(config.platforms) == ["groq"]
+    assert [m.ref for m in config.models] == ["groq/llama-3.3-70b-versatile"]
+    assert config.models[0].intelligence_rank == 16  # defaults, not the built-in row
+    assert config.env_keys == {}
+
+
+def test_builtin_false_name_needs_kind_and_base_url(tmp_path: Path) -> None:
+    err = error_for(tmp_path, '[catalog]\nbuiltin = false\n\n[[platforms]]\nname = "groq"\n')
+    assert err.line == 4
+    assert err.key == "[[platforms]][1]"
+    assert "kind and base_url" in err.message
+    assert "built-in catalog is off" in err.message
+
+
+def test_relative_data_dir_is_resolved_against_the_config_folder(tmp_path: Path, monkeypatch) -> None:
+    folder = tmp_path / "etc"
+    folder.mkdir()
+    path = folder / "switchboard.toml"
+    path.write_text('[server]\ndata_dir = "state/db"\n', encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    assert load_config(Path("etc/switchboard.toml"), {}).data_dir == folder / "state" / "db"
+
+
+def test_locator_handles_subtables_dotted_keys_and_multiline_values(tmp_path: Path) -> None:
+    text = """\
+server.port = 8081
+[gateway]
+api_keys = [
+  "a = 1",
+  "[b]",
+]
+[[platforms]]
+name = "groq"
+[platforms.headers]
+"X-Title" = "t"
+[[platforms]]
+name = "cerebras"
+notes = '''
+[[platforms]]
+name = "fake"
+'''
+"""
+    err = error_for(tmp_path, text)
+    assert (err.line, err.key) == (13, "[[platforms]][2].notes")
+
+
+# --- errors ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key", "words"),
+    [
+        ('[server]\nhost = "x"\n\n[sever]\nport = 1\n', 4, "sever", "unknown key"),
+        ("[server]\nhost = 'x'\nprot = 8080\n", 3, "server.prot", "expected one of: data_dir, host, port"),
+        (
+            '# c\n[[platforms]]\nname = "groq"\n[[platforms]]\nname = "cerebras"\nprtection = "off"\n',
+            6,
+            "[[platforms]][2].prtection",
+            "unknown key",
+        ),
+        ("[server]\nport = 70000\n", 2, "server.port", "from 0 to 65535, found an integer (70000)"),
+        ("[server]\nport = true\n", 2, "server.port", "found a boolean (true)"),
+        ('[server]\nhost = ""\n', 2, "server.host", "non-empty string"),
+        ("[routing]\nmax_attempts = 0\n", 2, "routing.max_attempts", "an integer >= 1, found an integer (0)"),
+        ("[routing]\nmax_attempts = true\n", 2, "routing.max_attempts", "found a boolean"),
+        ("[routing]\nmax_attempts = 2.5\n", 2, "routing.max_attempts", "found a float (2.5)"),
+        ("\n[timeouts]\nstall_s = -1\n", 3, "timeouts.stall_s", "positive number"),
+        ('[timeouts]\nstall_s = "45"\n', 2, "timeouts.stall_s", 'found a string ("45")'),
+        ("[timeouts]\nstall_s = nan\n", 2, "timeouts.stall_s", "positive number"),
+        ("[timeouts]\nkeepalive_s = false\n", 2, "timeouts.keepalive_s", "found a boolean"),
+        ("timeouts = 5\n", 1, "timeouts", "expected a table, found an integer"),
+        ('[catalog]\nbuiltin = "yes"\n', 2, "catalog.builtin", "expected true or false"),
+        (
+            '[[platforms]]\nname = "groq"\n[[platforms]]\nname = "cerebras"\nprotection = "ban"\n',
+            5,
+            "[[platforms]][2].protection",
+            '"provider-ban", "model-skip", "off"',
+        ),
+        (
+            '[[platforms]]\nname = "gem"\nkind = "gemini"\nbase_url = "https://x"\n',
+            3,
+            "[[platforms]][1].kind",
+            'supported platform kind ("openai"), found a string ("gemini")',
+        ),
+        (
+            '[[platforms]]\nname = "x"\nkind = "openai"\nbase_url = "ftp://x"\n',
+            4,
+            "[[platforms]][1].base_url",
+            "http:// or https://",
+        ),
+        ('[[platforms]]\nname = "groq"\ntimeout_s = 0\n', 3, "[[platforms]][1].timeout_s", "positive"),
+        (
+            '[[platforms]]\nname = "groq"\n\n[[platforms]]\nname = "groq"\n',
+            5,
+            "[[platforms]][2].name",
+            "duplicate platform",
+        ),
+        ('[[platforms]]\nkind = "openai"\n', 1, "[[platforms]][1]", '"name"'),
+        ('[[platforms]]\nname = "My Lab"\n', 2, "[[platforms]][1].name", "lowercase"),
+        ('[[platforms]]\nname = "lab"\nkind = "openai"\n', 1, "[[platforms]][1]", "base_url"),
+        ('[platforms]\nname = "groq"\n', 1, "platforms", "array of tables"),
+        ('[[models]]\nplatform = "nope"\nid = "m"\n', 2, "[[models]][1].platform", "known platform"),
+        ('[[models]]\nplatform = "groq"\n', 1, "[[models]][1]", '"id"'),
+        (
+            '[[models]]\nplatform = "groq"\nid = "a"\n[[models]]\nplatform = "groq"\nid = "a"\n',
+            6,
+            "[[models]][2].id",
+            'duplicate model "groq/a"',
+        ),
+        (
+            '[[models]]\nplatform = "groq"\nid = "a"\npool = "turbo"\n',
+            4,
+            "[[models]][1].pool",
+            '"fast", "balanced", "smart"',
+        ),
+        ('[[models]]\nplatform = "groq"\nid = "a"\nrpm = 0\n', 4, "[[models]][1].rpm", '"unlimited"'),
+        ('[[models]]\nplatform = "groq"\nid = "a"\ntpd = 1.5\n', 4, "[[models]][1].tpd", "found a float"),
+        (
+            '[[models]]\nplatform = "groq"\nid = "a"\nenabled = 1\n',
+            4,
+            "[[models]][1].enabled",
+            "true or false",
+        ),
+        (
+            '[[models]]\nplatform = "groq"\nid = "a"\ncontext_window = true\n',
+            4,
+            "[[models]][1].context_window",
+            "found a boolean",
+        ),
+        ('[[models]]\nplatform = "groq"\nid = "a"\nsize = "big"\n', 4, "[[models]][1].size", "unknown key"),
+    ],
+)
+def test_validation_errors_name_file_line_and_key(
+    tmp_path: Path, text: str, line: int, key: str, words: str
+) -> None:
+    err = error_for(tmp_path, text)
+    path = str(tmp_path / "switchboard.toml")
+    assert (err.file, err.line, err.key) == (path, line, key)
+    assert words in err.message
+    assert str(err) == f"{path}:{line}: {key}: {err.message}"
+    assert "\n" not in str(err)
+
+
+def test_toml_syntax_error_keeps_the_line(tmp_path: Path) -> None:
+    err = error_for(tmp_path, '[server]\nhost = "x"\nport = = 3\n')
+    assert err.line == 3
+    assert str(err).startswith(f"{tmp_path / 'switchboard.toml'}:3: invalid TOML: ")
+    assert "(at line" not in str(err)
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found") as info:
+        load_config(tmp_path / "nope.toml", {})
+    assert info.value.file == str(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '[gateway]\napi_keys = ["sk-topsecret-1", 5]\n',
+        '[gateway]\napi_keys = "sk-topsecret-1"\n',
+        '[gateway]\napi_keys = ["sha256:sk-topsecret-1"]\n',
+        '[admin]\ntoken = "sha256:sk-topsecret-1"\n',
+        '[[platforms]]\nname = "groq"\nkeys = "sk-topsecret-1"\n',
+        '[[platforms]]\nname = "groq"\nkeys = ["sk-topsecret-1", ""]\n',
+        '[[platforms]]\nname = "groq"\nheaders = { Authorization = 12345 }\n',
+        '[gateway]\napi_keys = ["sk-topsecret-1"]\napi_key = "sk-topsecret-1"\n',
+    ],
+)
+def test_secrets_never_appear_in_errors(tmp_path: Path, text: str) -> None:
+    err = error_for(tmp_path, text)
+    assert err.line is not None
+    assert "topsecret" not in str(err)
+    assert "12345" not in str(err)
+
+
+def test_secrets_are_not_in_repr(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[gateway]\napi_keys = ["sk-topsecret-1"]\n[admin]\ntoken = "tok-topsecret"\n'
+        '[[platforms]]\nname = "groq"\nkeys = ["gsk-topsecret"]\n',
+    )
+    config = load_config(path, {"CEREBRAS_API_KEY": "csk-topsecret"})
+    assert "topsecret" not in repr(config)
+
+
+# --- environment ----------------------------------------------------------------------------------------
+
+
+def test_env_keys_comma_list(tmp_path: Path) -> None:
+    path = write(tmp_path, '[[platforms]]\nname = "my-lab"\nkind = "openai"\nbase_url = "https://x.test"\n')
+    env = {
+        "GROQ_API_KEY": " gsk_1 , gsk_2,,gsk_1 ",
+        "CEREBRAS_API_KEY": "",
+        "LONGCAT_API_KEY": " , ",
+        "MY_LAB_API_KEY": "lab-key",
+        "UNRELATED_API_KEY": "x",
+    }
+    config = load_config(path, env)
+    assert config.env_keys == {"groq": ("gsk_1", "gsk_2"), "my-lab": ("lab-key",)}
+    assert config.platforms["groq"].keys == ()  # env keys are reported separately, not merged
+
+
+def test_env_overrides_server_settings(tmp_path: Path) -> None:
+    path = write(tmp_path, '[server]\nhost = "10.0.0.1"\nport = 9000\ndata_dir = "d"\n')
+    env = {"SWITCHBOARD_HOST": "0.0.0.0", "SWITCHBOARD_PORT": "0", "SWITCHBOARD_DATA_DIR": "/srv/sb"}
+    config = load_config(path, env)
+    assert (config.host, config.port, config.data_dir) == ("0.0.0.0", 0, Path("/srv/sb"))
+    assert load_config(None, {"SWITCHBOARD_PORT": " 8443 "}).port == 8443
+    assert load_config(None, {"SWITCHBOARD_PORT": ""}).port == 8080
+
+
+@pytest.mark.parametrize("value", ["http", "-1", "65536", "80.5"])
+def test_bad_env_port(value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {"SWITCHBOARD_PORT": value})
+    assert info.value.key == "env SWITCHBOARD_PORT"
+    assert str(info.value).startswith("env SWITCHBOARD_PORT: expected an integer from 0 to 65535")
+
+
+def test_env_defaults_to_os_environ(monkeypatch) -> None:
+    monkeypatch.setenv("GROQ_API_KEY", "from-os")
+    monkeypatch.setenv("SWITCHBOARD_PORT", "1234")
+    config = load_config(None)
+    assert config.env_keys["groq"] == ("from-os",)
+    assert config.port == 1234
