@@ -16,7 +16,8 @@ else is a bug and propagates, taking the service down loudly.
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,6 +81,7 @@ class Failure:
     code: str | None
     retry_after_s: float | None = None
     attempts: int = 0
+    sent: bool = False  # already sent to the client as an error event (the stream had content)
 
 
 @dataclass(frozen=True)
@@ -208,7 +210,7 @@ class RequestActor:
                         result = await self._run(req, emit, handle)
                     except trio.BrokenResourceError:
                         result = None  # the consumer closed its end: the client went away
-                    if isinstance(result, Failure):
+                    if isinstance(result, Failure) and not result.sent:
                         await send.send(result)
         finally:
             self._streams -= 1
@@ -294,7 +296,8 @@ class RequestActor:
                 tried.append(_Tried(model.ref, key_id, out.kind, out.status, out.message, out.retry_after_s))
                 if out.forwarded:
                     # Content already reached the client: the stream was ended with an error event.
-                    return Failure(502, out.message, "upstream_error", out.kind, attempts=progress.attempts)
+                    return Failure(502, out.message, "upstream_error", out.kind, attempts=progress.attempts,
+                                   sent=True)
                 if out.kind == "truncated" and out.body is not None:
                     fallback_body, fallback_ref = out.body, model.ref
                 if out.kind == "bad_request":
@@ -331,18 +334,12 @@ class RequestActor:
             with deadline:
                 async with self._upstream.open(call) as resp:
                     if resp.status != 200 or not req.stream:
-                        raw = bytearray()
-                        async for chunk in resp.chunks():
-                            timer.first_byte()
-                            raw += chunk
-                            deadline.deadline = trio.current_time() + self._deadlines.stall_s
-                        out = self._judge_body(req, resp.status, resp.headers, bytes(raw))
+                        raw = await _read_body(resp.chunks(), deadline, timer, self._deadlines.stall_s)
+                        out = self._judge_body(req, resp.status, resp.headers, raw)
                     elif "json" in resp.headers.get("content-type", ""):
                         # Asked to stream, the provider answered with one JSON document (often an error).
-                        raw = bytearray()
-                        async for chunk in resp.chunks():
-                            raw += chunk
-                        out = self._judge_body(req, resp.status, resp.headers, bytes(raw))
+                        raw = await _read_body(resp.chunks(), deadline, timer, self._deadlines.stall_s)
+                        out = self._judge_body(req, resp.status, resp.headers, raw)
                         if out.ok:
                             out = _Outcome(False, "server_error", 502, "expected an event stream, got JSON")
                     else:
@@ -415,10 +412,16 @@ class RequestActor:
     async def _relay(self, req: ChatRequest, ref: str, chunks: Any, deadline: trio.CancelScope,
                      timer: _Timer, state: _StreamState, progress: _Progress,
                      emit: Callable[[StreamItem], Awaitable[None]]) -> _Outcome:
+        async with aclosing(data_frames(chunks)) as frames:
+            return await self._relay_frames(req, ref, frames, deadline, timer, state, progress, emit)
+
+    async def _relay_frames(self, req: ChatRequest, ref: str, frames: AsyncIterator[bytes],
+                            deadline: trio.CancelScope, timer: _Timer, state: _StreamState, progress: _Progress,
+                            emit: Callable[[StreamItem], Awaitable[None]]) -> _Outcome:
         stall_s = self._deadlines.stall_s
         pending: list[bytes] = []  # frames before the first content: held back so a failure can fall over
         finish: str | None = None
-        async for payload in data_frames(chunks):
+        async for payload in frames:
             timer.first_byte()
             deadline.deadline = trio.current_time() + stall_s
             if payload == b"[DONE]":
@@ -459,8 +462,19 @@ class RequestActor:
         if _truncated(finish, req, None):
             # Delivered as the provider sent it (finish_reason says so); recorded as a model fault.
             return _Outcome(False, "truncated", 200, "the answer was cut off (finish_reason length)",
-                            delivered=True)
+                            forwarded=True, delivered=True)
         return _Outcome(True)
+
+
+async def _read_body(chunks: AsyncGenerator[bytes], deadline: trio.CancelScope, timer: _Timer,
+                     stall_s: float) -> bytes:
+    raw = bytearray()
+    async with aclosing(chunks):
+        async for chunk in chunks:
+            timer.first_byte()
+            raw += chunk
+            deadline.deadline = trio.current_time() + stall_s
+    return bytes(raw)
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 import msgspec
@@ -12,23 +13,24 @@ DONE = b"data: [DONE]\n\n"
 _encode = msgspec.json.encode
 
 
-async def data_frames(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def data_frames(chunks: AsyncGenerator[bytes]) -> AsyncIterator[bytes]:
     """Yield the payload of each `data:` event (multi-line data joined by newlines); comments and other
     fields are dropped. Accepts LF and CRLF line endings and frames split across chunks at any byte."""
     buffer = b""
-    async for chunk in chunks:
-        buffer += chunk
-        if b"\r" in buffer:
-            buffer = buffer.replace(b"\r\n", b"\n")
-        while True:
-            end = buffer.find(b"\n\n")
-            if end < 0:
-                break
-            block, buffer = buffer[:end], buffer[end + 2 :]
-            data = [line[5:].lstrip(b" ") if line.startswith(b"data:") else None for line in block.split(b"\n")]
-            payload = b"\n".join(d for d in data if d is not None)
-            if any(d is not None for d in data):
-                yield payload
+    async with aclosing(chunks):  # closing us closes the source too (an abandoned attempt)
+        async for chunk in chunks:
+            buffer += chunk
+            if b"\r" in buffer:
+                buffer = buffer.replace(b"\r\n", b"\n")
+            while True:
+                end = buffer.find(b"\n\n")
+                if end < 0:
+                    break
+                block, buffer = buffer[:end], buffer[end + 2 :]
+                data = [line[5:].lstrip(b" ") if line.startswith(b"data:") else None for line in block.split(b"\n")]
+                payload = b"\n".join(d for d in data if d is not None)
+                if any(d is not None for d in data):
+                    yield payload
     if buffer.strip().startswith(b"data:"):
         yield buffer.strip()[5:].lstrip(b" ")
 

@@ -3,7 +3,7 @@ the runtime never imports the edges (dependencies flow service -> actors -> even
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -26,7 +26,7 @@ class UpstreamResponse(Protocol):
     status: int
     headers: Mapping[str, str]  # lower-case names
 
-    def chunks(self) -> AsyncIterator[bytes]:
+    def chunks(self) -> AsyncGenerator[bytes]:
         """The body as it arrives. Raises TransportFailure if the connection breaks."""
         ...
 

@@ -108,6 +108,7 @@ class UpstreamState:
     client_disconnects: int = 0
     disconnected: trio.Event = field(default_factory=trio.Event)
     open_connections: int = 0
+    total_connections: int = 0  # connections accepted since start (or the last reset)
 
     def reset(self) -> None:
         """Forget recorded requests, configured behaviours and disconnects (live connections stay counted)."""
@@ -115,6 +116,7 @@ class UpstreamState:
         self.behaviours.clear()
         self.key_behaviours.clear()
         self.client_disconnects = 0
+        self.total_connections = 0
         self.disconnected = trio.Event()
 
     def behaviour_for(self, model: str | None, api_key: str | None) -> str:
@@ -371,6 +373,7 @@ class _Conn:
         """
         state = self.state
         state.open_connections += 1
+        state.total_connections += 1
         try:
             while True:
                 request = await self._read_request()

@@ -11,8 +11,8 @@ that connection (httpcore cannot reuse it), which is how a cancelled attempt han
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 
 import httpx
@@ -38,10 +38,11 @@ class _Response:
         self.status = resp.status_code
         self.headers = resp.headers  # case-insensitive, so lower-case lookups work
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncGenerator[bytes]:
         try:
-            async for chunk in self._resp.aiter_bytes():
-                yield chunk
+            async with aclosing(self._resp.aiter_bytes()) as body:
+                async for chunk in body:
+                    yield chunk
         except httpx.TransportError as exc:
             raise TransportFailure(_describe(exc)) from None
 
