@@ -103,6 +103,8 @@ class LogWriter:
 
     async def _commit(self, batch: list[tuple[Event, Reply[int] | None]]) -> None:
         events = [event for event, _ in batch]
+        # Read before appending: a foreign commit landing after our append must still look unseen.
+        self._version = self._store.data_version()
         seqs = self._store.append(events)
         self._written += len(events)
         self._batches += 1
@@ -113,7 +115,6 @@ class LogWriter:
             # Another process appended in between: publish its events too, in log order.
             entries = self._store.read_after(self._published)
             self._foreign += len(entries) - len(events)
-        self._version = self._store.data_version()
         await self._publish(entries)
         for (_, reply), seq in zip(batch, seqs, strict=True):
             if reply is not None:

@@ -7,6 +7,7 @@ projections decide what a kind does to a key or a model. Nothing here looks at a
 from __future__ import annotations
 
 import email.utils
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -51,7 +52,7 @@ def wrapped_error(payload: Any) -> tuple[int, Mapping[str, Any]] | None:
 
     A code that is not an HTTP error status (a string, 200, absent) counts as 502.
     """
-    if not isinstance(payload, dict) or "error" not in payload or payload.get("choices"):
+    if not isinstance(payload, dict) or payload.get("error") is None or payload.get("choices"):
         return None
     error = payload["error"]
     if not isinstance(error, dict):
@@ -68,30 +69,54 @@ def wrapped_error(payload: Any) -> tuple[int, Mapping[str, Any]] | None:
 
 def error_message(error: Mapping[str, Any] | None, fallback: str, limit: int = 200) -> str:
     """The provider's message, shortened for an event: one line, bounded, never the request body."""
-    message = str(error.get("message", "")) if error else ""
+    raw = error.get("message") if error else None
+    message = "" if raw is None else str(raw)
     message = " ".join(message.split()) or fallback
     return message if len(message) <= limit else message[: limit - 1] + "…"
 
 
+MAX_WAIT_S = 86400.0  # no provider quota window is longer than a day; anything more is a misreading
+_EPOCH_S = 1e9  # a "duration" this large is a Unix time (some providers send the reset instant)
+
+
 def retry_after_s(headers: Mapping[str, str], now_wall: float) -> float | None:
-    """Seconds to wait from `Retry-After` (seconds or an HTTP date), else from `x-ratelimit-reset-*`."""
+    """Seconds to wait from `Retry-After` (seconds or an HTTP date), else from `x-ratelimit-reset-*`
+    (a duration, or a Unix time in seconds or milliseconds). Always finite, at most a day."""
     value = headers.get("retry-after")
     if value:
         value = value.strip()
+        wait = _bounded(_number(value), now_wall)
+        if wait is not None:
+            return wait
         try:
-            return max(0.0, float(value))
-        except ValueError:
-            try:
-                when = email.utils.parsedate_to_datetime(value).timestamp()
-            except (TypeError, ValueError):
-                when = None
-            if when is not None:
-                return max(0.0, when - now_wall)
+            when = email.utils.parsedate_to_datetime(value).timestamp()
+        except (TypeError, ValueError, IndexError):
+            when = None
+        if when is not None:
+            return _bounded(when - now_wall, now_wall)
     for name in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens", "x-ratelimit-reset"):
-        parsed = _duration_s(headers.get(name))
+        parsed = _bounded(_duration_s(headers.get(name)), now_wall)
         if parsed is not None:
             return parsed
     return None
+
+
+def _number(value: str) -> float | None:
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _bounded(wait: float | None, now_wall: float) -> float | None:
+    if wait is None:
+        return None
+    if wait > _EPOCH_S * 1000:
+        wait = wait / 1000 - now_wall
+    elif wait > _EPOCH_S:
+        wait -= now_wall
+    return min(MAX_WAIT_S, max(0.0, wait))
 
 
 def _duration_s(value: str | None) -> float | None:
@@ -99,10 +124,9 @@ def _duration_s(value: str | None) -> float | None:
     if not value:
         return None
     value = value.strip().lower()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
+    plain = _number(value)
+    if plain is not None:
+        return max(0.0, plain)
     total, number = 0.0, ""
     i = 0
     while i < len(value):
@@ -110,10 +134,14 @@ def _duration_s(value: str | None) -> float | None:
         if ch.isdigit() or ch == ".":
             number += ch
         elif value.startswith("ms", i) and number:
-            total += float(number) / 1000
+            if (part := _number(number)) is None:
+                return None
+            total += part / 1000
             number, i = "", i + 1
         elif ch in "hms" and number:
-            total += float(number) * {"h": 3600, "m": 60, "s": 1}[ch]
+            if (part := _number(number)) is None:
+                return None
+            total += part * {"h": 3600, "m": 60, "s": 1}[ch]
             number = ""
         else:
             return None

@@ -59,12 +59,13 @@ class RequestReceived(Event, tag="request_received"):
 
 
 class AttemptStarted(Event, tag="attempt_started"):
-    """One upstream call began, on one model with one key."""
+    """One upstream call began, on one model with one key, holding `reserved_tokens` of its quotas."""
 
     attempt: int
     platform: str
     model: str
     key_id: str
+    reserved_tokens: int = 0
 
 
 class AttemptSucceeded(Event, tag="attempt_succeeded"):
@@ -79,6 +80,7 @@ class AttemptSucceeded(Event, tag="attempt_succeeded"):
     input_tokens: int
     output_tokens: int
     streamed: bool = False
+    exhausted_for_s: float | None = None  # x-ratelimit-remaining said 0: the key is spent for this long
 
 
 class AttemptFailed(Event, tag="attempt_failed"):
@@ -156,6 +158,68 @@ class KeyInvalidated(Event, tag="key_invalidated"):
     message: str = ""
 
 
+class KeyChecked(Event, tag="key_checked"):
+    """A health check called the provider with a key: `ok` (2xx), else the status it got (None: no answer)."""
+
+    key_id: str
+    ok: bool
+    status: int | None = None
+    message: str = ""
+
+
+class ScoredCandidate(msgspec.Struct, frozen=True, kw_only=True):
+    """One model a decision could take, with the parts of its score."""
+
+    ref: str
+    score: float
+    theta: float
+    speed: float
+    ttfb: float
+    intelligence: float
+    penalty: float
+    pool: str
+    named: bool = False  # named by the request: keeps its place ahead of the chain
+
+
+class Excluded(msgspec.Struct, frozen=True, kw_only=True):
+    """A model (or one key of it) a decision left out, and why."""
+
+    ref: str
+    reason: str
+    until: float | None = None
+
+
+class RouteInput(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything about the request that `decide` reads, so a replay can call it again."""
+
+    mode: str
+    requested: tuple[str, ...] = ()
+    use_chain: bool = True
+    est_tokens: int = 0
+    reserve_tokens: int = 0
+    tried: tuple[tuple[str, str], ...] = ()  # (key_id, model ref) already tried by this request
+    skip_models: tuple[tuple[str, str], ...] = ()  # (model ref, why) left out for this request
+    skip_platforms: tuple[tuple[str, str], ...] = ()  # (platform, why)
+    min_context: int | None = None  # after a context error: only larger windows
+
+
+class RouteDecided(Event, tag="route_decided"):
+    """Why an attempt went where it went: the seed and view position to replay it, the scored candidates
+    (best first, at most the first few), the exclusions (models without any key only counted), the choice."""
+
+    attempt: int
+    seed: int
+    view_seq: int
+    now: float
+    input: RouteInput
+    candidates: tuple[ScoredCandidate, ...]
+    excluded: tuple[Excluded, ...]
+    chosen_ref: str | None
+    chosen_key: str | None
+    candidates_total: int = 0
+    no_key_models: int = 0
+
+
 class ModelUpdated(Event, tag="model_updated"):
     """An operator changed a model's catalog entry. Unset fields keep their current value."""
 
@@ -180,7 +244,9 @@ AnyEvent = (
     | KeyDisabled
     | KeyEnabled
     | KeyInvalidated
+    | KeyChecked
     | ModelUpdated
+    | RouteDecided
 )
 
 EVENT_TYPES: tuple[type[Event], ...] = AnyEvent.__args__  # type: ignore[attr-defined]

@@ -20,6 +20,7 @@ import math
 import os
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -529,14 +530,15 @@ def print_table(results: list[Result], extra: list[dict]) -> None:
 # ------------------------------------------------------------------------------------------------ main
 
 
-def gateway_command() -> list[str]:
+def gateway_command(template: str | None, config: Path) -> list[str]:
+    """``--gateway-cmd`` with ``{config}`` filled in, else ``.venv/bin/switchboard serve --config CONFIG``."""
+    if template:
+        return [part.replace("{config}", str(config)) for part in shlex.split(template)]
     exe = ROOT / ".venv" / "bin" / "switchboard"
-    if exe.exists():
-        return [str(exe)]
-    found = shutil.which("switchboard")
-    if found:
-        return [found]
-    raise BenchError("!! switchboard executable not found (.venv/bin/switchboard); run with --direct-only")
+    found = str(exe) if exe.exists() else shutil.which("switchboard")
+    if not found:
+        raise BenchError("!! switchboard executable not found (.venv/bin/switchboard); try --direct-only")
+    return [found, "serve", "--config", str(config)]
 
 
 async def bench(args: argparse.Namespace) -> tuple[int, dict]:
@@ -577,7 +579,7 @@ async def bench(args: argparse.Namespace) -> tuple[int, dict]:
                 gateway = await start_child(
                     nursery,
                     "gateway",
-                    [*gateway_command(), "serve", "--config", str(config)],
+                    gateway_command(args.gateway_cmd, config),
                     pattern=re.compile(rb"switchboard listening on (http://\S+)"),
                     tmp=tmp,
                     env=gw_env,
@@ -685,9 +687,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="1 s per scenario and a 2000-request soak")
     parser.add_argument("--direct-only", action="store_true", help="only the direct upstream scenarios")
     parser.add_argument("--out", default="bench-results.json", help="JSON results file")
+    parser.add_argument(
+        "--gateway-cmd",
+        default=None,
+        help="command that starts the gateway ({config} is replaced by the config path); "
+        "default: .venv/bin/switchboard serve --config {config}",
+    )
     args = parser.parse_args(argv)
     if args.quick:
-        args.seconds = 1.0
+        if args.seconds == parser.get_default("seconds"):
+            args.seconds = 1.0
         if args.soak == parser.get_default("soak"):
             args.soak = 2000
     if args.warmup is None:

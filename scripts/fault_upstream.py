@@ -6,7 +6,30 @@ and notice a client that hangs up.
 
 What a request gets is its *behaviour*, a spec ``name[:arg[:arg]]``, looked up in this order:
 ``state.key_behaviours[api_key]``, ``state.behaviours[model]``, then the model id itself parsed as a spec
-(so ``model="fail:503"`` fails with 503). Unknown names behave as ``ok``. See ``BEHAVIOURS`` for the list.
+(so ``model="fail:503"`` fails with 503). Unknown names behave as ``ok``.
+
+    ok                    "Hello from <model>." (stream: role chunk, 3 content chunks, finish chunk, [DONE]);
+                          with ``tools``: a call to the first tool, finish_reason "tool_calls"
+    echo                  content = the last user message's text
+    fail:<status>         that status with an OpenAI error body {"error": {"message", "type", "code"}}
+    rate-limit[:<s>]      429, with Retry-After: <s> when given
+    auth                  401 (also on GET /v1/models when it is the key's behaviour)
+    context               400, code "context_length_exceeded"
+    wrapped-body[:<code>] 200 + JSON {"error": {"message", "code"}} (code default 503), stream or not
+    wrapped-sse[:<code>]  200 SSE: an error frame then [DONE] (a non-stream request gets wrapped-body)
+    stall-pre:<s>         nothing for s seconds, then a normal answer
+    stall-mid:<s>         stream: headers, role + 2 content chunks, s seconds of silence, the rest
+                          (non-stream: as stall-pre)
+    truncated             normal content, finish_reason "length"
+    empty                 content "" and no tool calls
+    reset                 read the request, then RST (SO_LINGER 0) without a response
+    reset-mid             stream: headers, role + 2 content chunks, then RST
+                          (non-stream: headers and half the body, then RST)
+    drip:<i>:<n>          stream: headers + role chunk at once, then n content chunks "t0 ", "t1 ", ...
+                          each after i seconds, then the finish (non-stream: the answer after n*i seconds)
+    slow:<s>              a healthy but slow upstream: wait s seconds, then answer normally
+
+``stream_options.include_usage`` adds the usual usage chunk before ``[DONE]``.
 
 Use it in-process::
 
@@ -109,6 +132,7 @@ class UpstreamState:
     disconnected: trio.Event = field(default_factory=trio.Event)
     open_connections: int = 0
     total_connections: int = 0  # connections accepted since start (or the last reset)
+    record: bool = True  # append to ``requests``; the CLI turns it off so a long benchmark holds no history
 
     def reset(self) -> None:
         """Forget recorded requests, configured behaviours and disconnects (live connections stay counted)."""
@@ -410,10 +434,12 @@ class _Conn:
     async def _read_request(self) -> tuple[h11.Request, bytes] | None:
         conn = self.h11
         request = None
-        body = b""
+        body: list[bytes] = []
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
+                if conn.they_are_waiting_for_100_continue:
+                    await self._send(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
                 try:
                     data = await self.stream.receive_some(_RECV)
                 except trio.BrokenResourceError:
@@ -423,9 +449,9 @@ class _Conn:
             if type(event) is h11.Request:
                 request = event
             elif type(event) is h11.Data:
-                body += event.data
+                body.append(event.data)
             elif type(event) is h11.EndOfMessage:
-                return request, body
+                return request, body[0] if len(body) == 1 else b"".join(body)
             else:  # ConnectionClosed, or PAUSED after a response that must close
                 return None
 
@@ -434,9 +460,12 @@ class _Conn:
     async def _dispatch(self, request: h11.Request, raw: bytes) -> bool:
         """Answer one request; return False when the connection must end."""
         state = self.state
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in request.headers}
-        auth = headers.get("authorization")
-        api_key = auth[7:].strip() if auth and auth[:7].lower() == "bearer " else None
+        api_key = None
+        for name, value in request.headers:  # h11 lower-cases names
+            if name == b"authorization":
+                if value[:7].lower() == b"bearer ":
+                    api_key = value[7:].strip().decode("latin-1")
+                break
         method = request.method.decode()
         target = request.target.decode("latin-1")
         path = target.split("?", 1)[0]
@@ -457,7 +486,9 @@ class _Conn:
                 stream = body.get("stream") is True
             else:
                 bad_json = True
-        state.requests.append(RecordedRequest(method, path, model, api_key, stream, body, headers))
+        if state.record:
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in request.headers}
+            state.requests.append(RecordedRequest(method, path, model, api_key, stream, body, headers))
 
         if path == "/v1/chat/completions":
             if method != "POST":
@@ -493,7 +524,8 @@ class _Conn:
                 return await self._stream(answer, [(0.0, f) for f in answer.head_frames()])
             return await self._json(200, answer.completion())
         if name == "fail":
-            return await self._error(_int(args, 0, 500), model)
+            status = _int(args, 0, 500)
+            return await self._error(status if 200 <= status <= 999 else 500, model)
         if name == "rate-limit":
             extra = [(b"retry-after", args[0].encode())] if args and args[0] else []
             return await self._error(429, model, extra=extra)
@@ -569,7 +601,9 @@ class _Conn:
         body = answer.completion()
         conn = self.h11
         head = conn.send(
-            h11.Response(status_code=200, headers=[_JSON, (b"content-length", str(len(body)).encode())])
+            h11.Response(
+                status_code=200, headers=[_JSON, (b"content-length", str(len(body)).encode())], reason=b"OK"
+            )
         )
         await self._send(head + body[: len(body) // 2])
         await self._abort()
@@ -587,7 +621,7 @@ class _Conn:
             schedule = schedule + [(0.0, f) for f in answer.tail_frames()]
         if delay <= 0 and all(pause <= 0 and frame is not _RESET for pause, frame in schedule):
             conn = self.h11
-            out = [conn.send(h11.Response(status_code=200, headers=_SSE_HEADERS))]
+            out = [conn.send(h11.Response(status_code=200, headers=_SSE_HEADERS, reason=b"OK"))]
             out.extend(conn.send(h11.Data(data=frame)) for _, frame in schedule if frame)
             out.append(conn.send(h11.EndOfMessage()))
             await self._send(b"".join(out))
@@ -598,7 +632,7 @@ class _Conn:
         conn = self.h11
         if delay > 0:
             await trio.sleep(delay)
-        out = [conn.send(h11.Response(status_code=200, headers=_SSE_HEADERS))]
+        out = [conn.send(h11.Response(status_code=200, headers=_SSE_HEADERS, reason=b"OK"))]
         for pause, frame in schedule:
             if frame is _RESET:
                 await self._send(b"".join(out))
@@ -699,7 +733,8 @@ async def serve_upstream(
 async def _main(host: str, port: int) -> None:
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            base_url = await nursery.start(functools.partial(serve_upstream, host=host, port=port))
+            state = UpstreamState(record=False)
+            base_url = await nursery.start(functools.partial(serve_upstream, state, host=host, port=port))
             print(f"listening on {base_url}", flush=True)
             async for _ in signals:
                 nursery.cancel_scope.cancel()

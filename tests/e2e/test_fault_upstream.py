@@ -418,6 +418,23 @@ async def test_reset_mid_breaks_the_stream_after_two_content_chunks(client):
 # ---------------------------------------------------------------------------- protocol and recording
 
 
+async def test_pipelined_request_behind_a_stall_is_answered_in_order(upstream, autojump_clock):
+    # The hang-up watcher reads the socket during the stall; what it reads must not be lost.
+    state, base_url = upstream
+    with trio.fail_after(100):
+        s = await open_raw(base_url)
+        await s.send_all(raw_request("stall-pre:10") + raw_request("echo"))
+        received = b""
+        while received.count(b"HTTP/1.1 200") < 2 or not received.endswith(b"}"):
+            received += await s.receive_some()
+        await s.aclose()
+    first, second = received.split(b"HTTP/1.1 200")[1:]
+    assert b"Hello from stall-pre:10." in first
+    assert b'"content":"say something nice"' in second
+    assert state.total_connections == 1
+    assert state.client_disconnects == 0
+
+
 async def test_keep_alive_reuses_one_connection(upstream, client):
     state, _ = upstream
     with trio.fail_after(5):

@@ -73,7 +73,7 @@ def succeeded(platform: str = "groq", model: str = "llama", **kw: float) -> Atte
     )
 
 
-# -- KeyHealth: key status ------------------------------------------------------------------------------------
+# -- KeyHealth: key status
 
 
 def test_key_added_is_ok() -> None:
@@ -150,7 +150,7 @@ def test_other_failures_do_not_touch_the_key() -> None:
     assert health.cooling_until("k1", "llama", 100.0) is None
 
 
-# -- KeyHealth: 429 cooling -----------------------------------------------------------------------------------
+# -- KeyHealth: 429 cooling
 
 
 def test_rate_limit_cools_for_retry_after() -> None:
@@ -220,12 +220,14 @@ def test_cooldowns_merge_in_any_order() -> None:
     assert ends == {165.0}
 
 
-# -- Stats ----------------------------------------------------------------------------------------------------
+# -- Stats
 
 
 def test_stats_count_successes_and_sums() -> None:
     stats = Stats()
-    fold(stats, [succeeded(latency_ms=100, ttfb_ms=10), succeeded(latency_ms=300, ttfb_ms=30, output_tokens=3)])
+    fold(
+        stats, [succeeded(latency_ms=100, ttfb_ms=10), succeeded(latency_ms=300, ttfb_ms=30, output_tokens=3)]
+    )
     s = stats.models["groq/llama"]
     assert (s.successes, s.failures, s.total) == (2, 0, 2)
     assert (s.latency_ms_total, s.ttfb_ms_total) == (400.0, 40.0)
@@ -263,7 +265,10 @@ def test_stats_count_stalls() -> None:
 
 def test_stats_key_models_by_platform_and_id() -> None:
     stats = Stats()
-    fold(stats, [succeeded("groq", "llama"), succeeded("cerebras", "llama"), failed("connect", platform="groq")])
+    fold(
+        stats,
+        [succeeded("groq", "llama"), succeeded("cerebras", "llama"), failed("connect", platform="groq")],
+    )
     assert set(stats.models) == {"groq/llama", "cerebras/llama"}
     assert stats.models["groq/llama"].total == 2
     assert stats.models["cerebras/llama"].total == 1
@@ -283,7 +288,7 @@ def test_stats_ignore_other_events() -> None:
     assert stats.models == {}
 
 
-# -- ModelOverrides -------------------------------------------------------------------------------------------
+# -- ModelOverrides
 
 
 def test_model_overrides_merge_field_by_field() -> None:
@@ -309,7 +314,7 @@ def test_model_overrides_are_per_platform_and_id() -> None:
     }
 
 
-# -- Live fold == rebuild from the log ------------------------------------------------------------------------
+# -- Live fold == rebuild from the log
 
 KEYS = ("k1", "k2", "k3")
 MODELS = ("llama", "mixtral")
@@ -321,25 +326,59 @@ _key = st.sampled_from(KEYS)
 _model = st.sampled_from(MODELS)
 _platform = st.sampled_from(PLATFORMS)
 _event = st.one_of(
-    st.builds(KeyAdded, ts=_ts, key_id=_key, platform=_platform, label=st.text(max_size=4),
-              source=st.sampled_from(["config", "env", "vault"])),
+    st.builds(
+        KeyAdded,
+        ts=_ts,
+        key_id=_key,
+        platform=_platform,
+        label=st.text(max_size=4),
+        source=st.sampled_from(["config", "env", "vault"]),
+    ),
     st.builds(KeyDisabled, ts=_ts, key_id=_key, reason=st.text(max_size=4)),
     st.builds(KeyEnabled, ts=_ts, key_id=_key),
-    st.builds(KeyInvalidated, ts=_ts, key_id=_key, status=st.sampled_from([401, 403]), message=st.text(max_size=4)),
     st.builds(
-        AttemptFailed, ts=_ts, attempt=st.integers(1, 3), platform=_platform, model=_model, key_id=_key,
+        KeyInvalidated, ts=_ts, key_id=_key, status=st.sampled_from([401, 403]), message=st.text(max_size=4)
+    ),
+    st.builds(
+        AttemptFailed,
+        ts=_ts,
+        attempt=st.integers(1, 3),
+        platform=_platform,
+        model=_model,
+        key_id=_key,
         kind=st.sampled_from(KINDS),
         retry_after_s=st.none() | st.floats(min_value=0, max_value=500, allow_nan=False),
     ),
     st.builds(
-        AttemptSucceeded, ts=_ts, attempt=st.integers(1, 3), platform=_platform, model=_model, key_id=_key,
-        latency_ms=st.floats(0, 1e4), ttfb_ms=st.floats(0, 1e4), input_tokens=st.integers(0, 10**6),
+        AttemptSucceeded,
+        ts=_ts,
+        attempt=st.integers(1, 3),
+        platform=_platform,
+        model=_model,
+        key_id=_key,
+        latency_ms=st.floats(0, 1e4),
+        ttfb_ms=st.floats(0, 1e4),
+        input_tokens=st.integers(0, 10**6),
         output_tokens=st.integers(0, 10**6),
     ),
-    st.builds(StreamStalled, ts=_ts, platform=_platform, model=_model, key_id=_key,
-              phase=st.sampled_from(["pre", "mid"]), silent_s=st.floats(0, 100)),
-    st.builds(ModelUpdated, ts=_ts, platform=_platform, model=_model, enabled=st.none() | st.booleans(),
-              fallback=st.none() | st.booleans(), pool=st.none() | st.sampled_from(["fast", "smart"])),
+    st.builds(
+        StreamStalled,
+        ts=_ts,
+        platform=_platform,
+        model=_model,
+        key_id=_key,
+        phase=st.sampled_from(["pre", "mid"]),
+        silent_s=st.floats(0, 100),
+    ),
+    st.builds(
+        ModelUpdated,
+        ts=_ts,
+        platform=_platform,
+        model=_model,
+        enabled=st.none() | st.booleans(),
+        fallback=st.none() | st.booleans(),
+        pool=st.none() | st.sampled_from(["fast", "smart"]),
+    ),
     st.builds(ClientDisconnected, ts=_ts, platform=st.none() | _platform, model=st.none() | _model),
 )
 
@@ -348,8 +387,16 @@ def observable(health: KeyHealth, overrides: ModelOverrides, stats: Stats, now: 
     cooling = {(k, m): health.cooling_until(k, m, now) for k in KEYS for m in MODELS}
     by_platform = {p: health.keys_of(p) for p in PLATFORMS}
     counters = {
-        ref: (s.successes, s.failures, dict(s.failures_by_kind), s.latency_ms_total, s.ttfb_ms_total,
-              s.input_tokens, s.output_tokens, s.stalls)
+        ref: (
+            s.successes,
+            s.failures,
+            dict(s.failures_by_kind),
+            s.latency_ms_total,
+            s.ttfb_ms_total,
+            s.input_tokens,
+            s.output_tokens,
+            s.stalls,
+        )
         for ref, s in stats.models.items()
     }
     return health.keys, by_platform, cooling, dict(overrides.by_ref), counters

@@ -1,0 +1,83 @@
+"""The catalog as routing sees it: the configured models with the operator's changes (ModelUpdated events)
+applied over them, and lookups by `id` and `platform/id`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+
+from events.quotas import Limits
+from events.types import Event, ModelUpdated
+
+VIRTUAL_MODELS = ("auto", "auto-smart", "auto-fast")
+ALIASES = {"freellmapi/auto": "auto", "freellmapi/auto-smart": "auto-smart", "freellmapi/auto-fast": "auto-fast"}
+
+
+@dataclass(frozen=True)
+class CatalogModel:
+    platform: str
+    id: str
+    pool: str
+    fallback: bool
+    enabled: bool
+    context_window: int | None
+    intelligence_rank: int
+    speed_rank: int
+    limits: Limits = Limits()
+    ref: str = field(init=False, compare=False)  # `platform/id`, read on every decision: computed once
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ref", f"{self.platform}/{self.id}")
+
+
+@dataclass(frozen=True)
+class ModelOverride:
+    enabled: bool | None = None
+    fallback: bool | None = None
+    pool: str | None = None
+
+
+class Catalog:
+    """Configured models plus overrides. `models()` is cached until the next override."""
+
+    def __init__(self, models: Iterable[CatalogModel]) -> None:
+        self._base = tuple(models)
+        self.overrides: dict[str, ModelOverride] = {}
+        self._current: tuple[CatalogModel, ...] | None = None
+        self.version = 0  # changes whenever models() would change
+
+    def apply(self, event: Event) -> None:
+        if isinstance(event, ModelUpdated):
+            ref = f"{event.platform}/{event.model}"
+            old = self.overrides.get(ref, ModelOverride())
+            self.overrides[ref] = ModelOverride(
+                enabled=event.enabled if event.enabled is not None else old.enabled,
+                fallback=event.fallback if event.fallback is not None else old.fallback,
+                pool=event.pool if event.pool is not None else old.pool,
+            )
+            self._current = None
+            self.version += 1
+
+    def models(self) -> tuple[CatalogModel, ...]:
+        if self._current is None:
+            out = []
+            for m in self._base:
+                o = self.overrides.get(m.ref)
+                if o is not None:
+                    m = replace(
+                        m,
+                        enabled=m.enabled if o.enabled is None else o.enabled,
+                        fallback=m.fallback if o.fallback is None else o.fallback,
+                        pool=o.pool or m.pool,
+                    )
+                out.append(m)
+            self._current = tuple(out)
+        return self._current
+
+    def resolve(self, name: str) -> list[CatalogModel]:
+        """`platform/id` names one model; a bare `id` (which may itself contain '/') names it on every
+        platform that serves it. Disabled models cannot be requested."""
+        models = self.models()
+        exact = [m for m in models if m.ref == name]
+        found = exact or [m for m in models if m.id == name]
+        return [m for m in found if m.enabled]

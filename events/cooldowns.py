@@ -1,0 +1,98 @@
+"""Per-model cooldowns and the 429 penalty.
+
+- Transient cooldown: once every usable key of a model has failed with a transient fault (5xx, connect,
+  stall) within `transient_window_s`, the model cools for `transient_cooldown_s`. One bad key is the key's
+  problem; all of them failing is the model's (the seed system cooled the model after one failure).
+- Model missing: a 404 for the model cools it on that platform for `model_missing_cooldown_s`.
+- 429 penalty: +penalty_per_429 points when a 429 leaves every key of the model cooling, capped; the points
+  decay by one every `penalty_decay_s` and by one per success.
+Cooldowns merge order-insensitively: a cooldown ends at the latest of its deadlines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from events.key_health import KeyHealth
+from events.policy import RoutingPolicy
+from events.types import AttemptFailed, AttemptSucceeded, Event
+
+TRANSIENT = frozenset({"connect", "server_error", "stall_pre", "stall_mid"})
+
+
+@dataclass
+class _ModelCooldown:
+    until: float = 0.0
+    reason: str = ""
+    failed_keys: dict[str, float] = field(default_factory=dict)  # key -> last transient failure
+    penalty: float = 0.0
+    penalty_as_of: float = 0.0
+
+
+class Cooldowns:
+    def __init__(self, policy: RoutingPolicy, health: KeyHealth) -> None:
+        self._policy = policy
+        self._health = health
+        self._models: dict[str, _ModelCooldown] = {}
+
+    def _of(self, ref: str) -> _ModelCooldown:
+        state = self._models.get(ref)
+        if state is None:
+            state = self._models[ref] = _ModelCooldown()
+        return state
+
+    def apply(self, event: Event) -> None:
+        """Apply after KeyHealth has applied the same event (it needs the keys' state after it)."""
+        p = self._policy
+        match event:
+            case AttemptSucceeded():
+                state = self._models.get(f"{event.platform}/{event.model}")
+                if state is not None:
+                    state.failed_keys.clear()
+                    self._set_penalty(state, event.ts, -1.0)
+            case AttemptFailed(kind=kind) if kind in TRANSIENT:
+                state = self._of(f"{event.platform}/{event.model}")
+                horizon = event.ts - p.transient_window_s
+                state.failed_keys = {k: t for k, t in state.failed_keys.items() if t > horizon}
+                state.failed_keys[event.key_id] = event.ts
+                usable = [k.key_id for k in self._health.keys_of(event.platform) if k.status == "ok"]
+                if usable and all(k in state.failed_keys for k in usable):
+                    self._cool(state, event.ts + p.transient_cooldown_s,
+                               f"transient: every key failed ({kind}) within {p.transient_window_s:g}s")
+                    state.failed_keys.clear()
+            case AttemptFailed(kind="model_missing"):
+                state = self._of(f"{event.platform}/{event.model}")
+                self._cool(state, event.ts + p.model_missing_cooldown_s, "model not found on this platform (404)")
+            case AttemptFailed(kind="rate_limited"):
+                keys = [k for k in self._health.keys_of(event.platform) if k.status == "ok"]
+                if all(self._health.cooling_until(k.key_id, event.model, event.ts) is not None for k in keys):
+                    state = self._of(f"{event.platform}/{event.model}")
+                    self._set_penalty(state, event.ts, p.penalty_per_429)
+            case _:
+                pass
+
+    @staticmethod
+    def _cool(state: _ModelCooldown, until: float, reason: str) -> None:
+        if until > state.until:
+            state.until, state.reason = until, reason
+
+    def _set_penalty(self, state: _ModelCooldown, ts: float, delta: float) -> None:
+        current = self._penalty_at(state, ts)
+        state.penalty = min(self._policy.penalty_cap, max(0.0, current + delta))
+        state.penalty_as_of = ts
+
+    def _penalty_at(self, state: _ModelCooldown, now: float) -> float:
+        decayed = (now - state.penalty_as_of) / self._policy.penalty_decay_s
+        return max(0.0, state.penalty - max(0.0, decayed))
+
+    def cooling(self, ref: str, now: float) -> tuple[float, str] | None:
+        state = self._models.get(ref)
+        if state is None or state.until <= now:
+            return None
+        return state.until, state.reason
+
+    def penalty(self, ref: str, now: float) -> float:
+        state = self._models.get(ref)
+        if state is None or state.penalty == 0.0:
+            return 0.0
+        return self._penalty_at(state, now)

@@ -1,0 +1,260 @@
+"""The routing decision: `decide(view, request, now, rng)`, a pure function.
+
+Given the same view (the projections folded to one log position), request input, time and random seed it
+returns the same decision, which is what makes `switchboard replay` possible.
+
+Score (DESIGN.md section 4, starting from the seed system): theta ~ Beta(s + 2, f + 2) on decayed counts,
+plus a speed term, a TTFB term and an intelligence term, minus the 429 penalty. `auto-smart` weights
+intelligence. Models with no data get priors (tokens/s from their speed rank, neutral TTFB), so a fresh
+install routes in every mode.
+
+Cost: only the best candidate matters per attempt, so models are visited in order of their best possible
+score (theta <= 1) and the walk stops once no remaining model could beat the best usable one found; keys
+are checked only for a model that would win. Models the walk never reached are counted, not scored.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from events.catalog import ALIASES, VIRTUAL_MODELS, CatalogModel
+from events.policy import RoutingPolicy
+from events.quotas import over_limit
+from events.types import Excluded, RouteInput, ScoredCandidate
+from events.view import RoutingView
+
+PRIOR_TPS_AT_RANK_1 = 400.0  # a model with no speed data: 400 tok/s at speed rank 1, 200 at 2, ...
+
+
+class UnknownModel(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class Decision:
+    candidates: tuple[ScoredCandidate, ...]  # scored, best first (named models first, in request order)
+    excluded: tuple[Excluded, ...]
+    chosen: CatalogModel | None
+    chosen_key: str | None
+    candidates_total: int  # eligible models, including the ones the walk did not need to score
+    no_key_models: int  # models left out only because their platform has no key at all
+
+    @property
+    def chosen_ref(self) -> str | None:
+        return self.chosen.ref if self.chosen else None
+
+
+def mode_and_models(view: RoutingView, requested: tuple[str, ...]) -> tuple[str, list[CatalogModel]]:
+    """The virtual mode named (default `auto`) and the concrete models named, in order."""
+    mode = "auto"
+    named: list[CatalogModel] = []
+    for name in requested:
+        name = ALIASES.get(name, name)
+        if name in VIRTUAL_MODELS:
+            mode = name
+            continue
+        found = view.catalog.resolve(name)
+        if not found:
+            raise UnknownModel(name)
+        named.extend(sorted(found, key=lambda m: m.intelligence_rank))
+    return mode, named
+
+
+RECORDED_CANDIDATES = 8  # a decision event lists this many scored candidates, best first
+
+# A scored model, before it becomes a ScoredCandidate: (score, theta, parts, model, named).
+_Scored = tuple[float, float, "Parts", CatalogModel, bool]
+
+
+def decide(view: RoutingView, req: RouteInput, now: float, rng: random.Random) -> Decision:
+    p = view.policy
+    mode, named = mode_and_models(view, req.requested)
+    skip_models = dict(req.skip_models)
+    skip_platforms = dict(req.skip_platforms)
+    excluded: list[Excluded] = []
+    no_key = 0
+    eligible: list[tuple[CatalogModel, bool]] = []
+    seen: set[str] = set()
+    chain = [m for m in view.catalog.models() if m.enabled and m.fallback] if req.use_chain else []
+    has_keys = view.health.has_keys
+    for m, is_named in [*((m, True) for m in named), *((m, False) for m in chain)]:
+        if m.ref in seen:
+            continue
+        seen.add(m.ref)
+        why, until = _model_exclusion(view, m, is_named, mode, req, skip_models, skip_platforms, now)
+        if why is None and not has_keys(m.platform):
+            no_key += 1
+            continue
+        if why is not None:
+            excluded.append(Excluded(ref=m.ref, reason=why, until=until))
+            continue
+        eligible.append((m, is_named))
+
+    parts = _Parts(view, p, mode, now)
+    scored: list[_Scored] = []
+    chosen: CatalogModel | None = None
+    chosen_key: str | None = None
+    tokens = req.est_tokens + req.reserve_tokens
+    # Named models: in the order the request gave, whatever their score.
+    for m, is_named in eligible:
+        if not is_named:
+            break
+        scored.append(_score(view, p, m, parts.of(m), now, rng, named=True))
+        if chosen is None:
+            key, key_exclusions = _pick_key(view, m, req, tokens, now, rng)
+            excluded.extend(key_exclusions)
+            if key is not None:
+                chosen, chosen_key = m, key
+    chain_models = [m for m, is_named in eligible if not is_named]
+    if chosen is None and chain_models:
+        chosen, chosen_key = _walk_chain(view, p, parts, chain_models, mode, req, tokens, now, rng, scored,
+                                         excluded)
+    named_first = [c for c in scored if c[4]]
+    chain_sorted = sorted((c for c in scored if not c[4]), key=lambda c: (_group(c[3].pool, mode), -c[0]))
+    recorded = tuple(_candidate(c) for c in [*named_first, *chain_sorted][:RECORDED_CANDIDATES])
+    return Decision(recorded, tuple(excluded), chosen, chosen_key, len(eligible), no_key)
+
+
+def _group(pool: str, mode: str) -> int:
+    """Pools that go first in a mode: 0 = first group, 1 = the rest."""
+    if mode == "auto-fast":
+        return 0 if pool == "fast" else 1
+    if mode == "auto-smart":
+        return 0 if pool == "smart" else 1
+    return 0
+
+
+def _walk_chain(view: RoutingView, p: RoutingPolicy, parts: _Parts, models: list[CatalogModel], mode: str,
+                req: RouteInput, tokens: int, now: float, rng: random.Random, scored: list[_Scored],
+                excluded: list[Excluded]) -> tuple[CatalogModel | None, str | None]:
+    # Best possible score first (theta at most 1); catalog order breaks ties, so replays visit alike.
+    fixed = [parts.of(m) for m in models]
+    bounds = sorted((_group(m.pool, mode), -(fixed[i][0] + 1.0), i) for i, m in enumerate(models))
+    best: tuple[int, float] | None = None  # (group, -score) of the best usable model so far
+    chosen: CatalogModel | None = None
+    chosen_key: str | None = None
+    for group, neg_bound, i in bounds:
+        if best is not None and (group, neg_bound) > best:
+            break  # nothing from here on can beat the best usable model
+        m = models[i]
+        cand = _score(view, p, m, fixed[i], now, rng, named=False)
+        scored.append(cand)
+        if best is not None and (group, -cand[0]) >= best:
+            continue
+        key, key_exclusions = _pick_key(view, m, req, tokens, now, rng)
+        excluded.extend(key_exclusions)
+        if key is not None:
+            best, chosen, chosen_key = (group, -cand[0]), m, key
+    return chosen, chosen_key
+
+
+def _model_exclusion(view: RoutingView, m: CatalogModel, is_named: bool, mode: str, req: RouteInput,
+                     skip_models: dict[str, str], skip_platforms: dict[str, str],
+                     now: float) -> tuple[str | None, float | None]:
+    if not is_named and mode == "auto" and m.pool == "smart":
+        return "pool: smart models serve auto-smart or requests that name them", None
+    if m.ref in skip_models:
+        return f"skipped for this request: {skip_models[m.ref]}", None
+    if m.platform in skip_platforms:
+        return f"platform skipped for this request: {skip_platforms[m.platform]}", None
+    if req.min_context is not None and (m.context_window or 0) <= req.min_context:
+        return f"context window {m.context_window} not larger than {req.min_context}", None
+    if m.context_window is not None and req.est_tokens > m.context_window:
+        return f"context window {m.context_window} < {req.est_tokens} estimated tokens", None
+    cooling = view.cooldowns.cooling(m.ref, now)
+    if cooling is not None:
+        return f"cooling for {cooling[0] - now:.0f}s ({cooling[1]})", cooling[0]
+    return None, None
+
+
+def _pick_key(view: RoutingView, m: CatalogModel, req: RouteInput, tokens: int, now: float,
+              rng: random.Random) -> tuple[str | None, list[Excluded]]:
+    """The least-used usable key of the model (fewest requests this minute; the rng breaks ties)."""
+    best: tuple[int, float, str] | None = None
+    excluded: list[Excluded] = []
+    tried = req.tried
+    for info in view.health.keys_of(m.platform):
+        key_id = info.key_id
+        if info.status != "ok":
+            excluded.append(Excluded(ref=m.ref, reason=f"key {key_id} {info.status}"))
+            continue
+        until = view.health.cooling_until(key_id, m.id, now)
+        if until is not None:
+            excluded.append(Excluded(ref=m.ref, reason=f"key {key_id} rate-limited for {until - now:.0f}s",
+                                     until=until))
+            continue
+        if (key_id, m.ref) in tried:
+            excluded.append(Excluded(ref=m.ref, reason=f"key {key_id} already tried for this request"))
+            continue
+        usage = view.quotas.usage(key_id, m.ref, now)
+        why = over_limit(m.limits, usage, tokens)
+        if why is not None:
+            excluded.append(Excluded(ref=m.ref, reason=f"key {key_id} {why}",
+                                     until=view.quotas.frees_at(key_id, m.ref, now)))
+            continue
+        rank = (usage.requests_minute, rng.random(), key_id)
+        if best is None or rank < best:
+            best = rank
+    return (best[2] if best else None), excluded
+
+
+Parts = tuple[float, float, float, float, float]
+
+
+class _Parts:
+    """Everything of a score but theta: (fixed total, speed, ttfb, intelligence, penalty). The parts that
+    depend only on the view are cached in it; the 429 penalty decays with `now`, so it is added here."""
+
+    def __init__(self, view: RoutingView, p: RoutingPolicy, mode: str, now: float) -> None:
+        self.view, self.p, self.now = view, p, now
+        self.smart = mode == "auto-smart"
+        self.cache = view.cached_parts()
+
+    def of(self, m: CatalogModel) -> Parts:
+        base = self.cache.get(m.ref)
+        if base is None:
+            base = self.cache[m.ref] = self._base(m)
+        balanced, smart, speed, ttfb, intelligence = base
+        penalty = self.p.penalty_weight * self.view.cooldowns.penalty(m.ref, self.now)
+        return (smart if self.smart else balanced) - penalty, speed, ttfb, intelligence, penalty
+
+    def _base(self, m: CatalogModel) -> tuple[float, float, float, float, float]:
+        p, view = self.p, self.view
+        stats = view.stats.models.get(m.ref)
+        max_tps = max(PRIOR_TPS_AT_RANK_1, view.stats.max_tps or 0.0)
+        tps = stats.tps if stats is not None and stats.tps is not None else PRIOR_TPS_AT_RANK_1 / max(1, m.speed_rank)
+        speed = p.speed_weight * min(1.0, tps / max_tps)
+        if tps < p.slow_tps:
+            speed -= p.slow_penalty * (1 - tps / p.slow_tps)
+        ttfb = _ttfb_term(p, stats.ttfb_ms if stats is not None else None)
+        intelligence = view.intelligence().get(m.ref, 0.0)
+        balanced = speed + ttfb + p.intelligence_weight * intelligence
+        smart = p.smart_intelligence * intelligence + p.smart_speed * speed + p.smart_ttfb * ttfb
+        return balanced, smart, speed, ttfb, intelligence
+
+
+def _ttfb_term(p: RoutingPolicy, ttfb_ms: float | None) -> float:
+    if ttfb_ms is None:
+        return 0.0
+    if ttfb_ms <= p.ttfb_good_ms:
+        return p.ttfb_bonus
+    if ttfb_ms <= p.ttfb_zero_ms:
+        return p.ttfb_bonus * (p.ttfb_zero_ms - ttfb_ms) / (p.ttfb_zero_ms - p.ttfb_good_ms)
+    if ttfb_ms <= p.ttfb_bad_ms:
+        return p.ttfb_worst * (ttfb_ms - p.ttfb_zero_ms) / (p.ttfb_bad_ms - p.ttfb_zero_ms)
+    return p.ttfb_worst
+
+
+def _score(view: RoutingView, p: RoutingPolicy, m: CatalogModel, parts: Parts, now: float, rng: random.Random,
+           *, named: bool) -> _Scored:
+    successes, failures = view.stats.decayed(m.ref, now)
+    theta = rng.betavariate(successes + p.prior_successes, failures + p.prior_failures)
+    return theta + parts[0], theta, parts, m, named
+
+
+def _candidate(c: _Scored) -> ScoredCandidate:
+    score, theta, (_, speed, ttfb, intelligence, penalty), m, named = c
+    return ScoredCandidate(ref=m.ref, score=round(score, 6), theta=round(theta, 6), speed=round(speed, 6),
+                           ttfb=round(ttfb, 6), intelligence=round(intelligence, 6), penalty=round(penalty, 6),
+                           pool=m.pool, named=named)

@@ -1,0 +1,93 @@
+"""Key health: per key ok / invalid (401/403) / disabled, and per key x model cooling until T (429s and
+exhausted rate-limit headers). A projection: folded from events, read with an explicit `now`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from events.types import (
+    AttemptFailed,
+    AttemptSucceeded,
+    Event,
+    KeyAdded,
+    KeyChecked,
+    KeyDisabled,
+    KeyEnabled,
+    KeyInvalidated,
+)
+
+KeyStatus = Literal["ok", "invalid", "disabled"]
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    key_id: str
+    platform: str
+    label: str
+    source: str
+    status: KeyStatus = "ok"
+    reason: str = ""
+
+
+class KeyHealth:
+    """Per key: ok / invalid (401/403) / disabled, and per key x model: cooling until T after a 429."""
+
+    def __init__(self, rate_limit_cooldown_s: float = 60.0) -> None:
+        self.rate_limit_cooldown_s = rate_limit_cooldown_s
+        self.keys: dict[str, KeyInfo] = {}
+        self._by_platform: dict[str, list[str]] = {}
+        self._cooling: dict[tuple[str, str], float] = {}
+
+    def apply(self, event: Event) -> None:
+        match event:
+            case KeyAdded(key_id=key_id):
+                known = self.keys.get(key_id)
+                if known is None:
+                    self._by_platform.setdefault(event.platform, []).append(key_id)
+                # Re-adding a known key (every start re-announces config keys) keeps its status.
+                self.keys[key_id] = KeyInfo(
+                    key_id, event.platform, event.label, event.source,
+                    known.status if known else "ok", known.reason if known else "",
+                )
+            case KeyDisabled(key_id=key_id) if key_id in self.keys:
+                self.keys[key_id] = replace(self.keys[key_id], status="disabled", reason=event.reason)
+            case KeyEnabled(key_id=key_id) if key_id in self.keys:
+                self.keys[key_id] = replace(self.keys[key_id], status="ok", reason="")
+            case KeyInvalidated(key_id=key_id) if key_id in self.keys:
+                reason = f"HTTP {event.status}: {event.message}" if event.message else f"HTTP {event.status}"
+                self.keys[key_id] = replace(self.keys[key_id], status="invalid", reason=reason)
+            case KeyChecked(key_id=key_id) if key_id in self.keys:
+                info = self.keys[key_id]
+                if event.ok and info.status == "invalid":
+                    self.keys[key_id] = replace(info, status="ok", reason="")
+                elif event.status in (401, 403) and info.status == "ok":
+                    self.keys[key_id] = replace(info, status="invalid", reason=f"health check: HTTP {event.status}")
+            case AttemptFailed(kind="rate_limited"):
+                wait = event.retry_after_s if event.retry_after_s is not None else self.rate_limit_cooldown_s
+                self._cool(event.key_id, event.model, event.ts + wait)
+            case AttemptSucceeded(exhausted_for_s=wait) if wait is not None:
+                # The provider said this was the last request (x-ratelimit-remaining: 0) until its reset.
+                self._cool(event.key_id, event.model, event.ts + wait)
+            case _:
+                pass
+
+    def _cool(self, key_id: str, model: str, until: float) -> None:
+        # Order-insensitive merge: a cooldown ends at the latest of its deadlines.
+        slot = (key_id, model)
+        self._cooling[slot] = max(self._cooling.get(slot, 0.0), until)
+
+    def cooling_until(self, key_id: str, model: str, now: float) -> float | None:
+        until = self._cooling.get((key_id, model))
+        if until is None:
+            return None
+        if until <= now:
+            del self._cooling[(key_id, model)]
+            return None
+        return until
+
+    def has_keys(self, platform: str) -> bool:
+        return platform in self._by_platform
+
+    def keys_of(self, platform: str) -> list[KeyInfo]:
+        return [self.keys[k] for k in self._by_platform.get(platform, ())]

@@ -1,0 +1,130 @@
+"""Per-model statistics for scoring: recency-decayed successes and totals, raw totals, speed and TTFB.
+
+Decay is linear over `decay_days`: an outcome of age a weighs clamp(1 - a / T, 0, 1). With running sums of
+count n and timestamps S over the outcomes still inside the window, the decayed total at `now` is
+n - (n * now - S) / T, so reading it costs O(1). Outcomes leave the window in one-minute buckets (a bucket
+goes once its newest possible outcome is older than T), so the only imprecision is within the last minute
+of the window, where weights are below 1/10080 anyway.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+from events.taxonomy import MODEL_FAULTS
+from events.types import AttemptFailed, AttemptSucceeded, Event, StreamStalled
+
+BUCKET_S = 60.0
+EWMA_ALPHA = 0.2  # speed and TTFB follow the recent successes
+
+
+class _Decayed:
+    """Decayed count of timestamps over a window of `span` seconds."""
+
+    __slots__ = ("buckets", "n", "span", "sum_ts")
+
+    def __init__(self, span: float) -> None:
+        self.span = span
+        self.buckets: deque[list[float]] = deque()  # [bucket start, n, sum_ts]
+        self.n = 0.0
+        self.sum_ts = 0.0
+
+    def add(self, ts: float) -> None:
+        start = ts - ts % BUCKET_S
+        if self.buckets and self.buckets[-1][0] == start:
+            bucket = self.buckets[-1]
+            bucket[1] += 1
+            bucket[2] += ts
+        else:
+            self.buckets.append([start, 1.0, ts])
+        self.n += 1
+        self.sum_ts += ts
+
+    def value(self, now: float) -> float:
+        buckets = self.buckets
+        while buckets and buckets[0][0] + BUCKET_S <= now - self.span:
+            _, n, s = buckets.popleft()
+            self.n -= n
+            self.sum_ts -= s
+        if self.n <= 0:
+            return 0.0
+        return max(0.0, self.n - (self.n * now - self.sum_ts) / self.span)
+
+
+@dataclass
+class ModelStats:
+    decayed_successes: _Decayed
+    decayed_total: _Decayed
+    successes: int = 0
+    failures: int = 0
+    failures_by_kind: Counter[str] = field(default_factory=Counter)
+    stalls: int = 0
+    tps: float | None = None  # output tokens per second after the first byte (EWMA)
+    ttfb_ms: float | None = None  # EWMA
+    latency_ms_total: float = 0.0
+    output_tokens: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.successes + self.failures
+
+
+class Stats:
+    """Outcomes per model ref (`platform/id`). Only model faults count as failures: a 429, a bad key or a
+    bad request says nothing about the model; a stall, a truncation or an empty answer does."""
+
+    def __init__(self, decay_days: float = 7.0) -> None:
+        self.span = decay_days * 86400.0
+        self.models: dict[str, ModelStats] = {}
+        self.max_tps: float | None = None  # the fastest model's tokens/s, kept current as speeds change
+
+    def of(self, ref: str) -> ModelStats | None:
+        return self.models.get(ref)
+
+    def _of(self, platform: str, model: str) -> ModelStats:
+        ref = f"{platform}/{model}"
+        stats = self.models.get(ref)
+        if stats is None:
+            stats = self.models[ref] = ModelStats(_Decayed(self.span), _Decayed(self.span))
+        return stats
+
+    def apply(self, event: Event) -> None:
+        match event:
+            case AttemptSucceeded():
+                s = self._of(event.platform, event.model)
+                s.successes += 1
+                s.decayed_successes.add(event.ts)
+                s.decayed_total.add(event.ts)
+                s.latency_ms_total += event.latency_ms
+                s.output_tokens += event.output_tokens
+                s.ttfb_ms = _ewma(s.ttfb_ms, event.ttfb_ms)
+                generation_s = (event.latency_ms - event.ttfb_ms) / 1000
+                if event.output_tokens > 0 and generation_s > 0.001:
+                    was_max = s.tps is not None and s.tps == self.max_tps
+                    s.tps = _ewma(s.tps, event.output_tokens / generation_s)
+                    if self.max_tps is None or s.tps > self.max_tps:
+                        self.max_tps = s.tps
+                    elif was_max:  # the fastest got slower: rare, so a scan is fine
+                        self.max_tps = max(m.tps for m in self.models.values() if m.tps is not None)
+            case AttemptFailed(kind=kind) if kind in MODEL_FAULTS:
+                s = self._of(event.platform, event.model)
+                s.failures += 1
+                s.failures_by_kind[kind] += 1
+                s.decayed_total.add(event.ts)
+            case StreamStalled():
+                self._of(event.platform, event.model).stalls += 1
+            case _:
+                pass
+
+    def decayed(self, ref: str, now: float) -> tuple[float, float]:
+        """(successes, failures), recency-decayed."""
+        s = self.models.get(ref)
+        if s is None:
+            return 0.0, 0.0
+        successes = s.decayed_successes.value(now)
+        return successes, max(0.0, s.decayed_total.value(now) - successes)
+
+
+def _ewma(old: float | None, new: float) -> float:
+    return new if old is None else old + EWMA_ALPHA * (new - old)

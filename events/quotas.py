@@ -1,0 +1,169 @@
+"""Quota usage per key x model: requests and tokens in the last minute and in the current day.
+
+Requests count when an attempt starts (the provider counts them whether or not they succeed); tokens count
+when it succeeds (the usage it reported, else our estimate); while it runs, its reservation (estimated
+input plus an output allowance) counts instead, so concurrent requests cannot all squeeze under a limit.
+Daily windows reset at UTC midnight, or roll over the last 24 h for platforms that count that way.
+Windows are pruned lazily, so each event and each read costs O(1) amortised.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from events.types import AttemptFailed, AttemptStarted, AttemptSucceeded, Event
+
+MINUTE = 60.0
+DAY = 86400.0
+
+Slot = tuple[str, str]  # (key_id, model ref)
+
+
+@dataclass(frozen=True)
+class Limits:
+    rpm: int | None = None
+    rpd: int | None = None
+    tpm: int | None = None
+    tpd: int | None = None
+
+
+@dataclass(frozen=True)
+class Usage:
+    requests_minute: int
+    requests_day: int
+    tokens_minute: int
+    tokens_day: int
+    reserved_tokens: int  # held by attempts still in flight
+
+
+class _Window:
+    """Sums of (requests, tokens) over entries younger than `span`; entries are appended in time order."""
+
+    __slots__ = ("entries", "requests", "span", "tokens")
+
+    def __init__(self, span: float) -> None:
+        self.span = span
+        self.entries: deque[tuple[float, int, int]] = deque()
+        self.requests = 0
+        self.tokens = 0
+
+    def add(self, ts: float, requests: int, tokens: int) -> None:
+        self.entries.append((ts, requests, tokens))
+        self.requests += requests
+        self.tokens += tokens
+
+    def prune(self, now: float) -> None:
+        horizon = now - self.span
+        entries = self.entries
+        while entries and entries[0][0] <= horizon:
+            _, r, t = entries.popleft()
+            self.requests -= r
+            self.tokens -= t
+
+
+class _CalendarDay:
+    """Sums for the current UTC day; a new day starts from zero."""
+
+    __slots__ = ("day", "requests", "tokens")
+
+    def __init__(self) -> None:
+        self.day = -1
+        self.requests = 0
+        self.tokens = 0
+
+    def add(self, ts: float, requests: int, tokens: int) -> None:
+        day = int(ts // DAY)
+        if day > self.day:
+            self.day, self.requests, self.tokens = day, 0, 0
+        if day == self.day:
+            self.requests += requests
+            self.tokens += tokens
+
+    def prune(self, now: float) -> None:
+        if int(now // DAY) > self.day:
+            self.day, self.requests, self.tokens = int(now // DAY), 0, 0
+
+
+class _SlotUsage:
+    __slots__ = ("day", "minute", "reserved")
+
+    def __init__(self, rolling_day: bool) -> None:
+        self.minute = _Window(MINUTE)
+        self.day: _Window | _CalendarDay = _Window(DAY) if rolling_day else _CalendarDay()
+        self.reserved = 0
+
+
+class Quotas:
+    def __init__(self, rolling_day_platforms: frozenset[str] = frozenset()) -> None:
+        self._rolling = rolling_day_platforms
+        self._slots: dict[Slot, _SlotUsage] = {}
+        self._in_flight: dict[tuple[str | None, int], tuple[Slot, int]] = {}
+
+    def _slot(self, platform: str, key_id: str, model: str) -> _SlotUsage:
+        slot = (key_id, f"{platform}/{model}")
+        usage = self._slots.get(slot)
+        if usage is None:
+            usage = self._slots[slot] = _SlotUsage(platform in self._rolling)
+        return usage
+
+    def apply(self, event: Event) -> None:
+        match event:
+            case AttemptStarted():
+                usage = self._slot(event.platform, event.key_id, event.model)
+                usage.minute.add(event.ts, 1, 0)
+                usage.day.add(event.ts, 1, 0)
+                usage.reserved += event.reserved_tokens
+                self._in_flight[(event.request_id, event.attempt)] = (
+                    (event.key_id, f"{event.platform}/{event.model}"), event.reserved_tokens)
+            case AttemptSucceeded() | AttemptFailed():
+                held = self._in_flight.pop((event.request_id, event.attempt), None)
+                usage = self._slot(event.platform, event.key_id, event.model)
+                if held is not None:
+                    usage.reserved -= held[1]
+                if isinstance(event, AttemptSucceeded):
+                    tokens = event.input_tokens + event.output_tokens
+                    usage.minute.add(event.ts, 0, tokens)
+                    usage.day.add(event.ts, 0, tokens)
+            case _:
+                pass
+
+    def usage(self, key_id: str, ref: str, now: float) -> Usage:
+        usage = self._slots.get((key_id, ref))
+        if usage is None:
+            return Usage(0, 0, 0, 0, 0)
+        usage.minute.prune(now)
+        usage.day.prune(now)
+        return Usage(usage.minute.requests, usage.day.requests, usage.minute.tokens, usage.day.tokens,
+                     usage.reserved)
+
+    def frees_at(self, key_id: str, ref: str, now: float) -> float | None:
+        """When the oldest request of this minute leaves the window (the soonest an RPM/TPM block can end);
+        for a daily block, the next UTC midnight or when the oldest request of the rolling day leaves."""
+        usage = self._slots.get((key_id, ref))
+        if usage is None:
+            return None
+        usage.minute.prune(now)
+        if usage.minute.entries:
+            return usage.minute.entries[0][0] + MINUTE
+        if isinstance(usage.day, _Window):
+            usage.day.prune(now)
+            return usage.day.entries[0][0] + DAY if usage.day.entries else None
+        return (int(now // DAY) + 1) * DAY
+
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+
+def over_limit(limits: Limits, usage: Usage, tokens: int) -> str | None:
+    """Why one more request of `tokens` (input + output reservation) would exceed a limit, or None."""
+    if limits.rpm is not None and usage.requests_minute >= limits.rpm:
+        return f"quota: {usage.requests_minute}/{limits.rpm} requests this minute"
+    if limits.rpd is not None and usage.requests_day >= limits.rpd:
+        return f"quota: {usage.requests_day}/{limits.rpd} requests today"
+    pending = usage.reserved_tokens + tokens
+    if limits.tpm is not None and usage.tokens_minute + pending > limits.tpm:
+        return f"quota: {usage.tokens_minute + usage.reserved_tokens}+{tokens} > {limits.tpm} tokens/minute"
+    if limits.tpd is not None and usage.tokens_day + pending > limits.tpd:
+        return f"quota: {usage.tokens_day + usage.reserved_tokens}+{tokens} > {limits.tpd} tokens/day"
+    return None

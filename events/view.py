@@ -1,0 +1,84 @@
+"""The routing view: every projection `decide` reads, folded from the log in one place and in one order.
+
+`seq` is the last event folded; a decision records it, so a replay can rebuild exactly the view the live
+process decided on (events committed later, even if appended before the decision, are not in it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from events.catalog import Catalog, CatalogModel
+from events.cooldowns import Cooldowns
+from events.key_health import KeyHealth
+from events.model_stats import Stats
+from events.policy import RoutingPolicy
+from events.quotas import Quotas
+from events.store import Entry, LogStore
+from events.types import AttemptSucceeded, Event
+
+
+class RoutingView:
+    def __init__(self, models: Iterable[CatalogModel], policy: RoutingPolicy,
+                 rolling_day_platforms: frozenset[str] = frozenset()) -> None:
+        self.policy = policy
+        self.catalog = Catalog(models)
+        self.health = KeyHealth(policy.rate_limit_cooldown_s)
+        self.quotas = Quotas(rolling_day_platforms)
+        self.cooldowns = Cooldowns(policy, self.health)
+        self.stats = Stats(policy.decay_days)
+        self.seq = 0
+        self._ranked_version = -1
+        self._intelligence: dict[str, float] = {}
+        # Score parts that change only with a model's own stats (or the catalog / fastest speed): cached, so
+        # a decision over a hundred models does not recompute them.
+        self.parts_cache: dict[str, tuple[float, float, float, float, float]] = {}
+        self._parts_basis: tuple[int, float | None] = (-1, None)
+
+    def apply(self, seq: int, event: Event) -> None:
+        self.catalog.apply(event)
+        self.health.apply(event)
+        self.cooldowns.apply(event)  # after health: it reads the keys' state including this event
+        self.quotas.apply(event)
+        self.stats.apply(event)
+        if isinstance(event, AttemptSucceeded):
+            self.parts_cache.pop(f"{event.platform}/{event.model}", None)
+        self.seq = seq
+
+    def cached_parts(self) -> dict[str, tuple[float, float, float, float, float]]:
+        basis = (self.catalog.version, self.stats.max_tps)
+        if basis != self._parts_basis:
+            self.parts_cache.clear()
+            self._parts_basis = basis
+        return self.parts_cache
+
+    def apply_all(self, entries: Sequence[Entry]) -> None:
+        for seq, event in entries:
+            self.apply(seq, event)
+
+    def intelligence(self) -> dict[str, float]:
+        """Normalised rank per model ref in [0, 1]: 1 for the smartest enabled model, 0 for the least."""
+        if self._ranked_version != self.catalog.version:
+            models = self.catalog.models()
+            ranks = [m.intelligence_rank for m in models if m.enabled] or [1]
+            best, worst = min(ranks), max(ranks)
+            self._intelligence = {
+                m.ref: 1.0 if worst == best else max(0.0, min(1.0, (worst - m.intelligence_rank) / (worst - best)))
+                for m in models
+            }
+            self._ranked_version = self.catalog.version
+        return self._intelligence
+
+
+def rebuild(store: LogStore, view: RoutingView, upto: int | None = None, batch: int = 5000) -> int:
+    """Fold the log (up to seq `upto`, inclusive) into `view`; returns how many events were read."""
+    seq, count = view.seq, 0
+    while True:
+        entries = store.read_after(seq, batch)
+        if upto is not None:
+            entries = [e for e in entries if e[0] <= upto]
+        if not entries:
+            return count
+        view.apply_all(entries)
+        seq = entries[-1][0]
+        count += len(entries)

@@ -1,0 +1,363 @@
+"""The log writer: group commit, ordered fan-out to subscribers, durable appends, a clean close, and events
+that other writers append to the same log ("foreign" events)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+import trio
+
+from actors.log_writer import LogWriter, LogWriterStatistics
+from events.sqlite_store import SqliteStore
+from events.store import Entry, LogStore, MemoryStore
+from events.types import AttemptStarted, Event, KeyAdded, KeyInvalidated
+
+
+def ev(n: int, request_id: str = "r") -> AttemptStarted:
+    return AttemptStarted(
+        ts=float(n), request_id=request_id, attempt=n, platform="groq", model="m", key_id="k"
+    )
+
+
+def subscriber(log: LogWriter) -> trio.MemoryReceiveChannel[list[Entry]]:
+    send, recv = trio.open_memory_channel[list[Entry]](math.inf)
+    log.subscribe(send)
+    return recv
+
+
+def drain(recv: trio.MemoryReceiveChannel[list[Entry]]) -> list[Entry]:
+    """Everything published so far, without waiting."""
+    out: list[Entry] = []
+    while True:
+        try:
+            batch = recv.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel):
+            return out
+        assert batch, "the writer never publishes an empty batch"
+        out.extend(batch)
+
+
+async def received_all(recv: trio.MemoryReceiveChannel[list[Entry]]) -> list[Entry]:
+    """Everything published until the writer closed the channel."""
+    out: list[Entry] = []
+    async for batch in recv:
+        assert batch
+        out.extend(batch)
+    return out
+
+
+def numbered(events: Sequence[Event], start: int = 1) -> list[Entry]:
+    return list(enumerate(events, start=start))  # type: ignore[arg-type]
+
+
+# -- Group commit
+
+
+async def test_queued_events_are_committed_in_batches_of_max_batch(autojump_clock: trio.abc.Clock) -> None:
+    store = MemoryStore()
+    log = LogWriter(store, max_batch=10)
+    events = [ev(i) for i in range(1, 101)]
+    for e in events:
+        await log.append(e)
+    assert log.statistics().queued == 100
+    assert store.last_seq() == 0  # nothing is written before the writer runs
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(log.run)
+            log.close()
+
+    assert store.read_after(0) == numbered(events)
+    assert store.data_version() == 10  # MemoryStore: one version per transaction
+    assert log.statistics() == LogWriterStatistics(
+        events_written=100, batches=10, largest_batch=10, foreign_events=0, last_seq=100, queued=0
+    )
+
+
+async def test_events_close_together_share_a_batch_and_the_window_bounds_it(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    store = MemoryStore()
+    log = LogWriter(store, window_s=0.002)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(log.run)
+            for i in range(1, 51):
+                await log.append(ev(i))
+            await trio.sleep(1)  # longer than the window: the first batch is committed
+            assert log.statistics().batches == 1
+            assert store.last_seq() == 50
+            for i in range(51, 54):
+                await log.append(ev(i))
+            await trio.sleep(1)
+            log.close()
+    stats = log.statistics()
+    assert (stats.events_written, stats.batches, stats.largest_batch, stats.last_seq) == (53, 2, 50, 53)
+
+
+async def test_many_concurrent_appenders_are_grouped(autojump_clock: trio.abc.Clock) -> None:
+    store = MemoryStore()
+    log = LogWriter(store, max_batch=64)
+    recv = subscriber(log)
+
+    async def producer(p: int) -> None:
+        for i in range(20):
+            await log.append(ev(i, request_id=f"p{p}"))
+            await trio.sleep(0.0005)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(log.run)
+            async with trio.open_nursery() as producers:
+                for p in range(10):
+                    producers.start_soon(producer, p)
+            log.close()
+
+    stats = log.statistics()
+    assert stats.events_written == 200
+    assert stats.batches < 200 // 4
+    assert stats.largest_batch <= 64
+    got = await received_all(recv)
+    assert got == store.read_after(0)
+    for p in range(10):  # each producer's events keep their order
+        assert [e.attempt for _, e in got if e.request_id == f"p{p}"] == list(range(20))  # type: ignore[union-attr]
+
+
+# -- Subscribers
+
+
+async def test_every_subscriber_gets_every_entry_in_seq_order(autojump_clock: trio.abc.Clock) -> None:
+    store = MemoryStore()
+    store.append([ev(0)])  # an event from before this writer: not published again
+    log = LogWriter(store, max_batch=7)
+    first, second = subscriber(log), subscriber(log)
+    events = [ev(i) for i in range(1, 40)]
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(log.run)
+            for i, e in enumerate(events):
+                await log.append(e)
+                if i % 5 == 0:
+                    await trio.sleep(0.01)
+            log.close()
+    expected = numbered(events, start=2)
+    assert await received_all(first) == expected
+    assert await received_all(second) == expected
+
+
+async def test_a_subscriber_that_closed_its_channel_is_dropped(autojump_clock: trio.abc.Clock) -> None:
+    log = LogWriter(MemoryStore())
+    gone, kept = subscriber(log), subscriber(log)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(log.run)
+            await log.append_durable(ev(1))
+            await gone.aclose()
+            assert await log.append_durable(ev(2)) == 2
+            assert await log.append_durable(ev(3)) == 3
+            log.close()
+    assert [s for s, _ in await received_all(kept)] == [1, 2, 3]
+
+
+async def test_subscribers_are_closed_when_the_writer_is_cancelled(autojump_clock: trio.abc.Clock) -> None:
+    log = LogWriter(MemoryStore())
+    recv = subscriber(log)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(log.run)
+            await log.append_durable(ev(1))
+            nursery.cancel_scope.cancel()
+        assert [s for s, _ in await received_all(recv)] == [1]
+
+
+# -- Durable appends
+
+
+async def test_append_durable_returns_its_seq_after_the_commit(autojump_clock: trio.abc.Clock) -> None:
+    store = MemoryStore()
+    log = LogWriter(store)
+    recv = subscriber(log)
+    key = KeyAdded(ts=5.0, key_id="k1", platform="groq", label="main", source="config")
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(log.run)
+            for i in range(1, 4):
+                await log.append(ev(i))
+            seq = await log.append_durable(key)
+            assert seq == 4
+            assert store.read_after(3) == [(4, key)]
+            # Published before the reply: a subscriber that is asked next has already been sent the event.
+            assert drain(recv)[-1] == (4, key)
+            assert log.statistics().last_seq == 4
+            log.close()
+
+
+async def test_concurrent_durable_appends_each_get_their_own_seq(autojump_clock: trio.abc.Clock) -> None:
+    store = MemoryStore()
+    log = LogWriter(store)
+    seqs: dict[int, int] = {}
+
+    async def admin(n: int) -> None:
+        seqs[n] = await log.append_durable(KeyInvalidated(ts=float(n), key_id=f"k{n}", status=401))
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(log.run)
+            async with trio.open_nursery() as admins:
+                for n in range(25):
+                    admins.start_soon(admin, n)
+            log.close()
+    assert sorted(seqs.values()) == list(range(1, 26))
+    for n, seq in seqs.items():
+        assert store.read_after(seq - 1, 1)[0][1].key_id == f"k{n}"  # type: ignore[union-attr]
+
+
+# -- Close
+
+
+async def test_close_flushes_everything_queued_then_closes_subscribers(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    store = MemoryStore()
+    log = LogWriter(store, max_batch=16)
+    # A subscriber that does not read yet: the writer blocks publishing its first batch, the rest queues up.
+    send, recv = trio.open_memory_channel[list[Entry]](0)
+    log.subscribe(send)
+    durable_seq: list[int] = []
+
+    async def admin() -> None:
+        durable_seq.append(await log.append_durable(ev(101)))
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(log.run)
+            for i in range(1, 101):
+                await log.append(ev(i))
+            nursery.start_soon(admin)
+            await trio.sleep(1)
+            assert log.statistics().queued > 0
+            assert store.last_seq() < 101
+            log.close()
+            with pytest.raises(trio.ClosedResourceError):
+                await log.append(ev(102))
+            got = await received_all(recv)  # ends: the writer closed the channel after the last batch
+    assert store.last_seq() == 101
+    assert durable_seq == [101]
+    assert got == store.read_after(0)
+    assert [s for s, _ in got] == list(range(1, 102))
+    assert log.statistics().queued == 0
+
+
+async def test_close_before_run_still_commits_what_was_queued(autojump_clock: trio.abc.Clock) -> None:
+    store = MemoryStore()
+    log = LogWriter(store)
+    recv = subscriber(log)
+    await log.append(ev(1))
+    log.close()
+    with trio.fail_after(10):
+        await log.run()
+    assert store.read_after(0) == [(1, ev(1))]
+    assert await received_all(recv) == [(1, ev(1))]
+
+
+# -- Foreign events
+
+
+def open_stores(kind: str, tmp_path: Path) -> tuple[LogStore, LogStore]:
+    """The writer's store and another writer on the same log (a CLI or a second worker process)."""
+    if kind == "memory":
+        store = MemoryStore()
+        return store, store
+    return SqliteStore(tmp_path / "log.db"), SqliteStore(tmp_path / "log.db")
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_events_from_another_writer_are_published_in_order(
+    kind: str, tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    ours, theirs = open_stores(kind, tmp_path)
+    try:
+        log = LogWriter(ours, poll_s=0.05)
+        recv = subscriber(log)
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(log.run)
+                # While the writer is idle: noticed by polling.
+                theirs.append([ev(1, "x"), ev(2, "x")])
+                await trio.sleep(0.2)
+                assert drain(recv) == [(1, ev(1, "x")), (2, ev(2, "x"))]
+                assert await log.append_durable(ev(3)) == 3
+                # Just before our own commit, before the writer polls: found by the gap in the seqs.
+                theirs.append([ev(4, "x")])
+                assert await log.append_durable(ev(5)) == 5
+                assert drain(recv) == [(3, ev(3)), (4, ev(4, "x")), (5, ev(5))]
+                # Several foreign batches between two polls arrive together, in order.
+                theirs.append([ev(6, "x")])
+                theirs.append([ev(7, "x"), ev(8, "x")])
+                await trio.sleep(0.2)
+                assert [s for s, _ in drain(recv)] == [6, 7, 8]
+                log.close()
+        stats = log.statistics()
+        assert (stats.events_written, stats.foreign_events, stats.last_seq) == (2, 6, 8)
+        assert await received_all(recv) == []
+        assert ours.read_after(0) == theirs.read_after(0)
+    finally:
+        ours.close()
+        theirs.close()
+
+
+class ForeignCommitAfterOurs:
+    """The writer's SQLite store, where another process commits right after the writer's next commit, before
+    the writer reads the data version: an interleaving that a second worker process can produce."""
+
+    def __init__(self, store: SqliteStore, other: SqliteStore) -> None:
+        self._store = store
+        self._other = other
+        self.pending: list[Event] = []
+
+    def append(self, events: Sequence[Event]) -> list[int]:
+        seqs = self._store.append(events)
+        if self.pending:
+            self._other.append(self.pending)
+            self.pending = []
+        return seqs
+
+    def read_after(self, seq: int, limit: int | None = None) -> list[Entry]:
+        return self._store.read_after(seq, limit)
+
+    def read_request(self, request_id: str) -> list[Entry]:
+        return self._store.read_request(request_id)
+
+    def last_seq(self) -> int:
+        return self._store.last_seq()
+
+    def data_version(self) -> int:
+        return self._store.data_version()
+
+    def close(self) -> None:
+        self._store.close()
+
+
+async def test_a_foreign_commit_right_after_ours_is_still_published(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    other = SqliteStore(tmp_path / "log.db")
+    store = ForeignCommitAfterOurs(SqliteStore(tmp_path / "log.db"), other)
+    try:
+        log = LogWriter(store, poll_s=0.05)
+        recv = subscriber(log)
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(log.run)
+                store.pending = [ev(2, "x")]
+                assert await log.append_durable(ev(1)) == 1
+                await trio.sleep(5)  # a hundred polls
+                got = drain(recv)
+                log.close()
+        assert got == [(1, ev(1)), (2, ev(2, "x"))]
+    finally:
+        store.close()
+        other.close()

@@ -1,0 +1,89 @@
+"""A gateway from a config text of the test's own making, for what `harness.config_text` cannot say.
+
+`harness.running_gateway` writes one fixed config (one platform, `[gateway] api_keys` always set). Tests
+of several platforms, per-model context windows or generated gateway keys need their own TOML; the upstream
+URL is only known once the fault-injecting upstream is listening, so the test passes a function of it.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import trio
+from fault_upstream import UpstreamState, serve_upstream
+from harness import SECRET_ENV, Gateway
+
+from actors.supervisor import Runtime
+from events.sqlite_store import SqliteStore
+from events.types import AnyEvent
+from service.config import load_config
+from service.server import DB_NAME, run_gateway
+
+ConfigFor = Callable[[str, Path], str]  # (upstream base URL, data dir) -> TOML text
+
+
+@asynccontextmanager
+async def gateway_from(tmp_path: Path, config_for: ConfigFor, *, state: UpstreamState | None = None,
+                       data_dir: Path | None = None,
+                       env: Mapping[str, str] = SECRET_ENV) -> AsyncIterator[Gateway]:
+    """Like `harness.running_gateway`, with the config text from `config_for(upstream_url, data_dir)`."""
+    state = state or UpstreamState()
+    data_dir = data_dir or tmp_path / "data"
+    async with trio.open_nursery() as nursery:
+        upstream_url = await nursery.start(serve_upstream, state)
+        path = tmp_path / "switchboard.toml"
+        path.write_text(config_for(upstream_url, data_dir))
+        config = load_config(path, env={})
+        output = io.StringIO()
+        ready, ready_recv = trio.open_memory_channel[tuple[str, Runtime]](1)
+        done = trio.Event()
+
+        async def gateway() -> None:
+            try:
+                await run_gateway(config, env=env, out=output, handle_signals=False,
+                                  on_listening=lambda url, rt: ready.send_nowait((url, rt)))
+            finally:
+                done.set()
+
+        nursery.start_soon(gateway)
+        with trio.fail_after(10):
+            url, runtime = await ready_recv.receive()
+        try:
+            yield Gateway(url, runtime, state, upstream_url, output, data_dir)
+        finally:
+            runtime.shutting_down.set()
+            with trio.fail_after(15):
+                await done.wait()
+            nursery.cancel_scope.cancel()
+
+
+def platform_toml(name: str, base_url: str, keys: tuple[str, ...]) -> str:
+    key_list = ", ".join(f'"{k}"' for k in keys)
+    return f'\n[[platforms]]\nname = "{name}"\nkind = "openai"\nbase_url = "{base_url}"\nkeys = [{key_list}]\n'
+
+
+def model_toml(platform: str, model_id: str, rank: int, **fields: object) -> str:
+    text = f'\n[[models]]\nplatform = "{platform}"\nid = "{model_id}"\nintelligence_rank = {rank}\n'
+    for name, value in fields.items():
+        text += f"{name} = {str(value).lower() if isinstance(value, bool) else value!r}\n"
+    return text
+
+
+def server_toml(data_dir: Path, *, gateway_key: str | None, extra: str = "") -> str:
+    """`[server]`, `[gateway]` (left out when `gateway_key` is None) and the catalog switched off."""
+    text = f'[server]\nhost = "127.0.0.1"\nport = 0\ndata_dir = "{data_dir}"\n'
+    if gateway_key is not None:
+        text += f'[gateway]\napi_keys = ["{gateway_key}"]\n'
+    return text + "[catalog]\nbuiltin = false\n" + extra
+
+
+def read_log(data_dir: Path) -> list[AnyEvent]:
+    """Every event in the gateway's log, in order (open after the gateway stopped, or alongside it)."""
+    store = SqliteStore(data_dir / DB_NAME)
+    try:
+        return [event for _, event in store.read_after(0)]
+    finally:
+        store.close()
