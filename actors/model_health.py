@@ -1,29 +1,33 @@
-"""Model-health actor: owns the key-health and catalog projections and answers routing questions.
+"""Model-health actor: owns the routing view (key health, quotas, cooldowns, stats, catalog) and decides.
 
-It folds every committed event it receives from the log writer, and answers `plan` asks from request
-actors with the candidates a request may try. Nobody else reads or writes its state.
+It folds every committed batch it receives from the log writer and answers asks from request actors,
+all through one inbox, so an ask always sees every event committed before it was sent. A decision
+records the view's position (`view_seq`) so a replay can rebuild exactly this view.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
 
 from actors.log_writer import LogWriter
 from actors.mailbox import Reply
-from events.projections import KeyHealth, KeyInfo
-from events.routing import Catalog, CatalogModel, Plan, UnknownModel, plan
+from events.catalog import CatalogModel
+from events.decide import Decision, UnknownModel, decide
+from events.key_health import KeyInfo
 from events.store import Entry
+from events.types import RouteInput
+from events.view import RoutingView
 
 
 @dataclass(frozen=True)
-class PlanAsk:
-    requested: tuple[str, ...]
-    est_tokens: int
-    use_chain: bool
+class DecideAsk:
+    input: RouteInput
+    seed: int
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,14 @@ class KeysAsk:
 
 
 @dataclass(frozen=True)
+class Decided:
+    decision: Decision
+    seed: int
+    view_seq: int
+    now: float
+
+
+@dataclass(frozen=True)
 class ModelAvailability:
     model: CatalogModel
     usable_keys: int
@@ -45,7 +57,7 @@ class ModelAvailability:
 @dataclass(frozen=True)
 class KeyView:
     info: KeyInfo
-    cooling: tuple[tuple[str, float], ...]  # (model, until)
+    cooling: tuple[tuple[str, float], ...]  # (model id, until)
 
 
 @dataclass(frozen=True)
@@ -56,26 +68,26 @@ class ModelHealthStatistics:
     keys_disabled: int
     models: int
     events_applied: int
-    plans: int
+    decisions: int
+    view_seq: int
 
 
-Ask = PlanAsk | ModelsAsk | KeysAsk
+Ask = DecideAsk | ModelsAsk | KeysAsk
 
 
 class ModelHealth:
-    def __init__(self, health: KeyHealth, catalog: Catalog, log: LogWriter, now: Callable[[], float]) -> None:
-        self._health = health
-        self._catalog = catalog
+    def __init__(self, view: RoutingView, log: LogWriter, now: Callable[[], float]) -> None:
+        self._view = view
         self._now = now
-        self._rotation: dict[str, int] = {}
         # One inbox for committed log batches and for asks, so asks see every event committed before them.
         self._send, self._recv = trio.open_memory_channel[list[Entry] | tuple[Ask, Reply[object]]](math.inf)
         log.subscribe(self._send.clone())
-        self._applied = self._plans = 0
+        self._applied = self._decisions = 0
 
-    async def plan(self, requested: Sequence[str], est_tokens: int, use_chain: bool = True) -> Plan:
+    async def decide(self, route: RouteInput, seed: int | None = None) -> Decided:
         """Raises UnknownModel when a named model does not exist or is disabled."""
-        result = await self._ask(PlanAsk(tuple(requested), est_tokens, use_chain))
+        seed = random.getrandbits(63) if seed is None else seed
+        result = await self._ask(DecideAsk(route, seed))
         if isinstance(result, UnknownModel):
             raise result
         return result  # type: ignore[return-value]
@@ -92,15 +104,16 @@ class ModelHealth:
         return await reply.wait()
 
     def statistics(self) -> ModelHealthStatistics:
-        statuses = [k.status for k in self._health.keys.values()]
+        statuses = [k.status for k in self._view.health.keys.values()]
         return ModelHealthStatistics(
             keys=len(statuses),
             keys_ok=statuses.count("ok"),
             keys_invalid=statuses.count("invalid"),
             keys_disabled=statuses.count("disabled"),
-            models=len(self._catalog.models()),
+            models=len(self._view.catalog.models()),
             events_applied=self._applied,
-            plans=self._plans,
+            decisions=self._decisions,
+            view_seq=self._view.seq,
         )
 
     async def run(self, *, task_status: trio.TaskStatus[ModelHealth] = trio.TASK_STATUS_IGNORED) -> None:
@@ -108,9 +121,7 @@ class ModelHealth:
         async with self._recv:
             async for message in self._recv:
                 if isinstance(message, list):
-                    for _, event in message:
-                        self._health.apply(event)
-                        self._catalog.overrides.apply(event)
+                    self._view.apply_all(message)
                     self._applied += len(message)
                 else:
                     ask, reply = message
@@ -118,30 +129,30 @@ class ModelHealth:
 
     def _answer(self, ask: Ask) -> object:
         now = self._now()
+        view = self._view
         match ask:
-            case PlanAsk():
-                self._plans += 1
+            case DecideAsk():
+                self._decisions += 1
                 try:
-                    return plan(self._catalog, self._health, ask.requested, now, est_tokens=ask.est_tokens,
-                                use_chain=ask.use_chain, rotation=self._rotation)
+                    decision = decide(view, ask.input, now, random.Random(ask.seed))
                 except UnknownModel as exc:
                     return exc
+                return Decided(decision, ask.seed, view.seq, now)
             case ModelsAsk():
-                out = []
-                for m in self._catalog.models():
-                    usable = sum(
-                        1 for k in self._health.keys_of(m.platform)
-                        if k.status == "ok" and self._health.cooling_until(k.key_id, m.id, now) is None
-                    )
-                    out.append(ModelAvailability(m, usable))
-                return out
+                return [ModelAvailability(m, len(usable_keys(view, m, now))) for m in view.catalog.models()]
             case KeysAsk():
                 views = []
-                models = self._catalog.models()
-                for info in self._health.keys.values():
+                models = view.catalog.models()
+                for info in view.health.keys.values():
                     cooling = tuple(
                         (m.id, until) for m in models if m.platform == info.platform
-                        if (until := self._health.cooling_until(info.key_id, m.id, now)) is not None
+                        if (until := view.health.cooling_until(info.key_id, m.id, now)) is not None
                     )
                     views.append(KeyView(info, cooling))
                 return views
+
+
+def usable_keys(view: RoutingView, m: CatalogModel, now: float) -> list[str]:
+    """Keys of the model's platform that are ok and not cooling for it."""
+    return [k.key_id for k in view.health.keys_of(m.platform)
+            if k.status == "ok" and view.health.cooling_until(k.key_id, m.id, now) is None]

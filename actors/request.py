@@ -29,17 +29,23 @@ from actors.model_health import ModelHealth
 from actors.sse import DONE, data_frames, error_frame, frame
 from actors.upstream import TransportFailure, Upstream, UpstreamCall
 from events import taxonomy
-from events.routing import Candidate, Exclusion, UnknownModel
+from events.catalog import ALIASES, VIRTUAL_MODELS, CatalogModel
+from events.decide import UnknownModel
 from events.types import (
     AttemptFailed,
     AttemptStarted,
     AttemptSucceeded,
     ClientDisconnected,
+    Excluded,
     KeyInvalidated,
     RequestCompleted,
     RequestReceived,
+    RouteDecided,
+    RouteInput,
     StreamStalled,
 )
+
+MAX_RECORDED_EXCLUSIONS = 64  # per decision event; the rest are summarised by replay --explain
 
 _decode = msgspec.json.decode
 _encode = msgspec.json.encode
@@ -151,13 +157,14 @@ class StreamHandle:
 
 class RequestActor:
     def __init__(self, *, log: LogWriter, health: ModelHealth, upstream: Upstream, deadlines: Deadlines,
-                 max_attempts: int, now: Callable[[], float]) -> None:
+                 max_attempts: int, now: Callable[[], float], output_reserve: tuple[int, int] = (1000, 2000)) -> None:
         self._log = log
         self._health = health
         self._upstream = upstream
         self._deadlines = deadlines
         self._max_attempts = max_attempts
         self._now = now
+        self._output_reserve = output_reserve  # (default, cap) of a request's output-token reservation
         self._nursery: trio.Nursery | None = None
         self._in_flight = 0
         self._streams = 0
@@ -265,63 +272,63 @@ class RequestActor:
 
     async def _attempt_loop(self, req: ChatRequest, emit: Callable[[StreamItem], Awaitable[None]],
                             progress: _Progress) -> Completion | Failure:
-        try:
-            plan = await self._health.plan(req.requested, req.est_tokens, req.use_chain)
-        except UnknownModel as exc:
-            return Failure(404, f"The model '{exc.args[0]}' does not exist or is disabled. "
-                                "GET /v1/models lists the models you can use.",
-                           "invalid_request_error", "model_not_found")
+        """Decide, try, learn, decide again: each attempt gets its own recorded decision, which knows what
+        this request already tried and what it must now avoid."""
+        mode = next((ALIASES.get(n, n) for n in req.requested if ALIASES.get(n, n) in VIRTUAL_MODELS), "auto")
+        default, cap = self._output_reserve
+        route = RouteInput(mode=mode, requested=req.requested, use_chain=req.use_chain, est_tokens=req.est_tokens,
+                           reserve_tokens=min(req.client_max_tokens or default, cap))
         tried: list[_Tried] = []
-        excluded = list(plan.excluded)
-        min_context: int | None = None  # after a context error: only models with a larger window
+        excluded: tuple[Excluded, ...] = ()
         bad_request: _Tried | None = None
         fallback_body: bytes | None = None  # a truncated answer, better than nothing if all else fails
         fallback_ref = ""
-        for cand in plan.candidates:
-            model = cand.model
-            if min_context is not None and (model.context_window or 0) <= min_context:
-                excluded.append(Exclusion(model.ref, f"context window not larger than {min_context}"))
-                continue
-            if bad_request is not None and model.platform == bad_request.ref.split("/")[0]:
-                continue
-            for key_id in cand.keys:
-                if progress.attempts >= self._max_attempts or (bad_request and len(tried) > 1):
-                    break
-                progress.attempts += 1
-                progress.current = model.ref
-                out = await self._attempt(req, cand, key_id, progress, emit)
-                if out.ok or out.delivered:
-                    progress.routed = model.ref
-                    return Completion(out.body or b"", model.ref, progress.attempts)
-                tried.append(_Tried(model.ref, key_id, out.kind, out.status, out.message, out.retry_after_s))
-                if out.forwarded:
-                    # Content already reached the client: the stream was ended with an error event.
-                    return Failure(502, out.message, "upstream_error", out.kind, attempts=progress.attempts,
-                                   sent=True)
-                if out.kind == "truncated" and out.body is not None:
-                    fallback_body, fallback_ref = out.body, model.ref
-                if out.kind == "bad_request":
-                    if bad_request is None:
-                        bad_request = tried[-1]
-                    break
-                if out.kind in ("model_missing",):
-                    break
-                if out.kind == "context_exceeded":
-                    min_context = model.context_window or 0
-                    break
-            if progress.attempts >= self._max_attempts or (bad_request and len(tried) > 1):
+        while progress.attempts < self._max_attempts and not (bad_request and len(tried) > 1):
+            try:
+                decided = await self._health.decide(route)
+            except UnknownModel as exc:
+                return Failure(404, f"The model '{exc.args[0]}' does not exist or is disabled. "
+                                    "GET /v1/models lists the models you can use.",
+                               "invalid_request_error", "model_not_found")
+            decision = decided.decision
+            excluded = decision.excluded
+            attempt = progress.attempts + 1
+            await self._log.append(RouteDecided(
+                ts=self._now(), request_id=req.request_id, attempt=attempt, seed=decided.seed,
+                view_seq=decided.view_seq, now=decided.now, input=route, candidates=decision.candidates,
+                excluded=decision.excluded[:MAX_RECORDED_EXCLUSIONS], chosen_ref=decision.chosen_ref,
+                chosen_key=decision.chosen_key, candidates_total=decision.candidates_total,
+                no_key_models=decision.no_key_models,
+            ))
+            model, key_id = decision.chosen, decision.chosen_key
+            if model is None or key_id is None:
                 break
+            progress.attempts = attempt
+            progress.current = model.ref
+            out = await self._attempt(req, model, key_id, route.est_tokens + route.reserve_tokens, progress, emit)
+            if out.ok or out.delivered:
+                progress.routed = model.ref
+                return Completion(out.body or b"", model.ref, progress.attempts)
+            tried.append(_Tried(model.ref, key_id, out.kind, out.status, out.message, out.retry_after_s))
+            if out.forwarded:
+                # Content already reached the client: the stream was ended with an error event.
+                return Failure(502, out.message, "upstream_error", out.kind, attempts=progress.attempts,
+                               sent=True)
+            route = _learn(route, model, key_id, out)
+            if out.kind == "truncated" and out.body is not None:
+                fallback_body, fallback_ref = out.body, model.ref
+            if out.kind == "bad_request" and bad_request is None:
+                bad_request = tried[-1]
         if fallback_body is not None:
             return Completion(fallback_body, fallback_ref, progress.attempts)
-        return _final_failure(tried, excluded, bad_request, progress.attempts, self._now())
+        return _final_failure(tried, list(excluded), bad_request, progress.attempts, self._now())
 
-    async def _attempt(self, req: ChatRequest, cand: Candidate, key_id: str, progress: _Progress,
-                       emit: Callable[[StreamItem], Awaitable[None]]) -> _Outcome:
-        model = cand.model
+    async def _attempt(self, req: ChatRequest, model: CatalogModel, key_id: str, reserved_tokens: int,
+                       progress: _Progress, emit: Callable[[StreamItem], Awaitable[None]]) -> _Outcome:
         self._attempts += 1
         base = {"request_id": req.request_id, "attempt": progress.attempts, "platform": model.platform,
                 "model": model.id, "key_id": key_id}
-        await self._log.append(AttemptStarted(ts=self._now(), **base))
+        await self._log.append(AttemptStarted(ts=self._now(), reserved_tokens=reserved_tokens, **base))
         body = dict(req.body)
         body["model"] = model.id
         call = UpstreamCall(model.platform, model.id, key_id, body, req.stream)
@@ -564,14 +571,27 @@ def _normalise_message(message: dict[str, Any]) -> None:
             message["content"] = reasoning
 
 
-def _final_failure(tried: list[_Tried], excluded: list[Exclusion], bad_request: _Tried | None,
+def _learn(route: RouteInput, model: CatalogModel, key_id: str, out: _Outcome) -> RouteInput:
+    """What the next decision of this request must avoid after a failed attempt."""
+    changes: dict[str, Any] = {"tried": (*route.tried, (key_id, model.ref))}
+    if out.kind == "model_missing":
+        changes["skip_models"] = (*route.skip_models, (model.ref, "the provider said the model does not exist"))
+    elif out.kind == "context_exceeded":
+        changes["min_context"] = max(route.min_context or 0, model.context_window or 0)
+    elif out.kind == "bad_request":
+        changes["skip_platforms"] = (*route.skip_platforms, (model.platform, f"rejected the request: {out.message}"))
+    return msgspec.structs.replace(route, **changes)
+
+
+def _final_failure(tried: list[_Tried], excluded: list[Excluded], bad_request: _Tried | None,
                    attempts: int, now: float) -> Failure:
     if bad_request is not None:
         return Failure(bad_request.status or 400, f"{bad_request.ref}: {bad_request.message}",
                        "invalid_request_error", "upstream_bad_request", attempts=attempts)
     parts = [f"{t.ref} (key {t.key_id}): {t.kind}{f' {t.status}' if t.status else ''} {t.message}".rstrip()
              for t in tried]
-    parts += [f"{e.ref}: skipped, {e.reason}" for e in excluded[:20]]
+    parts += [f"{e.ref}: skipped, {e.reason}" for e in excluded[:20]
+              if not e.reason.endswith("already tried for this request")]
     if len(excluded) > 20:
         parts.append(f"... and {len(excluded) - 20} more models skipped")
     detail = "; ".join(parts) if parts else "no models are configured"
@@ -579,7 +599,7 @@ def _final_failure(tried: list[_Tried], excluded: list[Exclusion], bad_request: 
     if tried and kinds == {"context_exceeded"}:
         return Failure(400, "The request is larger than every available model's context window. Tried: "
                        + detail, "invalid_request_error", "context_length_exceeded", attempts=attempts)
-    limited = [e for e in excluded if "rate-limited" in e.reason]
+    limited = [e for e in excluded if "rate-limited" in e.reason or "quota:" in e.reason]
     if (tried and kinds == {"rate_limited"}) or (not tried and limited):
         return Failure(429, "Every candidate is rate-limited. " + detail, "rate_limit_error",
                        "rate_limit_exceeded", retry_after_s=_soonest_retry(tried, limited, now),
@@ -591,7 +611,7 @@ def _final_failure(tried: list[_Tried], excluded: list[Exclusion], bad_request: 
                    attempts=attempts)
 
 
-def _soonest_retry(tried: list[_Tried], limited: list[Exclusion], now: float) -> float | None:
+def _soonest_retry(tried: list[_Tried], limited: list[Excluded], now: float) -> float | None:
     waits = [t.retry_after_s for t in tried if t.retry_after_s is not None]
     waits += [e.until - now for e in limited if e.until is not None]
     return max(1.0, min(waits)) if waits else None

@@ -9,7 +9,7 @@ import trio
 
 from actors.log_writer import LogWriter
 from actors.mailbox import Reply
-from events.projections import Stats
+from events.model_stats import Stats
 from events.store import Entry
 
 
@@ -20,7 +20,8 @@ class ModelCounters:
     failures: int
     failures_by_kind: dict[str, int]
     mean_latency_ms: float | None
-    mean_ttfb_ms: float | None
+    mean_ttfb_ms: float | None  # recent (exponentially weighted)
+    tokens_per_s: float | None  # recent (exponentially weighted)
     output_tokens: int
     stalls: int
 
@@ -65,7 +66,8 @@ class StatsActor:
                 failures=s.failures,
                 failures_by_kind=dict(s.failures_by_kind),
                 mean_latency_ms=s.latency_ms_total / s.successes if s.successes else None,
-                mean_ttfb_ms=s.ttfb_ms_total / s.successes if s.successes else None,
+                mean_ttfb_ms=s.ttfb_ms,
+                tokens_per_s=s.tps,
                 output_tokens=s.output_tokens,
                 stalls=s.stalls,
             )

@@ -20,9 +20,11 @@ from actors.model_health import ModelHealth
 from actors.request import Deadlines, RequestActor
 from actors.stats import StatsActor
 from actors.upstream import Upstream
-from events.projections import KeyHealth, ModelOverrides, Stats
-from events.routing import Catalog, CatalogModel
+from events.catalog import CatalogModel
+from events.model_stats import Stats
+from events.policy import RoutingPolicy
 from events.store import LogStore
+from events.view import RoutingView, rebuild
 from events.types import KeyAdded, ServiceStarted, ServiceStopped
 
 
@@ -44,42 +46,33 @@ class Settings:
     keys: Sequence[tuple[str, str, str, str]]  # (key_id, platform, label, source) known at start
     deadlines: Deadlines
     max_attempts: int
-    rate_limit_cooldown_s: float
+    policy: RoutingPolicy
     version: str
+    rolling_day_platforms: frozenset[str] = frozenset()
+
+    def new_view(self) -> RoutingView:
+        return RoutingView(self.models, self.policy, self.rolling_day_platforms)
 
 
 ServeHttp = Callable[[Runtime], Awaitable[None]]
-
-
-def rebuild(store: LogStore, health: KeyHealth, overrides: ModelOverrides, stats: Stats) -> int:
-    """Fold the whole log into fresh projections; returns the number of events read."""
-    seq, count = 0, 0
-    while True:
-        entries = store.read_after(seq, 5000)
-        if not entries:
-            return count
-        for _, event in entries:
-            health.apply(event)
-            overrides.apply(event)
-            stats.apply(event)
-        seq = entries[-1][0]
-        count += len(entries)
 
 
 async def run_service(store: LogStore, upstream: Upstream, settings: Settings, serve_http: ServeHttp, *,
                       handle_signals: bool = True,
                       task_status: trio.TaskStatus[Runtime] = trio.TASK_STATUS_IGNORED) -> None:
     clock = WallClock()
-    health_p = KeyHealth(settings.rate_limit_cooldown_s)
-    overrides = ModelOverrides()
-    stats_p = Stats()
-    replayed = rebuild(store, health_p, overrides, stats_p)
+    view = settings.new_view()
+    stats_p = Stats(settings.policy.decay_days)
+    replayed = rebuild(store, view, also=(stats_p.apply,))
+    known_keys = set(view.health.keys)
 
     log = LogWriter(store)
-    health = ModelHealth(health_p, Catalog(settings.models, overrides), log, clock.now)
+    health = ModelHealth(view, log, clock.now)
     stats = StatsActor(stats_p, log)
+    p = settings.policy
     requests = RequestActor(log=log, health=health, upstream=upstream, deadlines=settings.deadlines,
-                            max_attempts=settings.max_attempts, now=clock.now)
+                            max_attempts=settings.max_attempts, now=clock.now,
+                            output_reserve=(p.output_reserve_default, p.output_reserve_cap))
     shutting_down = trio.Event()
     runtime = Runtime(log, health, stats, requests, clock, shutting_down)
 
@@ -92,7 +85,7 @@ async def run_service(store: LogStore, upstream: Upstream, settings: Settings, s
             if handle_signals:
                 inner.start_soon(_watch_signals, shutting_down)
             for key_id, platform, label, source in settings.keys:
-                if key_id not in health_p.keys:
+                if key_id not in known_keys:
                     await log.append_durable(KeyAdded(ts=clock.now(), key_id=key_id, platform=platform,
                                                       label=label, source=source))  # type: ignore[arg-type]
             await log.append_durable(ServiceStarted(ts=clock.now(), version=settings.version,

@@ -6,7 +6,7 @@ process decided on (events committed later, even if appended before the decision
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from events.catalog import Catalog, CatalogModel
 from events.cooldowns import Cooldowns
@@ -70,8 +70,10 @@ class RoutingView:
         return self._intelligence
 
 
-def rebuild(store: LogStore, view: RoutingView, upto: int | None = None, batch: int = 5000) -> int:
-    """Fold the log (up to seq `upto`, inclusive) into `view`; returns how many events were read."""
+def rebuild(store: LogStore, view: RoutingView, upto: int | None = None, batch: int = 5000,
+            also: Sequence[Callable[[Event], None]] = ()) -> int:
+    """Fold the log (after the view's position, up to seq `upto` inclusive) into `view`, and into each
+    of `also` (other projections) in the same pass; returns how many events were read."""
     seq, count = view.seq, 0
     while True:
         entries = store.read_after(seq, batch)
@@ -80,5 +82,8 @@ def rebuild(store: LogStore, view: RoutingView, upto: int | None = None, batch: 
         if not entries:
             return count
         view.apply_all(entries)
+        for apply in also:
+            for _, event in entries:
+                apply(event)
         seq = entries[-1][0]
         count += len(entries)

@@ -158,6 +158,8 @@ class HttpConn:
                 await self._fill()
             body = buf[pos : pos + length]
             pos += length
+            if stream and _CONTENT.search(body):
+                ttft = time.perf_counter() - t0
         del buf[:pos]
         if status != 200:
             raise ResponseError(f"HTTP {status}: {bytes(body[:200])!r}")
@@ -371,7 +373,7 @@ async def start_child(
         reason = "timed out" if isinstance(exc, trio.TooSlowError) else str(exc)
         raise BenchError(
             f"!! {name} failed to start ({reason}); command: {' '.join(argv)}\n"
-            f"-- {name} stderr --\n{child.stderr_tail()}"
+            f"-- {name} stderr (logs kept in {tmp}) --\n{child.stderr_tail()}"
         ) from None
 
     async def drain() -> None:
@@ -672,6 +674,7 @@ async def bench(args: argparse.Namespace) -> tuple[int, dict]:
     if any(r.errors for r in results):
         status = 1
     report["child_logs"] = str(tmp)
+    report["gateway_data_bytes"] = sum(f.stat().st_size for f in (tmp / "data").rglob("*") if f.is_file())
     return status, report
 
 
@@ -687,6 +690,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="1 s per scenario and a 2000-request soak")
     parser.add_argument("--direct-only", action="store_true", help="only the direct upstream scenarios")
     parser.add_argument("--out", default="bench-results.json", help="JSON results file")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, config, data)")
     parser.add_argument(
         "--gateway-cmd",
         default=None,
@@ -711,7 +715,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         status, report = trio.run(bench, args)
         Path(args.out).write_text(msgspec.json.format(msgspec.json.encode(report)).decode() + "\n")
-        print(f"results written to {args.out} (child logs in {report['child_logs']})")
+        print(f"results written to {args.out}")
+        if status == 0 and not args.keep:
+            shutil.rmtree(report["child_logs"], ignore_errors=True)
+        else:
+            print(f"child logs, config and gateway data kept in {report['child_logs']}")
     except* BenchError as group:
         for exc in group.exceptions:
             print(exc, file=sys.stderr)

@@ -19,7 +19,7 @@ from werkzeug.exceptions import HTTPException
 from actors.request import ChatRequest, Completion, Failure, Routed
 from actors.sse import DONE, KEEPALIVE, error_frame
 from actors.supervisor import Runtime
-from events.routing import ALIASES, VIRTUAL_MODELS
+from events.catalog import ALIASES, VIRTUAL_MODELS
 from service.secrets import TokenCheck
 
 MAX_BODY_BYTES = 32 * 1024 * 1024  # images arrive inline as data URLs

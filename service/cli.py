@@ -13,13 +13,16 @@ from pathlib import Path
 
 import trio
 
-from events.projections import KeyHealth, ModelOverrides, Stats
-from events.routing import Catalog
+from actors.model_health import usable_keys
+
+from events.model_stats import Stats
+from events.replay import Replayed, replay, select_decisions
+from events.view import RoutingView, rebuild
 from events.sqlite_store import SqliteStore
 from events.types import KeyAdded, KeyDisabled, KeyEnabled, ModelUpdated, encode_event, event_type
 from service.config import Config, ConfigError, load_config
 from service.secrets import SecretsError, Vault, key_label, load_master_key
-from service.server import DB_NAME, catalog_models, run_gateway
+from service.server import DB_NAME, routing_settings, run_gateway
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -38,12 +41,11 @@ def _store(config: Config) -> SqliteStore:
     return SqliteStore(config.data_dir / DB_NAME)
 
 
-def _projections(store: SqliteStore, config: Config) -> tuple[KeyHealth, ModelOverrides, Stats]:
-    from actors.supervisor import rebuild
-
-    health, overrides, stats = KeyHealth(config.routing.rate_limit_cooldown_s), ModelOverrides(), Stats()
-    rebuild(store, health, overrides, stats)
-    return health, overrides, stats
+def _projections(store: SqliteStore, config: Config) -> tuple[RoutingView, Stats]:
+    settings = routing_settings(config)
+    view, stats = settings.new_view(), Stats(settings.policy.decay_days)
+    rebuild(store, view, also=(stats.apply,))
+    return view, stats
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -70,8 +72,8 @@ def cmd_keys_add(args: argparse.Namespace) -> int:
     store = _store(config)
     try:
         key_id, created = vault.put(args.platform, secret)
-        health, _, _ = _projections(store, config)
-        if key_id not in health.keys:
+        view, _ = _projections(store, config)
+        if key_id not in view.health.keys:
             store.append([KeyAdded(ts=time.time(), key_id=key_id, platform=args.platform,
                                    label=key_label(secret), source="vault")])
         print(f"{'added' if created else 'already stored'}: {key_id} ({args.platform}, {key_label(secret)})")
@@ -85,11 +87,12 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     config = _config(args)
     store = _store(config)
     try:
-        health, _, _ = _projections(store, config)
+        view, _ = _projections(store, config)
     finally:
         store.close()
+    health = view.health
     now = time.time()
-    models = catalog_models(config)
+    models = view.catalog.models()
     rows = []
     for info in sorted(health.keys.values(), key=lambda k: (k.platform, k.key_id)):
         cooling = [f"{m.id} {until - now:.0f}s" for m in models if m.platform == info.platform
@@ -108,8 +111,8 @@ def cmd_keys_toggle(args: argparse.Namespace) -> int:
     config = _config(args)
     store = _store(config)
     try:
-        health, _, _ = _projections(store, config)
-        if args.key_id not in health.keys:
+        view, _ = _projections(store, config)
+        if args.key_id not in view.health.keys:
             print(f"error: no key '{args.key_id}' (see 'switchboard keys list')", file=sys.stderr)
             return 2
         event = (KeyDisabled(ts=time.time(), key_id=args.key_id, reason=args.reason or "by operator")
@@ -125,10 +128,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     config = _config(args)
     store = _store(config)
     try:
-        health, overrides, stats = _projections(store, config)
+        view, stats = _projections(store, config)
         if args.action in ("enable", "disable"):
-            matches = Catalog(catalog_models(config), overrides).models()
-            found = [m for m in matches if args.model in (m.ref, m.id)]
+            found = [m for m in view.catalog.models() if args.model in (m.ref, m.id)]
             if len(found) != 1:
                 print(f"error: '{args.model}' matches {len(found)} models; use platform/id", file=sys.stderr)
                 return 2
@@ -140,11 +142,10 @@ def cmd_models(args: argparse.Namespace) -> int:
         store.close()
     now = time.time()
     rows = []
-    for m in Catalog(catalog_models(config), overrides).models():
+    for m in view.catalog.models():
         if not (args.all or m.enabled):
             continue
-        keys = [k for k in health.keys_of(m.platform)
-                if k.status == "ok" and health.cooling_until(k.key_id, m.id, now) is None]
+        keys = usable_keys(view, m, now)
         s = stats.models.get(m.ref)
         rows.append((m.ref, m.pool, str(m.intelligence_rank), str(m.context_window or "-"),
                      "yes" if m.enabled else "no", "yes" if m.fallback else "no", str(len(keys)),
@@ -176,6 +177,95 @@ def cmd_log_tail(args: argparse.Namespace) -> int:
         return 0
     finally:
         store.close()
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Replay recorded decisions under the live config (or a what-if config) and compare."""
+    config = _config(args)
+    store = _store(config)
+    try:
+        targets = select_decisions(store, request_id=args.request, from_seq=args.from_seq, to_seq=args.to_seq)
+        if not targets:
+            print("no recorded decisions match" + (f" request {args.request}" if args.request else ""))
+            return 1 if args.request else 0
+        show_progress = sys.stderr.isatty() and store.last_seq() > 50_000
+        started = time.perf_counter()
+        results = list(replay(store, routing_settings(config).new_view(), targets,
+                              progress=_progress_bar if show_progress else None))
+        elapsed = time.perf_counter() - started
+        if show_progress:
+            print(file=sys.stderr)
+    finally:
+        store.close()
+    changed = [r for r in results if not r.matches]
+    for r in results:
+        if args.explain:
+            print(explain(r))
+        elif not r.matches:
+            print(_change_line(r))
+    total = len(results)
+    events_read = max(r.recorded.view_seq for r in results)
+    rate = f"{events_read / elapsed:,.0f} events/s" if elapsed > 0 else ""
+    summary = (f"{total - len(changed)} of {total} decisions reproduced "
+               f"({100 * (total - len(changed)) / total:.1f}%); {events_read} events folded, {rate}")
+    if changed and args.config:
+        # Under another config differences are the point: what its routing settings would have done.
+        print(f"what-if under {args.config}: {len(changed)} of {total} decisions would change; {summary}")
+        return 0
+    print(summary)
+    return 0 if not changed else 1
+
+
+def _progress_bar(done: int, total: int) -> None:
+    width = 40
+    filled = int(width * done / max(total, 1))
+    print(f"\rreplaying [{'#' * filled}{'.' * (width - filled)}] {done}/{total} events", end="", file=sys.stderr,
+          flush=True)
+
+
+def _change_line(r: Replayed) -> str:
+    rec = r.recorded
+    was = f"{rec.chosen_ref} (key {rec.chosen_key})" if rec.chosen_ref else "nothing"
+    now_ref, now_key = r.recomputed
+    if r.decision is None:
+        now = "an error: the named model is unknown under this config"
+    else:
+        now = f"{now_ref} (key {now_key})" if now_ref else "nothing"
+    return f"{rec.request_id} attempt {rec.attempt} (seq {r.seq}): {was} -> {now}"
+
+
+def explain(r: Replayed) -> str:
+    rec = r.recorded
+    d = r.decision
+    verdict = "reproduced" if r.matches else "DIFFERS"
+    lines = [f"{rec.request_id} attempt {rec.attempt} at seq {r.seq} (view {rec.view_seq}, mode {rec.input.mode},"
+             f" seed {rec.seed}): chose {rec.chosen_ref or 'nothing'}"
+             + (f" with key {rec.chosen_key}" if rec.chosen_key else "") + f" [{verdict}]"]
+    if rec.input.tried:
+        lines.append("  already tried: " + ", ".join(f"{ref} ({key})" for key, ref in rec.input.tried))
+    candidates = d.candidates if d is not None else rec.candidates
+    if candidates:
+        lines.append("  candidates (score = theta + speed + ttfb + intelligence - penalty; smart mode weights"
+                     " intelligence):")
+        for i, c in enumerate(candidates, 1):
+            mark = "  <- chosen" if c.ref == rec.chosen_ref else ""
+            lines.append(f"    {i}. {c.ref:<48} {c.score:7.3f}  theta {c.theta:.3f}  speed {c.speed:+.3f}  "
+                         f"ttfb {c.ttfb:+.3f}  intel {c.intelligence:.2f}  penalty {c.penalty:.2f}"
+                         f"  [{c.pool}{', named' if c.named else ''}]{mark}")
+        total = d.candidates_total if d is not None else rec.candidates_total
+        if total > len(candidates):
+            lines.append(f"    ... {total - len(candidates)} more eligible models could not have scored higher")
+    excluded = d.excluded if d is not None else rec.excluded
+    if excluded:
+        lines.append("  not chosen because:")
+        lines.extend(f"    {e.ref}: {e.reason}" for e in excluded)
+    no_key = d.no_key_models if d is not None else rec.no_key_models
+    if no_key:
+        lines.append(f"  {no_key} models skipped: their platforms have no key")
+    if not r.matches and d is not None:
+        lines.append(f"  replay chose {d.chosen_ref or 'nothing'}" + (f" with key {d.chosen_key}" if d.chosen_key
+                                                                     else ""))
+    return "\n".join(lines)
 
 
 def _print_event(seq: int, event: object, only: str | None) -> None:
@@ -230,6 +320,12 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
     tail.add_argument("--type", help="only events of this type, e.g. attempt_failed")
     tail.set_defaults(func=cmd_log_tail)
+    rp = common(sub.add_parser("replay", help="re-run recorded routing decisions and compare (or what-if)"))
+    rp.add_argument("--request", help="only the decisions of this request id (X-Request-Id)")
+    rp.add_argument("--from", dest="from_seq", type=int, help="first log seq")
+    rp.add_argument("--to", dest="to_seq", type=int, help="last log seq")
+    rp.add_argument("--explain", action="store_true", help="print why each model was or was not chosen")
+    rp.set_defaults(func=cmd_replay)
     return parser
 
 

@@ -17,17 +17,23 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from importlib import resources
+from itertools import pairwise
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 from urllib.parse import urlsplit
+
+from events.policy import RoutingPolicy
 
 KINDS = ("openai",)
 PROTECTIONS = ("provider-ban", "model-skip", "off")
 POOLS = ("fast", "balanced", "smart")
+QUOTA_DAYS = ("utc", "rolling")  # daily limits reset at UTC midnight / count the last 24 hours
 
 DEFAULT_PROTECTION = "model-skip"
+DEFAULT_QUOTA_DAY = "utc"
+PROTECTION_ENV = "THREAD_PROTECTION_PLATFORMS"  # "longcat:provider-ban,groq:model-skip"
 # A model added by the file without ranks sits mid-table (seed ranges: intelligence 1..32, speed 1..11): an
 # unknown model should neither outrank the known-strong ones in smart mode nor be starved everywhere else.
 DEFAULT_INTELLIGENCE_RANK = 16
@@ -77,8 +83,41 @@ class Timeouts:
 
 @dataclass(frozen=True)
 class Routing:
+    """`[routing]`: the attempt budget plus every routing constant (`policy`).
+
+    `rate_limit_cooldown_s` mirrors `policy.rate_limit_cooldown_s` and the two are always equal: when they are
+    constructed differing, the one left at the default takes the other's value (both non-default and
+    different is a ValueError).
+    """
+
     max_attempts: int = 5
-    rate_limit_cooldown_s: float = 60.0  # cooldown for a 429 that carries no Retry-After
+    rate_limit_cooldown_s: float = RoutingPolicy.rate_limit_cooldown_s  # a 429 that carries no Retry-After
+    policy: RoutingPolicy = field(default_factory=RoutingPolicy)
+
+    def __post_init__(self) -> None:
+        own, policy = self.rate_limit_cooldown_s, self.policy.rate_limit_cooldown_s
+        if own == policy:
+            return
+        default = RoutingPolicy.rate_limit_cooldown_s
+        if policy == default:
+            object.__setattr__(self, "policy", replace(self.policy, rate_limit_cooldown_s=own))
+        elif own == default:
+            object.__setattr__(self, "rate_limit_cooldown_s", policy)
+        else:
+            raise ValueError(
+                f"rate_limit_cooldown_s ({own!r}) differs from policy.rate_limit_cooldown_s ({policy!r})"
+            )
+
+
+@dataclass(frozen=True)
+class Sessions:
+    """`[sessions]`: the session table (pins, bans) and thread protection timing."""
+
+    pin_ttl_s: float = 1800.0  # a pin expires after this long without use
+    max_sessions: int = 10000  # the table is bounded: the least recently used session goes first
+    # Within this time of a session's use of its pinned model on a provider-ban platform, that platform's
+    # other models are not offered to the session.
+    provider_ban_window_s: float = 180.0
 
 
 @dataclass(frozen=True)
@@ -94,6 +133,9 @@ class PlatformConfig:
     timeout_s: float | None
     env_var: str
     display_name: str
+    quota_day: str = DEFAULT_QUOTA_DAY  # QUOTA_DAYS: "utc" (reset at UTC midnight) or "rolling" (last 24 h)
+    # Provider-ban platforms only: while one session has a request in flight here, other sessions skip it.
+    single_flight: bool = False
 
 
 @dataclass(frozen=True)
@@ -127,6 +169,7 @@ class Config:
     admin_token: str | None = field(default=None, repr=False)
     timeouts: Timeouts = field(default_factory=Timeouts)
     routing: Routing = field(default_factory=Routing)
+    sessions: Sessions = field(default_factory=Sessions)
     builtin_catalog: bool = True
     catalog_version: str
     platforms: dict[str, PlatformConfig]
@@ -157,6 +200,8 @@ def load_builtin_catalog() -> tuple[str, dict[str, PlatformConfig], tuple[ModelC
             timeout_s=float(p["timeout_s"]),
             env_var=p["env_var"],
             display_name=p["display_name"],
+            quota_day=p.get("quota_day", DEFAULT_QUOTA_DAY),
+            single_flight=p.get("single_flight", False),
         )
         for p in raw["platforms"]
     }
@@ -205,7 +250,8 @@ def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> Conf
     gateway = ctx.table(raw, ("gateway",), {"api_keys"})
     admin = ctx.table(raw, ("admin",), {"token"})
     timeouts = ctx.table(raw, ("timeouts",), set(Timeouts.__dataclass_fields__))
-    routing = ctx.table(raw, ("routing",), set(Routing.__dataclass_fields__))
+    routing = ctx.table(raw, ("routing",), {"max_attempts", *RoutingPolicy.names()})
+    sessions = ctx.table(raw, ("sessions",), set(Sessions.__dataclass_fields__))
     catalog = ctx.table(raw, ("catalog",), {"builtin"})
 
     host = ctx.string(server["host"], ("server", "host")) if "host" in server else "127.0.0.1"
@@ -235,7 +281,16 @@ def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> Conf
     platforms = _merge_platforms(ctx, raw, platforms, builtin)
     models = _merge_models(ctx, raw, platforms, models)
 
+    timeout_values = Timeouts(**{k: ctx.positive(v, ("timeouts", k)) for k, v in timeouts.items()})
+    routing_values = _routing(ctx, routing, timeouts)
+    # One value, two homes: [timeouts] transient_cooldown_s is the documented spelling, the policy uses it.
+    timeout_values = replace(timeout_values, transient_cooldown_s=routing_values.policy.transient_cooldown_s)
+    sessions_values = Sessions(
+        **{k: _number_field(ctx, Sessions, k, v, "sessions") for k, v in sessions.items()}
+    )
+
     host, port, data_dir = _server_env(env, host, port, data_dir)
+    platforms = _protection_env(env, platforms)
     return Config(
         path=path,
         host=host,
@@ -243,19 +298,9 @@ def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> Conf
         data_dir=data_dir,
         api_keys=api_keys,
         admin_token=admin_token,
-        timeouts=Timeouts(**{k: ctx.positive(v, ("timeouts", k)) for k, v in timeouts.items()}),
-        routing=Routing(
-            max_attempts=(
-                ctx.integer(routing["max_attempts"], ("routing", "max_attempts"), 1)
-                if "max_attempts" in routing
-                else Routing.max_attempts
-            ),
-            rate_limit_cooldown_s=(
-                ctx.positive(routing["rate_limit_cooldown_s"], ("routing", "rate_limit_cooldown_s"))
-                if "rate_limit_cooldown_s" in routing
-                else Routing.rate_limit_cooldown_s
-            ),
-        ),
+        timeouts=timeout_values,
+        routing=routing_values,
+        sessions=sessions_values,
         builtin_catalog=builtin,
         catalog_version=version,
         platforms=platforms,
@@ -264,8 +309,45 @@ def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> Conf
     )
 
 
-_TOP_LEVEL = {"server", "gateway", "admin", "timeouts", "routing", "catalog", "platforms", "models"}
-_PLATFORM_KEYS = {"name", "kind", "base_url", "keys", "protection", "headers", "timeout_s"}
+_TOP_LEVEL = {
+    "server",
+    "gateway",
+    "admin",
+    "timeouts",
+    "routing",
+    "sessions",
+    "catalog",
+    "platforms",
+    "models",
+}
+_PLATFORM_KEYS = {
+    "name",
+    "kind",
+    "base_url",
+    "keys",
+    "protection",
+    "headers",
+    "timeout_s",
+    "quota_day",
+    "single_flight",
+}
+# RoutingPolicy fields that are weights of a score term: any finite number (ttfb_worst is negative by nature).
+# Every other float field is a duration, count, prior or threshold and must be > 0; int fields must be >= 1.
+_POLICY_WEIGHTS = frozenset(
+    {
+        "speed_weight",
+        "slow_penalty",
+        "ttfb_bonus",
+        "ttfb_worst",
+        "intelligence_weight",
+        "smart_intelligence",
+        "smart_speed",
+        "smart_ttfb",
+        "penalty_weight",
+    }
+)
+_TTFB_ORDER = ("ttfb_good_ms", "ttfb_zero_ms", "ttfb_bad_ms")  # must be strictly increasing
+_UNITS = (("_s", "seconds"), ("_ms", "milliseconds"), ("_days", "days"), ("_tps", "tokens per second"))
 _LIMITS = ("rpm", "rpd", "tpm", "tpd")
 _MODEL_KEYS = {
     "platform",
@@ -330,6 +412,10 @@ def _merge_platforms(
             given["headers"] = ctx.headers(entry["headers"], (*at, "headers"))
         if "timeout_s" in entry:
             given["timeout_s"] = ctx.positive(entry["timeout_s"], (*at, "timeout_s"))
+        if "quota_day" in entry:
+            given["quota_day"] = ctx.choice(entry["quota_day"], (*at, "quota_day"), QUOTA_DAYS, "a quota day")
+        if "single_flight" in entry:
+            given["single_flight"] = ctx.boolean(entry["single_flight"], (*at, "single_flight"))
 
         if name in platforms:
             platforms[name] = replace(platforms[name], **given)
@@ -350,6 +436,8 @@ def _merge_platforms(
             timeout_s=given.get("timeout_s"),
             env_var=env_var_for(name),
             display_name=name,
+            quota_day=given.get("quota_day", DEFAULT_QUOTA_DAY),
+            single_flight=given.get("single_flight", False),
         )
     return platforms
 
@@ -421,6 +509,98 @@ def _merge_models(
     return tuple(merged)
 
 
+def _routing(ctx: _Context, routing: dict[str, Any], timeouts: dict[str, Any]) -> Routing:
+    """`[routing]` -> Routing: `max_attempts` plus any RoutingPolicy field, checked by its type and role."""
+    given: dict[str, Any] = {
+        name: _number_field(ctx, RoutingPolicy, name, value, "routing")
+        for name, value in routing.items()
+        if name != "max_attempts"
+    }
+    if "transient_cooldown_s" in timeouts:
+        if "transient_cooldown_s" in given:
+            other = ctx.line_of(("timeouts", "transient_cooldown_s"))
+            raise ctx.error(
+                ("routing", "transient_cooldown_s"),
+                "also set as timeouts.transient_cooldown_s"
+                + (f" (line {other})" if other is not None else "")
+                + "; use one of the two",
+            )
+        given["transient_cooldown_s"] = ctx.positive(
+            timeouts["transient_cooldown_s"], ("timeouts", "transient_cooldown_s")
+        )
+    effective = {**{f.name: f.default for f in fields(RoutingPolicy)}, **given}
+    rule = " < ".join(_TTFB_ORDER)
+    for low, high in pairwise(_TTFB_ORDER):
+        if effective[low] < effective[high]:
+            continue
+        # Blame the later key when the file sets it; otherwise the earlier one is the key that was given.
+        blamed, other, relation = (high, low, "above") if high in given else (low, high, "below")
+        note = "" if other in given else ", the default"
+        raise ctx.error(
+            ("routing", blamed),
+            f"expected a value {relation} {other} ({effective[other]:g}{note}) as {rule}, "
+            f"found {_describe(routing[blamed])}",
+        )
+    policy = RoutingPolicy(**given)
+    max_attempts = Routing.max_attempts
+    if "max_attempts" in routing:
+        max_attempts = ctx.integer(routing["max_attempts"], ("routing", "max_attempts"), 1)
+    return Routing(
+        max_attempts=max_attempts, rate_limit_cooldown_s=policy.rate_limit_cooldown_s, policy=policy
+    )
+
+
+def _number_field(ctx: _Context, cls: type, name: str, value: Any, table: str) -> float | int:
+    """Validate `value` for the numeric dataclass field `cls.name`: int fields take integers >= 1, weights
+    (RoutingPolicy only) any finite number, every other float field a positive number (ints accepted)."""
+    at: _KeyPath = (table, name)
+    if get_type_hints(cls)[name] is int:
+        return ctx.integer(value, at, 1)
+    if cls is RoutingPolicy and name in _POLICY_WEIGHTS:
+        return ctx.finite(value, at)
+    unit = next((f" of {unit}" for suffix, unit in _UNITS if name.endswith(suffix)), "")
+    return ctx.positive(value, at, f"a positive number{unit}")
+
+
+def _protection_env(
+    env: Mapping[str, str], platforms: dict[str, PlatformConfig]
+) -> dict[str, PlatformConfig]:
+    """THREAD_PROTECTION_PLATFORMS="longcat:provider-ban, groq:off" overrides those platforms' protection.
+
+    Blank entries (a trailing comma) are skipped; any other malformed entry is an error, never ignored.
+    An empty value means unset.
+    """
+    value = env.get(PROTECTION_ENV, "")
+    levels = ", ".join(f'"{p}"' for p in PROTECTIONS)
+    chosen: dict[str, str] = {}  # platform -> the entry that set it
+    overrides: dict[str, str] = {}
+    for part in value.split(","):
+        entry = part.strip()
+        if not entry:
+            continue
+        name, colon, level = (s.strip() for s in entry.partition(":"))
+        problem = None
+        if not colon or not name or not level:
+            problem = "expected platform:level"
+        elif name not in platforms:
+            problem = f"unknown platform {_show(name)} (known: {', '.join(platforms) or 'none'})"
+        elif level not in PROTECTIONS:
+            problem = f"unknown level {_show(level)}"
+        elif name in chosen:
+            problem = f"duplicate platform {_show(name)} (already set by {_show(chosen[name])})"
+        if problem:
+            raise ConfigError(
+                f"{problem} in entry {_show(entry)}; expected comma-separated platform:level entries "
+                f"with level one of {levels}",
+                key=f"env {PROTECTION_ENV}",
+            )
+        chosen[name] = entry
+        overrides[name] = level
+    if not overrides:
+        return platforms
+    return {n: replace(p, protection=overrides[n]) if n in overrides else p for n, p in platforms.items()}
+
+
 def _server_env(env: Mapping[str, str], host: str, port: int, data_dir: Path) -> tuple[str, int, Path]:
     """SWITCHBOARD_HOST / _PORT / _DATA_DIR win over the file; empty values count as unset."""
     if value := env.get("SWITCHBOARD_HOST", "").strip():
@@ -459,6 +639,9 @@ class _Context:
 
     def error(self, at: _KeyPath, message: str) -> ConfigError:
         return ConfigError(message, file=self.file, line=self._locator.line_of(at), key=_format_path(at))
+
+    def line_of(self, at: _KeyPath) -> int | None:
+        return self._locator.line_of(at)
 
     def check_keys(self, table: dict[str, Any], at: _KeyPath, allowed: set[str]) -> None:
         for key in table:
@@ -510,11 +693,17 @@ class _Context:
             raise self.error(at, f"expected {expected}, found {_describe(value)}")
         return value
 
-    def positive(self, value: Any, at: _KeyPath) -> float:
-        number = isinstance(value, int | float) and not isinstance(value, bool)
-        if not number or not math.isfinite(value) or value <= 0:
-            raise self.error(at, f"expected a positive number of seconds, found {_describe(value)}")
-        return float(value)
+    def positive(self, value: Any, at: _KeyPath, what: str = "a positive number of seconds") -> float:
+        number = _as_float(value)
+        if number is None or number <= 0:
+            raise self.error(at, f"expected {what}, found {_describe(value)}")
+        return number
+
+    def finite(self, value: Any, at: _KeyPath) -> float:
+        number = _as_float(value)
+        if number is None:
+            raise self.error(at, f"expected a finite number, found {_describe(value)}")
+        return number
 
     def boolean(self, value: Any, at: _KeyPath) -> bool:
         if not isinstance(value, bool):
@@ -549,6 +738,17 @@ class _Context:
                 # Header values can be credentials: describe, never show.
                 raise self.error((*at, name), f"expected a string, found {_describe(header, secret=True)}")
         return dict(value)
+
+
+def _as_float(value: Any) -> float | None:
+    """A TOML integer or float as a finite float; None for anything else (bool, nan, inf, a huge integer)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # TOML integers are unbounded
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _describe(value: Any, secret: bool = False) -> str:

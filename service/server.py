@@ -15,7 +15,9 @@ from hypercorn.trio import serve
 
 from actors.request import Deadlines
 from actors.supervisor import Runtime, Settings, run_service
-from events.routing import CatalogModel
+from events.catalog import CatalogModel
+from events.policy import RoutingPolicy
+from events.quotas import Limits
 from events.sqlite_store import SqliteStore
 from events.store import LogStore
 from service import __version__
@@ -46,10 +48,35 @@ def catalog_models(config: Config) -> list[CatalogModel]:
     return [
         CatalogModel(platform=m.platform, id=m.id, pool=m.pool, fallback=m.fallback, enabled=m.enabled,
                      context_window=m.context_window, intelligence_rank=m.intelligence_rank,
-                     speed_rank=m.speed_rank)
+                     speed_rank=m.speed_rank, limits=Limits(m.rpm, m.rpd, m.tpm, m.tpd))
         for m in config.models
         if m.platform in config.platforms
     ]
+
+
+def routing_policy(config: Config) -> RoutingPolicy:
+    policy = getattr(config.routing, "policy", None)
+    if policy is None:
+        policy = RoutingPolicy(rate_limit_cooldown_s=config.routing.rate_limit_cooldown_s,
+                               transient_cooldown_s=config.timeouts.transient_cooldown_s)
+    return policy
+
+
+def routing_settings(config: Config, keys: list[tuple[str, str, str, str]] | None = None) -> Settings:
+    """Everything the runtime (and a replay) needs from the config."""
+    t = config.timeouts
+    deadlines = Deadlines(
+        first_byte_s=t.first_byte_s, stall_s=t.stall_s, keepalive_s=t.keepalive_s,
+        # A platform's timeout_s only ever raises its first-byte deadline (slow reasoning models).
+        platform_first_byte_s={p.name: max(t.first_byte_s, p.timeout_s) for p in config.platforms.values()
+                               if p.timeout_s is not None},
+    )
+    return Settings(
+        models=catalog_models(config), keys=keys or [], deadlines=deadlines,
+        max_attempts=config.routing.max_attempts, policy=routing_policy(config), version=__version__,
+        rolling_day_platforms=frozenset(p.name for p in config.platforms.values()
+                                        if getattr(p, "quota_day", "utc") == "rolling"),
+    )
 
 
 def collect_keys(config: Config, master_key: bytes, vault: Vault) -> tuple[list[tuple[str, str, str, str]],
@@ -105,16 +132,7 @@ async def run_gateway(config: Config, *, env: Mapping[str, str] | None = None, o
         endpoints = {p.name: PlatformEndpoint(p.name, p.base_url, dict(p.headers))
                      for p in config.platforms.values()}
         upstream = OpenAICompatUpstream(endpoints, keyring.secret_for)
-        t = config.timeouts
-        deadlines = Deadlines(
-            first_byte_s=t.first_byte_s, stall_s=t.stall_s, keepalive_s=t.keepalive_s,
-            # A platform's timeout_s only ever raises its first-byte deadline (slow reasoning models).
-            platform_first_byte_s={p.name: max(t.first_byte_s, p.timeout_s) for p in config.platforms.values()
-                                   if p.timeout_s is not None},
-        )
-        settings = Settings(models=catalog_models(config), keys=keys, deadlines=deadlines,
-                            max_attempts=config.routing.max_attempts,
-                            rate_limit_cooldown_s=config.routing.rate_limit_cooldown_s, version=__version__)
+        settings = routing_settings(config, keys)
 
         async def serve_http(runtime: Runtime) -> None:
             hc = HypercornConfig()

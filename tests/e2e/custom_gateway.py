@@ -87,3 +87,18 @@ def read_log(data_dir: Path) -> list[AnyEvent]:
         return [event for _, event in store.read_after(0)]
     finally:
         store.close()
+
+
+async def settled(gw: Gateway, timeout: float = 2.0) -> None:
+    """Wait until every event this gateway appended is committed and folded by the model-health actor.
+
+    Request telemetry is appended without waiting (DESIGN.md 2: it may lag by one batch window), so a test
+    that checks what a failure did to the projections waits for this first.
+    """
+    log, health = gw.runtime.log, gw.runtime.health
+    with trio.fail_after(timeout):
+        while True:
+            written = log.statistics()
+            if written.queued == 0 and health.statistics().events_applied >= written.events_written:
+                return
+            await trio.sleep(0.002)

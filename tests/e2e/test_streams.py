@@ -26,8 +26,10 @@ def clock() -> trio.testing.MockClock:
     return trio.testing.MockClock(autojump_threshold=0.002)
 
 
-def body(stream: bool = True, **extra: object) -> dict[str, object]:
-    return {"model": "auto", "stream": stream, "messages": [{"role": "user", "content": "hi"}], **extra}
+def body(models: list[str], stream: bool = True, **extra: object) -> dict[str, object]:
+    """The request names its models, so they are tried in this order (then the chain)."""
+    return {"model": "auto", "models": [f"local/{m}" for m in models], "stream": stream,
+            "messages": [{"role": "user", "content": "hi"}], **extra}
 
 
 async def read_stream(client: httpx.AsyncClient, payload: dict[str, object]) -> tuple[httpx.Response, list]:
@@ -65,7 +67,7 @@ def events_of(data_dir, kind: str) -> list:
 async def test_pre_stream_stall_falls_over_with_keepalives_meanwhile(tmp_path, clock):
     async with running_gateway(tmp_path, ["stall-pre:30", "ok"], timeouts=FAST) as gw:
         async with httpx.AsyncClient(base_url=gw.url, headers=AUTH, timeout=60) as client:
-            resp, lines = await read_stream(client, body())
+            resp, lines = await read_stream(client, body(["stall-pre:30", "ok"]))
     assert resp.status_code == 200
     first_content = next(t for t, line in lines if '"content":"Hello' in line)
     assert 5 <= first_content <= 6
@@ -82,7 +84,7 @@ async def test_pre_stream_stall_falls_over_with_keepalives_meanwhile(tmp_path, c
 async def test_thirty_seconds_of_silence_shows_keepalives_then_the_fallback(tmp_path, clock):
     async with running_gateway(tmp_path, ["stall-pre:30", "ok"], timeouts="first_byte_s = 45\nkeepalive_s = 5") as gw:
         async with httpx.AsyncClient(base_url=gw.url, headers=AUTH, timeout=120) as client:
-            resp, lines = await read_stream(client, body())
+            resp, lines = await read_stream(client, body(["stall-pre:30", "ok"]))
     keepalives = [t for t, line in lines if line == ": keep-alive"]
     assert len(keepalives) >= 5
     # The stalled upstream answered after 30 s, before the 45 s deadline: its answer is the one used.
@@ -93,7 +95,7 @@ async def test_thirty_seconds_of_silence_shows_keepalives_then_the_fallback(tmp_
 async def test_mid_stream_stall_ends_with_an_error_event_and_keeps_the_partial_content(tmp_path, clock):
     async with running_gateway(tmp_path, ["stall-mid:30", "ok"], timeouts=FAST) as gw:
         async with httpx.AsyncClient(base_url=gw.url, headers=AUTH, timeout=60) as client:
-            resp, lines = await read_stream(client, body())
+            resp, lines = await read_stream(client, body(["stall-mid:30", "ok"]))
     assert resp.status_code == 200
     assert resp.headers["x-routed-via"] == "local/stall-mid:30"
     assert contents(lines)  # the partial answer is intact
@@ -114,7 +116,7 @@ async def test_failures_before_content_fall_over_at_once(tmp_path, clock, failin
     async with running_gateway(tmp_path, [failing, "ok"], timeouts=FAST) as gw:
         async with httpx.AsyncClient(base_url=gw.url, headers=AUTH, timeout=60) as client:
             start = trio.current_time()
-            resp, lines = await read_stream(client, body())
+            resp, lines = await read_stream(client, body([failing, "ok"]))
             elapsed = trio.current_time() - start
     assert resp.status_code == 200
     assert contents(lines) == "Hello from ok."
@@ -126,7 +128,7 @@ async def test_failures_before_content_fall_over_at_once(tmp_path, clock, failin
 async def test_slow_drip_streams_to_the_end_without_a_false_stall(tmp_path, clock):
     async with running_gateway(tmp_path, ["drip:0.5:20", "ok"], timeouts="first_byte_s = 5\nstall_s = 2") as gw:
         async with httpx.AsyncClient(base_url=gw.url, headers=AUTH, timeout=60) as client:
-            resp, lines = await read_stream(client, body())
+            resp, lines = await read_stream(client, body(["drip:0.5:20", "ok"]))
     assert resp.headers["x-routed-via"] == "local/drip:0.5:20"
     assert not errors(lines)
     assert lines[-1][1] == "data: [DONE]"
@@ -136,7 +138,7 @@ async def test_slow_drip_streams_to_the_end_without_a_false_stall(tmp_path, cloc
 async def test_reset_after_content_ends_with_an_error_event(tmp_path, clock):
     async with running_gateway(tmp_path, ["reset-mid", "ok"], timeouts=FAST) as gw:
         async with httpx.AsyncClient(base_url=gw.url, headers=AUTH, timeout=60) as client:
-            resp, lines = await read_stream(client, body())
+            resp, lines = await read_stream(client, body(["reset-mid", "ok"]))
     assert resp.status_code == 200
     errs = errors(lines)
     assert len(errs) == 1 and errs[0]["code"] == "connect"
@@ -146,7 +148,7 @@ async def test_reset_after_content_ends_with_an_error_event(tmp_path, clock):
 async def test_truncated_stream_after_content_is_delivered_and_counted_as_a_failure(tmp_path, clock):
     async with running_gateway(tmp_path, ["truncated", "ok"], timeouts=FAST) as gw:
         async with httpx.AsyncClient(base_url=gw.url, headers=AUTH, timeout=60) as client:
-            resp, lines = await read_stream(client, body())
+            resp, lines = await read_stream(client, body(["truncated", "ok"]))
     assert resp.headers["x-routed-via"] == "local/truncated"
     assert '"finish_reason":"length"' in "".join(line for _, line in lines)
     assert not errors(lines)
@@ -157,7 +159,7 @@ async def test_truncated_stream_after_content_is_delivered_and_counted_as_a_fail
 async def test_total_failure_before_commit_is_a_real_http_status(tmp_path, clock):
     async with running_gateway(tmp_path, ["rate-limit:7"], timeouts=FAST) as gw:
         async with httpx.AsyncClient(base_url=gw.url, headers=AUTH, timeout=60) as client:
-            resp = await client.post("/v1/chat/completions", json=body())
+            resp = await client.post("/v1/chat/completions", json=body(["rate-limit:7"]))
     assert resp.status_code == 429
     assert resp.headers["retry-after"] == "7"
     assert resp.json()["error"]["code"] == "rate_limit_exceeded"
@@ -167,7 +169,7 @@ async def test_non_streaming_requests_get_the_same_deadlines(tmp_path, clock):
     async with running_gateway(tmp_path, ["stall-pre:30", "truncated", "ok"], timeouts=FAST) as gw:
         async with httpx.AsyncClient(base_url=gw.url, headers=AUTH, timeout=60) as client:
             start = trio.current_time()
-            resp = await client.post("/v1/chat/completions", json=body(stream=False))
+            resp = await client.post("/v1/chat/completions", json=body(["stall-pre:30", "truncated", "ok"], stream=False))
             elapsed = trio.current_time() - start
     assert resp.status_code == 200
     assert resp.json()["choices"][0]["message"]["content"] == "Hello from ok."
@@ -180,7 +182,7 @@ async def test_client_disconnect_mid_stream_hangs_up_upstream_and_leaks_nothing(
     # Real clock: this measures how fast the upstream sees the hang-up.
     async with running_gateway(tmp_path, ["drip:0.05:400"], timeouts=FAST) as gw:
         async with httpx.AsyncClient(base_url=gw.url, headers=AUTH, timeout=10) as client:
-            async with client.stream("POST", "/v1/chat/completions", json=body()) as resp:
+            async with client.stream("POST", "/v1/chat/completions", json=body(["drip:0.05:400"])) as resp:
                 async for line in resp.aiter_lines():
                     if '"content"' in line:
                         break
