@@ -337,9 +337,11 @@ class RequestActor:
         deadline = trio.CancelScope(deadline=trio.current_time() + first_byte_s)
         out = _Outcome(ok=False)
         stream_state = _StreamState()
+        headers: Mapping[str, str] = {}
         try:
             with deadline:
                 async with self._upstream.open(call) as resp:
+                    headers = resp.headers
                     if resp.status != 200 or not req.stream:
                         raw = await _read_body(resp.chunks(), deadline, timer, self._deadlines.stall_s)
                         out = self._judge_body(req, resp.status, resp.headers, raw)
@@ -375,7 +377,8 @@ class RequestActor:
             await self._log.append(AttemptSucceeded(
                 ts=self._now(), latency_ms=latency, ttfb_ms=timer.ttfb_ms(),
                 input_tokens=stream_state.input_tokens or req.est_tokens,
-                output_tokens=stream_state.output_tokens, streamed=req.stream, **base,
+                output_tokens=stream_state.output_tokens, streamed=req.stream,
+                exhausted_for_s=taxonomy.exhausted_for_s(headers, self._now()), **base,
             ))
         else:
             await self._log.append(AttemptFailed(

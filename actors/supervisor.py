@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import trio
 
 from actors.clock import WallClock
+from actors.key_checker import KeyChecker
 from actors.log_writer import LogWriter
 from actors.model_health import ModelHealth
 from actors.request import Deadlines, RequestActor
@@ -36,6 +37,7 @@ class Runtime:
     health: ModelHealth
     stats: StatsActor
     requests: RequestActor
+    key_checker: KeyChecker
     clock: WallClock
     shutting_down: trio.Event
 
@@ -49,6 +51,7 @@ class Settings:
     policy: RoutingPolicy
     version: str
     rolling_day_platforms: frozenset[str] = frozenset()
+    key_check_interval_s: float = 300.0
 
     def new_view(self) -> RoutingView:
         return RoutingView(self.models, self.policy, self.rolling_day_platforms)
@@ -73,8 +76,9 @@ async def run_service(store: LogStore, upstream: Upstream, settings: Settings, s
     requests = RequestActor(log=log, health=health, upstream=upstream, deadlines=settings.deadlines,
                             max_attempts=settings.max_attempts, now=clock.now,
                             output_reserve=(p.output_reserve_default, p.output_reserve_cap))
+    key_checker = KeyChecker(health, upstream, log, clock.now, interval_s=settings.key_check_interval_s)
     shutting_down = trio.Event()
-    runtime = Runtime(log, health, stats, requests, clock, shutting_down)
+    runtime = Runtime(log, health, stats, requests, key_checker, clock, shutting_down)
 
     async with trio.open_nursery() as outer:
         await outer.start(log.run)
@@ -82,6 +86,7 @@ async def run_service(store: LogStore, upstream: Upstream, settings: Settings, s
             await inner.start(health.run)
             await inner.start(stats.run)
             await inner.start(requests.run)
+            await inner.start(key_checker.run)
             if handle_signals:
                 inner.start_soon(_watch_signals, shutting_down)
             for key_id, platform, label, source in settings.keys:

@@ -149,3 +149,14 @@ def _duration_s(value: str | None) -> float | None:
     if number:
         return None
     return total
+
+
+def exhausted_for_s(headers: Mapping[str, str], now_wall: float, default_s: float = 60.0) -> float | None:
+    """After a success: if `x-ratelimit-remaining-requests` or `-tokens` says 0, the key is spent until the
+    matching reset (else `default_s`). None when the provider says nothing or has quota left."""
+    for kind in ("requests", "tokens"):
+        remaining = headers.get(f"x-ratelimit-remaining-{kind}")
+        if remaining is not None and remaining.strip() in ("0", "0.0"):
+            reset = _bounded(_duration_s(headers.get(f"x-ratelimit-reset-{kind}")), now_wall)
+            return reset if reset is not None else default_s
+    return None

@@ -22,7 +22,7 @@ from events.sqlite_store import SqliteStore
 from events.types import KeyAdded, KeyDisabled, KeyEnabled, ModelUpdated, encode_event, event_type
 from service.config import Config, ConfigError, load_config
 from service.secrets import SecretsError, Vault, key_label, load_master_key
-from service.server import DB_NAME, routing_settings, run_gateway
+from service.server import DB_NAME, check_keys, routing_settings, run_gateway
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -122,6 +122,19 @@ def cmd_keys_toggle(args: argparse.Namespace) -> int:
         store.close()
     print(f"{args.action}d {args.key_id}")
     return 0
+
+
+def cmd_keys_check(args: argparse.Namespace) -> int:
+    config = _config(args)
+    results = trio.run(check_keys, config)
+    if not results:
+        print("no keys to check")
+        return 0
+    rows = [(info.key_id, info.platform, info.label, "ok" if checked.ok else "FAILED",
+             checked.message or (f"HTTP {checked.status}" if checked.status else ""))
+            for info, checked in results]
+    _table(("KEY", "PLATFORM", "LABEL", "CHECK", "DETAIL"), rows)
+    return 0 if all(checked.ok for _, checked in results) else 1
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -299,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("platform")
     add.set_defaults(func=cmd_keys_add)
     common(keys.add_parser("list", help="keys and their status")).set_defaults(func=cmd_keys_list)
+    common(keys.add_parser("check", help="call each provider with each key (GET /models) and log the result")
+           ).set_defaults(func=cmd_keys_check)
     for action in ("disable", "enable"):
         p = common(keys.add_parser(action, help=f"{action} a key"))
         p.add_argument("key_id")

@@ -7,6 +7,10 @@ line and the key path, because a gateway that starts with a silently ignored typ
 Error handling: any problem (missing file, TOML syntax, unknown key, wrong type, out-of-range value,
 duplicate) raises `ConfigError`. Messages never contain the value of a gateway key, admin token, provider
 key or header: they say what kind of value was found instead.
+
+Environment (wins over the file; empty values count as unset): SWITCHBOARD_HOST, SWITCHBOARD_PORT,
+SWITCHBOARD_DATA_DIR, `<PLATFORM>_API_KEY` (comma list, see `env_var_for`) and THREAD_PROTECTION_PLATFORMS
+(`"longcat:provider-ban,groq:model-skip"`, overriding those platforms' `protection`).
 """
 
 from __future__ import annotations
@@ -538,7 +542,7 @@ def _routing(ctx: _Context, routing: dict[str, Any], timeouts: dict[str, Any]) -
         note = "" if other in given else ", the default"
         raise ctx.error(
             ("routing", blamed),
-            f"expected a value {relation} {other} ({effective[other]:g}{note}) as {rule}, "
+            f"expected a value {relation} {other} ({effective[other]:g}{note}; {rule} must hold), "
             f"found {_describe(routing[blamed])}",
         )
     policy = RoutingPolicy(**given)
@@ -580,8 +584,12 @@ def _protection_env(
             continue
         name, colon, level = (s.strip() for s in entry.partition(":"))
         problem = None
-        if not colon or not name or not level:
-            problem = "expected platform:level"
+        if not colon:
+            problem = 'no ":"'
+        elif not name:
+            problem = "no platform name"
+        elif not level:
+            problem = "no level"
         elif name not in platforms:
             problem = f"unknown platform {_show(name)} (known: {', '.join(platforms) or 'none'})"
         elif level not in PROTECTIONS:

@@ -4,22 +4,26 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TextIO
 
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
+from actors.key_checker import check_key
 from actors.request import Deadlines
 from actors.supervisor import Runtime, Settings, run_service
 from events.catalog import CatalogModel
+from events.key_health import KeyInfo
 from events.policy import RoutingPolicy
 from events.quotas import Limits
 from events.sqlite_store import SqliteStore
 from events.store import LogStore
+from events.types import KeyChecked
+from events.view import rebuild
 from service import __version__
 from service.app import create_app
 from service.config import Config
@@ -129,9 +133,7 @@ async def run_gateway(config: Config, *, env: Mapping[str, str] | None = None, o
         gateway_check, _admin_check = gateway_tokens(config, credentials, out)
         keys, secrets = collect_keys(config, master_key, vault)
         keyring = Keyring(secrets, vault)
-        endpoints = {p.name: PlatformEndpoint(p.name, p.base_url, dict(p.headers))
-                     for p in config.platforms.values()}
-        upstream = OpenAICompatUpstream(endpoints, keyring.secret_for)
+        upstream = OpenAICompatUpstream(_endpoints(config), keyring.secret_for)
         settings = routing_settings(config, keys)
 
         async def serve_http(runtime: Runtime) -> None:
@@ -161,5 +163,36 @@ async def run_gateway(config: Config, *, env: Mapping[str, str] | None = None, o
         store.close()
 
 
-def default_db_path(data_dir: Path) -> Path:
-    return data_dir / DB_NAME
+async def check_keys(config: Config, env: Mapping[str, str] | None = None) -> list[tuple[KeyInfo, KeyChecked]]:
+    """Check every known key once against its provider and append the results to the log (a running
+    gateway picks them up: a key that works again is usable at once)."""
+    env = os.environ if env is None else env
+    db_path = config.data_dir / DB_NAME
+    master_key = load_master_key(config.data_dir, env)
+    store, vault = SqliteStore(db_path), Vault(db_path, master_key)
+    try:
+        keys, secrets = collect_keys(config, master_key, vault)
+        view = routing_settings(config, keys).new_view()
+        rebuild(store, view)
+        known = [info for info in view.health.keys.values() if info.platform in config.platforms]
+        upstream = OpenAICompatUpstream(_endpoints(config), Keyring(secrets, vault).secret_for)
+        results: list[tuple[KeyInfo, KeyChecked]] = []
+        try:
+            async with trio.open_nursery() as nursery:
+                async def one(info: KeyInfo) -> None:
+                    results.append((info, await check_key(upstream, info.platform, info.key_id, time.time)))
+
+                for info in known:
+                    nursery.start_soon(one, info)
+        finally:
+            with trio.CancelScope(shield=True):
+                await upstream.aclose()
+        store.append([checked for _, checked in results])
+        return sorted(results, key=lambda r: r[0].key_id)
+    finally:
+        vault.close()
+        store.close()
+
+
+def _endpoints(config: Config) -> dict[str, PlatformEndpoint]:
+    return {p.name: PlatformEndpoint(p.name, p.base_url, dict(p.headers)) for p in config.platforms.values()}

@@ -93,12 +93,22 @@ async def settled(gw: Gateway, timeout: float = 2.0) -> None:
     """Wait until every event this gateway appended is committed and folded by the model-health actor.
 
     Request telemetry is appended without waiting (DESIGN.md 2: it may lag by one batch window), so a test
-    that checks what a failure did to the projections waits for this first.
+    that checks what a failure did to the projections waits for this first. The writer takes events off
+    its inbox before the batch window closes, so "nothing queued" alone is not enough: the counts must
+    also hold still for several batch windows.
     """
     log, health = gw.runtime.log, gw.runtime.health
+
+    def snapshot() -> tuple[int, int, int]:
+        written = log.statistics()
+        return written.queued, written.events_written, health.statistics().events_applied
+
     with trio.fail_after(timeout):
+        before = snapshot()
         while True:
-            written = log.statistics()
-            if written.queued == 0 and health.statistics().events_applied >= written.events_written:
+            await trio.sleep(0.01)
+            now = snapshot()
+            queued, written, applied = now
+            if now == before and queued == 0 and applied >= written:
                 return
-            await trio.sleep(0.002)
+            before = now

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
+from events.policy import RoutingPolicy
 from service.config import (
     POOLS,
+    QUOTA_DAYS,
     Config,
     ConfigError,
+    PlatformConfig,
     Routing,
+    Sessions,
     Timeouts,
     load_builtin_catalog,
     load_config,
@@ -49,6 +54,10 @@ def test_defaults_without_a_file() -> None:
     assert config.admin_token is None
     assert config.timeouts == Timeouts()
     assert config.routing == Routing()
+    assert config.routing.policy == RoutingPolicy()
+    assert config.routing.rate_limit_cooldown_s == config.routing.policy.rate_limit_cooldown_s == 60.0
+    assert config.timeouts.transient_cooldown_s == config.routing.policy.transient_cooldown_s == 15.0
+    assert config.sessions == Sessions(pin_ttl_s=1800.0, max_sessions=10000, provider_ban_window_s=180.0)
     assert config.builtin_catalog
     assert config.env_keys == {}
 
@@ -60,6 +69,7 @@ def test_defaults_without_a_file() -> None:
     assert config.platforms["groq"].env_var == "GROQ_API_KEY"
     assert config.platforms["ollama"].timeout_s == 120.0
     assert config.platforms["openrouter"].headers["X-Title"] == "FreeLLMAPI"
+    assert {(p.quota_day, p.single_flight) for p in config.platforms.values()} == {("utc", False)}
 
     assert len(config.models) == 81
     assert all(m.platform in config.platforms for m in config.models)
@@ -130,6 +140,14 @@ transient_cooldown_s = 10
 [routing]
 max_attempts = 3
 rate_limit_cooldown_s = 90
+decay_days = 3
+ttfb_worst = -1
+output_reserve_cap = 4096
+
+[sessions]
+pin_ttl_s = 600
+max_sessions = 50
+provider_ban_window_s = 30.5
 
 [catalog]
 builtin = true
@@ -139,6 +157,8 @@ name = "groq"
 protection = "off"
 timeout_s = 30
 headers = { "X-Title" = "mine" }
+quota_day = "rolling"
+single_flight = true
 
 [[models]]
 platform = "groq"
@@ -166,9 +186,24 @@ def test_full_valid_file(tmp_path: Path) -> None:
     assert config.admin_token == "admin-secret"
     assert config.timeouts == Timeouts(30.0, 20.5, 5.0, 10.0)
     assert isinstance(config.timeouts.first_byte_s, float)
-    assert config.routing == Routing(max_attempts=3, rate_limit_cooldown_s=90.0)
+    policy = RoutingPolicy(
+        decay_days=3.0,
+        ttfb_worst=-1.0,
+        output_reserve_cap=4096,
+        rate_limit_cooldown_s=90.0,
+        transient_cooldown_s=10.0,  # from [timeouts]
+    )
+    assert config.routing == Routing(max_attempts=3, rate_limit_cooldown_s=90.0, policy=policy)
+    assert config.routing.rate_limit_cooldown_s == config.routing.policy.rate_limit_cooldown_s == 90.0
+    assert config.sessions == Sessions(pin_ttl_s=600.0, max_sessions=50, provider_ban_window_s=30.5)
+    assert isinstance(config.sessions.pin_ttl_s, float)
     groq = config.platforms["groq"]
     assert (groq.protection, groq.timeout_s, groq.headers) == ("off", 30.0, {"X-Title": "mine"})
+    assert (groq.quota_day, groq.single_flight) == ("rolling", True)
+    assert (config.platforms["cerebras"].quota_day, config.platforms["cerebras"].single_flight) == (
+        "utc",
+        False,
+    )
     assert groq.base_url == "https://api.groq.com/openai/v1"  # not given: kept from the catalog
     llama = model(config, "groq/llama-3.3-70b-versatile")
     assert (llama.pool, llama.fallback, llama.context_window) == ("smart", False, 65536)
@@ -216,6 +251,7 @@ rpm = 5
     assert list(config.platforms)[-1] == "my-lab"
     assert (lab.keys, lab.headers, lab.protection, lab.timeout_s) == ((), {}, "model-skip", None)
     assert (lab.env_var, lab.display_name) == ("MY_LAB_API_KEY", "my-lab")
+    assert (lab.quota_day, lab.single_flight) == ("utc", False)
     assert [m.ref for m in config.models[-2:]] == ["my-lab/lab/model-7b", "groq/brand-new"]
     new = model(config, "my-lab/lab/model-7b")
     assert (new.pool, new.enabled, new.fallback, new.display_name) == (
