@@ -31,6 +31,8 @@ from actors.upstream import TransportFailure, Upstream, UpstreamCall
 from events import taxonomy
 from events.catalog import ALIASES, VIRTUAL_MODELS, CatalogModel
 from events.decide import UnknownModel
+from events.sessions import conversation_opening, derived_session, header_session, message_text, protect
+from events.view import SessionPolicy
 from events.types import (
     AttemptFailed,
     AttemptStarted,
@@ -42,9 +44,13 @@ from events.types import (
     RequestReceived,
     RouteDecided,
     RouteInput,
+    SessionBanned,
+    SessionPinCleared,
+    SessionPinned,
     StreamStalled,
 )
 
+DRAIN_S = 0.5  # after [DONE], how long to wait for the upstream to end its body
 MAX_RECORDED_EXCLUSIONS = 64  # per decision event; the rest are summarised by replay --explain
 
 _decode = msgspec.json.decode
@@ -70,6 +76,7 @@ class ChatRequest:
     stream: bool
     est_tokens: int
     use_chain: bool = True
+    session_header: str | None = None  # X-Session-Id, as the client sent it
 
     @property
     def client_max_tokens(self) -> int | None:
@@ -157,7 +164,8 @@ class StreamHandle:
 
 class RequestActor:
     def __init__(self, *, log: LogWriter, health: ModelHealth, upstream: Upstream, deadlines: Deadlines,
-                 max_attempts: int, now: Callable[[], float], output_reserve: tuple[int, int] = (1000, 2000)) -> None:
+                 max_attempts: int, now: Callable[[], float], output_reserve: tuple[int, int] = (1000, 2000),
+                 sessions: SessionPolicy | None = None) -> None:
         self._log = log
         self._health = health
         self._upstream = upstream
@@ -165,6 +173,7 @@ class RequestActor:
         self._max_attempts = max_attempts
         self._now = now
         self._output_reserve = output_reserve  # (default, cap) of a request's output-token reservation
+        self._sessions = sessions or SessionPolicy()
         self._nursery: trio.Nursery | None = None
         self._in_flight = 0
         self._streams = 0
@@ -276,8 +285,11 @@ class RequestActor:
         this request already tried and what it must now avoid."""
         mode = next((ALIASES.get(n, n) for n in req.requested if ALIASES.get(n, n) in VIRTUAL_MODELS), "auto")
         default, cap = self._output_reserve
+        conversation = _Conversation.of(req, mode)
         route = RouteInput(mode=mode, requested=req.requested, use_chain=req.use_chain, est_tokens=req.est_tokens,
-                           reserve_tokens=min(req.client_max_tokens or default, cap))
+                           reserve_tokens=min(req.client_max_tokens or default, cap), session=conversation.session,
+                           use_pin=conversation.pins)
+        progress.conversation = conversation
         tried: list[_Tried] = []
         excluded: tuple[Excluded, ...] = ()
         bad_request: _Tried | None = None
@@ -300,6 +312,10 @@ class RequestActor:
                 chosen_key=decision.chosen_key, candidates_total=decision.candidates_total,
                 no_key_models=decision.no_key_models,
             ))
+            if decision.pin_cleared and conversation.session and not conversation.pin_cleared:
+                conversation.pin_cleared = True
+                await self._log.append(SessionPinCleared(ts=self._now(), request_id=req.request_id,
+                                                         session=conversation.session, reason=decision.pin_cleared))
             model, key_id = decision.chosen, decision.chosen_key
             if model is None or key_id is None:
                 break
@@ -308,6 +324,7 @@ class RequestActor:
             out = await self._attempt(req, model, key_id, route.est_tokens + route.reserve_tokens, progress, emit)
             if out.ok or out.delivered:
                 progress.routed = model.ref
+                await self._register_turn(req, conversation, model, key_id, out, progress)
                 return Completion(out.body or b"", model.ref, progress.attempts)
             tried.append(_Tried(model.ref, key_id, out.kind, out.status, out.message, out.retry_after_s))
             if out.forwarded:
@@ -315,6 +332,7 @@ class RequestActor:
                 return Failure(502, out.message, "upstream_error", out.kind, attempts=progress.attempts,
                                sent=True)
             route = _learn(route, model, key_id, out)
+            route = await self._protect(req, route, conversation, model, out, decision.pin_used)
             if out.kind == "truncated" and out.body is not None:
                 fallback_body, fallback_ref = out.body, model.ref
             if out.kind == "bad_request" and bad_request is None:
@@ -323,12 +341,51 @@ class RequestActor:
             return Completion(fallback_body, fallback_ref, progress.attempts)
         return _final_failure(tried, list(excluded), bad_request, progress.attempts, self._now())
 
+    async def _register_turn(self, req: ChatRequest, conversation: _Conversation, model: CatalogModel,
+                             key_id: str, out: _Outcome, progress: _Progress) -> None:
+        """A successful turn pins the conversation (when pins apply) under the key its next turn will have."""
+        if not conversation.pins:
+            return
+        session = conversation.session
+        if session is None:  # a first turn: the next one is known by the reply served now
+            reply = progress.reply_text if req.stream else _reply_text(out.body)
+            if reply is None:
+                return
+            session = derived_session(conversation.system, conversation.first_user, reply)
+        await self._log.append(SessionPinned(ts=self._now(), request_id=req.request_id, session=session,
+                                             platform=model.platform, model=model.id, key_id=key_id))
+
+    async def _protect(self, req: ChatRequest, route: RouteInput, conversation: _Conversation,
+                       model: CatalogModel, out: _Outcome, pin_used: bool) -> RouteInput:
+        """Thread protection: the platform's level and the failure decide what this request and this
+        session avoid from now on (events/sessions.py has the table). It guards conversations, so it acts
+        only where pins apply; elsewhere a failure just moves on to the next key, then the next model."""
+        if not conversation.pins:
+            return route
+        action = protect(self._sessions.level(model.platform), out.kind, out.forwarded)
+        changes: dict[str, Any] = {}
+        if action.skip_model:
+            changes["skip_models"] = (*route.skip_models, (model.ref, action.reason))
+        if action.ban_platform:
+            changes["skip_platforms"] = (*route.skip_platforms, (model.platform, action.reason))
+        session = conversation.session
+        if session is not None:
+            if action.ban_platform:
+                await self._log.append(SessionBanned(ts=self._now(), request_id=req.request_id, session=session,
+                                                     platform=model.platform, reason=action.reason))
+            if action.clear_pin and pin_used and not conversation.pin_cleared:
+                conversation.pin_cleared = True
+                await self._log.append(SessionPinCleared(ts=self._now(), request_id=req.request_id,
+                                                         session=session, reason=action.reason))
+        return msgspec.structs.replace(route, **changes) if changes else route
+
     async def _attempt(self, req: ChatRequest, model: CatalogModel, key_id: str, reserved_tokens: int,
                        progress: _Progress, emit: Callable[[StreamItem], Awaitable[None]]) -> _Outcome:
         self._attempts += 1
         base = {"request_id": req.request_id, "attempt": progress.attempts, "platform": model.platform,
                 "model": model.id, "key_id": key_id}
-        await self._log.append(AttemptStarted(ts=self._now(), reserved_tokens=reserved_tokens, **base))
+        await self._log.append(AttemptStarted(ts=self._now(), reserved_tokens=reserved_tokens,
+                                              session=progress.conversation.session, **base))
         body = dict(req.body)
         body["model"] = model.id
         call = UpstreamCall(model.platform, model.id, key_id, body, req.stream)
@@ -338,56 +395,66 @@ class RequestActor:
         out = _Outcome(ok=False)
         stream_state = _StreamState()
         headers: Mapping[str, str] = {}
+        ended = False  # every AttemptStarted gets an end event, or quotas and in-flight counts would leak
         try:
-            with deadline:
-                async with self._upstream.open(call) as resp:
-                    headers = resp.headers
-                    if resp.status != 200 or not req.stream:
-                        raw = await _read_body(resp.chunks(), deadline, timer, self._deadlines.stall_s)
-                        out = self._judge_body(req, resp.status, resp.headers, raw)
-                    elif "json" in resp.headers.get("content-type", ""):
-                        # Asked to stream, the provider answered with one JSON document (often an error).
-                        raw = await _read_body(resp.chunks(), deadline, timer, self._deadlines.stall_s)
-                        out = self._judge_body(req, resp.status, resp.headers, raw)
-                        if out.ok:
-                            out = _Outcome(False, "server_error", 502, "expected an event stream, got JSON")
-                    else:
-                        out = await self._relay(req, model.ref, resp.chunks(), deadline, timer, stream_state,
-                                                progress, emit)
-        except TransportFailure as exc:
-            out = _Outcome(False, "connect", None, str(exc), forwarded=stream_state.forwarded)
-        if deadline.cancelled_caught:
-            mid = stream_state.forwarded
-            silent = trio.current_time() - (timer.last or timer.start)
-            await self._log.append(StreamStalled(
-                ts=self._now(), request_id=req.request_id, platform=model.platform, model=model.id,
-                key_id=key_id, phase="mid" if mid else "pre", silent_s=round(silent, 3),
-            ))
-            what = "stopped sending" if mid else "sent no first byte"
-            out = _Outcome(False, "stall_mid" if mid else "stall_pre", None,
-                           f"{model.ref} {what} within {self._deadlines.stall_s if mid else first_byte_s:g}s",
-                           forwarded=mid)
-        if out.forwarded and not out.ok and not out.delivered:
-            # Honest ending: the client already has content, so it gets an error event, never a fake stop.
-            err_type = "stream_timeout" if out.kind == "stall_mid" else "upstream_error"
-            await emit(error_frame(out.message, err_type, out.kind))
-            await emit(DONE)
-        latency = timer.elapsed_ms()
-        if out.ok:
-            await self._log.append(AttemptSucceeded(
-                ts=self._now(), latency_ms=latency, ttfb_ms=timer.ttfb_ms(),
-                input_tokens=stream_state.input_tokens or req.est_tokens,
-                output_tokens=stream_state.output_tokens, streamed=req.stream,
-                exhausted_for_s=taxonomy.exhausted_for_s(headers, self._now()), **base,
-            ))
-        else:
-            await self._log.append(AttemptFailed(
-                ts=self._now(), kind=out.kind, status=out.status, message=out.message,
-                retry_after_s=out.retry_after_s, latency_ms=latency, mid_stream=out.forwarded, **base,
-            ))
-            if out.kind == "auth" and out.status is not None:
-                await self._log.append(KeyInvalidated(ts=self._now(), key_id=key_id, status=out.status,
-                                                      message=out.message))
+            try:
+                with deadline:
+                    async with self._upstream.open(call) as resp:
+                        headers = resp.headers
+                        if resp.status != 200 or not req.stream:
+                            raw = await _read_body(resp.chunks(), deadline, timer, self._deadlines.stall_s)
+                            out = self._judge_body(req, resp.status, resp.headers, raw)
+                        elif "json" in resp.headers.get("content-type", ""):
+                            # Asked to stream, the provider answered with one JSON document (often an error).
+                            raw = await _read_body(resp.chunks(), deadline, timer, self._deadlines.stall_s)
+                            out = self._judge_body(req, resp.status, resp.headers, raw)
+                            if out.ok:
+                                out = _Outcome(False, "server_error", 502, "expected an event stream, got JSON")
+                        else:
+                            out = await self._relay(req, model.ref, resp.chunks(), deadline, timer, stream_state,
+                                                    progress, emit)
+            except TransportFailure as exc:
+                out = _Outcome(False, "connect", None, str(exc), forwarded=stream_state.forwarded)
+            if deadline.cancelled_caught:
+                mid = stream_state.forwarded
+                silent = trio.current_time() - (timer.last or timer.start)
+                await self._log.append(StreamStalled(
+                    ts=self._now(), request_id=req.request_id, platform=model.platform, model=model.id,
+                    key_id=key_id, phase="mid" if mid else "pre", silent_s=round(silent, 3),
+                ))
+                what = "stopped sending" if mid else "sent no first byte"
+                out = _Outcome(False, "stall_mid" if mid else "stall_pre", None,
+                               f"{model.ref} {what} within {self._deadlines.stall_s if mid else first_byte_s:g}s",
+                               forwarded=mid)
+            if out.forwarded and not out.ok and not out.delivered:
+                # Honest ending: the client already has content, so it gets an error event, never a fake stop.
+                err_type = "stream_timeout" if out.kind == "stall_mid" else "upstream_error"
+                await emit(error_frame(out.message, err_type, out.kind))
+                await emit(DONE)
+            latency = timer.elapsed_ms()
+            if out.ok:
+                await self._log.append(AttemptSucceeded(
+                    ts=self._now(), latency_ms=latency, ttfb_ms=timer.ttfb_ms(),
+                    input_tokens=stream_state.input_tokens or req.est_tokens,
+                    output_tokens=stream_state.output_tokens, streamed=req.stream,
+                    exhausted_for_s=taxonomy.exhausted_for_s(headers, self._now()), **base,
+                ))
+            else:
+                await self._log.append(AttemptFailed(
+                    ts=self._now(), kind=out.kind, status=out.status, message=out.message,
+                    retry_after_s=out.retry_after_s, latency_ms=latency, mid_stream=out.forwarded, **base,
+                ))
+                if out.kind == "auth" and out.status is not None:
+                    await self._log.append(KeyInvalidated(ts=self._now(), key_id=key_id, status=out.status,
+                                                          message=out.message))
+            ended = True
+        finally:
+            if not ended:
+                with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                    await self._log.append(AttemptFailed(
+                        ts=self._now(), kind="client_abort", message="abandoned: the client went away",
+                        latency_ms=timer.elapsed_ms(), mid_stream=stream_state.forwarded, **base,
+                    ))
         return out
 
     def _judge_body(self, req: ChatRequest, status: int, headers: Mapping[str, str], raw: bytes) -> _Outcome:
@@ -435,6 +502,10 @@ class RequestActor:
             timer.first_byte()
             deadline.deadline = trio.current_time() + stall_s
             if payload == b"[DONE]":
+                # Let the body end (usually one more read) so the connection goes back to the pool.
+                with trio.move_on_after(DRAIN_S):
+                    async for _ in frames:
+                        pass
                 break
             try:
                 obj = _decode(payload)
@@ -446,7 +517,7 @@ class RequestActor:
                 message = "wrapped error: " + taxonomy.error_message(error, "error frame in the stream")
                 return _Outcome(False, taxonomy.kind_for_status(code, error), code, message,
                                 forwarded=state.forwarded)
-            has_content, finish_now, usage = _inspect_chunk(obj, state)
+            has_content, finish_now, usage = _inspect_chunk(obj, state, progress)
             finish = finish_now or finish
             if usage:
                 state.input_tokens = usage.get("prompt_tokens") or state.input_tokens
@@ -488,11 +559,42 @@ async def _read_body(chunks: AsyncGenerator[bytes], deadline: trio.CancelScope, 
 
 
 @dataclass
+class _Conversation:
+    """The request's session: its key (None for a first turn without X-Session-Id) and whether pins apply
+    (auto-smart, or any mode when the client names its session; balanced routing never pins)."""
+
+    session: str | None
+    pins: bool
+    system: str = ""
+    first_user: str = ""
+    pin_cleared: bool = False
+
+    @classmethod
+    def of(cls, req: ChatRequest, mode: str) -> _Conversation:
+        if req.session_header:
+            return cls(header_session(req.session_header), True)
+        if mode != "auto-smart":
+            return cls(None, False)
+        system, first_user, first_reply = conversation_opening(req.body.get("messages", ()))
+        session = derived_session(system, first_user, first_reply) if first_reply is not None else None
+        return cls(session, True, system, first_user)
+
+
+@dataclass
 class _Progress:
     attempts: int = 0
     current: str = ""
     routed: str = ""
     forwarded: bool = False
+    conversation: _Conversation = field(default_factory=lambda: _Conversation(None, False))
+    reply_parts: list[str] = field(default_factory=list)  # streamed content, for the session key
+    tool_calls: dict[int, list[str]] = field(default_factory=dict)  # index -> [name, arguments...]
+
+    @property
+    def reply_text(self) -> str | None:
+        calls = [{"function": {"name": parts[0], "arguments": "".join(parts[1:])}}
+                 for _, parts in sorted(self.tool_calls.items())]
+        return message_text({"content": "".join(self.reply_parts), "tool_calls": calls})
 
 
 @dataclass
@@ -529,7 +631,16 @@ class _Timer:
         return (trio.current_time() - self.start) * 1000
 
 
-def _inspect_chunk(obj: Any, state: _StreamState) -> tuple[bool, str | None, dict[str, Any] | None]:
+def _reply_text(body: bytes | None) -> str | None:
+    try:
+        message = _decode(body or b"")["choices"][0]["message"]
+    except (msgspec.DecodeError, KeyError, IndexError, TypeError):
+        return None
+    return message_text(message) if isinstance(message, dict) else None
+
+
+def _inspect_chunk(obj: Any, state: _StreamState,
+                   progress: _Progress) -> tuple[bool, str | None, dict[str, Any] | None]:
     """(has content, finish_reason, usage) of one chunk. Content = text, reasoning or a tool call."""
     if not isinstance(obj, dict):
         return False, None, None
@@ -541,12 +652,24 @@ def _inspect_chunk(obj: Any, state: _StreamState) -> tuple[bool, str | None, dic
             continue
         finish = choice.get("finish_reason") or finish
         delta = choice.get("delta") or {}
-        text = delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning")
+        content = delta.get("content")
+        text = content or delta.get("reasoning_content") or delta.get("reasoning")
         if text:
             has_content = True
             state.output_chars += len(text) if isinstance(text, str) else 1
-        if delta.get("tool_calls"):
+        if isinstance(content, str) and progress.conversation.pins:
+            progress.reply_parts.append(content)
+        calls = delta.get("tool_calls")
+        if calls:
             has_content = True
+            if progress.conversation.pins and isinstance(calls, list):
+                for call in calls:
+                    if not isinstance(call, dict):
+                        continue
+                    fn = call.get("function") or {}
+                    parts = progress.tool_calls.setdefault(call.get("index", 0), [""])
+                    parts[0] += fn.get("name") or ""
+                    parts.append(fn.get("arguments") or "")
     return has_content, finish, usage
 
 

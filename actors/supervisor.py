@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 
@@ -25,7 +25,7 @@ from events.catalog import CatalogModel
 from events.model_stats import Stats
 from events.policy import RoutingPolicy
 from events.store import LogStore
-from events.view import RoutingView, rebuild
+from events.view import RoutingView, SessionPolicy, rebuild
 from events.types import KeyAdded, ServiceStarted, ServiceStopped
 
 
@@ -52,9 +52,10 @@ class Settings:
     version: str
     rolling_day_platforms: frozenset[str] = frozenset()
     key_check_interval_s: float = 300.0
+    sessions: SessionPolicy = field(default_factory=SessionPolicy)
 
     def new_view(self) -> RoutingView:
-        return RoutingView(self.models, self.policy, self.rolling_day_platforms)
+        return RoutingView(self.models, self.policy, self.rolling_day_platforms, self.sessions)
 
 
 ServeHttp = Callable[[Runtime], Awaitable[None]]
@@ -75,7 +76,8 @@ async def run_service(store: LogStore, upstream: Upstream, settings: Settings, s
     p = settings.policy
     requests = RequestActor(log=log, health=health, upstream=upstream, deadlines=settings.deadlines,
                             max_attempts=settings.max_attempts, now=clock.now,
-                            output_reserve=(p.output_reserve_default, p.output_reserve_cap))
+                            output_reserve=(p.output_reserve_default, p.output_reserve_cap),
+                            sessions=settings.sessions)
     key_checker = KeyChecker(health, upstream, log, clock.now, interval_s=settings.key_check_interval_s)
     shutting_down = trio.Event()
     runtime = Runtime(log, health, stats, requests, key_checker, clock, shutting_down)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from events.catalog import ALIASES, VIRTUAL_MODELS, CatalogModel
 from events.policy import RoutingPolicy
 from events.quotas import over_limit
+from events.sessions import SessionState
 from events.types import Excluded, RouteInput, ScoredCandidate
 from events.view import RoutingView
 
@@ -39,6 +40,8 @@ class Decision:
     chosen_key: str | None
     candidates_total: int  # eligible models, including the ones the walk did not need to score
     no_key_models: int  # models left out only because their platform has no key at all
+    pin_used: bool = False
+    pin_cleared: str | None = None  # why the session's pin could not be used (the caller logs it)
 
     @property
     def chosen_ref(self) -> str | None:
@@ -72,7 +75,17 @@ def decide(view: RoutingView, req: RouteInput, now: float, rng: random.Random) -
     mode, named = mode_and_models(view, req.requested)
     skip_models = dict(req.skip_models)
     skip_platforms = dict(req.skip_platforms)
+    session = view.sessions.get(req.session, now) if req.session else None
+    tokens = req.est_tokens + req.reserve_tokens
+    pin_cleared: str | None = None
+    if req.use_pin and session is not None and session.pin is not None and not named:
+        pinned, key, pin_cleared = _use_pin(view, session, req, skip_models, skip_platforms, tokens, now)
+        if pinned is not None:
+            parts = _Parts(view, p, mode, now)
+            recorded = (_candidate(_score(view, p, pinned, parts.of(pinned), now, rng, named=True)),)
+            return Decision(recorded, (), pinned, key, 1, 0, pin_used=True)
     excluded: list[Excluded] = []
+    session_rules = req.session is not None or bool(view.session_policy.single_flight)
     no_key = 0
     eligible: list[tuple[CatalogModel, bool]] = []
     seen: set[str] = set()
@@ -83,6 +96,8 @@ def decide(view: RoutingView, req: RouteInput, now: float, rng: random.Random) -
             continue
         seen.add(m.ref)
         why, until = _model_exclusion(view, m, is_named, mode, req, skip_models, skip_platforms, now)
+        if why is None and session_rules:
+            why = _session_exclusion(view, m, req.session, session, now)
         if why is None and not has_keys(m.platform):
             no_key += 1
             continue
@@ -95,7 +110,6 @@ def decide(view: RoutingView, req: RouteInput, now: float, rng: random.Random) -
     scored: list[_Scored] = []
     chosen: CatalogModel | None = None
     chosen_key: str | None = None
-    tokens = req.est_tokens + req.reserve_tokens
     # Named models: in the order the request gave, whatever their score.
     for m, is_named in eligible:
         if not is_named:
@@ -113,7 +127,56 @@ def decide(view: RoutingView, req: RouteInput, now: float, rng: random.Random) -
     named_first = [c for c in scored if c[4]]
     chain_sorted = sorted((c for c in scored if not c[4]), key=lambda c: (_group(c[3].pool, mode), -c[0]))
     recorded = tuple(_candidate(c) for c in [*named_first, *chain_sorted][:RECORDED_CANDIDATES])
-    return Decision(recorded, tuple(excluded), chosen, chosen_key, len(eligible), no_key)
+    return Decision(recorded, tuple(excluded), chosen, chosen_key, len(eligible), no_key, pin_cleared=pin_cleared)
+
+
+def _use_pin(view: RoutingView, session: SessionState, req: RouteInput, skip_models: dict[str, str],
+             skip_platforms: dict[str, str], tokens: int,
+             now: float) -> tuple[CatalogModel | None, str | None, str | None]:
+    """(model, key, None) when the session's pin can take this turn, else (None, None, why not)."""
+    assert session.pin is not None
+    platform, model_id, key_id = session.pin
+    ref = f"{platform}/{model_id}"
+    m = next((m for m in view.catalog.models() if m.ref == ref), None)
+    if m is None or not m.enabled:
+        return None, None, f"pinned model {ref} is no longer available"
+    if platform in session.bans:
+        return None, None, f"{platform} is banned for this session ({session.bans[platform]})"
+    if ref in skip_models or platform in skip_platforms:
+        return None, None, f"{ref} failed earlier in this request"
+    cooling = view.cooldowns.cooling(ref, now)
+    if cooling is not None:
+        return None, None, f"pinned model {ref} is cooling ({cooling[1]})"
+    info = view.health.keys.get(key_id)
+    if info is None or info.status != "ok":
+        return None, None, f"pinned key {key_id} is {info.status if info else 'gone'}"
+    if view.health.cooling_until(key_id, model_id, now) is not None:
+        return None, None, f"pinned key {key_id} is rate-limited"
+    if (key_id, ref) in req.tried:
+        return None, None, f"pinned key {key_id} already failed in this request"
+    why = over_limit(m.limits, view.quotas.usage(key_id, ref, now), tokens)
+    if why is not None:
+        return None, None, f"pinned key {key_id} is over its {why}"
+    return m, key_id, None
+
+
+def _session_exclusion(view: RoutingView, m: CatalogModel, session_key: str | None, session: SessionState | None,
+                       now: float) -> str | None:
+    sp = view.session_policy
+    if session is not None:
+        if m.platform in session.bans:
+            return f"banned for this session: {session.bans[m.platform]}"
+        if session.pin is not None:
+            platform, model_id, _ = session.pin
+            if (m.platform == platform and m.id != model_id and sp.level(platform) == "provider-ban"
+                    and now - session.pin_used_at < sp.provider_ban_window_s):
+                return (f"provider-ban: this session used {platform}/{model_id} "
+                        f"{now - session.pin_used_at:.0f}s ago; other {platform} models wait "
+                        f"{sp.provider_ban_window_s:g}s")
+    if (m.platform in sp.single_flight and sp.level(m.platform) == "provider-ban"
+            and view.in_flight.other_sessions(m.platform, session_key)):
+        return f"single-flight: {m.platform} is in use by another session"
+    return None
 
 
 def _group(pool: str, mode: str) -> int:

@@ -66,6 +66,7 @@ class AttemptStarted(Event, tag="attempt_started"):
     model: str
     key_id: str
     reserved_tokens: int = 0
+    session: str | None = None  # the conversation's session key, for single-flight platforms
 
 
 class AttemptSucceeded(Event, tag="attempt_succeeded"):
@@ -201,6 +202,8 @@ class RouteInput(msgspec.Struct, frozen=True, kw_only=True):
     skip_models: tuple[tuple[str, str], ...] = ()  # (model ref, why) left out for this request
     skip_platforms: tuple[tuple[str, str], ...] = ()  # (platform, why)
     min_context: int | None = None  # after a context error: only larger windows
+    session: str | None = None  # the conversation's session key, if any
+    use_pin: bool = False  # pins apply: auto-smart, or the client sent X-Session-Id
 
 
 class RouteDecided(Event, tag="route_decided"):
@@ -218,6 +221,32 @@ class RouteDecided(Event, tag="route_decided"):
     chosen_key: str | None
     candidates_total: int = 0
     no_key_models: int = 0
+    pin_used: bool = False
+    pin_cleared: str | None = None
+
+
+class SessionPinned(Event, tag="session_pinned"):
+    """A successful turn pinned the conversation to a model and key (also: the session was used now)."""
+
+    session: str
+    platform: str
+    model: str
+    key_id: str
+
+
+class SessionPinCleared(Event, tag="session_pin_cleared"):
+    """The session's pin was dropped (its model cooling, its key unusable, its platform banned, ...)."""
+
+    session: str
+    reason: str
+
+
+class SessionBanned(Event, tag="session_banned"):
+    """Thread protection banned a platform for this session (provider-ban)."""
+
+    session: str
+    platform: str
+    reason: str
 
 
 class ModelUpdated(Event, tag="model_updated"):
@@ -247,6 +276,9 @@ AnyEvent = (
     | KeyChecked
     | ModelUpdated
     | RouteDecided
+    | SessionPinned
+    | SessionPinCleared
+    | SessionBanned
 )
 
 EVENT_TYPES: tuple[type[Event], ...] = AnyEvent.__args__  # type: ignore[attr-defined]

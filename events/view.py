@@ -6,7 +6,8 @@ process decided on (events committed later, even if appended before the decision
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from events.catalog import Catalog, CatalogModel
 from events.cooldowns import Cooldowns
@@ -14,19 +15,38 @@ from events.key_health import KeyHealth
 from events.model_stats import Stats
 from events.policy import RoutingPolicy
 from events.quotas import Quotas
+from events.sessions import InFlight, Sessions
 from events.store import Entry, LogStore
 from events.types import AttemptSucceeded, Event
 
 
+@dataclass(frozen=True)
+class SessionPolicy:
+    """Config that shapes session routing: per-platform protection, single-flight, pin lifetime."""
+
+    protection: Mapping[str, str] = field(default_factory=dict)  # platform -> provider-ban | model-skip | off
+    single_flight: frozenset[str] = frozenset()
+    pin_ttl_s: float = 1800.0
+    max_sessions: int = 10_000
+    provider_ban_window_s: float = 180.0
+
+    def level(self, platform: str) -> str:
+        return self.protection.get(platform, "model-skip")
+
+
 class RoutingView:
     def __init__(self, models: Iterable[CatalogModel], policy: RoutingPolicy,
-                 rolling_day_platforms: frozenset[str] = frozenset()) -> None:
+                 rolling_day_platforms: frozenset[str] = frozenset(),
+                 session_policy: SessionPolicy | None = None) -> None:
         self.policy = policy
+        self.session_policy = session_policy or SessionPolicy()
         self.catalog = Catalog(models)
         self.health = KeyHealth(policy.rate_limit_cooldown_s)
         self.quotas = Quotas(rolling_day_platforms)
         self.cooldowns = Cooldowns(policy, self.health)
         self.stats = Stats(policy.decay_days)
+        self.sessions = Sessions(self.session_policy.pin_ttl_s, self.session_policy.max_sessions)
+        self.in_flight = InFlight()
         self.seq = 0
         self._ranked_version = -1
         self._intelligence: dict[str, float] = {}
@@ -41,6 +61,8 @@ class RoutingView:
         self.cooldowns.apply(event)  # after health: it reads the keys' state including this event
         self.quotas.apply(event)
         self.stats.apply(event)
+        self.sessions.apply(event)
+        self.in_flight.apply(event)
         if isinstance(event, AttemptSucceeded):
             self.parts_cache.pop(f"{event.platform}/{event.model}", None)
         self.seq = seq

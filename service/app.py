@@ -109,7 +109,8 @@ def create_app(runtime: Runtime, gateway_tokens: TokenCheck) -> QuartTrio:
     @app.post("/v1/chat/completions")
     async def chat_completions() -> Response:
         try:
-            req = parse_chat_request(await request.get_data(), request.request_id)  # type: ignore[attr-defined]
+            req = parse_chat_request(await request.get_data(), request.request_id,  # type: ignore[attr-defined]
+                                     request.headers.get("X-Session-Id"))
         except BadRequest as exc:
             return error_response(400, str(exc), "invalid_request_error", exc.code, param=exc.param)
         if not req.stream:
@@ -188,7 +189,7 @@ async def _stream_response(runtime: Runtime, req: ChatRequest) -> Response:
     return response
 
 
-def parse_chat_request(raw: bytes, request_id: str) -> ChatRequest:
+def parse_chat_request(raw: bytes, request_id: str, session_header: str | None = None) -> ChatRequest:
     """Validate what we must understand; pass everything else through untouched."""
     if not raw.strip():
         raise BadRequest("The request body is empty; send a JSON object with 'model' and 'messages'.",
@@ -230,8 +231,10 @@ def parse_chat_request(raw: bytes, request_id: str) -> ChatRequest:
             raise BadRequest(f"'{name}' must be a positive integer.", name, "invalid_type")
     for name in GATEWAY_FIELDS:
         body.pop(name, None)
+    if session_header is not None and not session_header.strip():
+        raise BadRequest("'X-Session-Id' must not be empty.", code="invalid_session_id")
     return ChatRequest(request_id=request_id, body=body, requested=requested, stream=stream,
-                       est_tokens=estimate_tokens(messages), use_chain=fallback)
+                       est_tokens=estimate_tokens(messages), use_chain=fallback, session_header=session_header)
 
 
 def estimate_tokens(messages: list[Any]) -> int:

@@ -167,6 +167,26 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sessions(args: argparse.Namespace) -> int:
+    config = _config(args)
+    store = _store(config)
+    try:
+        view, _ = _projections(store, config)
+    finally:
+        store.close()
+    now = time.time()
+    rows = []
+    for key, state in reversed(view.sessions.live(now)):
+        pin = f"{state.pin[0]}/{state.pin[1]} (key {state.pin[2]})" if state.pin else "-"
+        bans = ", ".join(f"{p}: {why}" for p, why in state.bans.items()) or "-"
+        rows.append((key[:14], pin, bans, f"{now - state.last_use:.0f}s ago"))
+    if not rows:
+        print("no live sessions (pins apply in auto-smart, or with an X-Session-Id header)")
+        return 0
+    _table(("SESSION", "PINNED", "BANNED PLATFORMS", "LAST USE"), rows)
+    return 0
+
+
 def cmd_log_tail(args: argparse.Namespace) -> int:
     config = _config(args)
     store = _store(config)
@@ -328,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("model", nargs="?")
     models.add_argument("--all", action="store_true", help="include disabled models")
     models.set_defaults(func=cmd_models)
+
+    common(sub.add_parser("sessions", help="live conversations: pins, bans, last use")).set_defaults(
+        func=cmd_sessions)
 
     log = sub.add_parser("log", help="the event log").add_subparsers(dest="action", required=True)
     tail = common(log.add_parser("tail", help="print recent events as JSON lines"))

@@ -18,12 +18,11 @@ from actors.request import Deadlines
 from actors.supervisor import Runtime, Settings, run_service
 from events.catalog import CatalogModel
 from events.key_health import KeyInfo
-from events.policy import RoutingPolicy
 from events.quotas import Limits
 from events.sqlite_store import SqliteStore
 from events.store import LogStore
 from events.types import KeyChecked
-from events.view import rebuild
+from events.view import SessionPolicy, rebuild
 from service import __version__
 from service.app import create_app
 from service.config import Config
@@ -58,14 +57,6 @@ def catalog_models(config: Config) -> list[CatalogModel]:
     ]
 
 
-def routing_policy(config: Config) -> RoutingPolicy:
-    policy = getattr(config.routing, "policy", None)
-    if policy is None:
-        policy = RoutingPolicy(rate_limit_cooldown_s=config.routing.rate_limit_cooldown_s,
-                               transient_cooldown_s=config.timeouts.transient_cooldown_s)
-    return policy
-
-
 def routing_settings(config: Config, keys: list[tuple[str, str, str, str]] | None = None) -> Settings:
     """Everything the runtime (and a replay) needs from the config."""
     t = config.timeouts
@@ -77,9 +68,14 @@ def routing_settings(config: Config, keys: list[tuple[str, str, str, str]] | Non
     )
     return Settings(
         models=catalog_models(config), keys=keys or [], deadlines=deadlines,
-        max_attempts=config.routing.max_attempts, policy=routing_policy(config), version=__version__,
-        rolling_day_platforms=frozenset(p.name for p in config.platforms.values()
-                                        if getattr(p, "quota_day", "utc") == "rolling"),
+        max_attempts=config.routing.max_attempts, policy=config.routing.policy, version=__version__,
+        rolling_day_platforms=frozenset(p.name for p in config.platforms.values() if p.quota_day == "rolling"),
+        sessions=SessionPolicy(
+            protection={p.name: p.protection for p in config.platforms.values()},
+            single_flight=frozenset(p.name for p in config.platforms.values() if p.single_flight),
+            pin_ttl_s=config.sessions.pin_ttl_s, max_sessions=config.sessions.max_sessions,
+            provider_ban_window_s=config.sessions.provider_ban_window_s,
+        ),
     )
 
 

@@ -126,26 +126,32 @@ async def test_body_over_32_mb_is_413(tmp_path):
     assert upstream_calls == 1
 
 
+EARLY_ERRORS = [  # (path, gateway key, body): each answered before the gateway reads the body
+    ("/v1/chat/completions", GATEWAY_KEY, BIG),  # 413
+    ("/v1/chat/completions", "sk-wrong", BIG[:16_000_000]),  # 401
+    ("/v1/no-such-path", GATEWAY_KEY, BIG[:16_000_000]),  # 404
+]
+
+
 @pytest.mark.xfail(strict=True, reason="BUG: an error answered before the request body was read (413, 401, "
-                   "404) leaves the keep-alive connection stuck: the client's next request on it never gets "
+                   "404) can leave the keep-alive connection stuck: the client's next request on it never gets "
                    "an answer (service/app.py error responses need `Connection: close`)")
-@pytest.mark.parametrize(("path", "token", "body"), [
-    pytest.param("/v1/chat/completions", GATEWAY_KEY, BIG, id="413"),
-    pytest.param("/v1/chat/completions", "sk-wrong", BIG[:1_000_000], id="401-large-body"),
-    pytest.param("/v1/no-such-path", GATEWAY_KEY, BIG[:1_000_000], id="404-large-body"),
-])
-async def test_connection_is_usable_after_an_early_error(tmp_path, monkeypatch, path, token, body):
-    monkeypatch.setattr("service.server.GRACE_S", 0.5)  # the stuck connection holds shutdown for the grace
-    with trio.fail_after(20):
+async def test_connection_is_usable_after_an_early_error(tmp_path, monkeypatch):
+    """Whether the connection sticks is a race inside hypercorn (its reader blocks handing body chunks to
+    an app that has already answered), so each case runs twice: one unlucky run in ~5 sticks otherwise."""
+    monkeypatch.setattr("service.server.GRACE_S", 0.5)  # a stuck connection holds shutdown for the grace
+    statuses = []
+    with trio.fail_after(30):
         async with running_gateway(tmp_path, ["ok"]) as gw:
-            async with httpx.AsyncClient(base_url=gw.url, timeout=15) as client:
-                first = await client.post(path, content=body, headers={
-                    "content-type": "application/json", "Authorization": f"Bearer {token}"})
-                # The same pooled connection, as any HTTP client (and the openai SDK) would reuse it.
-                second = await client.post("/v1/chat/completions", json={"model": "ok", **HELLO},
-                                           headers=AUTH, timeout=0.5)
-    assert first.status_code in (401, 404, 413)
-    assert second.status_code == 200
+            for path, token, body in EARLY_ERRORS * 2:
+                async with httpx.AsyncClient(base_url=gw.url, timeout=15) as client:
+                    first = await client.post(path, content=body, headers={
+                        "content-type": "application/json", "Authorization": f"Bearer {token}"})
+                    # The same pooled connection, as any HTTP client (and the openai SDK) would reuse it.
+                    second = await client.post("/v1/chat/completions", json={"model": "ok", **HELLO},
+                                               headers=AUTH, timeout=0.5)
+                statuses.append((first.status_code, second.status_code))
+    assert statuses == [(413, 200), (401, 200), (404, 200)] * 2
 
 
 async def test_unknown_path_and_wrong_method(tmp_path):

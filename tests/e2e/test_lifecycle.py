@@ -41,8 +41,11 @@ async def test_an_invalidated_key_stays_invalid_after_a_restart(tmp_path):
     with trio.fail_after(20):
         async with running_gateway(tmp_path, ["ok"], keys=keys) as gw:
             gw.upstream.key_behaviours["up-bad"] = "auth"
-            first = await chat(gw.url, {"model": "ok", **HELLO})
-        assert first.status_code == 200
+            # The router picks the least-used key (ties at random): two settled requests use both keys.
+            for _ in range(2):
+                assert (await chat(gw.url, {"model": "ok", **HELLO})).status_code == 200
+                await settled(gw)
+        assert "up-bad" in [r.api_key for r in gw.upstream.requests]
         assert [e.key_id for e in read_log(gw.data_dir) if isinstance(e, KeyInvalidated)] == [bad]
 
         # Run 2: same data dir, same config, an upstream that would accept the key again.
@@ -136,9 +139,9 @@ async def test_provider_keys_never_reach_the_log_file(tmp_path):
         async with running_gateway(tmp_path, ["ok", "rate-limit:30", "fail:500"], keys=secrets) as gw:
             gw.upstream.key_behaviours[secrets[0]] = "auth"
             for body in ({"model": "ok", **HELLO}, {"model": "ok", "stream": True, **HELLO},
-                         {"model": "rate-limit:30", **HELLO}, {"model": "fail:500", **HELLO}):
+                         {"model": "rate-limit:30", **HELLO}, {"model": "fail:500", **HELLO}) * 2:
                 await chat(gw.url, body)
-            await settled(gw)
+                await settled(gw)
             while_running = raw_log_bytes(gw.data_dir)
             upstream_saw = {r.api_key for r in gw.upstream.requests}
     after = raw_log_bytes(gw.data_dir)

@@ -216,12 +216,16 @@ async def test_async_client_models_and_errors(tmp_path):
 async def test_async_client_upstream_failure_is_an_sdk_error_not_a_hang(tmp_path):
     """Every candidate failing (before any content) reaches the SDK as an HTTP error, streaming or not."""
     with trio.fail_after(20):
-        async with running_gateway(tmp_path, ["fail:503"]) as gw:
+        # Two models: a model whose every key failed cools down, and the second request would not try it.
+        async with running_gateway(tmp_path, ["fail:503", "fail:500"]) as gw:
             async with async_client(gw.base_url) as client:
                 with pytest.raises(openai.APIStatusError) as plain:
-                    await client.chat.completions.create(model="fail:503", messages=HELLO)
+                    await client.chat.completions.create(model="fail:503", messages=HELLO,
+                                                         extra_body={"fallback": False})
                 with pytest.raises(openai.APIStatusError) as streamed:
-                    await client.chat.completions.create(model="fail:503", messages=HELLO, stream=True)
+                    await client.chat.completions.create(model="fail:500", messages=HELLO, stream=True,
+                                                         extra_body={"fallback": False})
     assert plain.value.status_code == streamed.value.status_code == 502
     assert plain.value.code == "all_attempts_failed"
     assert "local/fail:503" in plain.value.message
+    assert "local/fail:500" in streamed.value.message

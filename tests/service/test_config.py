@@ -336,6 +336,183 @@ name = "fake"
     assert (err.line, err.key) == (13, "[[platforms]][2].notes")
 
 
+# --- routing policy, sessions, platform quota day and single flight ------------------------------------
+
+
+def _non_default(name: str, default: float) -> float | int:
+    """A valid value different from the default, keeping the TTFB thresholds in order."""
+    if isinstance(default, int):
+        return default + 7
+    if name.startswith("ttfb_") and name.endswith("_ms"):
+        return default + 1.5
+    return default * 2 if default else 1.0
+
+
+def test_every_routing_policy_field_is_accepted(tmp_path: Path) -> None:
+    listed = """decay_days prior_successes prior_failures speed_weight slow_tps slow_penalty ttfb_bonus
+    ttfb_good_ms ttfb_zero_ms ttfb_bad_ms ttfb_worst intelligence_weight smart_intelligence smart_speed
+    smart_ttfb penalty_per_429 penalty_cap penalty_decay_s penalty_weight output_reserve_default
+    output_reserve_cap rate_limit_cooldown_s transient_cooldown_s transient_window_s
+    model_missing_cooldown_s"""
+    assert set(listed.split()) <= set(RoutingPolicy.names())
+    expected = {f.name: _non_default(f.name, f.default) for f in fields(RoutingPolicy)}
+    text = "[routing]\nmax_attempts = 2\n" + "".join(f"{k} = {v!r}\n" for k, v in expected.items())
+    config = load_config(write(tmp_path, text), {})
+    policy = config.routing.policy
+    assert policy == RoutingPolicy(**expected)
+    for f in fields(RoutingPolicy):
+        assert type(getattr(policy, f.name)) is type(f.default), f.name
+    assert config.routing.max_attempts == 2
+    assert config.routing.rate_limit_cooldown_s == policy.rate_limit_cooldown_s == 120.0
+    assert config.timeouts.transient_cooldown_s == policy.transient_cooldown_s == 30.0
+
+
+def test_routing_floats_accept_integers_and_weights_any_finite_number(tmp_path: Path) -> None:
+    text = """\
+[routing]
+ttfb_worst = -2
+speed_weight = 0
+smart_speed = -0.25
+penalty_weight = 0.0
+slow_penalty = -1
+prior_successes = 1
+ttfb_bad_ms = 30000
+"""
+    policy = load_config(write(tmp_path, text), {}).routing.policy
+    assert (policy.ttfb_worst, policy.speed_weight, policy.smart_speed) == (-2.0, 0.0, -0.25)
+    assert (policy.penalty_weight, policy.slow_penalty) == (0.0, -1.0)
+    assert isinstance(policy.ttfb_worst, float)
+    assert isinstance(policy.prior_successes, float)
+    assert policy.prior_successes == 1.0
+    assert policy.ttfb_bad_ms == 30000.0
+    assert policy.decay_days == RoutingPolicy.decay_days  # not given: default
+
+
+def test_transient_cooldown_from_either_table(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "[timeouts]\ntransient_cooldown_s = 7\n"), {})
+    assert config.timeouts.transient_cooldown_s == config.routing.policy.transient_cooldown_s == 7.0
+    config = load_config(write(tmp_path, "[routing]\ntransient_cooldown_s = 8.5\n"), {})
+    assert config.timeouts.transient_cooldown_s == config.routing.policy.transient_cooldown_s == 8.5
+
+
+def test_transient_cooldown_in_both_tables_is_an_error(tmp_path: Path) -> None:
+    err = error_for(tmp_path, "[timeouts]\ntransient_cooldown_s = 7\n\n[routing]\ntransient_cooldown_s = 7\n")
+    assert (err.line, err.key) == (5, "routing.transient_cooldown_s")
+    assert "timeouts.transient_cooldown_s (line 2)" in err.message
+    assert "use one" in err.message
+
+
+def test_routing_rate_limit_cooldown_mirrors_the_policy() -> None:
+    assert Routing(rate_limit_cooldown_s=90).policy.rate_limit_cooldown_s == 90
+    from_policy = Routing(policy=RoutingPolicy(rate_limit_cooldown_s=30.0))
+    assert from_policy.rate_limit_cooldown_s == 30.0
+    assert Routing(rate_limit_cooldown_s=30.0) == from_policy
+    same = Routing(rate_limit_cooldown_s=5.0, policy=RoutingPolicy(rate_limit_cooldown_s=5.0))
+    assert same.policy.rate_limit_cooldown_s == 5.0
+    with pytest.raises(ValueError, match="rate_limit_cooldown_s"):
+        Routing(rate_limit_cooldown_s=5.0, policy=RoutingPolicy(rate_limit_cooldown_s=6.0))
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key", "words"),
+    [
+        (
+            "[routing]\nttfb_zero_ms = 400\n",
+            2,
+            "routing.ttfb_zero_ms",
+            "above ttfb_good_ms (500, the default; ttfb_good_ms < ttfb_zero_ms < ttfb_bad_ms must hold), "
+            "found an integer (400)",
+        ),
+        (
+            "[routing]\nttfb_good_ms = 2000\n",
+            2,
+            "routing.ttfb_good_ms",
+            "below ttfb_zero_ms (2000, the default",
+        ),
+        (
+            "[routing]\nttfb_good_ms = 100\nttfb_zero_ms = 100\n",
+            3,
+            "routing.ttfb_zero_ms",
+            "above ttfb_good_ms (100;",
+        ),
+        (
+            "[routing]\nttfb_zero_ms = 3000\nttfb_bad_ms = 2500.5\n",
+            3,
+            "routing.ttfb_bad_ms",
+            "above ttfb_zero_ms (3000; ttfb_good_ms < ttfb_zero_ms < ttfb_bad_ms must hold), "
+            "found a float (2500.5)",
+        ),
+        (
+            "[routing]\nttfb_bad_ms = 1500\n",
+            2,
+            "routing.ttfb_bad_ms",
+            "above ttfb_zero_ms (2000, the default",
+        ),
+        (
+            "[routing]\nttfb_zero_ms = 20000\n",
+            2,
+            "routing.ttfb_zero_ms",
+            "below ttfb_bad_ms (10000, the default",
+        ),
+        (
+            "[routing]\nttfb_bad_ms = 50\nttfb_zero_ms = 20\nttfb_good_ms = 30\n",
+            3,
+            "routing.ttfb_zero_ms",
+            "above ttfb_good_ms (30;",
+        ),
+    ],
+)
+def test_ttfb_thresholds_must_increase(tmp_path: Path, text: str, line: int, key: str, words: str) -> None:
+    err = error_for(tmp_path, text)
+    assert (err.line, err.key) == (line, key)
+    assert words in err.message
+
+
+def test_quota_day_choices() -> None:
+    assert QUOTA_DAYS == ("utc", "rolling")
+    platform = next(iter(load_builtin_catalog()[1].values()))
+    assert (platform.quota_day, platform.single_flight) == ("utc", False)
+    bare = PlatformConfig(
+        name="x",
+        kind="openai",
+        base_url="https://x.test",
+        keys=(),
+        protection="off",
+        headers={},
+        timeout_s=None,
+        env_var="X_API_KEY",
+        display_name="x",
+    )
+    assert (bare.quota_day, bare.single_flight) == ("utc", False)
+
+
+def test_new_platform_quota_day_and_single_flight(tmp_path: Path) -> None:
+    text = """\
+[[platforms]]
+name = "lab"
+kind = "openai"
+base_url = "https://lab.test/v1"
+protection = "provider-ban"
+quota_day = "rolling"
+single_flight = true
+
+[[platforms]]
+name = "longcat"
+single_flight = true
+"""
+    config = load_config(write(tmp_path, text), {})
+    lab = config.platforms["lab"]
+    assert (lab.protection, lab.quota_day, lab.single_flight) == ("provider-ban", "rolling", True)
+    longcat = config.platforms["longcat"]
+    assert (longcat.protection, longcat.quota_day, longcat.single_flight) == ("provider-ban", "utc", True)
+
+
+def test_sessions_table(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "[sessions]\nmax_sessions = 1\n"), {})
+    assert config.sessions == Sessions(max_sessions=1)
+    assert (config.sessions.pin_ttl_s, config.sessions.provider_ban_window_s) == (1800.0, 180.0)
+
+
 # --- errors ---------------------------------------------------------------------------------------------
 
 
@@ -420,6 +597,75 @@ name = "fake"
             "found a boolean",
         ),
         ('[[models]]\nplatform = "groq"\nid = "a"\nsize = "big"\n', 4, "[[models]][1].size", "unknown key"),
+        # [routing]: RoutingPolicy fields
+        ("[routing]\npolicy = 1\n", 2, "routing.policy", "unknown key"),
+        ("[routing]\ndecay_day = 3\n", 2, "routing.decay_day", "decay_days, intelligence_weight"),
+        (
+            "[routing]\ndecay_days = 0\n",
+            2,
+            "routing.decay_days",
+            "positive number of days, found an integer (0)",
+        ),
+        ("[routing]\nprior_successes = 0\n", 2, "routing.prior_successes", "expected a positive number,"),
+        ("[routing]\nprior_failures = -1.5\n", 2, "routing.prior_failures", "found a float (-1.5)"),
+        ("[routing]\nslow_tps = 0\n", 2, "routing.slow_tps", "positive number of tokens per second"),
+        ("[routing]\nttfb_good_ms = -5\n", 2, "routing.ttfb_good_ms", "positive number of milliseconds"),
+        ("[routing]\npenalty_per_429 = 0\n", 2, "routing.penalty_per_429", "positive number"),
+        ("[routing]\npenalty_cap = -1\n", 2, "routing.penalty_cap", "positive number"),
+        ("[routing]\npenalty_decay_s = 0\n", 2, "routing.penalty_decay_s", "positive number of seconds"),
+        ("[routing]\nrate_limit_cooldown_s = 0\n", 2, "routing.rate_limit_cooldown_s", "positive number"),
+        ("[routing]\ntransient_cooldown_s = -2\n", 2, "routing.transient_cooldown_s", "positive number"),
+        ("[routing]\ntransient_window_s = inf\n", 2, "routing.transient_window_s", "found a float (inf)"),
+        ("[routing]\nmodel_missing_cooldown_s = true\n", 2, "routing.model_missing_cooldown_s", "a boolean"),
+        ("[routing]\noutput_reserve_default = 0\n", 2, "routing.output_reserve_default", "an integer >= 1"),
+        ("[routing]\noutput_reserve_cap = 1.5\n", 2, "routing.output_reserve_cap", "found a float (1.5)"),
+        ("[routing]\noutput_reserve_cap = true\n", 2, "routing.output_reserve_cap", "found a boolean"),
+        ("[routing]\nspeed_weight = true\n", 2, "routing.speed_weight", "finite number, found a boolean"),
+        ("[routing]\nttfb_worst = nan\n", 2, "routing.ttfb_worst", "expected a finite number"),
+        ("[routing]\nsmart_ttfb = -inf\n", 2, "routing.smart_ttfb", "expected a finite number"),
+        ('[routing]\nintelligence_weight = "0.1"\n', 2, "routing.intelligence_weight", "found a string"),
+        ("[routing]\ndecay_days = 1" + "0" * 400 + "\n", 2, "routing.decay_days", "found an integer"),
+        ("[routing]\nttfb_bonus = 1" + "0" * 400 + "\n", 2, "routing.ttfb_bonus", "finite number"),
+        ("[timeouts]\nstall_s = 1" + "0" * 400 + "\n", 2, "timeouts.stall_s", "positive number"),
+        # [sessions]
+        ("sessions = 1\n", 1, "sessions", "expected a table"),
+        (
+            "[sessions]\npin_ttl = 5\n",
+            2,
+            "sessions.pin_ttl",
+            "max_sessions, pin_ttl_s, provider_ban_window_s",
+        ),
+        ("[sessions]\npin_ttl_s = 0\n", 2, "sessions.pin_ttl_s", "positive number of seconds"),
+        (
+            "\n[sessions]\nmax_sessions = 0\n",
+            3,
+            "sessions.max_sessions",
+            "an integer >= 1, found an integer (0)",
+        ),
+        ("[sessions]\nmax_sessions = 10.0\n", 2, "sessions.max_sessions", "found a float (10.0)"),
+        ("[sessions]\nmax_sessions = true\n", 2, "sessions.max_sessions", "found a boolean"),
+        ("[sessions]\nprovider_ban_window_s = -1\n", 2, "sessions.provider_ban_window_s", "positive"),
+        ('[sessions]\nprovider_ban_window_s = "3m"\n', 2, "sessions.provider_ban_window_s", "a string"),
+        # [[platforms]] quota_day / single_flight
+        (
+            '[[platforms]]\nname = "groq"\nquota_day = "local"\n',
+            3,
+            "[[platforms]][1].quota_day",
+            'expected a quota day ("utc", "rolling"), found a string ("local")',
+        ),
+        ('[[platforms]]\nname = "groq"\nquota_day = 1\n', 3, "[[platforms]][1].quota_day", "an integer"),
+        (
+            '[[platforms]]\nname = "groq"\nsingle_flight = "yes"\n',
+            3,
+            "[[platforms]][1].single_flight",
+            "expected true or false",
+        ),
+        (
+            '[[platforms]]\nname = "x"\nkind = "openai"\nbase_url = "https://x"\nsingle_flight = 1\n',
+            5,
+            "[[platforms]][1].single_flight",
+            "found an integer (1)",
+        ),
     ],
 )
 def test_validation_errors_name_file_line_and_key(
@@ -516,3 +762,64 @@ def test_env_defaults_to_os_environ(monkeypatch) -> None:
     config = load_config(None)
     assert config.env_keys["groq"] == ("from-os",)
     assert config.port == 1234
+
+
+def test_env_thread_protection_overrides_the_file(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[[platforms]]\nname = "groq"\nprotection = "off"\n'
+        '[[platforms]]\nname = "lab"\nkind = "openai"\nbase_url = "https://x.test"\n',
+    )
+    env = {"THREAD_PROTECTION_PLATFORMS": " longcat : model-skip ,groq:provider-ban,\tlab:off, "}
+    config = load_config(path, env)
+    assert config.platforms["longcat"].protection == "model-skip"
+    assert config.platforms["groq"].protection == "provider-ban"
+    assert config.platforms["lab"].protection == "off"
+    assert config.platforms["cerebras"].protection == "model-skip"  # not named: unchanged
+    assert list(config.platforms) == list(load_config(path, {}).platforms)  # order unchanged
+    assert config.platforms["groq"].timeout_s == load_config(path, {}).platforms["groq"].timeout_s
+
+
+@pytest.mark.parametrize("value", ["", "  ", ","])
+def test_env_thread_protection_empty_means_unset(value: str) -> None:
+    config = load_config(None, {"THREAD_PROTECTION_PLATFORMS": value})
+    assert config.platforms == load_config(None, {}).platforms
+
+
+@pytest.mark.parametrize(
+    ("value", "entry", "words"),
+    [
+        ("nope:off", "nope:off", 'unknown platform "nope" (known: groq, cerebras'),
+        ("groq:ban", "groq:ban", 'unknown level "ban"'),
+        ("groq:Off", "groq:Off", 'unknown level "Off"'),
+        ("longcat:provider-ban,groq", "groq", 'no ":"'),
+        ("groq provider-ban", "groq provider-ban", 'no ":"'),
+        (":off", ":off", "no platform name"),
+        ("groq:", "groq:", "no level"),
+        ("groq:off:x", "groq:off:x", 'unknown level "off:x"'),
+        (
+            "groq:off, groq :model-skip",
+            "groq :model-skip",
+            'duplicate platform "groq" (already set by "groq:off")',
+        ),
+    ],
+)
+def test_bad_env_thread_protection(value: str, entry: str, words: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {"THREAD_PROTECTION_PLATFORMS": value})
+    err = info.value
+    assert (err.file, err.line, err.key) == (None, None, "env THREAD_PROTECTION_PLATFORMS")
+    assert words in err.message
+    assert f"in entry {json.dumps(entry)}" in err.message
+    assert 'level one of "provider-ban", "model-skip", "off"' in err.message
+    assert str(err) == f"env THREAD_PROTECTION_PLATFORMS: {err.message}"
+
+
+def test_env_thread_protection_knows_only_loaded_platforms(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[catalog]\nbuiltin = false\n[[platforms]]\nname = "lab"\nkind = "openai"\nbase_url = "https://x.test"\n',
+    )
+    with pytest.raises(ConfigError, match='unknown platform "groq" \\(known: lab\\)'):
+        load_config(path, {"THREAD_PROTECTION_PLATFORMS": "groq:off"})
+    assert load_config(path, {"THREAD_PROTECTION_PLATFORMS": "lab:off"}).platforms["lab"].protection == "off"
