@@ -26,6 +26,7 @@ MAX_BODY_BYTES = 32 * 1024 * 1024  # images arrive inline as data URLs
 GATEWAY_FIELDS = ("models", "fallback")  # ours: never forwarded to a provider
 _encode = msgspec.json.encode
 _decode = msgspec.json.decode
+CLOSE = {"Connection": "close"}
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -58,7 +59,7 @@ def create_app(runtime: Runtime, gateway_tokens: TokenCheck) -> QuartTrio:
                 return error_response(
                     401, "Invalid or missing API key. Send your gateway key as 'Authorization: Bearer <key>' "
                     "(printed when the gateway first started; see README, Troubleshooting).",
-                    "invalid_request_error", "invalid_api_key")
+                    "invalid_request_error", "invalid_api_key", headers=dict(CLOSE))
         return None
 
     @app.after_request
@@ -68,17 +69,20 @@ def create_app(runtime: Runtime, gateway_tokens: TokenCheck) -> QuartTrio:
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
+        # These are answered before the body was read; closing the connection keeps a client that reuses
+        # it from waiting forever behind the unread body.
         status = exc.code or 500
         if status == 413:
             return error_response(413, f"The request body is larger than {MAX_BODY_BYTES // (1024 * 1024)} MB.",
-                                  "invalid_request_error", "request_too_large")
+                                  "invalid_request_error", "request_too_large", headers=dict(CLOSE))
         if status == 404:
             return error_response(404, f"Unknown path {request.path}. This gateway serves /v1/chat/completions "
-                                  "and /v1/models.", "invalid_request_error", "not_found")
+                                  "and /v1/models.", "invalid_request_error", "not_found", headers=dict(CLOSE))
         if status == 405:
             return error_response(405, f"Method {request.method} is not allowed on {request.path}.",
-                                  "invalid_request_error", "method_not_allowed")
-        return error_response(status, exc.description or exc.name, "invalid_request_error", None)
+                                  "invalid_request_error", "method_not_allowed", headers=dict(CLOSE))
+        return error_response(status, exc.description or exc.name, "invalid_request_error", None,
+                              headers=dict(CLOSE))
 
     @app.get("/healthz")
     async def healthz() -> Response:

@@ -26,9 +26,14 @@ ConfigFor = Callable[[str, Path], str]  # (upstream base URL, data dir) -> TOML 
 
 
 @asynccontextmanager
-async def gateway_from(tmp_path: Path, config_for: ConfigFor, *, state: UpstreamState | None = None,
-                       data_dir: Path | None = None,
-                       env: Mapping[str, str] = SECRET_ENV) -> AsyncIterator[Gateway]:
+async def gateway_from(
+    tmp_path: Path,
+    config_for: ConfigFor,
+    *,
+    state: UpstreamState | None = None,
+    data_dir: Path | None = None,
+    env: Mapping[str, str] = SECRET_ENV,
+) -> AsyncIterator[Gateway]:
     """Like `harness.running_gateway`, with the config text from `config_for(upstream_url, data_dir)`."""
     state = state or UpstreamState()
     data_dir = data_dir or tmp_path / "data"
@@ -43,8 +48,13 @@ async def gateway_from(tmp_path: Path, config_for: ConfigFor, *, state: Upstream
 
         async def gateway() -> None:
             try:
-                await run_gateway(config, env=env, out=output, handle_signals=False,
-                                  on_listening=lambda url, rt: ready.send_nowait((url, rt)))
+                await run_gateway(
+                    config,
+                    env=env,
+                    out=output,
+                    handle_signals=False,
+                    on_listening=lambda url, rt: ready.send_nowait((url, rt)),
+                )
             finally:
                 done.set()
 
@@ -62,7 +72,9 @@ async def gateway_from(tmp_path: Path, config_for: ConfigFor, *, state: Upstream
 
 def platform_toml(name: str, base_url: str, keys: tuple[str, ...]) -> str:
     key_list = ", ".join(f'"{k}"' for k in keys)
-    return f'\n[[platforms]]\nname = "{name}"\nkind = "openai"\nbase_url = "{base_url}"\nkeys = [{key_list}]\n'
+    return (
+        f'\n[[platforms]]\nname = "{name}"\nkind = "openai"\nbase_url = "{base_url}"\nkeys = [{key_list}]\n'
+    )
 
 
 def model_toml(platform: str, model_id: str, rank: int, **fields: object) -> str:
@@ -89,13 +101,13 @@ def read_log(data_dir: Path) -> list[AnyEvent]:
         store.close()
 
 
-async def settled(gw: Gateway, timeout: float = 2.0) -> None:
+async def settled(gw: Gateway) -> None:
     """Wait until every event this gateway appended is committed and folded by the model-health actor.
 
     Request telemetry is appended without waiting (DESIGN.md 2: it may lag by one batch window), so a test
     that checks what a failure did to the projections waits for this first. The writer takes events off
     its inbox before the batch window closes, so "nothing queued" alone is not enough: the counts must
-    also hold still for several batch windows.
+    also hold still for several batch windows. Bounded by two seconds.
     """
     log, health = gw.runtime.log, gw.runtime.health
 
@@ -103,7 +115,7 @@ async def settled(gw: Gateway, timeout: float = 2.0) -> None:
         written = log.statistics()
         return written.queued, written.events_written, health.statistics().events_applied
 
-    with trio.fail_after(timeout):
+    with trio.fail_after(2):
         before = snapshot()
         while True:
             await trio.sleep(0.01)

@@ -37,8 +37,9 @@ def assert_openai_error(resp: httpx.Response, status: int, code: str | None = No
 
 
 async def chat(gw, body: dict, headers: dict[str, str] | None = None) -> httpx.Response:
-    async with httpx.AsyncClient(base_url=gw.url, headers=AUTH if headers is None else headers,
-                                 timeout=10) as client:
+    async with httpx.AsyncClient(
+        base_url=gw.url, headers=AUTH if headers is None else headers, timeout=10
+    ) as client:
         return await client.post("/v1/chat/completions", json=body)
 
 
@@ -61,19 +62,40 @@ BAD_BODIES = [
     pytest.param(b'{"model": "ok", "messages": ["hi"]}', 400, "invalid_type", id="message-not-an-object"),
     pytest.param(b'{"model": "ok", "messages": [{"content": "hi"}]}', 400, "invalid_type", id="no-role"),
     pytest.param(b'{"model": "ok", "messages": [{"role": 1}]}', 400, "invalid_type", id="role-not-a-string"),
-    pytest.param(b'{"model": "ok", "messages": [{"role": "user"}], "stream": "yes"}', 400, "invalid_type",
-                 id="stream-not-bool"),
-    pytest.param(b'{"model": "ok", "messages": [{"role": "user"}], "stream": 1}', 400, "invalid_type",
-                 id="stream-int"),
+    pytest.param(
+        b'{"model": "ok", "messages": [{"role": "user"}], "stream": "yes"}',
+        400,
+        "invalid_type",
+        id="stream-not-bool",
+    ),
+    pytest.param(
+        b'{"model": "ok", "messages": [{"role": "user"}], "stream": 1}', 400, "invalid_type", id="stream-int"
+    ),
     pytest.param(b'{"model": 5, "messages": [{"role": "user"}]}', 400, "invalid_type", id="model-not-str"),
-    pytest.param(b'{"model": "ok", "models": "ok", "messages": [{"role": "user"}]}', 400, "invalid_type",
-                 id="models-not-a-list"),
-    pytest.param(b'{"model": "ok", "max_tokens": 0, "messages": [{"role": "user"}]}', 400, "invalid_type",
-                 id="max-tokens-zero"),
-    pytest.param(b'{"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]}', 404,
-                 "model_not_found", id="unknown-model"),
-    pytest.param(b'{"models": ["ok", "nope"], "messages": [{"role": "user", "content": "x"}]}', 404,
-                 "model_not_found", id="unknown-model-in-list"),
+    pytest.param(
+        b'{"model": "ok", "models": "ok", "messages": [{"role": "user"}]}',
+        400,
+        "invalid_type",
+        id="models-not-a-list",
+    ),
+    pytest.param(
+        b'{"model": "ok", "max_tokens": 0, "messages": [{"role": "user"}]}',
+        400,
+        "invalid_type",
+        id="max-tokens-zero",
+    ),
+    pytest.param(
+        b'{"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]}',
+        404,
+        "model_not_found",
+        id="unknown-model",
+    ),
+    pytest.param(
+        b'{"models": ["ok", "nope"], "messages": [{"role": "user", "content": "x"}]}',
+        404,
+        "model_not_found",
+        id="unknown-model-in-list",
+    ),
 ]
 
 
@@ -84,8 +106,9 @@ async def test_bad_requests_get_openai_shaped_errors(tmp_path):
                 results = []
                 for param in BAD_BODIES:
                     raw, status, code = param.values
-                    resp = await client.post("/v1/chat/completions", content=raw,
-                                             headers={"content-type": "application/json"})
+                    resp = await client.post(
+                        "/v1/chat/completions", content=raw, headers={"content-type": "application/json"}
+                    )
                     results.append((param.id, resp, status, code))
             upstream_calls = len(gw.upstream.requests)
     for name, resp, status, code in results:
@@ -116,8 +139,9 @@ async def test_body_over_32_mb_is_413(tmp_path):
     with trio.fail_after(20):
         async with running_gateway(tmp_path, ["ok"]) as gw:
             async with httpx.AsyncClient(base_url=gw.url, headers=AUTH, timeout=15) as client:
-                resp = await client.post("/v1/chat/completions", content=BIG,
-                                         headers={"content-type": "application/json"})
+                resp = await client.post(
+                    "/v1/chat/completions", content=BIG, headers={"content-type": "application/json"}
+                )
             async with httpx.AsyncClient(base_url=gw.url, headers=AUTH, timeout=15) as client:
                 after = await client.post("/v1/chat/completions", json={"model": "ok", **HELLO})
             upstream_calls = len(gw.upstream.requests)
@@ -133,9 +157,6 @@ EARLY_ERRORS = [  # (path, gateway key, body): each answered before the gateway 
 ]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: an error answered before the request body was read (413, 401, "
-                   "404) can leave the keep-alive connection stuck: the client's next request on it never gets "
-                   "an answer (service/app.py error responses need `Connection: close`)")
 async def test_connection_is_usable_after_an_early_error(tmp_path, monkeypatch):
     """Whether the connection sticks is a race inside hypercorn (its reader blocks handing body chunks to
     an app that has already answered), so each case runs twice: one unlucky run in ~5 sticks otherwise."""
@@ -145,25 +166,31 @@ async def test_connection_is_usable_after_an_early_error(tmp_path, monkeypatch):
         async with running_gateway(tmp_path, ["ok"]) as gw:
             for path, token, body in EARLY_ERRORS * 2:
                 async with httpx.AsyncClient(base_url=gw.url, timeout=15) as client:
-                    first = await client.post(path, content=body, headers={
-                        "content-type": "application/json", "Authorization": f"Bearer {token}"})
+                    first = await client.post(
+                        path,
+                        content=body,
+                        headers={"content-type": "application/json", "Authorization": f"Bearer {token}"},
+                    )
                     # The same pooled connection, as any HTTP client (and the openai SDK) would reuse it.
-                    second = await client.post("/v1/chat/completions", json={"model": "ok", **HELLO},
-                                               headers=AUTH, timeout=0.5)
+                    second = await client.post(
+                        "/v1/chat/completions", json={"model": "ok", **HELLO}, headers=AUTH, timeout=0.5
+                    )
                 statuses.append((first.status_code, second.status_code))
     assert statuses == [(413, 200), (401, 200), (404, 200)] * 2
 
 
 async def test_unknown_path_and_wrong_method(tmp_path):
     with trio.fail_after(10):
-        async with running_gateway(tmp_path, ["ok"]) as gw:
-            async with httpx.AsyncClient(base_url=gw.url, headers=AUTH, timeout=10) as client:
-                unknown_v1 = await client.get("/v1/nothing-here")
-                unknown = await client.post("/nothing", json={})
-                get_chat = await client.get("/v1/chat/completions")
-                post_models = await client.post("/v1/models", json={})
-                delete_model = await client.delete("/v1/models/local/ok")
-                missing_model = await client.get("/v1/models/local/nope")
+        async with (
+            running_gateway(tmp_path, ["ok"]) as gw,
+            httpx.AsyncClient(base_url=gw.url, headers=AUTH, timeout=10) as client,
+        ):
+            unknown_v1 = await client.get("/v1/nothing-here")
+            unknown = await client.post("/nothing", json={})
+            get_chat = await client.get("/v1/chat/completions")
+            post_models = await client.post("/v1/models", json={})
+            delete_model = await client.delete("/v1/models/local/ok")
+            missing_model = await client.get("/v1/models/local/nope")
     assert_openai_error(unknown_v1, 404, "not_found")
     assert_openai_error(unknown, 404, "not_found")
     assert_openai_error(get_chat, 405, "method_not_allowed")
@@ -279,8 +306,9 @@ async def test_wrapped_error_in_a_200_is_a_failure(tmp_path):
 
 async def test_a_model_whose_every_key_failed_cools_down(tmp_path):
     with trio.fail_after(10):
-        async with running_gateway(tmp_path, ["fail:503", "ok"], keys=("up-1", "up-2"),
-                                   timeouts="transient_cooldown_s = 60") as gw:
+        async with running_gateway(
+            tmp_path, ["fail:503", "ok"], keys=("up-1", "up-2"), timeouts="transient_cooldown_s = 60"
+        ) as gw:
             first = await chat(gw, {"models": ["fail:503", "ok"], **HELLO})
             first_tried = [r.model for r in gw.upstream.requests]
             await settled(gw)
@@ -299,15 +327,25 @@ async def test_a_model_whose_every_key_failed_cools_down(tmp_path):
 
 def two_platforms(models: str, *, keys: tuple[str, ...] = ("up-1",)):
     def config_for(url: str, data_dir) -> str:
-        return (server_toml(data_dir, gateway_key=GATEWAY_KEY)
-                + platform_toml("local", url, keys) + platform_toml("second", url, ("up-second",))
-                + platform_toml("third", url, ("up-third",)) + models)
+        return (
+            server_toml(data_dir, gateway_key=GATEWAY_KEY)
+            + platform_toml("local", url, keys)
+            + platform_toml("second", url, ("up-second",))
+            + platform_toml("third", url, ("up-third",))
+            + models
+        )
+
     return config_for
 
 
 async def test_upstream_400_is_tried_on_one_other_platform_then_returned(tmp_path):
-    models = (model_toml("local", "fail:400", 1) + model_toml("second", "fail:400", 2)
-              + model_toml("third", "fail:400", 3) + model_toml("local", "ok", 4) + model_toml("third", "ok", 5))
+    models = (
+        model_toml("local", "fail:400", 1)
+        + model_toml("second", "fail:400", 2)
+        + model_toml("third", "fail:400", 3)
+        + model_toml("local", "ok", 4)
+        + model_toml("third", "ok", 5)
+    )
     named = ["local/fail:400", "second/fail:400", "third/fail:400", "local/ok", "third/ok"]
     with trio.fail_after(10):
         async with gateway_from(tmp_path, two_platforms(models, keys=("up-1", "up-2"))) as gw:
@@ -324,7 +362,9 @@ async def test_upstream_400_is_tried_on_one_other_platform_then_returned(tmp_pat
 
 
 async def test_upstream_400_then_success_on_another_platform(tmp_path):
-    models = model_toml("local", "fail:400", 1) + model_toml("second", "ok", 2) + model_toml("local", "echo", 3)
+    models = (
+        model_toml("local", "fail:400", 1) + model_toml("second", "ok", 2) + model_toml("local", "echo", 3)
+    )
     with trio.fail_after(10):
         async with gateway_from(tmp_path, two_platforms(models)) as gw:
             resp = await chat(gw, {"models": ["local/fail:400", "local/echo", "second/ok"], **HELLO})
@@ -336,10 +376,12 @@ async def test_upstream_400_then_success_on_another_platform(tmp_path):
 
 
 async def test_context_error_moves_to_a_model_with_a_larger_window(tmp_path):
-    models = (model_toml("local", "context", 1, context_window=8192)
-              + model_toml("local", "small-ok", 2, context_window=4096)
-              + model_toml("local", "same-ok", 3, context_window=8192)
-              + model_toml("local", "big-ok", 4, context_window=128000))
+    models = (
+        model_toml("local", "context", 1, context_window=8192)
+        + model_toml("local", "small-ok", 2, context_window=4096)
+        + model_toml("local", "same-ok", 3, context_window=8192)
+        + model_toml("local", "big-ok", 4, context_window=128000)
+    )
     with trio.fail_after(10):
         async with gateway_from(tmp_path, two_platforms(models)) as gw:
             resp = await chat(gw, {"models": ["context", "small-ok", "same-ok", "big-ok"], **HELLO})
@@ -399,8 +441,9 @@ async def test_everything_failing_gives_502_listing_each_attempt(tmp_path):
 async def test_max_attempts_bounds_the_upstream_calls(tmp_path):
     models = ["fail:500", "fail:502", "fail:503", "fail:504"]
     with trio.fail_after(10):
-        async with running_gateway(tmp_path, models, keys=("up-1", "up-2"),
-                                   timeouts="[routing]\nmax_attempts = 3") as gw:
+        async with running_gateway(
+            tmp_path, models, keys=("up-1", "up-2"), timeouts="[routing]\nmax_attempts = 3"
+        ) as gw:
             resp = await chat(gw, {"model": "auto", **HELLO})
             calls = len(gw.upstream.requests)
             gw.upstream.requests.clear()

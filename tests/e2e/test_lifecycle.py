@@ -31,7 +31,7 @@ async def chat(url: str, body: dict, token: str = GATEWAY_KEY) -> httpx.Response
 
 
 def raw_log_bytes(data_dir: Path) -> bytes:
-    """The database file and its WAL and shared-memory files, byte for byte, as an attacker would read them."""
+    """The database file, its WAL and shared-memory files, byte for byte, as an attacker would read them."""
     return b"".join(p.read_bytes() for p in sorted(data_dir.glob(DB_NAME + "*")))
 
 
@@ -85,12 +85,14 @@ async def test_graceful_shutdown_flushes_every_request(tmp_path):
         request_ids.append(resp.headers["x-request-id"])
 
     with trio.fail_after(20):
-        async with running_gateway(tmp_path, ["ok", "echo", "fail:503"], keys=("up-1", "up-2")) as gw:
-            async with httpx.AsyncClient(base_url=gw.url, headers=AUTH, timeout=10) as client:
-                async with trio.open_nursery() as nursery:
-                    for _ in range(5):
-                        for body in bodies:
-                            nursery.start_soon(one, client, body)
+        async with (
+            running_gateway(tmp_path, ["ok", "echo", "fail:503"], keys=("up-1", "up-2")) as gw,
+            httpx.AsyncClient(base_url=gw.url, headers=AUTH, timeout=10) as client,
+            trio.open_nursery() as nursery,
+        ):
+            for _ in range(5):
+                for body in bodies:
+                    nursery.start_soon(one, client, body)
             # Leave at once: the last requests' telemetry is still in the writer's batch window.
 
     assert len(request_ids) == 30
@@ -106,8 +108,11 @@ async def test_graceful_shutdown_flushes_every_request(tmp_path):
 
 
 def tokens_config(url: str, data_dir: Path) -> str:
-    return (server_toml(data_dir, gateway_key=None) + platform_toml("local", url, ("up-1",))
-            + model_toml("local", "ok", 1))
+    return (
+        server_toml(data_dir, gateway_key=None)
+        + platform_toml("local", url, ("up-1",))
+        + model_toml("local", "ok", 1)
+    )
 
 
 async def test_generated_gateway_key_is_printed_once_and_works(tmp_path):
@@ -138,8 +143,12 @@ async def test_provider_keys_never_reach_the_log_file(tmp_path):
     with trio.fail_after(20):
         async with running_gateway(tmp_path, ["ok", "rate-limit:30", "fail:500"], keys=secrets) as gw:
             gw.upstream.key_behaviours[secrets[0]] = "auth"
-            for body in ({"model": "ok", **HELLO}, {"model": "ok", "stream": True, **HELLO},
-                         {"model": "rate-limit:30", **HELLO}, {"model": "fail:500", **HELLO}) * 2:
+            for body in (
+                {"model": "ok", **HELLO},
+                {"model": "ok", "stream": True, **HELLO},
+                {"model": "rate-limit:30", **HELLO},
+                {"model": "fail:500", **HELLO},
+            ) * 2:
                 await chat(gw.url, body)
                 await settled(gw)
             while_running = raw_log_bytes(gw.data_dir)

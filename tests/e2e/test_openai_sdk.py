@@ -54,8 +54,11 @@ async def test_sync_client_non_streaming(tmp_path):
         async with running_gateway(tmp_path, MODELS) as gw:
             with sync_client(gw.base_url) as client:
                 completion = await in_thread(client.chat.completions.create, model="ok", messages=HELLO)
-                echoed = await in_thread(client.chat.completions.create, model="echo",
-                                         messages=[{"role": "user", "content": "say this back"}])
+                echoed = await in_thread(
+                    client.chat.completions.create,
+                    model="echo",
+                    messages=[{"role": "user", "content": "say this back"}],
+                )
     assert isinstance(completion, ChatCompletion)
     assert completion.choices[0].message.content == "Hello from ok."
     assert completion.choices[0].finish_reason == "stop"
@@ -66,8 +69,9 @@ async def test_sync_client_non_streaming(tmp_path):
 
 async def test_sync_client_streaming(tmp_path):
     def run(client: openai.OpenAI) -> tuple[list[str], list[str | None], object]:
-        stream = client.chat.completions.create(model="ok", messages=HELLO, stream=True,
-                                                stream_options={"include_usage": True})
+        stream = client.chat.completions.create(
+            model="ok", messages=HELLO, stream=True, stream_options={"include_usage": True}
+        )
         texts, finishes, usage = [], [], None
         with stream:
             for chunk in stream:
@@ -139,8 +143,9 @@ async def test_sync_client_errors_are_the_sdk_exceptions(tmp_path):
                 with pytest.raises(openai.NotFoundError) as missing_model:
                     await in_thread(client.models.retrieve, "local/no-such-model")
                 with pytest.raises(openai.BadRequestError) as no_messages:
-                    await in_thread(client.post, "/chat/completions", cast_to=ChatCompletion,
-                                    body={"model": "ok"})
+                    await in_thread(
+                        client.post, "/chat/completions", cast_to=ChatCompletion, body={"model": "ok"}
+                    )
                 with pytest.raises(openai.BadRequestError) as empty_messages:
                     await in_thread(client.chat.completions.create, model="ok", messages=[])
     assert auth.value.status_code == 401
@@ -160,34 +165,35 @@ async def test_sync_client_errors_are_the_sdk_exceptions(tmp_path):
 
 async def test_async_client_non_streaming_and_streaming(tmp_path):
     with trio.fail_after(20):
-        async with running_gateway(tmp_path, MODELS) as gw:
-            async with async_client(gw.base_url) as client:
-                completion = await client.chat.completions.create(model="ok", messages=HELLO)
-                stream = await client.chat.completions.create(model="echo", stream=True, messages=[
-                    {"role": "user", "content": "one two three"}])
-                texts = []
-                async with stream:
-                    async for chunk in stream:
-                        texts.extend(c.delta.content for c in chunk.choices if c.delta.content)
+        async with running_gateway(tmp_path, MODELS) as gw, async_client(gw.base_url) as client:
+            completion = await client.chat.completions.create(model="ok", messages=HELLO)
+            stream = await client.chat.completions.create(
+                model="echo", stream=True, messages=[{"role": "user", "content": "one two three"}]
+            )
+            texts = []
+            async with stream:
+                async for chunk in stream:
+                    texts.extend(c.delta.content for c in chunk.choices if c.delta.content)
     assert completion.choices[0].message.content == "Hello from ok."
     assert "".join(texts) == "one two three"
 
 
 async def test_async_client_tool_calls(tmp_path):
     with trio.fail_after(20):
-        async with running_gateway(tmp_path, MODELS) as gw:
-            async with async_client(gw.base_url) as client:
-                completion = await client.chat.completions.create(
-                    model="ok", messages=HELLO, tools=[WEATHER_TOOL], tool_choice="auto")
-                stream = await client.chat.completions.create(model="ok", messages=HELLO, tools=[WEATHER_TOOL],
-                                                              stream=True)
-                deltas = []
-                finish = None
-                async with stream:
-                    async for chunk in stream:
-                        for choice in chunk.choices:
-                            deltas.extend(choice.delta.tool_calls or ())
-                            finish = choice.finish_reason or finish
+        async with running_gateway(tmp_path, MODELS) as gw, async_client(gw.base_url) as client:
+            completion = await client.chat.completions.create(
+                model="ok", messages=HELLO, tools=[WEATHER_TOOL], tool_choice="auto"
+            )
+            stream = await client.chat.completions.create(
+                model="ok", messages=HELLO, tools=[WEATHER_TOOL], stream=True
+            )
+            deltas = []
+            finish = None
+            async with stream:
+                async for chunk in stream:
+                    for choice in chunk.choices:
+                        deltas.extend(choice.delta.tool_calls or ())
+                        finish = choice.finish_reason or finish
     call = completion.choices[0].message.tool_calls[0]
     assert (call.function.name, call.function.arguments) == ("get_weather", "{}")
     assert finish == "tool_calls"
@@ -198,16 +204,19 @@ async def test_async_client_tool_calls(tmp_path):
 
 async def test_async_client_models_and_errors(tmp_path):
     with trio.fail_after(20):
-        async with running_gateway(tmp_path, MODELS) as gw:
-            async with async_client(gw.base_url) as client, async_client(gw.base_url, "sk-wrong") as wrong:
-                page = await client.models.list()
-                model = await client.models.retrieve("local/ok")
-                with pytest.raises(openai.AuthenticationError):
-                    await wrong.chat.completions.create(model="ok", messages=HELLO)
-                with pytest.raises(openai.NotFoundError):
-                    await client.chat.completions.create(model="no-such-model", messages=HELLO)
-                with pytest.raises(openai.BadRequestError) as bad:
-                    await client.post("/chat/completions", cast_to=ChatCompletion, body={"model": "ok"})
+        async with (
+            running_gateway(tmp_path, MODELS) as gw,
+            async_client(gw.base_url) as client,
+            async_client(gw.base_url, "sk-wrong") as wrong,
+        ):
+            page = await client.models.list()
+            model = await client.models.retrieve("local/ok")
+            with pytest.raises(openai.AuthenticationError):
+                await wrong.chat.completions.create(model="ok", messages=HELLO)
+            with pytest.raises(openai.NotFoundError):
+                await client.chat.completions.create(model="no-such-model", messages=HELLO)
+            with pytest.raises(openai.BadRequestError) as bad:
+                await client.post("/chat/completions", cast_to=ChatCompletion, body={"model": "ok"})
     assert "local/echo" in [m.id for m in page.data]
     assert model.id == "local/ok"
     assert bad.value.param == "messages"
@@ -217,14 +226,18 @@ async def test_async_client_upstream_failure_is_an_sdk_error_not_a_hang(tmp_path
     """Every candidate failing (before any content) reaches the SDK as an HTTP error, streaming or not."""
     with trio.fail_after(20):
         # Two models: a model whose every key failed cools down, and the second request would not try it.
-        async with running_gateway(tmp_path, ["fail:503", "fail:500"]) as gw:
-            async with async_client(gw.base_url) as client:
-                with pytest.raises(openai.APIStatusError) as plain:
-                    await client.chat.completions.create(model="fail:503", messages=HELLO,
-                                                         extra_body={"fallback": False})
-                with pytest.raises(openai.APIStatusError) as streamed:
-                    await client.chat.completions.create(model="fail:500", messages=HELLO, stream=True,
-                                                         extra_body={"fallback": False})
+        async with (
+            running_gateway(tmp_path, ["fail:503", "fail:500"]) as gw,
+            async_client(gw.base_url) as client,
+        ):
+            with pytest.raises(openai.APIStatusError) as plain:
+                await client.chat.completions.create(
+                    model="fail:503", messages=HELLO, extra_body={"fallback": False}
+                )
+            with pytest.raises(openai.APIStatusError) as streamed:
+                await client.chat.completions.create(
+                    model="fail:500", messages=HELLO, stream=True, extra_body={"fallback": False}
+                )
     assert plain.value.status_code == streamed.value.status_code == 502
     assert plain.value.code == "all_attempts_failed"
     assert "local/fail:503" in plain.value.message

@@ -11,7 +11,10 @@ import trio
 from harness import GATEWAY_KEY, running_gateway
 
 AUTH = {"Authorization": f"Bearer {GATEWAY_KEY}"}
-PNG = "data:image/png;base64," + "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+PNG = (
+    "data:image/png;base64,"
+    + "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+)
 
 RICH_REQUEST = {
     "messages": [
@@ -26,19 +29,39 @@ RICH_REQUEST = {
         {
             "role": "assistant",
             "content": None,
-            "tool_calls": [{"id": "call_1", "type": "function",
-                            "function": {"name": "lookup", "arguments": "{\"q\": \"png\"}"}}],
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "lookup", "arguments": '{"q": "png"}'},
+                }
+            ],
         },
         {"role": "tool", "tool_call_id": "call_1", "content": "a 1x1 pixel"},
     ],
-    "tools": [{
-        "type": "function",
-        "function": {"name": "lookup", "description": "Look something up",
-                     "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}},
-    }],
+    "tools": [
+        {
+            "type": "function",
+            "function": {
+                "name": "lookup",
+                "description": "Look something up",
+                "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
+            },
+        }
+    ],
     "tool_choice": {"type": "function", "function": {"name": "lookup"}},
-    "response_format": {"type": "json_schema", "json_schema": {"name": "answer", "strict": True, "schema": {
-        "type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}}},
+    "response_format": {
+        "type": "json_schema",
+        "json_schema": {
+            "name": "answer",
+            "strict": True,
+            "schema": {
+                "type": "object",
+                "properties": {"answer": {"type": "string"}},
+                "required": ["answer"],
+            },
+        },
+    },
     "stop": ["\n\n", "END"],
     "seed": 42,
     "temperature": 0.2,
@@ -71,8 +94,12 @@ async def test_every_field_reaches_the_upstream_unchanged_but_model(tmp_path):
 
 
 async def test_streaming_request_fields_reach_the_upstream_unchanged(tmp_path):
-    sent = {"model": "ok", "stream": True, "stream_options": {"include_usage": True},
-            **copy.deepcopy(RICH_REQUEST)}
+    sent = {
+        "model": "ok",
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        **copy.deepcopy(RICH_REQUEST),
+    }
     del sent["tools"], sent["tool_choice"]  # a plain text answer this time
     with trio.fail_after(10):
         async with running_gateway(tmp_path, ["ok"]) as gw:
@@ -84,7 +111,12 @@ async def test_streaming_request_fields_reach_the_upstream_unchanged(tmp_path):
 
 
 async def test_gateway_fields_are_removed(tmp_path):
-    sent = {"model": "auto", "models": ["echo"], "fallback": False, "messages": [{"role": "user", "content": "x"}]}
+    sent = {
+        "model": "auto",
+        "models": ["echo"],
+        "fallback": False,
+        "messages": [{"role": "user", "content": "x"}],
+    }
     with trio.fail_after(10):
         async with running_gateway(tmp_path, ["ok", "echo"]) as gw:
             resp = await post(gw, sent)
@@ -96,12 +128,24 @@ async def test_models_list_is_tried_in_order(tmp_path):
     """The list wins over catalog ranks (ok ranks first here) and is tried in the order given."""
     with trio.fail_after(10):
         async with running_gateway(tmp_path, ["ok", "echo", "fail:503", "fail:500", "fail:502"]) as gw:
-            resp = await post(gw, {"models": ["fail:500", "fail:503", "echo"],
-                                   "messages": [{"role": "user", "content": "in order"}]})
+            resp = await post(
+                gw,
+                {
+                    "models": ["fail:500", "fail:503", "echo"],
+                    "messages": [{"role": "user", "content": "in order"}],
+                },
+            )
             gw.upstream.requests.clear()
             # fail:502, not one of the above: a model whose every key just failed is cooling, and skipped.
-            named = await post(gw, {"model": "fail:502", "models": ["echo"], "fallback": False,
-                                    "messages": [{"role": "user", "content": "model first"}]})
+            named = await post(
+                gw,
+                {
+                    "model": "fail:502",
+                    "models": ["echo"],
+                    "fallback": False,
+                    "messages": [{"role": "user", "content": "model first"}],
+                },
+            )
             named_models = [r.model for r in gw.upstream.requests]
     assert resp.status_code == 200
     assert resp.json()["choices"][0]["message"]["content"] == "in order"
@@ -116,15 +160,19 @@ async def test_models_list_is_tried_in_order(tmp_path):
 async def test_models_list_without_fallback_stops_at_the_list(tmp_path):
     with trio.fail_after(10):
         async with running_gateway(tmp_path, ["ok", "fail:503"]) as gw:
-            resp = await post(gw, {"models": ["fail:503"], "fallback": False,
-                                   "messages": [{"role": "user", "content": "x"}]})
+            resp = await post(
+                gw,
+                {"models": ["fail:503"], "fallback": False, "messages": [{"role": "user", "content": "x"}]},
+            )
             tried = [r.model for r in gw.upstream.requests]
     assert resp.status_code == 502
     assert tried == ["fail:503"]
 
 
 async def direct(gw, body: dict) -> httpx.Response:
-    async with httpx.AsyncClient(base_url=gw.upstream_url, headers={"Authorization": "Bearer up-1"}) as client:
+    async with httpx.AsyncClient(
+        base_url=gw.upstream_url, headers={"Authorization": "Bearer up-1"}
+    ) as client:
         return await client.post("/chat/completions", json=body)
 
 
@@ -157,8 +205,12 @@ def sse_payloads(text: str) -> list[bytes]:
 
 
 async def test_stream_frames_are_what_the_upstream_sent(tmp_path):
-    body = {"model": "echo", "stream": True, "stream_options": {"include_usage": True},
-            "messages": [{"role": "user", "content": "a b c"}]}
+    body = {
+        "model": "echo",
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "messages": [{"role": "user", "content": "a b c"}],
+    }
     with trio.fail_after(10):
         async with running_gateway(tmp_path, ["echo"]) as gw:
             via_gateway = (await post(gw, body)).text

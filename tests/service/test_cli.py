@@ -1,0 +1,284 @@
+"""The `switchboard` command line, called as `service.cli.main([...])` on a temporary config and data dir."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from events.sqlite_store import SqliteStore
+from events.types import AttemptFailed, KeyInvalidated
+from service import cli
+from service.secrets import Vault, key_id_for
+from service.server import DB_NAME
+
+MASTER_HEX = "cd" * 32
+SECRET = "sk-cli-provider-secret-4321"
+
+CONFIG = """\
+[server]
+data_dir = "{data_dir}"
+[catalog]
+builtin = false
+
+[[platforms]]
+name = "local"
+kind = "openai"
+base_url = "http://127.0.0.1:9/v1"
+
+[[models]]
+platform = "local"
+id = "ok"
+intelligence_rank = 1
+context_window = 8192
+
+[[models]]
+platform = "local"
+id = "echo"
+intelligence_rank = 2
+"""
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch) -> tuple[Path, Path]:
+    monkeypatch.setenv("SWITCHBOARD_SECRET_KEY", MASTER_HEX)
+    monkeypatch.delenv("LOCAL_API_KEY", raising=False)
+    for name in ("SWITCHBOARD_HOST", "SWITCHBOARD_PORT", "SWITCHBOARD_DATA_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    data_dir = tmp_path / "data"
+    config = tmp_path / "switchboard.toml"
+    config.write_text(CONFIG.format(data_dir=data_dir))
+    return config, data_dir
+
+
+def run(*argv: str, config: Path) -> int:
+    return cli.main([*argv, "--config", str(config)])
+
+
+def add_key(monkeypatch, config: Path, secret: str = SECRET, platform: str = "local") -> int:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(secret + "\n"))
+    return run("keys", "add", platform, config=config)
+
+
+def raw_bytes(data_dir: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in sorted(data_dir.glob(DB_NAME + "*")))
+
+
+def table(text: str) -> dict[str, str]:
+    """Rows of a CLI table by their first column."""
+    return {line.split()[0]: line for line in text.strip().splitlines()[1:]}
+
+
+def test_keys_add_reads_the_key_from_stdin_and_stores_it_encrypted(setup, monkeypatch, capsys):
+    config, data_dir = setup
+    assert add_key(monkeypatch, config, SECRET + "  \r") == 0  # surrounding whitespace is not the key
+    out = capsys.readouterr().out
+    key_id = key_id_for(bytes.fromhex(MASTER_HEX), "local", SECRET)
+    assert out.strip() == f"added: {key_id} (local, …4321)"
+    assert SECRET not in out
+    assert SECRET.encode() not in raw_bytes(data_dir)
+    vault = Vault(data_dir / DB_NAME, bytes.fromhex(MASTER_HEX))
+    try:
+        assert vault.get(key_id) == SECRET  # stored, and only the master key opens it
+    finally:
+        vault.close()
+
+    assert add_key(monkeypatch, config) == 0
+    assert capsys.readouterr().out.strip() == f"already stored: {key_id} (local, …4321)"
+
+
+def test_keys_add_never_takes_the_key_from_argv(setup, monkeypatch, capsys):
+    config, data_dir = setup
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    with pytest.raises(SystemExit) as exc:
+        run("keys", "add", "local", SECRET, config=config)
+    assert exc.value.code == 2
+    assert not list(data_dir.glob(DB_NAME + "*")) or SECRET.encode() not in raw_bytes(data_dir)
+
+
+def test_keys_add_with_nothing_on_stdin_is_an_error(setup, monkeypatch, capsys):
+    config, _ = setup
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n"))
+    assert run("keys", "add", "local", config=config) == 2
+    assert "no key on standard input" in capsys.readouterr().err
+
+
+def test_keys_add_unknown_platform_exits_2(setup, monkeypatch, capsys):
+    config, data_dir = setup
+    assert add_key(monkeypatch, config, platform="nope") == 2
+    err = capsys.readouterr().err
+    assert "unknown platform 'nope'" in err
+    assert "local" in err  # the known ones are listed
+    assert SECRET not in err
+    assert not list(data_dir.glob(DB_NAME + "*")) or SECRET.encode() not in raw_bytes(data_dir)
+
+
+def test_keys_list_disable_enable(setup, monkeypatch, capsys):
+    config, _ = setup
+    assert run("keys", "list", config=config) == 0
+    assert "no keys yet" in capsys.readouterr().out
+
+    assert add_key(monkeypatch, config) == 0
+    key_id = key_id_for(bytes.fromhex(MASTER_HEX), "local", SECRET)
+    capsys.readouterr()
+    assert run("keys", "list", config=config) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split() == ["KEY", "PLATFORM", "LABEL", "SOURCE", "STATUS"]
+    assert table(out)[key_id].split() == [key_id, "local", "…4321", "vault", "ok"]
+    assert SECRET not in out
+
+    assert run("keys", "disable", key_id, "--reason", "leaked", config=config) == 0
+    assert capsys.readouterr().out.strip() == f"disabled {key_id}"
+    assert run("keys", "list", config=config) == 0
+    assert table(capsys.readouterr().out)[key_id].split()[4:] == ["disabled", "(leaked)"]
+
+    assert run("keys", "enable", key_id, config=config) == 0
+    assert capsys.readouterr().out.strip() == f"enabled {key_id}"
+    assert run("keys", "list", config=config) == 0
+    assert table(capsys.readouterr().out)[key_id].split()[4:] == ["ok"]
+
+    assert run("keys", "disable", "local.0000000000", config=config) == 2
+    assert "no key 'local.0000000000'" in capsys.readouterr().err
+
+
+def test_keys_list_shows_invalid_and_cooling_keys(setup, monkeypatch, capsys):
+    config, data_dir = setup
+    other = "sk-cli-second-secret-8765"
+    assert add_key(monkeypatch, config) == 0
+    assert add_key(monkeypatch, config, other) == 0
+    first_id = key_id_for(bytes.fromhex(MASTER_HEX), "local", SECRET)
+    second_id = key_id_for(bytes.fromhex(MASTER_HEX), "local", other)
+    store = SqliteStore(data_dir / DB_NAME)
+    try:
+        now = time.time()
+        store.append(
+            [
+                KeyInvalidated(ts=now, key_id=first_id, status=401, message="Incorrect API key provided."),
+                AttemptFailed(
+                    ts=now,
+                    request_id="req_x",
+                    attempt=1,
+                    platform="local",
+                    model="ok",
+                    key_id=second_id,
+                    kind="rate_limited",
+                    status=429,
+                    retry_after_s=120.0,
+                ),
+            ]
+        )
+    finally:
+        store.close()
+    capsys.readouterr()
+    assert run("keys", "list", config=config) == 0
+    rows = table(capsys.readouterr().out)
+    assert "invalid (HTTP 401: Incorrect API key provided.)" in rows[first_id]
+    assert rows[second_id].split()[4] == "ok"
+    assert "cooling: ok 1" in rows[second_id]  # ~120 s left, on model ok only
+    assert "echo" not in rows[second_id]
+
+
+def test_models_lists_the_catalog_and_toggles_models(setup, monkeypatch, capsys):
+    config, _ = setup
+    assert add_key(monkeypatch, config) == 0
+    capsys.readouterr()
+    assert run("models", config=config) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split() == [
+        "MODEL",
+        "POOL",
+        "RANK",
+        "CONTEXT",
+        "ENABLED",
+        "CHAIN",
+        "KEYS",
+        "OK/TOTAL",
+    ]
+    rows = table(out)
+    assert rows["local/ok"].split() == ["local/ok", "balanced", "1", "8192", "yes", "yes", "1", "-"]
+    assert rows["local/echo"].split() == ["local/echo", "balanced", "2", "-", "yes", "yes", "1", "-"]
+
+    assert run("models", "disable", "local/echo", config=config) == 0
+    assert capsys.readouterr().out.strip() == "disabled local/echo"
+    assert run("models", config=config) == 0
+    assert "local/echo" not in table(capsys.readouterr().out)
+    assert run("models", "--all", config=config) == 0
+    assert table(capsys.readouterr().out)["local/echo"].split()[4] == "no"
+    assert run("models", "enable", "echo", config=config) == 0  # a bare id that names one model
+    assert capsys.readouterr().out.strip() == "enabled local/echo"
+
+    assert run("models", "disable", "nope", config=config) == 2
+    assert "matches 0 models" in capsys.readouterr().err
+    assert run("models", "disable", config=config) == 2
+    assert "name the model" in capsys.readouterr().err
+
+
+def test_log_tail_prints_the_last_events_as_json_lines(setup, monkeypatch, capsys):
+    config, _ = setup
+    for n in range(3):
+        assert add_key(monkeypatch, config, f"sk-cli-key-number-{n:04d}") == 0
+    key_id = key_id_for(bytes.fromhex(MASTER_HEX), "local", "sk-cli-key-number-0002")
+    assert run("keys", "disable", key_id, config=config) == 0
+    capsys.readouterr()
+
+    assert run("log", "tail", "-n", "2", config=config) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["seq"] for line in lines] == [3, 4]
+    assert [line["event"]["type"] for line in lines] == ["key_added", "key_disabled"]
+    assert lines[1]["event"]["key_id"] == key_id
+
+    assert run("log", "tail", "-n", "100", "--type", "key_added", config=config) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["seq"] for line in lines] == [1, 2, 3]
+    out = "".join(json.dumps(line) for line in lines)
+    assert "sk-cli-key-number" not in out  # labels only: "…0000"
+
+
+BAD_CONFIGS = [
+    pytest.param('[server]\nhost = "127.0.0.1"\ncolour = "blue"\n', 3, "server.colour", id="unknown-key"),
+    pytest.param('[server]\nport = "8080"\n', 2, "server.port", id="wrong-type"),
+    pytest.param("[server]\nhost = \n", 2, None, id="toml-syntax"),
+    pytest.param(
+        '[catalog]\nbuiltin = false\n\n[[platforms]]\nname = "local"\nkind = "openai"\n'
+        'base_url = "http://x/v1"\nprotection = "sometimes"\n',
+        8,
+        "[[platforms]][1].protection",
+        id="bad-choice",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "line", "key"), BAD_CONFIGS)
+@pytest.mark.parametrize("argv", [("keys", "list"), ("models",), ("log", "tail")])
+def test_a_bad_config_exits_2_with_file_and_line(tmp_path, monkeypatch, capsys, text, line, key, argv):
+    monkeypatch.setenv("SWITCHBOARD_SECRET_KEY", MASTER_HEX)
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    assert cli.main([*argv, "--config", str(path), "--data-dir", str(tmp_path / "data")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    err = captured.err.strip()
+    assert err.startswith(f"error: {path}:{line}: "), err
+    if key is not None:
+        assert f":{line}: {key}: " in err
+    assert len(err.splitlines()) == 1
+    assert "Traceback" not in err
+
+
+def test_a_missing_config_file_exits_2(tmp_path, capsys):
+    assert cli.main(["models", "--config", str(tmp_path / "nope.toml")]) == 2
+    assert f"error: {tmp_path / 'nope.toml'}: config file not found" in capsys.readouterr().err
+
+
+def test_a_malformed_master_key_exits_2_without_storing(setup, monkeypatch, capsys):
+    config, data_dir = setup
+    monkeypatch.setenv("SWITCHBOARD_SECRET_KEY", "not-a-key")
+    assert add_key(monkeypatch, config) == 2
+    err = capsys.readouterr().err
+    assert "SWITCHBOARD_SECRET_KEY must be" in err
+    assert "not-a-key" not in err
+    assert not list(data_dir.glob(DB_NAME + "*")) or SECRET.encode() not in raw_bytes(data_dir)
