@@ -34,6 +34,9 @@ class Cooldowns:
         self._policy = policy
         self._health = health
         self._models: dict[str, _ModelCooldown] = {}
+        # Upper bounds that let a decision skip per-model lookups when nothing is cooling or penalised.
+        self._latest_until = 0.0
+        self._penalties_end = 0.0
 
     def _of(self, ref: str) -> _ModelCooldown:
         state = self._models.get(ref)
@@ -71,19 +74,26 @@ class Cooldowns:
             case _:
                 pass
 
-    @staticmethod
-    def _cool(state: _ModelCooldown, until: float, reason: str) -> None:
+    def _cool(self, state: _ModelCooldown, until: float, reason: str) -> None:
         if until > state.until:
             state.until, state.reason = until, reason
+        self._latest_until = max(self._latest_until, until)
 
     def _set_penalty(self, state: _ModelCooldown, ts: float, delta: float) -> None:
         current = self._penalty_at(state, ts)
         state.penalty = min(self._policy.penalty_cap, max(0.0, current + delta))
         state.penalty_as_of = ts
+        self._penalties_end = max(self._penalties_end, ts + state.penalty * self._policy.penalty_decay_s)
 
     def _penalty_at(self, state: _ModelCooldown, now: float) -> float:
         decayed = (now - state.penalty_as_of) / self._policy.penalty_decay_s
         return max(0.0, state.penalty - max(0.0, decayed))
+
+    def any_cooling(self, now: float) -> bool:
+        return now < self._latest_until
+
+    def any_penalty(self, now: float) -> bool:
+        return now < self._penalties_end
 
     def cooling(self, ref: str, now: float) -> tuple[float, str] | None:
         state = self._models.get(ref)

@@ -15,6 +15,7 @@ are checked only for a model that would win. Models the walk never reached are c
 
 from __future__ import annotations
 
+import heapq
 import random
 from dataclasses import dataclass
 
@@ -23,7 +24,7 @@ from events.policy import RoutingPolicy
 from events.quotas import over_limit
 from events.sessions import SessionState
 from events.types import Excluded, RouteInput, ScoredCandidate
-from events.view import RoutingView
+from events.view import POOL_REASON, RoutingView
 
 PRIOR_TPS_AT_RANK_1 = 400.0  # a model with no speed data: 400 tok/s at speed rank 1, 200 at 2, ...
 
@@ -87,15 +88,15 @@ def decide(view: RoutingView, req: RouteInput, now: float, rng: random.Random) -
     excluded: list[Excluded] = []
     session_rules = req.session is not None or bool(view.session_policy.single_flight)
     no_key = 0
-    eligible: list[tuple[CatalogModel, bool]] = []
+    eligible: list[CatalogModel] = []  # named ones
+    chain_models: list[CatalogModel] = []
     seen: set[str] = set()
-    chain = [m for m in view.catalog.models() if m.enabled and m.fallback] if req.use_chain else []
     has_keys = view.health.has_keys
-    for m, is_named in [*((m, True) for m in named), *((m, False) for m in chain)]:
+    for m in named:
         if m.ref in seen:
             continue
         seen.add(m.ref)
-        why, until = _model_exclusion(view, m, is_named, mode, req, skip_models, skip_platforms, now)
+        why, until = _model_exclusion(view, m, True, mode, req, skip_models, skip_platforms, now)
         if why is None and session_rules:
             why = _session_exclusion(view, m, req.session, session, now)
         if why is None and not has_keys(m.platform):
@@ -104,30 +105,52 @@ def decide(view: RoutingView, req: RouteInput, now: float, rng: random.Random) -
         if why is not None:
             excluded.append(Excluded(ref=m.ref, reason=why, until=until))
             continue
-        eligible.append((m, is_named))
+        eligible.append(m)
+    if req.use_chain:
+        # The chain's static filters (enabled, in the chain, pool for this mode, platform has a key) are
+        # cached in the view; only what changes by the request or the moment is checked per model.
+        chain = view.chain(mode)
+        no_key += chain.no_key
+        excluded.extend(e for e in chain.pool_excluded if e.ref not in seen)
+        per_model = (bool(skip_models or skip_platforms) or req.min_context is not None
+                     or req.est_tokens > chain.min_context or view.cooldowns.any_cooling(now))
+        if not (per_model or session_rules or seen):
+            chain_models = list(chain.models)
+        for m in chain.models if not chain_models else ():
+            if m.ref in seen:
+                continue
+            if per_model:
+                why, until = _model_exclusion(view, m, False, mode, req, skip_models, skip_platforms, now)
+                if why is not None:
+                    excluded.append(Excluded(ref=m.ref, reason=why, until=until))
+                    continue
+            if session_rules:
+                why = _session_exclusion(view, m, req.session, session, now)
+                if why is not None:
+                    excluded.append(Excluded(ref=m.ref, reason=why))
+                    continue
+            chain_models.append(m)
 
     parts = _Parts(view, p, mode, now)
     scored: list[_Scored] = []
     chosen: CatalogModel | None = None
     chosen_key: str | None = None
     # Named models: in the order the request gave, whatever their score.
-    for m, is_named in eligible:
-        if not is_named:
-            break
+    for m in eligible:
         scored.append(_score(view, p, m, parts.of(m), now, rng, named=True))
         if chosen is None:
             key, key_exclusions = _pick_key(view, m, req, tokens, now, rng)
             excluded.extend(key_exclusions)
             if key is not None:
                 chosen, chosen_key = m, key
-    chain_models = [m for m, is_named in eligible if not is_named]
     if chosen is None and chain_models:
         chosen, chosen_key = _walk_chain(view, p, parts, chain_models, mode, req, tokens, now, rng, scored,
                                          excluded)
     named_first = [c for c in scored if c[4]]
     chain_sorted = sorted((c for c in scored if not c[4]), key=lambda c: (_group(c[3].pool, mode), -c[0]))
     recorded = tuple(_candidate(c) for c in [*named_first, *chain_sorted][:RECORDED_CANDIDATES])
-    return Decision(recorded, tuple(excluded), chosen, chosen_key, len(eligible), no_key, pin_cleared=pin_cleared)
+    return Decision(recorded, tuple(excluded), chosen, chosen_key, len(eligible) + len(chain_models), no_key,
+                    pin_cleared=pin_cleared)
 
 
 def _use_pin(view: RoutingView, session: SessionState, req: RouteInput, skip_models: dict[str, str],
@@ -191,17 +214,25 @@ def _group(pool: str, mode: str) -> int:
 def _walk_chain(view: RoutingView, p: RoutingPolicy, parts: _Parts, models: list[CatalogModel], mode: str,
                 req: RouteInput, tokens: int, now: float, rng: random.Random, scored: list[_Scored],
                 excluded: list[Excluded]) -> tuple[CatalogModel | None, str | None]:
-    # Best possible score first (theta at most 1); catalog order breaks ties, so replays visit alike.
-    fixed = [parts.of(m) for m in models]
-    bounds = sorted((_group(m.pool, mode), -(fixed[i][0] + 1.0), i) for i, m in enumerate(models))
+    # Best possible score first (theta at most 1); catalog order breaks ties, so replays visit alike. A heap,
+    # not a sort: the walk usually stops after a few models.
+    first_pool = {"auto-fast": "fast", "auto-smart": "smart"}.get(mode)
+    get, which = parts.cache.get, 1 if parts.smart else 0
+    bounds = []
+    for i, m in enumerate(models):  # the hot loop of a decision: kept to lookups and arithmetic
+        base = get(m.ref) or parts.fill(m)
+        bound = 1.0 + base[which] - (parts.penalty(m) if parts.penalties else 0.0)
+        bounds.append((0 if first_pool is None or m.pool == first_pool else 1, -bound, i))
+    heapq.heapify(bounds)
     best: tuple[int, float] | None = None  # (group, -score) of the best usable model so far
     chosen: CatalogModel | None = None
     chosen_key: str | None = None
-    for group, neg_bound, i in bounds:
+    while bounds:
+        group, neg_bound, i = heapq.heappop(bounds)
         if best is not None and (group, neg_bound) > best:
             break  # nothing from here on can beat the best usable model
         m = models[i]
-        cand = _score(view, p, m, fixed[i], now, rng, named=False)
+        cand = _score(view, p, m, parts.of(m), now, rng, named=False)
         scored.append(cand)
         if best is not None and (group, -cand[0]) >= best:
             continue
@@ -216,7 +247,7 @@ def _model_exclusion(view: RoutingView, m: CatalogModel, is_named: bool, mode: s
                      skip_models: dict[str, str], skip_platforms: dict[str, str],
                      now: float) -> tuple[str | None, float | None]:
     if not is_named and mode == "auto" and m.pool == "smart":
-        return "pool: smart models serve auto-smart or requests that name them", None
+        return POOL_REASON, None
     if m.ref in skip_models:
         return f"skipped for this request: {skip_models[m.ref]}", None
     if m.platform in skip_platforms:
@@ -273,14 +304,19 @@ class _Parts:
         self.view, self.p, self.now = view, p, now
         self.smart = mode == "auto-smart"
         self.cache = view.cached_parts()
+        self.penalties = view.cooldowns.any_penalty(now)
 
     def of(self, m: CatalogModel) -> Parts:
-        base = self.cache.get(m.ref)
-        if base is None:
-            base = self.cache[m.ref] = self._base(m)
-        balanced, smart, speed, ttfb, intelligence = base
-        penalty = self.p.penalty_weight * self.view.cooldowns.penalty(m.ref, self.now)
+        balanced, smart, speed, ttfb, intelligence = self.cache.get(m.ref) or self.fill(m)
+        penalty = self.penalty(m) if self.penalties else 0.0
         return (smart if self.smart else balanced) - penalty, speed, ttfb, intelligence, penalty
+
+    def penalty(self, m: CatalogModel) -> float:
+        return self.p.penalty_weight * self.view.cooldowns.penalty(m.ref, self.now)
+
+    def fill(self, m: CatalogModel) -> tuple[float, float, float, float, float]:
+        base = self.cache[m.ref] = self._base(m)
+        return base
 
     def _base(self, m: CatalogModel) -> tuple[float, float, float, float, float]:
         p, view = self.p, self.view

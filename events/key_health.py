@@ -37,6 +37,7 @@ class KeyHealth:
         self.rate_limit_cooldown_s = rate_limit_cooldown_s
         self.keys: dict[str, KeyInfo] = {}
         self._by_platform: dict[str, list[str]] = {}
+        self.platforms_version = 0  # changes when a platform gets its first key
         self._cooling: dict[tuple[str, str], float] = {}
 
     def apply(self, event: Event) -> None:
@@ -44,6 +45,8 @@ class KeyHealth:
             case KeyAdded(key_id=key_id):
                 known = self.keys.get(key_id)
                 if known is None:
+                    if event.platform not in self._by_platform:
+                        self.platforms_version += 1
                     self._by_platform.setdefault(event.platform, []).append(key_id)
                 # Re-adding a known key (every start re-announces config keys) keeps its status.
                 self.keys[key_id] = KeyInfo(

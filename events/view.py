@@ -17,7 +17,7 @@ from events.policy import RoutingPolicy
 from events.quotas import Quotas
 from events.sessions import InFlight, Sessions
 from events.store import Entry, LogStore
-from events.types import AttemptSucceeded, Event
+from events.types import AttemptSucceeded, Event, Excluded
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,19 @@ class SessionPolicy:
 
     def level(self, platform: str) -> str:
         return self.protection.get(platform, "model-skip")
+
+
+@dataclass(frozen=True)
+class ChainIndex:
+    """A mode's chain with the filters that change only with the catalog or the set of keyed platforms."""
+
+    models: tuple[CatalogModel, ...]  # enabled, in the chain, in the mode's pools, platform has a key
+    pool_excluded: tuple[Excluded, ...]
+    no_key: int
+    min_context: int  # the smallest context window among `models` (a request below it fits them all)
+
+
+POOL_REASON = "pool: smart models serve auto-smart or requests that name them"
 
 
 class RoutingView:
@@ -54,6 +67,8 @@ class RoutingView:
         # a decision over a hundred models does not recompute them.
         self.parts_cache: dict[str, tuple[float, float, float, float, float]] = {}
         self._parts_basis: tuple[int, float | None] = (-1, None)
+        self._chains: dict[str, ChainIndex] = {}
+        self._chains_basis: tuple[int, int] = (-1, -1)
 
     def apply(self, seq: int, event: Event) -> None:
         self.catalog.apply(event)
@@ -66,6 +81,28 @@ class RoutingView:
         if isinstance(event, AttemptSucceeded):
             self.parts_cache.pop(f"{event.platform}/{event.model}", None)
         self.seq = seq
+
+    def chain(self, mode: str) -> ChainIndex:
+        basis = (self.catalog.version, self.health.platforms_version)
+        if basis != self._chains_basis:
+            self._chains.clear()
+            self._chains_basis = basis
+        index = self._chains.get(mode)
+        if index is None:
+            models, excluded, no_key = [], [], 0
+            for m in self.catalog.models():
+                if not (m.enabled and m.fallback):
+                    continue
+                if mode == "auto" and m.pool == "smart":
+                    excluded.append(Excluded(ref=m.ref, reason=POOL_REASON))
+                elif not self.health.has_keys(m.platform):
+                    no_key += 1
+                else:
+                    models.append(m)
+            windows = [m.context_window for m in models if m.context_window is not None]
+            index = self._chains[mode] = ChainIndex(tuple(models), tuple(excluded), no_key,
+                                                    min(windows, default=2**62))
+        return index
 
     def cached_parts(self) -> dict[str, tuple[float, float, float, float, float]]:
         basis = (self.catalog.version, self.stats.max_tps)
