@@ -217,12 +217,9 @@ def _walk_chain(view: RoutingView, p: RoutingPolicy, parts: _Parts, models: list
     # Best possible score first (theta at most 1); catalog order breaks ties, so replays visit alike. A heap,
     # not a sort: the walk usually stops after a few models.
     first_pool = {"auto-fast": "fast", "auto-smart": "smart"}.get(mode)
-    get, which = parts.cache.get, 1 if parts.smart else 0
-    bounds = []
-    for i, m in enumerate(models):  # the hot loop of a decision: kept to lookups and arithmetic
-        base = get(m.ref) or parts.fill(m)
-        bound = 1.0 + base[which] - (parts.penalty(m) if parts.penalties else 0.0)
-        bounds.append((0 if first_pool is None or m.pool == first_pool else 1, -bound, i))
+    total = parts.total
+    bounds = [(0 if first_pool is None or m.pool == first_pool else 1, -1.0 - total(m), i)
+              for i, m in enumerate(models)]
     heapq.heapify(bounds)
     best: tuple[int, float] | None = None  # (group, -score) of the best usable model so far
     chosen: CatalogModel | None = None
@@ -297,40 +294,49 @@ Parts = tuple[float, float, float, float, float]
 
 
 class _Parts:
-    """Everything of a score but theta: (fixed total, speed, ttfb, intelligence, penalty). The parts that
-    depend only on the view are cached in it; the 429 penalty decays with `now`, so it is added here."""
+    """Everything of a score but theta: (fixed total, speed, ttfb, intelligence, penalty).
+
+    What depends only on one model's stats and the catalog is cached in the view (and dropped when that
+    model's stats change); the speed term's normalisation by the fastest model and the decaying 429 penalty
+    are applied per decision, so the cache never depends on other models or on `now`."""
 
     def __init__(self, view: RoutingView, p: RoutingPolicy, mode: str, now: float) -> None:
         self.view, self.p, self.now = view, p, now
         self.smart = mode == "auto-smart"
         self.cache = view.cached_parts()
         self.penalties = view.cooldowns.any_penalty(now)
+        self.inv_max_tps = 1.0 / max(PRIOR_TPS_AT_RANK_1, view.stats.max_tps or 0.0)
+        # Weight of the normalised speed in this mode's total.
+        self.speed_in_total = p.speed_weight * (p.smart_speed if self.smart else 1.0)
+
+    def total(self, m: CatalogModel) -> float:
+        """The fixed total alone (the walk's bound), without building the parts."""
+        base = self.cache.get(m.ref) or self.fill(m)
+        total = base[1 if self.smart else 0] + self.speed_in_total * min(1.0, base[2] * self.inv_max_tps)
+        return total - self.penalty(m) if self.penalties else total
 
     def of(self, m: CatalogModel) -> Parts:
-        balanced, smart, speed, ttfb, intelligence = self.cache.get(m.ref) or self.fill(m)
+        balanced, smart, tps, slow, ttfb, intelligence = self.cache.get(m.ref) or self.fill(m)
+        speed = self.p.speed_weight * min(1.0, tps * self.inv_max_tps) - slow
         penalty = self.penalty(m) if self.penalties else 0.0
-        return (smart if self.smart else balanced) - penalty, speed, ttfb, intelligence, penalty
+        total = (smart if self.smart else balanced) + self.speed_in_total * min(1.0, tps * self.inv_max_tps)
+        return total - penalty, speed, ttfb, intelligence, penalty
 
     def penalty(self, m: CatalogModel) -> float:
         return self.p.penalty_weight * self.view.cooldowns.penalty(m.ref, self.now)
 
-    def fill(self, m: CatalogModel) -> tuple[float, float, float, float, float]:
-        base = self.cache[m.ref] = self._base(m)
-        return base
-
-    def _base(self, m: CatalogModel) -> tuple[float, float, float, float, float]:
-        p, view = self.p, self.view
-        stats = view.stats.models.get(m.ref)
-        max_tps = max(PRIOR_TPS_AT_RANK_1, view.stats.max_tps or 0.0)
+    def fill(self, m: CatalogModel) -> tuple[float, float, float, float, float, float]:
+        """(balanced and smart totals without the normalised speed, tps, slow penalty, ttfb, intelligence)."""
+        p = self.p
+        stats = self.view.stats.models.get(m.ref)
         tps = stats.tps if stats is not None and stats.tps is not None else PRIOR_TPS_AT_RANK_1 / max(1, m.speed_rank)
-        speed = p.speed_weight * min(1.0, tps / max_tps)
-        if tps < p.slow_tps:
-            speed -= p.slow_penalty * (1 - tps / p.slow_tps)
+        slow = p.slow_penalty * (1 - tps / p.slow_tps) if tps < p.slow_tps else 0.0
         ttfb = _ttfb_term(p, stats.ttfb_ms if stats is not None else None)
-        intelligence = view.intelligence().get(m.ref, 0.0)
-        balanced = speed + ttfb + p.intelligence_weight * intelligence
-        smart = p.smart_intelligence * intelligence + p.smart_speed * speed + p.smart_ttfb * ttfb
-        return balanced, smart, speed, ttfb, intelligence
+        intelligence = self.view.intelligence().get(m.ref, 0.0)
+        balanced = ttfb + p.intelligence_weight * intelligence - slow
+        smart = p.smart_intelligence * intelligence - p.smart_speed * slow + p.smart_ttfb * ttfb
+        base = self.cache[m.ref] = (balanced, smart, tps, slow, ttfb, intelligence)
+        return base
 
 
 def _ttfb_term(p: RoutingPolicy, ttfb_ms: float | None) -> float:

@@ -65,8 +65,8 @@ class RoutingView:
         self._intelligence: dict[str, float] = {}
         # Score parts that change only with a model's own stats (or the catalog / fastest speed): cached, so
         # a decision over a hundred models does not recompute them.
-        self.parts_cache: dict[str, tuple[float, float, float, float, float]] = {}
-        self._parts_basis: tuple[int, float | None] = (-1, None)
+        self.parts_cache: dict[str, tuple[float, float, float, float, float, float]] = {}
+        self._parts_basis = -1
         self._chains: dict[str, ChainIndex] = {}
         self._chains_basis: tuple[int, int] = (-1, -1)
 
@@ -104,8 +104,8 @@ class RoutingView:
                                                     min(windows, default=2**62))
         return index
 
-    def cached_parts(self) -> dict[str, tuple[float, float, float, float, float]]:
-        basis = (self.catalog.version, self.stats.max_tps)
+    def cached_parts(self) -> dict[str, tuple[float, float, float, float, float, float]]:
+        basis = self.catalog.version
         if basis != self._parts_basis:
             self.parts_cache.clear()
             self._parts_basis = basis
