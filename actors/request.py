@@ -15,6 +15,7 @@ else is a bug and propagates, taking the service down loudly.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import aclosing
@@ -53,6 +54,7 @@ from events.types import (
 DRAIN_S = 0.5  # after [DONE], how long to wait for the upstream to end its body
 MAX_RECORDED_EXCLUSIONS = 64  # per decision event; the rest are summarised by replay --explain
 
+logger = logging.getLogger("switchboard.request")
 _decode = msgspec.json.decode
 _encode = msgspec.json.encode
 
@@ -226,6 +228,12 @@ class RequestActor:
                         result = await self._run(req, emit, handle)
                     except trio.BrokenResourceError:
                         result = None  # the consumer closed its end: the client went away
+                    except Exception:
+                        # A bug met by one request: loud in the log, a 500 for that client, as Quart does for
+                        # a non-streaming handler; the other requests go on.
+                        logger.exception("request %s failed", req.request_id)
+                        result = Failure(500, "The gateway failed on this request (see its log, request id "
+                                         f"{req.request_id}).", "server_error", "internal_error")
                     if isinstance(result, Failure) and not result.sent:
                         await send.send(result)
         finally:

@@ -46,14 +46,15 @@ def message_text(message: Mapping[str, Any]) -> str:
     """What identifies a message: its text (array parts joined), else its tool calls (name + arguments)."""
     content = message.get("content")
     if isinstance(content, list):
-        content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+        content = "".join(p["text"] for p in content
+                          if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str))
     text = content.strip() if isinstance(content, str) else ""
     if text:
         return text
-    calls = message.get("tool_calls") or ()
+    calls = message.get("tool_calls")
+    functions = [c.get("function") for c in calls if isinstance(c, dict)] if isinstance(calls, list) else []
     return "tools:" + "|".join(
-        f"{(c.get('function') or {}).get('name', '')}:{(c.get('function') or {}).get('arguments', '')}"
-        for c in calls if isinstance(c, dict)
+        f"{f.get('name', '')}:{f.get('arguments', '')}" for f in functions if isinstance(f, dict)
     )
 
 

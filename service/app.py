@@ -202,6 +202,8 @@ def parse_chat_request(raw: bytes, request_id: str, session_header: str | None =
         body = _decode(raw)
     except msgspec.DecodeError as exc:
         raise BadRequest(f"The request body is not valid JSON: {exc}.", code="invalid_json") from None
+    except RecursionError:
+        raise BadRequest("The request body is nested too deeply.", code="invalid_json") from None
     if not isinstance(body, dict):
         raise BadRequest("The request body must be a JSON object.", code="invalid_json")
     messages = body.get("messages")
@@ -211,9 +213,7 @@ def parse_chat_request(raw: bytes, request_id: str, session_header: str | None =
     if not isinstance(messages, list) or not messages:
         raise BadRequest("'messages' must be a non-empty list of chat messages.", "messages", "invalid_type")
     for i, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise BadRequest(f"'messages[{i}]' must be an object with a string 'role'.", f"messages[{i}]",
-                             "invalid_type")
+        _check_message(i, message)
     model = body.get("model", "auto")
     if not isinstance(model, str) or not model:
         raise BadRequest("'model' must be a model id string (or 'auto').", "model", "invalid_type")
@@ -239,6 +239,33 @@ def parse_chat_request(raw: bytes, request_id: str, session_header: str | None =
         raise BadRequest("'X-Session-Id' must not be empty.", code="invalid_session_id")
     return ChatRequest(request_id=request_id, body=body, requested=requested, stream=stream,
                        est_tokens=estimate_tokens(messages), use_chain=fallback, session_header=session_header)
+
+
+def _check_message(i: int, message: Any) -> None:
+    """The parts of a message the gateway reads (for routing and session keys) must have their types."""
+    where = f"messages[{i}]"
+    if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+        raise BadRequest(f"'{where}' must be an object with a string 'role'.", where, "invalid_type")
+    content = message.get("content")
+    if isinstance(content, list):
+        for j, part in enumerate(content):
+            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                raise BadRequest(f"'{where}.content[{j}]' must be an object with a string 'type'.",
+                                 f"{where}.content[{j}]", "invalid_type")
+            if part["type"] == "text" and not isinstance(part.get("text"), str):
+                raise BadRequest(f"'{where}.content[{j}].text' must be a string.", f"{where}.content[{j}].text",
+                                 "invalid_type")
+    elif content is not None and not isinstance(content, str):
+        raise BadRequest(f"'{where}.content' must be a string, an array of content parts, or null.",
+                         f"{where}.content", "invalid_type")
+    calls = message.get("tool_calls")
+    if calls is not None:
+        if not isinstance(calls, list):
+            raise BadRequest(f"'{where}.tool_calls' must be an array.", f"{where}.tool_calls", "invalid_type")
+        for j, call in enumerate(calls):
+            if not isinstance(call, dict) or not isinstance(call.get("function", {}), dict):
+                raise BadRequest(f"'{where}.tool_calls[{j}]' must be an object whose 'function' is an object.",
+                                 f"{where}.tool_calls[{j}]", "invalid_type")
 
 
 def estimate_tokens(messages: list[Any]) -> int:

@@ -179,11 +179,6 @@ async def test_connection_is_usable_after_an_early_error(tmp_path, monkeypatch):
     assert statuses == [(413, 200), (401, 200), (404, 200)] * 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: deeply nested JSON raises RecursionError in msgspec, which "
-    "parse_chat_request (service/app.py) does not catch: a 500 instead of a 400 invalid_json",
-)
 async def test_deeply_nested_json_is_a_400_not_a_500(tmp_path):
     deep = b'{"model": "ok", "messages": [{"role": "user", "content": "x"}], "x": ' + b"[" * 100_000
     deep += b"]" * 100_000 + b"}"
@@ -212,12 +207,6 @@ ODD_MESSAGES = [
 ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: in auto-smart mode (without X-Session-Id) the session key is derived from the "
-    "conversation's opening by events/sessions.py message_text, which assumes a text part's `text` is a "
-    "string and a tool call's `function` an object: TypeError/AttributeError, a 500",
-)
 @pytest.mark.parametrize("message", ODD_MESSAGES)
 async def test_odd_message_parts_are_not_a_500(tmp_path, message):
     with trio.fail_after(10):
@@ -231,12 +220,6 @@ async def test_odd_message_parts_are_not_a_500(tmp_path, message):
     assert health.status_code == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the same TypeError/AttributeError in a streaming request is raised "
-    "in the request actor's nursery (actors/request.py _produce), so it takes the whole gateway "
-    "down: one malformed request stops the service",
-)
 @pytest.mark.parametrize("message", ODD_MESSAGES)
 async def test_odd_message_parts_in_a_stream_do_not_crash_the_gateway(tmp_path, message):
     with trio.fail_after(10):
