@@ -29,8 +29,9 @@ def needs_check(view: KeyView) -> bool:
     return view.info.status == "invalid" or bool(view.cooling)
 
 
-async def check_key(upstream: Upstream, platform: str, key_id: str, now: Callable[[], float],
-                    timeout_s: float = 10.0) -> KeyChecked:
+async def check_key(
+    upstream: Upstream, platform: str, key_id: str, now: Callable[[], float], timeout_s: float = 10.0
+) -> KeyChecked:
     status: int | None = None
     message = ""
     with trio.move_on_after(timeout_s) as scope:
@@ -47,8 +48,16 @@ async def check_key(upstream: Upstream, platform: str, key_id: str, now: Callabl
 
 
 class KeyChecker:
-    def __init__(self, health: ModelHealth, upstream: Upstream, log: LogWriter, now: Callable[[], float], *,
-                 interval_s: float = 300.0, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        health: ModelHealth,
+        upstream: Upstream,
+        log: LogWriter,
+        now: Callable[[], float],
+        *,
+        interval_s: float = 300.0,
+        timeout_s: float = 10.0,
+    ) -> None:
         self._health = health
         self._upstream = upstream
         self._log = log
@@ -73,8 +82,9 @@ class KeyChecker:
         results: list[KeyChecked] = []
 
         async def one(view: KeyView) -> None:
-            result = await check_key(self._upstream, view.info.platform, view.info.key_id, self._now,
-                                     self._timeout_s)
+            result = await check_key(
+                self._upstream, view.info.platform, view.info.key_id, self._now, self._timeout_s
+            )
             results.append(result)
             if result.ok and view.info.status == "invalid":
                 self._restored += 1

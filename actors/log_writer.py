@@ -34,8 +34,15 @@ class LogWriterStatistics:
 class LogWriter:
     """Handle of the log-writer actor, given to everyone who appends or subscribes."""
 
-    def __init__(self, store: LogStore, *, max_batch: int = 512, window_s: float = 0.002,
-                 poll_s: float = 0.2, inbox_size: int = 10_000) -> None:
+    def __init__(
+        self,
+        store: LogStore,
+        *,
+        max_batch: int = 512,
+        window_s: float = 0.002,
+        poll_s: float = 0.2,
+        inbox_size: int = 10_000,
+    ) -> None:
         self._store = store
         self._max_batch = max_batch
         self._window_s = window_s

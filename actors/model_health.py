@@ -145,7 +145,9 @@ class ModelHealth:
                 models = view.catalog.models()
                 for info in view.health.keys.values():
                     cooling = tuple(
-                        (m.id, until) for m in models if m.platform == info.platform
+                        (m.id, until)
+                        for m in models
+                        if m.platform == info.platform
                         if (until := view.health.cooling_until(info.key_id, m.id, now)) is not None
                     )
                     views.append(KeyView(info, cooling))
@@ -154,5 +156,8 @@ class ModelHealth:
 
 def usable_keys(view: RoutingView, m: CatalogModel, now: float) -> list[str]:
     """Keys of the model's platform that are ok and not cooling for it."""
-    return [k.key_id for k in view.health.keys_of(m.platform)
-            if k.status == "ok" and view.health.cooling_until(k.key_id, m.id, now) is None]
+    return [
+        k.key_id
+        for k in view.health.keys_of(m.platform)
+        if k.status == "ok" and view.health.cooling_until(k.key_id, m.id, now) is None
+    ]

@@ -33,7 +33,6 @@ from events import taxonomy
 from events.catalog import ALIASES, VIRTUAL_MODELS, CatalogModel
 from events.decide import UnknownModel
 from events.sessions import conversation_opening, derived_session, header_session, message_text, protect
-from events.view import SessionPolicy
 from events.types import (
     AttemptFailed,
     AttemptStarted,
@@ -50,6 +49,7 @@ from events.types import (
     SessionPinned,
     StreamStalled,
 )
+from events.view import SessionPolicy
 
 DRAIN_S = 0.5  # after [DONE], how long to wait for the upstream to end its body
 MAX_RECORDED_EXCLUSIONS = 64  # per decision event; the rest are summarised by replay --explain
@@ -165,9 +165,18 @@ class StreamHandle:
 
 
 class RequestActor:
-    def __init__(self, *, log: LogWriter, health: ModelHealth, upstream: Upstream, deadlines: Deadlines,
-                 max_attempts: int, now: Callable[[], float], output_reserve: tuple[int, int] = (1000, 2000),
-                 sessions: SessionPolicy | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        log: LogWriter,
+        health: ModelHealth,
+        upstream: Upstream,
+        deadlines: Deadlines,
+        max_attempts: int,
+        now: Callable[[], float],
+        output_reserve: tuple[int, int] = (1000, 2000),
+        sessions: SessionPolicy | None = None,
+    ) -> None:
         self._log = log
         self._health = health
         self._upstream = upstream
@@ -186,8 +195,9 @@ class RequestActor:
         return self._deadlines.keepalive_s
 
     def statistics(self) -> RequestStatistics:
-        return RequestStatistics(self._in_flight, self._streams, self._requests, self._attempts,
-                                 self._disconnects)
+        return RequestStatistics(
+            self._in_flight, self._streams, self._requests, self._attempts, self._disconnects
+        )
 
     async def run(self, *, task_status: trio.TaskStatus[RequestActor] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -199,6 +209,7 @@ class RequestActor:
 
     async def complete(self, req: ChatRequest) -> Completion | Failure:
         """A non-streaming completion, run in the caller's task (a disconnect cancels it)."""
+
         async def no_emit(_: StreamItem) -> None:
             raise AssertionError("non-streaming attempts do not emit")
 
@@ -215,12 +226,18 @@ class RequestActor:
 
     # ---- the attempt loop ---------------------------------------------------------------------------
 
-    async def _produce(self, req: ChatRequest, send: trio.MemorySendChannel[StreamItem],
-                       scope: trio.CancelScope, handle: StreamHandle) -> None:
+    async def _produce(
+        self,
+        req: ChatRequest,
+        send: trio.MemorySendChannel[StreamItem],
+        scope: trio.CancelScope,
+        handle: StreamHandle,
+    ) -> None:
         self._streams += 1
         try:
             async with send:
                 with scope:
+
                     async def emit(item: StreamItem) -> None:
                         await send.send(item)
 
@@ -232,25 +249,36 @@ class RequestActor:
                         # A bug met by one request: loud in the log, a 500 for that client, as Quart does for
                         # a non-streaming handler; the other requests go on.
                         logger.exception("request %s failed", req.request_id)
-                        result = Failure(500, "The gateway failed on this request (see its log, request id "
-                                         f"{req.request_id}).", "server_error", "internal_error")
+                        result = Failure(
+                            500,
+                            f"The gateway failed on this request (see its log, request id {req.request_id}).",
+                            "server_error",
+                            "internal_error",
+                        )
                     if isinstance(result, Failure) and not result.sent:
                         await send.send(result)
         finally:
             self._streams -= 1
 
-    async def _run(self, req: ChatRequest, emit: Callable[[StreamItem], Awaitable[None]],
-                   handle: StreamHandle | None) -> Completion | Failure | None:
+    async def _run(
+        self, req: ChatRequest, emit: Callable[[StreamItem], Awaitable[None]], handle: StreamHandle | None
+    ) -> Completion | Failure | None:
         self._requests += 1
         self._in_flight += 1
         started = trio.current_time()
         progress = _Progress()
         try:
-            await self._log.append(RequestReceived(
-                ts=self._now(), request_id=req.request_id, model=",".join(req.requested), stream=req.stream,
-                messages=len(req.body.get("messages", ())), est_input_tokens=req.est_tokens,
-                requested_models=req.requested,
-            ))
+            await self._log.append(
+                RequestReceived(
+                    ts=self._now(),
+                    request_id=req.request_id,
+                    model=",".join(req.requested),
+                    stream=req.stream,
+                    messages=len(req.body.get("messages", ())),
+                    est_input_tokens=req.est_tokens,
+                    requested_models=req.requested,
+                )
+            )
             result = await self._attempt_loop(req, emit, progress)
         except (trio.Cancelled, trio.BrokenResourceError):
             client_gone = handle.client_gone if handle is not None else True
@@ -262,41 +290,75 @@ class RequestActor:
             self._in_flight -= 1
         latency = (trio.current_time() - started) * 1000
         if isinstance(result, Failure):
-            await self._log.append(RequestCompleted(
-                ts=self._now(), request_id=req.request_id, outcome="error", status=result.status,
-                attempts=result.attempts, latency_ms=latency, error=result.message[:300],
-            ))
+            await self._log.append(
+                RequestCompleted(
+                    ts=self._now(),
+                    request_id=req.request_id,
+                    outcome="error",
+                    status=result.status,
+                    attempts=result.attempts,
+                    latency_ms=latency,
+                    error=result.message[:300],
+                )
+            )
         else:
             platform, _, model = progress.routed.partition("/")
-            await self._log.append(RequestCompleted(
-                ts=self._now(), request_id=req.request_id, outcome="ok", status=200,
-                attempts=progress.attempts, latency_ms=latency, platform=platform, model=model,
-            ))
+            await self._log.append(
+                RequestCompleted(
+                    ts=self._now(),
+                    request_id=req.request_id,
+                    outcome="ok",
+                    status=200,
+                    attempts=progress.attempts,
+                    latency_ms=latency,
+                    platform=platform,
+                    model=model,
+                )
+            )
         return result
 
     async def _record_disconnect(self, req: ChatRequest, progress: _Progress, started: float) -> None:
         self._disconnects += 1
         platform, _, model = progress.current.partition("/")
-        await self._log.append(ClientDisconnected(
-            ts=self._now(), request_id=req.request_id, platform=platform or None, model=model or None,
-            content_forwarded=progress.forwarded,
-        ))
-        await self._log.append(RequestCompleted(
-            ts=self._now(), request_id=req.request_id, outcome="client_abort", status=499,
-            attempts=progress.attempts, latency_ms=(trio.current_time() - started) * 1000,
-            platform=platform or None, model=model or None,
-        ))
+        await self._log.append(
+            ClientDisconnected(
+                ts=self._now(),
+                request_id=req.request_id,
+                platform=platform or None,
+                model=model or None,
+                content_forwarded=progress.forwarded,
+            )
+        )
+        await self._log.append(
+            RequestCompleted(
+                ts=self._now(),
+                request_id=req.request_id,
+                outcome="client_abort",
+                status=499,
+                attempts=progress.attempts,
+                latency_ms=(trio.current_time() - started) * 1000,
+                platform=platform or None,
+                model=model or None,
+            )
+        )
 
-    async def _attempt_loop(self, req: ChatRequest, emit: Callable[[StreamItem], Awaitable[None]],
-                            progress: _Progress) -> Completion | Failure:
+    async def _attempt_loop(
+        self, req: ChatRequest, emit: Callable[[StreamItem], Awaitable[None]], progress: _Progress
+    ) -> Completion | Failure:
         """Decide, try, learn, decide again: each attempt gets its own recorded decision, which knows what
         this request already tried and what it must now avoid."""
         mode = next((ALIASES.get(n, n) for n in req.requested if ALIASES.get(n, n) in VIRTUAL_MODELS), "auto")
         default, cap = self._output_reserve
         conversation = _Conversation.of(req, mode)
-        route = RouteInput(mode=mode, requested=req.requested, use_chain=req.use_chain, est_tokens=req.est_tokens,
-                           reserve_tokens=min(req.client_max_tokens or default, cap), session=conversation.session,
-                           use_pin=conversation.pins)
+        route = RouteInput(
+            mode=mode,
+            requested=req.requested,
+            use_chain=req.use_chain,
+            est_tokens=req.est_tokens,
+            reserve_tokens=min(req.client_max_tokens or default, cap),
+            session=conversation.session,
+            use_pin=conversation.pins,
+        )
         progress.conversation = conversation
         tried: list[_Tried] = []
         excluded: tuple[Excluded, ...] = ()
@@ -307,29 +369,51 @@ class RequestActor:
             try:
                 decided = await self._health.decide(route)
             except UnknownModel as exc:
-                return Failure(404, f"The model '{exc.args[0]}' does not exist or is disabled. "
-                                    "GET /v1/models lists the models you can use.",
-                               "invalid_request_error", "model_not_found")
+                return Failure(
+                    404,
+                    f"The model '{exc.args[0]}' does not exist or is disabled. "
+                    "GET /v1/models lists the models you can use.",
+                    "invalid_request_error",
+                    "model_not_found",
+                )
             decision = decided.decision
             excluded = decision.excluded
             attempt = progress.attempts + 1
-            await self._log.append(RouteDecided(
-                ts=self._now(), request_id=req.request_id, attempt=attempt, seed=decided.seed,
-                view_seq=decided.view_seq, now=decided.now, input=route, candidates=decision.candidates,
-                excluded=decision.excluded[:MAX_RECORDED_EXCLUSIONS], chosen_ref=decision.chosen_ref,
-                chosen_key=decision.chosen_key, candidates_total=decision.candidates_total,
-                no_key_models=decision.no_key_models,
-            ))
+            await self._log.append(
+                RouteDecided(
+                    ts=self._now(),
+                    request_id=req.request_id,
+                    attempt=attempt,
+                    seed=decided.seed,
+                    view_seq=decided.view_seq,
+                    now=decided.now,
+                    input=route,
+                    candidates=decision.candidates,
+                    excluded=decision.excluded[:MAX_RECORDED_EXCLUSIONS],
+                    chosen_ref=decision.chosen_ref,
+                    chosen_key=decision.chosen_key,
+                    candidates_total=decision.candidates_total,
+                    no_key_models=decision.no_key_models,
+                )
+            )
             if decision.pin_cleared and conversation.session and not conversation.pin_cleared:
                 conversation.pin_cleared = True
-                await self._log.append(SessionPinCleared(ts=self._now(), request_id=req.request_id,
-                                                         session=conversation.session, reason=decision.pin_cleared))
+                await self._log.append(
+                    SessionPinCleared(
+                        ts=self._now(),
+                        request_id=req.request_id,
+                        session=conversation.session,
+                        reason=decision.pin_cleared,
+                    )
+                )
             model, key_id = decision.chosen, decision.chosen_key
             if model is None or key_id is None:
                 break
             progress.attempts = attempt
             progress.current = model.ref
-            out = await self._attempt(req, model, key_id, route.est_tokens + route.reserve_tokens, progress, emit)
+            out = await self._attempt(
+                req, model, key_id, route.est_tokens + route.reserve_tokens, progress, emit
+            )
             if out.ok or out.delivered:
                 progress.routed = model.ref
                 await self._register_turn(req, conversation, model, key_id, out, progress)
@@ -337,8 +421,9 @@ class RequestActor:
             tried.append(_Tried(model.ref, key_id, out.kind, out.status, out.message, out.retry_after_s))
             if out.forwarded:
                 # Content already reached the client: the stream was ended with an error event.
-                return Failure(502, out.message, "upstream_error", out.kind, attempts=progress.attempts,
-                               sent=True)
+                return Failure(
+                    502, out.message, "upstream_error", out.kind, attempts=progress.attempts, sent=True
+                )
             route = _learn(route, model, key_id, out)
             route = await self._protect(req, route, conversation, model, out, decision.pin_used)
             if out.kind == "truncated" and out.body is not None:
@@ -349,8 +434,15 @@ class RequestActor:
             return Completion(fallback_body, fallback_ref, progress.attempts)
         return _final_failure(tried, list(excluded), bad_request, progress.attempts, self._now())
 
-    async def _register_turn(self, req: ChatRequest, conversation: _Conversation, model: CatalogModel,
-                             key_id: str, out: _Outcome, progress: _Progress) -> None:
+    async def _register_turn(
+        self,
+        req: ChatRequest,
+        conversation: _Conversation,
+        model: CatalogModel,
+        key_id: str,
+        out: _Outcome,
+        progress: _Progress,
+    ) -> None:
         """A successful turn pins the conversation (when pins apply) under the key its next turn will have."""
         if not conversation.pins:
             return
@@ -360,11 +452,26 @@ class RequestActor:
             if reply is None:
                 return
             session = derived_session(conversation.system, conversation.first_user, reply)
-        await self._log.append(SessionPinned(ts=self._now(), request_id=req.request_id, session=session,
-                                             platform=model.platform, model=model.id, key_id=key_id))
+        await self._log.append(
+            SessionPinned(
+                ts=self._now(),
+                request_id=req.request_id,
+                session=session,
+                platform=model.platform,
+                model=model.id,
+                key_id=key_id,
+            )
+        )
 
-    async def _protect(self, req: ChatRequest, route: RouteInput, conversation: _Conversation,
-                       model: CatalogModel, out: _Outcome, pin_used: bool) -> RouteInput:
+    async def _protect(
+        self,
+        req: ChatRequest,
+        route: RouteInput,
+        conversation: _Conversation,
+        model: CatalogModel,
+        out: _Outcome,
+        pin_used: bool,
+    ) -> RouteInput:
         """Thread protection: the platform's level and the failure decide what this request and this
         session avoid from now on (events/sessions.py has the table). It guards conversations, so it acts
         only where pins apply; elsewhere a failure just moves on to the next key, then the next model."""
@@ -379,21 +486,46 @@ class RequestActor:
         session = conversation.session
         if session is not None:
             if action.ban_platform:
-                await self._log.append(SessionBanned(ts=self._now(), request_id=req.request_id, session=session,
-                                                     platform=model.platform, reason=action.reason))
+                await self._log.append(
+                    SessionBanned(
+                        ts=self._now(),
+                        request_id=req.request_id,
+                        session=session,
+                        platform=model.platform,
+                        reason=action.reason,
+                    )
+                )
             if action.clear_pin and pin_used and not conversation.pin_cleared:
                 conversation.pin_cleared = True
-                await self._log.append(SessionPinCleared(ts=self._now(), request_id=req.request_id,
-                                                         session=session, reason=action.reason))
+                await self._log.append(
+                    SessionPinCleared(
+                        ts=self._now(), request_id=req.request_id, session=session, reason=action.reason
+                    )
+                )
         return msgspec.structs.replace(route, **changes) if changes else route
 
-    async def _attempt(self, req: ChatRequest, model: CatalogModel, key_id: str, reserved_tokens: int,
-                       progress: _Progress, emit: Callable[[StreamItem], Awaitable[None]]) -> _Outcome:
+    async def _attempt(
+        self,
+        req: ChatRequest,
+        model: CatalogModel,
+        key_id: str,
+        reserved_tokens: int,
+        progress: _Progress,
+        emit: Callable[[StreamItem], Awaitable[None]],
+    ) -> _Outcome:
         self._attempts += 1
-        base = {"request_id": req.request_id, "attempt": progress.attempts, "platform": model.platform,
-                "model": model.id, "key_id": key_id}
-        await self._log.append(AttemptStarted(ts=self._now(), reserved_tokens=reserved_tokens,
-                                              session=progress.conversation.session, **base))
+        base = {
+            "request_id": req.request_id,
+            "attempt": progress.attempts,
+            "platform": model.platform,
+            "model": model.id,
+            "key_id": key_id,
+        }
+        await self._log.append(
+            AttemptStarted(
+                ts=self._now(), reserved_tokens=reserved_tokens, session=progress.conversation.session, **base
+            )
+        )
         body = dict(req.body)
         body["model"] = model.id
         call = UpstreamCall(model.platform, model.id, key_id, body, req.stream)
@@ -417,23 +549,37 @@ class RequestActor:
                             raw = await _read_body(resp.chunks(), deadline, timer, self._deadlines.stall_s)
                             out = self._judge_body(req, resp.status, resp.headers, raw)
                             if out.ok:
-                                out = _Outcome(False, "server_error", 502, "expected an event stream, got JSON")
+                                out = _Outcome(
+                                    False, "server_error", 502, "expected an event stream, got JSON"
+                                )
                         else:
-                            out = await self._relay(req, model.ref, resp.chunks(), deadline, timer, stream_state,
-                                                    progress, emit)
+                            out = await self._relay(
+                                req, model.ref, resp.chunks(), deadline, timer, stream_state, progress, emit
+                            )
             except TransportFailure as exc:
                 out = _Outcome(False, "connect", None, str(exc), forwarded=stream_state.forwarded)
             if deadline.cancelled_caught:
                 mid = stream_state.forwarded
                 silent = trio.current_time() - (timer.last or timer.start)
-                await self._log.append(StreamStalled(
-                    ts=self._now(), request_id=req.request_id, platform=model.platform, model=model.id,
-                    key_id=key_id, phase="mid" if mid else "pre", silent_s=round(silent, 3),
-                ))
+                await self._log.append(
+                    StreamStalled(
+                        ts=self._now(),
+                        request_id=req.request_id,
+                        platform=model.platform,
+                        model=model.id,
+                        key_id=key_id,
+                        phase="mid" if mid else "pre",
+                        silent_s=round(silent, 3),
+                    )
+                )
                 what = "stopped sending" if mid else "sent no first byte"
-                out = _Outcome(False, "stall_mid" if mid else "stall_pre", None,
-                               f"{model.ref} {what} within {self._deadlines.stall_s if mid else first_byte_s:g}s",
-                               forwarded=mid)
+                out = _Outcome(
+                    False,
+                    "stall_mid" if mid else "stall_pre",
+                    None,
+                    f"{model.ref} {what} within {self._deadlines.stall_s if mid else first_byte_s:g}s",
+                    forwarded=mid,
+                )
             if out.forwarded and not out.ok and not out.delivered:
                 # Honest ending: the client already has content, so it gets an error event, never a fake stop.
                 err_type = "stream_timeout" if out.kind == "stall_mid" else "upstream_error"
@@ -441,28 +587,49 @@ class RequestActor:
                 await emit(DONE)
             latency = timer.elapsed_ms()
             if out.ok:
-                await self._log.append(AttemptSucceeded(
-                    ts=self._now(), latency_ms=latency, ttfb_ms=timer.ttfb_ms(),
-                    input_tokens=stream_state.input_tokens or req.est_tokens,
-                    output_tokens=stream_state.output_tokens, streamed=req.stream,
-                    exhausted_for_s=taxonomy.exhausted_for_s(headers, self._now()), **base,
-                ))
+                await self._log.append(
+                    AttemptSucceeded(
+                        ts=self._now(),
+                        latency_ms=latency,
+                        ttfb_ms=timer.ttfb_ms(),
+                        input_tokens=stream_state.input_tokens or req.est_tokens,
+                        output_tokens=stream_state.output_tokens,
+                        streamed=req.stream,
+                        exhausted_for_s=taxonomy.exhausted_for_s(headers, self._now()),
+                        **base,
+                    )
+                )
             else:
-                await self._log.append(AttemptFailed(
-                    ts=self._now(), kind=out.kind, status=out.status, message=out.message,
-                    retry_after_s=out.retry_after_s, latency_ms=latency, mid_stream=out.forwarded, **base,
-                ))
+                await self._log.append(
+                    AttemptFailed(
+                        ts=self._now(),
+                        kind=out.kind,
+                        status=out.status,
+                        message=out.message,
+                        retry_after_s=out.retry_after_s,
+                        latency_ms=latency,
+                        mid_stream=out.forwarded,
+                        **base,
+                    )
+                )
                 if out.kind == "auth" and out.status is not None:
-                    await self._log.append(KeyInvalidated(ts=self._now(), key_id=key_id, status=out.status,
-                                                          message=out.message))
+                    await self._log.append(
+                        KeyInvalidated(ts=self._now(), key_id=key_id, status=out.status, message=out.message)
+                    )
             ended = True
         finally:
             if not ended:
                 with trio.CancelScope(shield=True), trio.move_on_after(1.0):
-                    await self._log.append(AttemptFailed(
-                        ts=self._now(), kind="client_abort", message="abandoned: the client went away",
-                        latency_ms=timer.elapsed_ms(), mid_stream=stream_state.forwarded, **base,
-                    ))
+                    await self._log.append(
+                        AttemptFailed(
+                            ts=self._now(),
+                            kind="client_abort",
+                            message="abandoned: the client went away",
+                            latency_ms=timer.elapsed_ms(),
+                            mid_stream=stream_state.forwarded,
+                            **base,
+                        )
+                    )
         return out
 
     def _judge_body(self, req: ChatRequest, status: int, headers: Mapping[str, str], raw: bytes) -> _Outcome:
@@ -475,14 +642,27 @@ class RequestActor:
             error = error if isinstance(error, dict) else ({"message": error} if error else None)
             kind = taxonomy.kind_for_status(status, error)
             fallback = raw[:200].decode("utf-8", "replace") or f"HTTP {status}"
-            return _Outcome(False, kind, status, taxonomy.error_message(error, fallback),
-                            retry_after_s=taxonomy.retry_after_s(headers, self._now()))
+            return _Outcome(
+                False,
+                kind,
+                status,
+                taxonomy.error_message(error, fallback),
+                retry_after_s=taxonomy.retry_after_s(headers, self._now()),
+            )
         wrapped = taxonomy.wrapped_error(payload)
         if wrapped is not None:
             code, error = wrapped
-            return _Outcome(False, taxonomy.kind_for_status(code, error), code,
-                            "wrapped error: " + taxonomy.error_message(error, "error in a 200 response"))
-        if not isinstance(payload, dict) or not isinstance(payload.get("choices"), list) or not payload["choices"]:
+            return _Outcome(
+                False,
+                taxonomy.kind_for_status(code, error),
+                code,
+                "wrapped error: " + taxonomy.error_message(error, "error in a 200 response"),
+            )
+        if (
+            not isinstance(payload, dict)
+            or not isinstance(payload.get("choices"), list)
+            or not payload["choices"]
+        ):
             return _Outcome(False, "server_error", 502, "the provider's answer is not a chat completion")
         choice = payload["choices"][0]
         message = choice.get("message") or {}
@@ -491,18 +671,36 @@ class RequestActor:
             return _Outcome(False, "empty", 200, "the answer has no content and no tool calls")
         body = _encode(payload)
         if _truncated(choice.get("finish_reason"), req, payload.get("usage")):
-            return _Outcome(False, "truncated", 200, "the answer was cut off (finish_reason length)", body=body)
+            return _Outcome(
+                False, "truncated", 200, "the answer was cut off (finish_reason length)", body=body
+            )
         return _Outcome(True, body=body)
 
-    async def _relay(self, req: ChatRequest, ref: str, chunks: Any, deadline: trio.CancelScope,
-                     timer: _Timer, state: _StreamState, progress: _Progress,
-                     emit: Callable[[StreamItem], Awaitable[None]]) -> _Outcome:
+    async def _relay(
+        self,
+        req: ChatRequest,
+        ref: str,
+        chunks: Any,
+        deadline: trio.CancelScope,
+        timer: _Timer,
+        state: _StreamState,
+        progress: _Progress,
+        emit: Callable[[StreamItem], Awaitable[None]],
+    ) -> _Outcome:
         async with aclosing(data_frames(chunks)) as frames:
             return await self._relay_frames(req, ref, frames, deadline, timer, state, progress, emit)
 
-    async def _relay_frames(self, req: ChatRequest, ref: str, frames: AsyncIterator[bytes],
-                            deadline: trio.CancelScope, timer: _Timer, state: _StreamState, progress: _Progress,
-                            emit: Callable[[StreamItem], Awaitable[None]]) -> _Outcome:
+    async def _relay_frames(
+        self,
+        req: ChatRequest,
+        ref: str,
+        frames: AsyncIterator[bytes],
+        deadline: trio.CancelScope,
+        timer: _Timer,
+        state: _StreamState,
+        progress: _Progress,
+        emit: Callable[[StreamItem], Awaitable[None]],
+    ) -> _Outcome:
         stall_s = self._deadlines.stall_s
         pending: list[bytes] = []  # frames before the first content: held back so a failure can fall over
         finish: str | None = None
@@ -523,8 +721,9 @@ class RequestActor:
             if wrapped is not None:
                 code, error = wrapped
                 message = "wrapped error: " + taxonomy.error_message(error, "error frame in the stream")
-                return _Outcome(False, taxonomy.kind_for_status(code, error), code, message,
-                                forwarded=state.forwarded)
+                return _Outcome(
+                    False, taxonomy.kind_for_status(code, error), code, message, forwarded=state.forwarded
+                )
             has_content, finish_now, usage = _inspect_chunk(obj, state, progress)
             finish = finish_now or finish
             if usage:
@@ -550,13 +749,20 @@ class RequestActor:
         await emit(DONE)
         if _truncated(finish, req, None):
             # Delivered as the provider sent it (finish_reason says so); recorded as a model fault.
-            return _Outcome(False, "truncated", 200, "the answer was cut off (finish_reason length)",
-                            forwarded=True, delivered=True)
+            return _Outcome(
+                False,
+                "truncated",
+                200,
+                "the answer was cut off (finish_reason length)",
+                forwarded=True,
+                delivered=True,
+            )
         return _Outcome(True)
 
 
-async def _read_body(chunks: AsyncGenerator[bytes], deadline: trio.CancelScope, timer: _Timer,
-                     stall_s: float) -> bytes:
+async def _read_body(
+    chunks: AsyncGenerator[bytes], deadline: trio.CancelScope, timer: _Timer, stall_s: float
+) -> bytes:
     raw = bytearray()
     async with aclosing(chunks):
         async for chunk in chunks:
@@ -600,8 +806,10 @@ class _Progress:
 
     @property
     def reply_text(self) -> str | None:
-        calls = [{"function": {"name": parts[0], "arguments": "".join(parts[1:])}}
-                 for _, parts in sorted(self.tool_calls.items())]
+        calls = [
+            {"function": {"name": parts[0], "arguments": "".join(parts[1:])}}
+            for _, parts in sorted(self.tool_calls.items())
+        ]
         return message_text({"content": "".join(self.reply_parts), "tool_calls": calls})
 
 
@@ -647,8 +855,9 @@ def _reply_text(body: bytes | None) -> str | None:
     return message_text(message) if isinstance(message, dict) else None
 
 
-def _inspect_chunk(obj: Any, state: _StreamState,
-                   progress: _Progress) -> tuple[bool, str | None, dict[str, Any] | None]:
+def _inspect_chunk(
+    obj: Any, state: _StreamState, progress: _Progress
+) -> tuple[bool, str | None, dict[str, Any] | None]:
     """(has content, finish_reason, usage) of one chunk. Content = text, reasoning or a tool call."""
     if not isinstance(obj, dict):
         return False, None, None
@@ -709,40 +918,77 @@ def _learn(route: RouteInput, model: CatalogModel, key_id: str, out: _Outcome) -
     """What the next decision of this request must avoid after a failed attempt."""
     changes: dict[str, Any] = {"tried": (*route.tried, (key_id, model.ref))}
     if out.kind == "model_missing":
-        changes["skip_models"] = (*route.skip_models, (model.ref, "the provider said the model does not exist"))
+        changes["skip_models"] = (
+            *route.skip_models,
+            (model.ref, "the provider said the model does not exist"),
+        )
     elif out.kind == "context_exceeded":
         changes["min_context"] = max(route.min_context or 0, model.context_window or 0)
     elif out.kind == "bad_request":
-        changes["skip_platforms"] = (*route.skip_platforms, (model.platform, f"rejected the request: {out.message}"))
+        changes["skip_platforms"] = (
+            *route.skip_platforms,
+            (model.platform, f"rejected the request: {out.message}"),
+        )
     return msgspec.structs.replace(route, **changes)
 
 
-def _final_failure(tried: list[_Tried], excluded: list[Excluded], bad_request: _Tried | None,
-                   attempts: int, now: float) -> Failure:
+def _final_failure(
+    tried: list[_Tried], excluded: list[Excluded], bad_request: _Tried | None, attempts: int, now: float
+) -> Failure:
     if bad_request is not None:
-        return Failure(bad_request.status or 400, f"{bad_request.ref}: {bad_request.message}",
-                       "invalid_request_error", "upstream_bad_request", attempts=attempts)
-    parts = [f"{t.ref} (key {t.key_id}): {t.kind}{f' {t.status}' if t.status else ''} {t.message}".rstrip()
-             for t in tried]
-    parts += [f"{e.ref}: skipped, {e.reason}" for e in excluded[:20]
-              if not e.reason.endswith("already tried for this request")]
+        return Failure(
+            bad_request.status or 400,
+            f"{bad_request.ref}: {bad_request.message}",
+            "invalid_request_error",
+            "upstream_bad_request",
+            attempts=attempts,
+        )
+    parts = [
+        f"{t.ref} (key {t.key_id}): {t.kind}{f' {t.status}' if t.status else ''} {t.message}".rstrip()
+        for t in tried
+    ]
+    parts += [
+        f"{e.ref}: skipped, {e.reason}"
+        for e in excluded[:20]
+        if not e.reason.endswith("already tried for this request")
+    ]
     if len(excluded) > 20:
         parts.append(f"... and {len(excluded) - 20} more models skipped")
     detail = "; ".join(parts) if parts else "no models are configured"
     kinds = {t.kind for t in tried}
     if tried and kinds == {"context_exceeded"}:
-        return Failure(400, "The request is larger than every available model's context window. Tried: "
-                       + detail, "invalid_request_error", "context_length_exceeded", attempts=attempts)
+        return Failure(
+            400,
+            "The request is larger than every available model's context window. Tried: " + detail,
+            "invalid_request_error",
+            "context_length_exceeded",
+            attempts=attempts,
+        )
     limited = [e for e in excluded if "rate-limited" in e.reason or "quota:" in e.reason]
     if (tried and kinds == {"rate_limited"}) or (not tried and limited):
-        return Failure(429, "Every candidate is rate-limited. " + detail, "rate_limit_error",
-                       "rate_limit_exceeded", retry_after_s=_soonest_retry(tried, limited, now),
-                       attempts=attempts)
+        return Failure(
+            429,
+            "Every candidate is rate-limited. " + detail,
+            "rate_limit_error",
+            "rate_limit_exceeded",
+            retry_after_s=_soonest_retry(tried, limited, now),
+            attempts=attempts,
+        )
     if not tried:
-        return Failure(503, "No model can take this request right now: " + detail, "service_unavailable",
-                       "no_available_model", attempts=attempts)
-    return Failure(502, f"All {len(tried)} attempts failed: {detail}", "upstream_error", "all_attempts_failed",
-                   attempts=attempts)
+        return Failure(
+            503,
+            "No model can take this request right now: " + detail,
+            "service_unavailable",
+            "no_available_model",
+            attempts=attempts,
+        )
+    return Failure(
+        502,
+        f"All {len(tried)} attempts failed: {detail}",
+        "upstream_error",
+        "all_attempts_failed",
+        attempts=attempts,
+    )
 
 
 def _soonest_retry(tried: list[_Tried], limited: list[Excluded], now: float) -> float | None:

@@ -27,7 +27,10 @@ async def data_frames(chunks: AsyncGenerator[bytes]) -> AsyncIterator[bytes]:
                 if end < 0:
                     break
                 block, buffer = buffer[:end], buffer[end + 2 :]
-                data = [line[5:].lstrip(b" ") if line.startswith(b"data:") else None for line in block.split(b"\n")]
+                data = [
+                    line[5:].lstrip(b" ") if line.startswith(b"data:") else None
+                    for line in block.split(b"\n")
+                ]
                 payload = b"\n".join(d for d in data if d is not None)
                 if any(d is not None for d in data):
                     yield payload

@@ -25,8 +25,8 @@ from events.catalog import CatalogModel
 from events.model_stats import Stats
 from events.policy import RoutingPolicy
 from events.store import LogStore
-from events.view import RoutingView, SessionPolicy, rebuild
 from events.types import KeyAdded, ServiceStarted, ServiceStopped
+from events.view import RoutingView, SessionPolicy, rebuild
 
 
 @dataclass(frozen=True)
@@ -61,9 +61,15 @@ class Settings:
 ServeHttp = Callable[[Runtime], Awaitable[None]]
 
 
-async def run_service(store: LogStore, upstream: Upstream, settings: Settings, serve_http: ServeHttp, *,
-                      handle_signals: bool = True,
-                      task_status: trio.TaskStatus[Runtime] = trio.TASK_STATUS_IGNORED) -> None:
+async def run_service(
+    store: LogStore,
+    upstream: Upstream,
+    settings: Settings,
+    serve_http: ServeHttp,
+    *,
+    handle_signals: bool = True,
+    task_status: trio.TaskStatus[Runtime] = trio.TASK_STATUS_IGNORED,
+) -> None:
     clock = WallClock()
     view = settings.new_view()
     stats_p = Stats(settings.policy.decay_days)
@@ -74,10 +80,16 @@ async def run_service(store: LogStore, upstream: Upstream, settings: Settings, s
     health = ModelHealth(view, log, clock.now)
     stats = StatsActor(stats_p, log)
     p = settings.policy
-    requests = RequestActor(log=log, health=health, upstream=upstream, deadlines=settings.deadlines,
-                            max_attempts=settings.max_attempts, now=clock.now,
-                            output_reserve=(p.output_reserve_default, p.output_reserve_cap),
-                            sessions=settings.sessions)
+    requests = RequestActor(
+        log=log,
+        health=health,
+        upstream=upstream,
+        deadlines=settings.deadlines,
+        max_attempts=settings.max_attempts,
+        now=clock.now,
+        output_reserve=(p.output_reserve_default, p.output_reserve_cap),
+        sessions=settings.sessions,
+    )
     key_checker = KeyChecker(health, upstream, log, clock.now, interval_s=settings.key_check_interval_s)
     shutting_down = trio.Event()
     runtime = Runtime(log, health, stats, requests, key_checker, clock, shutting_down)
@@ -93,10 +105,12 @@ async def run_service(store: LogStore, upstream: Upstream, settings: Settings, s
                 inner.start_soon(_watch_signals, shutting_down)
             for key_id, platform, label, source in settings.keys:
                 if key_id not in known_keys:
-                    await log.append_durable(KeyAdded(ts=clock.now(), key_id=key_id, platform=platform,
-                                                      label=label, source=source))  # type: ignore[arg-type]
-            await log.append_durable(ServiceStarted(ts=clock.now(), version=settings.version,
-                                                    events_replayed=replayed))
+                    await log.append_durable(
+                        KeyAdded(ts=clock.now(), key_id=key_id, platform=platform, label=label, source=source)
+                    )  # type: ignore[arg-type]
+            await log.append_durable(
+                ServiceStarted(ts=clock.now(), version=settings.version, events_replayed=replayed)
+            )
             task_status.started(runtime)
             await serve_http(runtime)
             inner.cancel_scope.cancel()

@@ -10,7 +10,11 @@ from events.quotas import Limits
 from events.types import Event, ModelUpdated
 
 VIRTUAL_MODELS = ("auto", "auto-smart", "auto-fast")
-ALIASES = {"freellmapi/auto": "auto", "freellmapi/auto-smart": "auto-smart", "freellmapi/auto-fast": "auto-fast"}
+ALIASES = {
+    "freellmapi/auto": "auto",
+    "freellmapi/auto-smart": "auto-smart",
+    "freellmapi/auto-fast": "auto-fast",
+}
 
 
 @dataclass(frozen=True)
@@ -23,7 +27,7 @@ class CatalogModel:
     context_window: int | None
     intelligence_rank: int
     speed_rank: int
-    limits: Limits = Limits()
+    limits: Limits = field(default_factory=Limits)
     ref: str = field(init=False, compare=False)  # `platform/id`, read on every decision: computed once
 
     def __post_init__(self) -> None:
@@ -61,7 +65,8 @@ class Catalog:
     def models(self) -> tuple[CatalogModel, ...]:
         if self._current is None:
             out = []
-            for m in self._base:
+            for base in self._base:
+                m = base
                 o = self.overrides.get(m.ref)
                 if o is not None:
                     m = replace(

@@ -60,12 +60,17 @@ class Cooldowns:
                 state.failed_keys[event.key_id] = event.ts
                 usable = [k.key_id for k in self._health.keys_of(event.platform) if k.status == "ok"]
                 if usable and all(k in state.failed_keys for k in usable):
-                    self._cool(state, event.ts + p.transient_cooldown_s,
-                               f"transient: every key failed ({kind}) within {p.transient_window_s:g}s")
+                    self._cool(
+                        state,
+                        event.ts + p.transient_cooldown_s,
+                        f"transient: every key failed ({kind}) within {p.transient_window_s:g}s",
+                    )
                     state.failed_keys.clear()
             case AttemptFailed(kind="model_missing"):
                 state = self._of(f"{event.platform}/{event.model}")
-                self._cool(state, event.ts + p.model_missing_cooldown_s, "model not found on this platform (404)")
+                self._cool(
+                    state, event.ts + p.model_missing_cooldown_s, "model not found on this platform (404)"
+                )
             case AttemptFailed(kind="rate_limited"):
                 keys = [k for k in self._health.keys_of(event.platform) if k.status == "ok"]
                 if all(self._health.cooling_until(k.key_id, event.model, event.ts) is not None for k in keys):

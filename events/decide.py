@@ -53,8 +53,8 @@ def mode_and_models(view: RoutingView, requested: tuple[str, ...]) -> tuple[str,
     """The virtual mode named (default `auto`) and the concrete models named, in order."""
     mode = "auto"
     named: list[CatalogModel] = []
-    for name in requested:
-        name = ALIASES.get(name, name)
+    for asked in requested:
+        name = ALIASES.get(asked, asked)
         if name in VIRTUAL_MODELS:
             mode = name
             continue
@@ -112,8 +112,12 @@ def decide(view: RoutingView, req: RouteInput, now: float, rng: random.Random) -
         chain = view.chain(mode)
         no_key += chain.no_key
         excluded.extend(e for e in chain.pool_excluded if e.ref not in seen)
-        per_model = (bool(skip_models or skip_platforms) or req.min_context is not None
-                     or req.est_tokens > chain.min_context or view.cooldowns.any_cooling(now))
+        per_model = (
+            bool(skip_models or skip_platforms)
+            or req.min_context is not None
+            or req.est_tokens > chain.min_context
+            or view.cooldowns.any_cooling(now)
+        )
         if not (per_model or session_rules or seen):
             chain_models = list(chain.models)
         for m in chain.models if not chain_models else ():
@@ -144,18 +148,32 @@ def decide(view: RoutingView, req: RouteInput, now: float, rng: random.Random) -
             if key is not None:
                 chosen, chosen_key = m, key
     if chosen is None and chain_models:
-        chosen, chosen_key = _walk_chain(view, p, parts, chain_models, mode, req, tokens, now, rng, scored,
-                                         excluded)
+        chosen, chosen_key = _walk_chain(
+            view, p, parts, chain_models, mode, req, tokens, now, rng, scored, excluded
+        )
     named_first = [c for c in scored if c[4]]
     chain_sorted = sorted((c for c in scored if not c[4]), key=lambda c: (_group(c[3].pool, mode), -c[0]))
     recorded = tuple(_candidate(c) for c in [*named_first, *chain_sorted][:RECORDED_CANDIDATES])
-    return Decision(recorded, tuple(excluded), chosen, chosen_key, len(eligible) + len(chain_models), no_key,
-                    pin_cleared=pin_cleared)
+    return Decision(
+        recorded,
+        tuple(excluded),
+        chosen,
+        chosen_key,
+        len(eligible) + len(chain_models),
+        no_key,
+        pin_cleared=pin_cleared,
+    )
 
 
-def _use_pin(view: RoutingView, session: SessionState, req: RouteInput, skip_models: dict[str, str],
-             skip_platforms: dict[str, str], tokens: int,
-             now: float) -> tuple[CatalogModel | None, str | None, str | None]:
+def _use_pin(
+    view: RoutingView,
+    session: SessionState,
+    req: RouteInput,
+    skip_models: dict[str, str],
+    skip_platforms: dict[str, str],
+    tokens: int,
+    now: float,
+) -> tuple[CatalogModel | None, str | None, str | None]:
     """(model, key, None) when the session's pin can take this turn, else (None, None, why not)."""
     assert session.pin is not None
     platform, model_id, key_id = session.pin
@@ -183,21 +201,31 @@ def _use_pin(view: RoutingView, session: SessionState, req: RouteInput, skip_mod
     return m, key_id, None
 
 
-def _session_exclusion(view: RoutingView, m: CatalogModel, session_key: str | None, session: SessionState | None,
-                       now: float) -> str | None:
+def _session_exclusion(
+    view: RoutingView, m: CatalogModel, session_key: str | None, session: SessionState | None, now: float
+) -> str | None:
     sp = view.session_policy
     if session is not None:
         if m.platform in session.bans:
             return f"banned for this session: {session.bans[m.platform]}"
         if session.pin is not None:
             platform, model_id, _ = session.pin
-            if (m.platform == platform and m.id != model_id and sp.level(platform) == "provider-ban"
-                    and now - session.pin_used_at < sp.provider_ban_window_s):
-                return (f"provider-ban: this session used {platform}/{model_id} "
-                        f"{now - session.pin_used_at:.0f}s ago; other {platform} models wait "
-                        f"{sp.provider_ban_window_s:g}s")
-    if (m.platform in sp.single_flight and sp.level(m.platform) == "provider-ban"
-            and view.in_flight.other_sessions(m.platform, session_key)):
+            if (
+                m.platform == platform
+                and m.id != model_id
+                and sp.level(platform) == "provider-ban"
+                and now - session.pin_used_at < sp.provider_ban_window_s
+            ):
+                return (
+                    f"provider-ban: this session used {platform}/{model_id} "
+                    f"{now - session.pin_used_at:.0f}s ago; other {platform} models wait "
+                    f"{sp.provider_ban_window_s:g}s"
+                )
+    if (
+        m.platform in sp.single_flight
+        and sp.level(m.platform) == "provider-ban"
+        and view.in_flight.other_sessions(m.platform, session_key)
+    ):
         return f"single-flight: {m.platform} is in use by another session"
     return None
 
@@ -211,15 +239,27 @@ def _group(pool: str, mode: str) -> int:
     return 0
 
 
-def _walk_chain(view: RoutingView, p: RoutingPolicy, parts: _Parts, models: list[CatalogModel], mode: str,
-                req: RouteInput, tokens: int, now: float, rng: random.Random, scored: list[_Scored],
-                excluded: list[Excluded]) -> tuple[CatalogModel | None, str | None]:
+def _walk_chain(
+    view: RoutingView,
+    p: RoutingPolicy,
+    parts: _Parts,
+    models: list[CatalogModel],
+    mode: str,
+    req: RouteInput,
+    tokens: int,
+    now: float,
+    rng: random.Random,
+    scored: list[_Scored],
+    excluded: list[Excluded],
+) -> tuple[CatalogModel | None, str | None]:
     # Best possible score first (theta at most 1); catalog order breaks ties, so replays visit alike. A heap,
     # not a sort: the walk usually stops after a few models.
     first_pool = {"auto-fast": "fast", "auto-smart": "smart"}.get(mode)
     total = parts.total
-    bounds = [(0 if first_pool is None or m.pool == first_pool else 1, -1.0 - total(m), i)
-              for i, m in enumerate(models)]
+    bounds = [
+        (0 if first_pool is None or m.pool == first_pool else 1, -1.0 - total(m), i)
+        for i, m in enumerate(models)
+    ]
     heapq.heapify(bounds)
     best: tuple[int, float] | None = None  # (group, -score) of the best usable model so far
     chosen: CatalogModel | None = None
@@ -240,9 +280,16 @@ def _walk_chain(view: RoutingView, p: RoutingPolicy, parts: _Parts, models: list
     return chosen, chosen_key
 
 
-def _model_exclusion(view: RoutingView, m: CatalogModel, is_named: bool, mode: str, req: RouteInput,
-                     skip_models: dict[str, str], skip_platforms: dict[str, str],
-                     now: float) -> tuple[str | None, float | None]:
+def _model_exclusion(
+    view: RoutingView,
+    m: CatalogModel,
+    is_named: bool,
+    mode: str,
+    req: RouteInput,
+    skip_models: dict[str, str],
+    skip_platforms: dict[str, str],
+    now: float,
+) -> tuple[str | None, float | None]:
     if not is_named and mode == "auto" and m.pool == "smart":
         return POOL_REASON, None
     if m.ref in skip_models:
@@ -259,8 +306,9 @@ def _model_exclusion(view: RoutingView, m: CatalogModel, is_named: bool, mode: s
     return None, None
 
 
-def _pick_key(view: RoutingView, m: CatalogModel, req: RouteInput, tokens: int, now: float,
-              rng: random.Random) -> tuple[str | None, list[Excluded]]:
+def _pick_key(
+    view: RoutingView, m: CatalogModel, req: RouteInput, tokens: int, now: float, rng: random.Random
+) -> tuple[str | None, list[Excluded]]:
     """The least-used usable key of the model (fewest requests this minute; the rng breaks ties)."""
     best: tuple[int, float, str] | None = None
     excluded: list[Excluded] = []
@@ -272,8 +320,9 @@ def _pick_key(view: RoutingView, m: CatalogModel, req: RouteInput, tokens: int, 
             continue
         until = view.health.cooling_until(key_id, m.id, now)
         if until is not None:
-            excluded.append(Excluded(ref=m.ref, reason=f"key {key_id} rate-limited for {until - now:.0f}s",
-                                     until=until))
+            excluded.append(
+                Excluded(ref=m.ref, reason=f"key {key_id} rate-limited for {until - now:.0f}s", until=until)
+            )
             continue
         if (key_id, m.ref) in tried:
             excluded.append(Excluded(ref=m.ref, reason=f"key {key_id} already tried for this request"))
@@ -281,8 +330,11 @@ def _pick_key(view: RoutingView, m: CatalogModel, req: RouteInput, tokens: int, 
         usage = view.quotas.usage(key_id, m.ref, now)
         why = over_limit(m.limits, usage, tokens)
         if why is not None:
-            excluded.append(Excluded(ref=m.ref, reason=f"key {key_id} {why}",
-                                     until=view.quotas.frees_at(key_id, m.ref, now)))
+            excluded.append(
+                Excluded(
+                    ref=m.ref, reason=f"key {key_id} {why}", until=view.quotas.frees_at(key_id, m.ref, now)
+                )
+            )
             continue
         rank = (usage.requests_minute, rng.random(), key_id)
         if best is None or rank < best:
@@ -329,7 +381,11 @@ class _Parts:
         """(balanced and smart totals without the normalised speed, tps, slow penalty, ttfb, intelligence)."""
         p = self.p
         stats = self.view.stats.models.get(m.ref)
-        tps = stats.tps if stats is not None and stats.tps is not None else PRIOR_TPS_AT_RANK_1 / max(1, m.speed_rank)
+        tps = (
+            stats.tps
+            if stats is not None and stats.tps is not None
+            else PRIOR_TPS_AT_RANK_1 / max(1, m.speed_rank)
+        )
         slow = p.slow_penalty * (1 - tps / p.slow_tps) if tps < p.slow_tps else 0.0
         ttfb = _ttfb_term(p, stats.ttfb_ms if stats is not None else None)
         intelligence = self.view.intelligence().get(m.ref, 0.0)
@@ -351,8 +407,16 @@ def _ttfb_term(p: RoutingPolicy, ttfb_ms: float | None) -> float:
     return p.ttfb_worst
 
 
-def _score(view: RoutingView, p: RoutingPolicy, m: CatalogModel, parts: Parts, now: float, rng: random.Random,
-           *, named: bool) -> _Scored:
+def _score(
+    view: RoutingView,
+    p: RoutingPolicy,
+    m: CatalogModel,
+    parts: Parts,
+    now: float,
+    rng: random.Random,
+    *,
+    named: bool,
+) -> _Scored:
     successes, failures = view.stats.decayed(m.ref, now)
     theta = rng.betavariate(successes + p.prior_successes, failures + p.prior_failures)
     return theta + parts[0], theta, parts, m, named
@@ -360,6 +424,14 @@ def _score(view: RoutingView, p: RoutingPolicy, m: CatalogModel, parts: Parts, n
 
 def _candidate(c: _Scored) -> ScoredCandidate:
     score, theta, (_, speed, ttfb, intelligence, penalty), m, named = c
-    return ScoredCandidate(ref=m.ref, score=round(score, 6), theta=round(theta, 6), speed=round(speed, 6),
-                           ttfb=round(ttfb, 6), intelligence=round(intelligence, 6), penalty=round(penalty, 6),
-                           pool=m.pool, named=named)
+    return ScoredCandidate(
+        ref=m.ref,
+        score=round(score, 6),
+        theta=round(theta, 6),
+        speed=round(speed, 6),
+        ttfb=round(ttfb, 6),
+        intelligence=round(intelligence, 6),
+        penalty=round(penalty, 6),
+        pool=m.pool,
+        named=named,
+    )

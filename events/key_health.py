@@ -50,8 +50,12 @@ class KeyHealth:
                     self._by_platform.setdefault(event.platform, []).append(key_id)
                 # Re-adding a known key (every start re-announces config keys) keeps its status.
                 self.keys[key_id] = KeyInfo(
-                    key_id, event.platform, event.label, event.source,
-                    known.status if known else "ok", known.reason if known else "",
+                    key_id,
+                    event.platform,
+                    event.label,
+                    event.source,
+                    known.status if known else "ok",
+                    known.reason if known else "",
                 )
             case KeyDisabled(key_id=key_id) if key_id in self.keys:
                 self.keys[key_id] = replace(self.keys[key_id], status="disabled", reason=event.reason)
@@ -65,7 +69,9 @@ class KeyHealth:
                 if event.ok and info.status == "invalid":
                     self.keys[key_id] = replace(info, status="ok", reason="")
                 elif event.status in (401, 403) and info.status == "ok":
-                    self.keys[key_id] = replace(info, status="invalid", reason=f"health check: HTTP {event.status}")
+                    self.keys[key_id] = replace(
+                        info, status="invalid", reason=f"health check: HTTP {event.status}"
+                    )
             case AttemptFailed(kind="rate_limited"):
                 wait = event.retry_after_s if event.retry_after_s is not None else self.rate_limit_cooldown_s
                 self._cool(event.key_id, event.model, event.ts + wait)

@@ -17,7 +17,7 @@ class RoutingPolicy:
     speed_weight: float = 0.3
     slow_tps: float = 10.0
     slow_penalty: float = 0.35
-    # TTFB term: +ttfb_bonus under ttfb_good_ms, falling to 0 at ttfb_zero_ms and to ttfb_worst at ttfb_bad_ms.
+    # TTFB term: +ttfb_bonus under ttfb_good_ms, falling to 0 at ttfb_zero_ms, to ttfb_worst at ttfb_bad_ms.
     ttfb_bonus: float = 0.25
     ttfb_good_ms: float = 500.0
     ttfb_zero_ms: float = 2000.0

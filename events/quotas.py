@@ -115,7 +115,9 @@ class Quotas:
                 usage.day.add(event.ts, 1, 0)
                 usage.reserved += event.reserved_tokens
                 self._in_flight[(event.request_id, event.attempt)] = (
-                    (event.key_id, f"{event.platform}/{event.model}"), event.reserved_tokens)
+                    (event.key_id, f"{event.platform}/{event.model}"),
+                    event.reserved_tokens,
+                )
             case AttemptSucceeded() | AttemptFailed():
                 held = self._in_flight.pop((event.request_id, event.attempt), None)
                 usage = self._slot(event.platform, event.key_id, event.model)
@@ -134,8 +136,9 @@ class Quotas:
             return Usage(0, 0, 0, 0, 0)
         usage.minute.prune(now)
         usage.day.prune(now)
-        return Usage(usage.minute.requests, usage.day.requests, usage.minute.tokens, usage.day.tokens,
-                     usage.reserved)
+        return Usage(
+            usage.minute.requests, usage.day.requests, usage.minute.tokens, usage.day.tokens, usage.reserved
+        )
 
     def frees_at(self, key_id: str, ref: str, now: float) -> float | None:
         """When the oldest request of this minute leaves the window (the soonest an RPM/TPM block can end);

@@ -31,8 +31,14 @@ class Replayed:
         return (d.chosen_ref, d.chosen_key) if d is not None else (None, None)
 
 
-def select_decisions(store: LogStore, *, request_id: str | None = None, from_seq: int | None = None,
-                     to_seq: int | None = None, batch: int = 5000) -> list[tuple[int, RouteDecided]]:
+def select_decisions(
+    store: LogStore,
+    *,
+    request_id: str | None = None,
+    from_seq: int | None = None,
+    to_seq: int | None = None,
+    batch: int = 5000,
+) -> list[tuple[int, RouteDecided]]:
     if request_id is not None:
         return [(s, e) for s, e in store.read_request(request_id) if isinstance(e, RouteDecided)]
     out: list[tuple[int, RouteDecided]] = []
@@ -49,8 +55,14 @@ def select_decisions(store: LogStore, *, request_id: str | None = None, from_seq
         seq = entries[-1][0]
 
 
-def replay(store: LogStore, view: RoutingView, targets: list[tuple[int, RouteDecided]], *,
-           progress: Callable[[int, int], None] | None = None, batch: int = 5000) -> Iterator[Replayed]:
+def replay(
+    store: LogStore,
+    view: RoutingView,
+    targets: list[tuple[int, RouteDecided]],
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    batch: int = 5000,
+) -> Iterator[Replayed]:
     """Yield the replay of each target, in order of the view position it was decided on. `view` must be
     fresh (nothing folded)."""
     pending = sorted(targets, key=lambda t: (t[1].view_seq, t[0]))

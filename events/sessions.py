@@ -46,8 +46,11 @@ def message_text(message: Mapping[str, Any]) -> str:
     """What identifies a message: its text (array parts joined), else its tool calls (name + arguments)."""
     content = message.get("content")
     if isinstance(content, list):
-        content = "".join(p["text"] for p in content
-                          if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str))
+        content = "".join(
+            p["text"]
+            for p in content
+            if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+        )
     text = content.strip() if isinstance(content, str) else ""
     if text:
         return text
@@ -165,8 +168,9 @@ class InFlight:
 
 # ---- thread protection ----------------------------------------------------------------------------------
 
-PROTECTED_KINDS = frozenset({"server_error", "connect", "stall_pre", "stall_mid", "truncated", "empty",
-                             "rate_limited"})
+PROTECTED_KINDS = frozenset(
+    {"server_error", "connect", "stall_pre", "stall_mid", "truncated", "empty", "rate_limited"}
+)
 
 
 @dataclass(frozen=True)

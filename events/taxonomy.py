@@ -13,16 +13,32 @@ from typing import Any
 
 # Kinds after which another candidate may succeed.
 RETRYABLE = frozenset(
-    {"connect", "server_error", "rate_limited", "auth", "model_missing", "context_exceeded", "stall_pre",
-     "truncated", "empty"}
+    {
+        "connect",
+        "server_error",
+        "rate_limited",
+        "auth",
+        "model_missing",
+        "context_exceeded",
+        "stall_pre",
+        "truncated",
+        "empty",
+    }
 )
 # Kinds that say something about the model rather than the key (count against the model's stats).
 MODEL_FAULTS = frozenset(
     {"connect", "server_error", "stall_pre", "stall_mid", "truncated", "empty", "model_missing"}
 )
 
-_CONTEXT_MARKERS = ("context_length_exceeded", "context length", "maximum context", "too many tokens",
-                    "context window", "prompt is too long", "input is too long")
+_CONTEXT_MARKERS = (
+    "context_length_exceeded",
+    "context length",
+    "maximum context",
+    "too many tokens",
+    "context window",
+    "prompt is too long",
+    "input is too long",
+)
 
 
 def kind_for_status(status: int, error: Mapping[str, Any] | None = None) -> str:

@@ -48,9 +48,13 @@ POOL_REASON = "pool: smart models serve auto-smart or requests that name them"
 
 
 class RoutingView:
-    def __init__(self, models: Iterable[CatalogModel], policy: RoutingPolicy,
-                 rolling_day_platforms: frozenset[str] = frozenset(),
-                 session_policy: SessionPolicy | None = None) -> None:
+    def __init__(
+        self,
+        models: Iterable[CatalogModel],
+        policy: RoutingPolicy,
+        rolling_day_platforms: frozenset[str] = frozenset(),
+        session_policy: SessionPolicy | None = None,
+    ) -> None:
         self.policy = policy
         self.session_policy = session_policy or SessionPolicy()
         self.catalog = Catalog(models)
@@ -100,8 +104,9 @@ class RoutingView:
                 else:
                     models.append(m)
             windows = [m.context_window for m in models if m.context_window is not None]
-            index = self._chains[mode] = ChainIndex(tuple(models), tuple(excluded), no_key,
-                                                    min(windows, default=2**62))
+            index = self._chains[mode] = ChainIndex(
+                tuple(models), tuple(excluded), no_key, min(windows, default=2**62)
+            )
         return index
 
     def cached_parts(self) -> dict[str, tuple[float, float, float, float, float, float]]:
@@ -122,15 +127,22 @@ class RoutingView:
             ranks = [m.intelligence_rank for m in models if m.enabled] or [1]
             best, worst = min(ranks), max(ranks)
             self._intelligence = {
-                m.ref: 1.0 if worst == best else max(0.0, min(1.0, (worst - m.intelligence_rank) / (worst - best)))
+                m.ref: 1.0
+                if worst == best
+                else max(0.0, min(1.0, (worst - m.intelligence_rank) / (worst - best)))
                 for m in models
             }
             self._ranked_version = self.catalog.version
         return self._intelligence
 
 
-def rebuild(store: LogStore, view: RoutingView, upto: int | None = None, batch: int = 5000,
-            also: Sequence[Callable[[Event], None]] = ()) -> int:
+def rebuild(
+    store: LogStore,
+    view: RoutingView,
+    upto: int | None = None,
+    batch: int = 5000,
+    also: Sequence[Callable[[Event], None]] = (),
+) -> int:
     """Fold the log (after the view's position, up to seq `upto` inclusive) into `view`, and into each
     of `also` (other projections) in the same pass; returns how many events were read."""
     seq, count = view.seq, 0

@@ -48,9 +48,17 @@ MODES = ("auto", "auto-fast", "auto-smart")
 
 def catalog(models: int = 100, platforms: int = 10) -> list[CatalogModel]:
     return [
-        CatalogModel(platform=f"p{i % platforms}", id=f"model-{i}", pool=POOLS[i % 3], fallback=True, enabled=True,
-                     context_window=131072, intelligence_rank=1 + i % 30, speed_rank=1 + i % 10,
-                     limits=Limits(rpm=1000, rpd=100000, tpm=10_000_000, tpd=None))
+        CatalogModel(
+            platform=f"p{i % platforms}",
+            id=f"model-{i}",
+            pool=POOLS[i % 3],
+            fallback=True,
+            enabled=True,
+            context_window=131072,
+            intelligence_rank=1 + i % 30,
+            speed_rank=1 + i % 10,
+            limits=Limits(rpm=1000, rpd=100000, tpm=10_000_000, tpd=None),
+        )
         for i in range(models)
     ]
 
@@ -82,19 +90,42 @@ def simulate(store: SqliteStore, requests: int, seed: int = 7) -> tuple[RoutingV
         rid = f"req_{r:08d}"
         mode = MODES[r % 3]
         route = RouteInput(mode=mode, requested=(mode,), est_tokens=200, reserve_tokens=1000)
-        emit(RequestReceived(ts=now, request_id=rid, model=mode, stream=False, messages=1, est_input_tokens=200))
+        emit(
+            RequestReceived(
+                ts=now, request_id=rid, model=mode, stream=False, messages=1, est_input_tokens=200
+            )
+        )
         for attempt in range(1, 4):
             flush()  # a decision sees what was committed before it
             seed = rng.getrandbits(63)
             d = decide(view, route, now, random.Random(seed))
-            emit(RouteDecided(ts=now, request_id=rid, attempt=attempt, seed=seed, view_seq=view.seq, now=now,
-                              input=route, candidates=d.candidates, excluded=d.excluded[:64],
-                              chosen_ref=d.chosen_ref, chosen_key=d.chosen_key,
-                              candidates_total=d.candidates_total, no_key_models=d.no_key_models))
+            emit(
+                RouteDecided(
+                    ts=now,
+                    request_id=rid,
+                    attempt=attempt,
+                    seed=seed,
+                    view_seq=view.seq,
+                    now=now,
+                    input=route,
+                    candidates=d.candidates,
+                    excluded=d.excluded[:64],
+                    chosen_ref=d.chosen_ref,
+                    chosen_key=d.chosen_key,
+                    candidates_total=d.candidates_total,
+                    no_key_models=d.no_key_models,
+                )
+            )
             if d.chosen is None or d.chosen_key is None:
                 break
             m, key = d.chosen, d.chosen_key
-            base = {"request_id": rid, "attempt": attempt, "platform": m.platform, "model": m.id, "key_id": key}
+            base = {
+                "request_id": rid,
+                "attempt": attempt,
+                "platform": m.platform,
+                "model": m.id,
+                "key_id": key,
+            }
             emit(AttemptStarted(ts=now, reserved_tokens=1200, **base))
             now += rng.uniform(0.05, 0.4)
             roll = rng.random()
@@ -107,13 +138,36 @@ def simulate(store: SqliteStore, requests: int, seed: int = 7) -> tuple[RoutingV
                 emit(KeyInvalidated(ts=now, key_id=key, status=401))
             else:
                 ttfb = rng.uniform(150, 1500)
-                emit(AttemptSucceeded(ts=now, latency_ms=ttfb + 800, ttfb_ms=ttfb, input_tokens=200,
-                                      output_tokens=rng.randint(50, 400), **base))
-                emit(RequestCompleted(ts=now, request_id=rid, outcome="ok", status=200, attempts=attempt,
-                                      latency_ms=ttfb + 800, platform=m.platform, model=m.id))
+                emit(
+                    AttemptSucceeded(
+                        ts=now,
+                        latency_ms=ttfb + 800,
+                        ttfb_ms=ttfb,
+                        input_tokens=200,
+                        output_tokens=rng.randint(50, 400),
+                        **base,
+                    )
+                )
+                emit(
+                    RequestCompleted(
+                        ts=now,
+                        request_id=rid,
+                        outcome="ok",
+                        status=200,
+                        attempts=attempt,
+                        latency_ms=ttfb + 800,
+                        platform=m.platform,
+                        model=m.id,
+                    )
+                )
                 break
-            route = RouteInput(mode=route.mode, requested=route.requested, est_tokens=200, reserve_tokens=1000,
-                               tried=(*route.tried, (key, m.ref)))
+            route = RouteInput(
+                mode=route.mode,
+                requested=route.requested,
+                est_tokens=200,
+                reserve_tokens=1000,
+                tried=(*route.tried, (key, m.ref)),
+            )
         now += rng.uniform(0.0, 0.2)
         if r % 50 == 49:
             flush()
@@ -165,7 +219,9 @@ def run(requests: int, rounds: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--requests", type=int, default=20000, help="requests in the synthetic history")
     parser.add_argument("--rounds", type=int, default=2000, help="decide calls timed per mode")
     parser.add_argument("--quick", action="store_true")
@@ -177,12 +233,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_report(r: dict) -> None:
-    print(f"\nrouting: {r['models']} models x 3 keys, history of {r['history_requests']} requests "
-          f"({r['log_events']} events)")
+    print(
+        f"\nrouting: {r['models']} models x 3 keys, history of {r['history_requests']} requests "
+        f"({r['log_events']} events)"
+    )
     for mode, us in r["decide_us"].items():
         print(f"  decide {mode:<11} {us:8.1f} us per decision")
-    print(f"  replay: {r['replay_reproduced']}/{r['replay_decisions']} decisions reproduced, "
-          f"{r['log_events']} events in {r['replay_s']} s = {r['replay_events_per_s']:,} events/s")
+    print(
+        f"  replay: {r['replay_reproduced']}/{r['replay_decisions']} decisions reproduced, "
+        f"{r['log_events']} events in {r['replay_s']} s = {r['replay_events_per_s']:,} events/s"
+    )
 
 
 if __name__ == "__main__":

@@ -37,8 +37,14 @@ class BadRequest(Exception):
         self.code = code
 
 
-def error_response(status: int, message: str, type_: str, code: str | None = None,
-                   headers: dict[str, str] | None = None, param: str | None = None) -> Response:
+def error_response(
+    status: int,
+    message: str,
+    type_: str,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+    param: str | None = None,
+) -> Response:
     body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
     return Response(_encode(body), status=status, content_type="application/json", headers=headers or {})
 
@@ -57,9 +63,13 @@ def create_app(runtime: Runtime, gateway_tokens: TokenCheck) -> QuartTrio:
             scheme, _, token = auth.partition(" ")
             if scheme.lower() != "bearer" or not gateway_tokens.ok(token.strip()):
                 return error_response(
-                    401, "Invalid or missing API key. Send your gateway key as 'Authorization: Bearer <key>' "
+                    401,
+                    "Invalid or missing API key. Send your gateway key as 'Authorization: Bearer <key>' "
                     "(printed when the gateway first started; see README, Troubleshooting).",
-                    "invalid_request_error", "invalid_api_key", headers=dict(CLOSE))
+                    "invalid_request_error",
+                    "invalid_api_key",
+                    headers=dict(CLOSE),
+                )
         return None
 
     @app.after_request
@@ -73,22 +83,40 @@ def create_app(runtime: Runtime, gateway_tokens: TokenCheck) -> QuartTrio:
         # it from waiting forever behind the unread body.
         status = exc.code or 500
         if status == 413:
-            return error_response(413, f"The request body is larger than {MAX_BODY_BYTES // (1024 * 1024)} MB.",
-                                  "invalid_request_error", "request_too_large", headers=dict(CLOSE))
+            return error_response(
+                413,
+                f"The request body is larger than {MAX_BODY_BYTES // (1024 * 1024)} MB.",
+                "invalid_request_error",
+                "request_too_large",
+                headers=dict(CLOSE),
+            )
         if status == 404:
-            return error_response(404, f"Unknown path {request.path}. This gateway serves /v1/chat/completions "
-                                  "and /v1/models.", "invalid_request_error", "not_found", headers=dict(CLOSE))
+            return error_response(
+                404,
+                f"Unknown path {request.path}. This gateway serves /v1/chat/completions and /v1/models.",
+                "invalid_request_error",
+                "not_found",
+                headers=dict(CLOSE),
+            )
         if status == 405:
-            return error_response(405, f"Method {request.method} is not allowed on {request.path}.",
-                                  "invalid_request_error", "method_not_allowed", headers=dict(CLOSE))
-        return error_response(status, exc.description or exc.name, "invalid_request_error", None,
-                              headers=dict(CLOSE))
+            return error_response(
+                405,
+                f"Method {request.method} is not allowed on {request.path}.",
+                "invalid_request_error",
+                "method_not_allowed",
+                headers=dict(CLOSE),
+            )
+        return error_response(
+            status, exc.description or exc.name, "invalid_request_error", None, headers=dict(CLOSE)
+        )
 
     @app.get("/healthz")
     async def healthz() -> Response:
         stats = runtime.health.statistics()
-        return Response(_encode({"status": "ok", "keys": stats.keys, "keys_ok": stats.keys_ok,
-                                 "models": stats.models}), content_type="application/json")
+        return Response(
+            _encode({"status": "ok", "keys": stats.keys, "keys_ok": stats.keys_ok, "models": stats.models}),
+            content_type="application/json",
+        )
 
     @app.get("/v1/models")
     async def list_models() -> Response:
@@ -107,14 +135,22 @@ def create_app(runtime: Runtime, gateway_tokens: TokenCheck) -> QuartTrio:
             m = avail.model
             if m.enabled and model_id in (m.ref, m.id):
                 return Response(_encode(_model_object(m.ref, m.platform)), content_type="application/json")
-        return error_response(404, f"The model '{model_id}' does not exist or is disabled.",
-                              "invalid_request_error", "model_not_found", param="model")
+        return error_response(
+            404,
+            f"The model '{model_id}' does not exist or is disabled.",
+            "invalid_request_error",
+            "model_not_found",
+            param="model",
+        )
 
     @app.post("/v1/chat/completions")
     async def chat_completions() -> Response:
         try:
-            req = parse_chat_request(await request.get_data(), request.request_id,  # type: ignore[attr-defined]
-                                     request.headers.get("X-Session-Id"))
+            req = parse_chat_request(
+                await request.get_data(),
+                request.request_id,  # type: ignore[attr-defined]
+                request.headers.get("X-Session-Id"),
+            )
         except BadRequest as exc:
             return error_response(400, str(exc), "invalid_request_error", exc.code, param=exc.param)
         if not req.stream:
@@ -196,8 +232,9 @@ async def _stream_response(runtime: Runtime, req: ChatRequest) -> Response:
 def parse_chat_request(raw: bytes, request_id: str, session_header: str | None = None) -> ChatRequest:
     """Validate what we must understand; pass everything else through untouched."""
     if not raw.strip():
-        raise BadRequest("The request body is empty; send a JSON object with 'model' and 'messages'.",
-                         code="invalid_json")
+        raise BadRequest(
+            "The request body is empty; send a JSON object with 'model' and 'messages'.", code="invalid_json"
+        )
     try:
         body = _decode(raw)
     except msgspec.DecodeError as exc:
@@ -208,8 +245,11 @@ def parse_chat_request(raw: bytes, request_id: str, session_header: str | None =
         raise BadRequest("The request body must be a JSON object.", code="invalid_json")
     messages = body.get("messages")
     if messages is None:
-        raise BadRequest("'messages' is required: a non-empty list of chat messages.", "messages",
-                         "missing_required_parameter")
+        raise BadRequest(
+            "'messages' is required: a non-empty list of chat messages.",
+            "messages",
+            "missing_required_parameter",
+        )
     if not isinstance(messages, list) or not messages:
         raise BadRequest("'messages' must be a non-empty list of chat messages.", "messages", "invalid_type")
     for i, message in enumerate(messages):
@@ -221,7 +261,9 @@ def parse_chat_request(raw: bytes, request_id: str, session_header: str | None =
     requested: tuple[str, ...] = (model,)
     if models is not None:
         if not isinstance(models, list) or not models or not all(isinstance(m, str) and m for m in models):
-            raise BadRequest("'models' must be a non-empty list of model id strings.", "models", "invalid_type")
+            raise BadRequest(
+                "'models' must be a non-empty list of model id strings.", "models", "invalid_type"
+            )
         requested = tuple(models) if model in ("auto", *VIRTUAL_MODELS) else (model, *models)
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
@@ -237,8 +279,15 @@ def parse_chat_request(raw: bytes, request_id: str, session_header: str | None =
         body.pop(name, None)
     if session_header is not None and not session_header.strip():
         raise BadRequest("'X-Session-Id' must not be empty.", code="invalid_session_id")
-    return ChatRequest(request_id=request_id, body=body, requested=requested, stream=stream,
-                       est_tokens=estimate_tokens(messages), use_chain=fallback, session_header=session_header)
+    return ChatRequest(
+        request_id=request_id,
+        body=body,
+        requested=requested,
+        stream=stream,
+        est_tokens=estimate_tokens(messages),
+        use_chain=fallback,
+        session_header=session_header,
+    )
 
 
 def _check_message(i: int, message: Any) -> None:
@@ -250,22 +299,34 @@ def _check_message(i: int, message: Any) -> None:
     if isinstance(content, list):
         for j, part in enumerate(content):
             if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-                raise BadRequest(f"'{where}.content[{j}]' must be an object with a string 'type'.",
-                                 f"{where}.content[{j}]", "invalid_type")
+                raise BadRequest(
+                    f"'{where}.content[{j}]' must be an object with a string 'type'.",
+                    f"{where}.content[{j}]",
+                    "invalid_type",
+                )
             if part["type"] == "text" and not isinstance(part.get("text"), str):
-                raise BadRequest(f"'{where}.content[{j}].text' must be a string.", f"{where}.content[{j}].text",
-                                 "invalid_type")
+                raise BadRequest(
+                    f"'{where}.content[{j}].text' must be a string.",
+                    f"{where}.content[{j}].text",
+                    "invalid_type",
+                )
     elif content is not None and not isinstance(content, str):
-        raise BadRequest(f"'{where}.content' must be a string, an array of content parts, or null.",
-                         f"{where}.content", "invalid_type")
+        raise BadRequest(
+            f"'{where}.content' must be a string, an array of content parts, or null.",
+            f"{where}.content",
+            "invalid_type",
+        )
     calls = message.get("tool_calls")
     if calls is not None:
         if not isinstance(calls, list):
             raise BadRequest(f"'{where}.tool_calls' must be an array.", f"{where}.tool_calls", "invalid_type")
         for j, call in enumerate(calls):
             if not isinstance(call, dict) or not isinstance(call.get("function", {}), dict):
-                raise BadRequest(f"'{where}.tool_calls[{j}]' must be an object whose 'function' is an object.",
-                                 f"{where}.tool_calls[{j}]", "invalid_type")
+                raise BadRequest(
+                    f"'{where}.tool_calls[{j}]' must be an object whose 'function' is an object.",
+                    f"{where}.tool_calls[{j}]",
+                    "invalid_type",
+                )
 
 
 def estimate_tokens(messages: list[Any]) -> int:

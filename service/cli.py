@@ -14,12 +14,11 @@ from pathlib import Path
 import trio
 
 from actors.model_health import usable_keys
-
 from events.model_stats import Stats
 from events.replay import Replayed, replay, select_decisions
-from events.view import RoutingView, rebuild
 from events.sqlite_store import SqliteStore
 from events.types import KeyAdded, KeyDisabled, KeyEnabled, ModelUpdated, encode_event, event_type
+from events.view import RoutingView, rebuild
 from service.config import Config, ConfigError, load_config
 from service.secrets import SecretsError, Vault, key_label, load_master_key
 from service.server import DB_NAME, check_keys, routing_settings, run_gateway
@@ -74,8 +73,17 @@ def cmd_keys_add(args: argparse.Namespace) -> int:
         key_id, created = vault.put(args.platform, secret)
         view, _ = _projections(store, config)
         if key_id not in view.health.keys:
-            store.append([KeyAdded(ts=time.time(), key_id=key_id, platform=args.platform,
-                                   label=key_label(secret), source="vault")])
+            store.append(
+                [
+                    KeyAdded(
+                        ts=time.time(),
+                        key_id=key_id,
+                        platform=args.platform,
+                        label=key_label(secret),
+                        source="vault",
+                    )
+                ]
+            )
         print(f"{'added' if created else 'already stored'}: {key_id} ({args.platform}, {key_label(secret)})")
     finally:
         vault.close()
@@ -95,13 +103,27 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     models = view.catalog.models()
     rows = []
     for info in sorted(health.keys.values(), key=lambda k: (k.platform, k.key_id)):
-        cooling = [f"{m.id} {until - now:.0f}s" for m in models if m.platform == info.platform
-                   if (until := health.cooling_until(info.key_id, m.id, now)) is not None]
+        cooling = [
+            f"{m.id} {until - now:.0f}s"
+            for m in models
+            if m.platform == info.platform
+            if (until := health.cooling_until(info.key_id, m.id, now)) is not None
+        ]
         status = info.status + (f" ({info.reason})" if info.reason else "")
-        rows.append((info.key_id, info.platform, info.label, info.source, status,
-                     "cooling: " + ", ".join(cooling) if cooling else ""))
+        rows.append(
+            (
+                info.key_id,
+                info.platform,
+                info.label,
+                info.source,
+                status,
+                "cooling: " + ", ".join(cooling) if cooling else "",
+            )
+        )
     if not rows:
-        print("no keys yet: set e.g. GROQ_API_KEY, add keys to the config, or run 'switchboard keys add groq'")
+        print(
+            "no keys yet: set e.g. GROQ_API_KEY, add keys to the config, or run 'switchboard keys add groq'"
+        )
         return 0
     _table(("KEY", "PLATFORM", "LABEL", "SOURCE", "STATUS", ""), rows)
     return 0
@@ -115,8 +137,11 @@ def cmd_keys_toggle(args: argparse.Namespace) -> int:
         if args.key_id not in view.health.keys:
             print(f"error: no key '{args.key_id}' (see 'switchboard keys list')", file=sys.stderr)
             return 2
-        event = (KeyDisabled(ts=time.time(), key_id=args.key_id, reason=args.reason or "by operator")
-                 if args.action == "disable" else KeyEnabled(ts=time.time(), key_id=args.key_id))
+        event = (
+            KeyDisabled(ts=time.time(), key_id=args.key_id, reason=args.reason or "by operator")
+            if args.action == "disable"
+            else KeyEnabled(ts=time.time(), key_id=args.key_id)
+        )
         store.append([event])
     finally:
         store.close()
@@ -130,9 +155,16 @@ def cmd_keys_check(args: argparse.Namespace) -> int:
     if not results:
         print("no keys to check")
         return 0
-    rows = [(info.key_id, info.platform, info.label, "ok" if checked.ok else "FAILED",
-             checked.message or (f"HTTP {checked.status}" if checked.status else ""))
-            for info, checked in results]
+    rows = [
+        (
+            info.key_id,
+            info.platform,
+            info.label,
+            "ok" if checked.ok else "FAILED",
+            checked.message or (f"HTTP {checked.status}" if checked.status else ""),
+        )
+        for info, checked in results
+    ]
     _table(("KEY", "PLATFORM", "LABEL", "CHECK", "DETAIL"), rows)
     return 0 if all(checked.ok for _, checked in results) else 1
 
@@ -147,8 +179,16 @@ def cmd_models(args: argparse.Namespace) -> int:
             if len(found) != 1:
                 print(f"error: '{args.model}' matches {len(found)} models; use platform/id", file=sys.stderr)
                 return 2
-            store.append([ModelUpdated(ts=time.time(), platform=found[0].platform, model=found[0].id,
-                                       enabled=args.action == "enable")])
+            store.append(
+                [
+                    ModelUpdated(
+                        ts=time.time(),
+                        platform=found[0].platform,
+                        model=found[0].id,
+                        enabled=args.action == "enable",
+                    )
+                ]
+            )
             print(f"{args.action}d {found[0].ref}")
             return 0
     finally:
@@ -160,9 +200,18 @@ def cmd_models(args: argparse.Namespace) -> int:
             continue
         keys = usable_keys(view, m, now)
         s = stats.models.get(m.ref)
-        rows.append((m.ref, m.pool, str(m.intelligence_rank), str(m.context_window or "-"),
-                     "yes" if m.enabled else "no", "yes" if m.fallback else "no", str(len(keys)),
-                     f"{s.successes}/{s.total}" if s else "-"))
+        rows.append(
+            (
+                m.ref,
+                m.pool,
+                str(m.intelligence_rank),
+                str(m.context_window or "-"),
+                "yes" if m.enabled else "no",
+                "yes" if m.fallback else "no",
+                str(len(keys)),
+                f"{s.successes}/{s.total}" if s else "-",
+            )
+        )
     _table(("MODEL", "POOL", "RANK", "CONTEXT", "ENABLED", "CHAIN", "KEYS", "OK/TOTAL"), rows)
     return 0
 
@@ -204,8 +253,9 @@ def cmd_log_tail(args: argparse.Namespace) -> int:
             if store.data_version() == version:
                 continue
             version = store.data_version()
-            for seq, event in store.read_after(seq):
-                _print_event(seq, event, args.type)
+            for entry_seq, event in store.read_after(seq):
+                _print_event(entry_seq, event, args.type)
+                seq = entry_seq
     except KeyboardInterrupt:
         return 0
     finally:
@@ -223,8 +273,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
             return 1 if args.request else 0
         show_progress = sys.stderr.isatty() and store.last_seq() > 50_000
         started = time.perf_counter()
-        results = list(replay(store, routing_settings(config).new_view(), targets,
-                              progress=_progress_bar if show_progress else None))
+        results = list(
+            replay(
+                store,
+                routing_settings(config).new_view(),
+                targets,
+                progress=_progress_bar if show_progress else None,
+            )
+        )
         elapsed = time.perf_counter() - started
         if show_progress:
             print(file=sys.stderr)
@@ -239,8 +295,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     total = len(results)
     events_read = max(r.recorded.view_seq for r in results)
     rate = f"{events_read / elapsed:,.0f} events/s" if elapsed > 0 else ""
-    summary = (f"{total - len(changed)} of {total} decisions reproduced "
-               f"({100 * (total - len(changed)) / total:.1f}%); {events_read} events folded, {rate}")
+    summary = (
+        f"{total - len(changed)} of {total} decisions reproduced "
+        f"({100 * (total - len(changed)) / total:.1f}%); {events_read} events folded, {rate}"
+    )
     if changed and args.config:
         # Under another config differences are the point: what its routing settings would have done.
         print(f"what-if under {args.config}: {len(changed)} of {total} decisions would change; {summary}")
@@ -252,8 +310,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def _progress_bar(done: int, total: int) -> None:
     width = 40
     filled = int(width * done / max(total, 1))
-    print(f"\rreplaying [{'#' * filled}{'.' * (width - filled)}] {done}/{total} events", end="", file=sys.stderr,
-          flush=True)
+    print(
+        f"\rreplaying [{'#' * filled}{'.' * (width - filled)}] {done}/{total} events",
+        end="",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _change_line(r: Replayed) -> str:
@@ -271,23 +333,32 @@ def explain(r: Replayed) -> str:
     rec = r.recorded
     d = r.decision
     verdict = "reproduced" if r.matches else "DIFFERS"
-    lines = [f"{rec.request_id} attempt {rec.attempt} at seq {r.seq} (view {rec.view_seq}, mode {rec.input.mode},"
-             f" seed {rec.seed}): chose {rec.chosen_ref or 'nothing'}"
-             + (f" with key {rec.chosen_key}" if rec.chosen_key else "") + f" [{verdict}]"]
+    lines = [
+        f"{rec.request_id} attempt {rec.attempt} at seq {r.seq} (view {rec.view_seq}, mode {rec.input.mode},"
+        f" seed {rec.seed}): chose {rec.chosen_ref or 'nothing'}"
+        + (f" with key {rec.chosen_key}" if rec.chosen_key else "")
+        + f" [{verdict}]"
+    ]
     if rec.input.tried:
         lines.append("  already tried: " + ", ".join(f"{ref} ({key})" for key, ref in rec.input.tried))
     candidates = d.candidates if d is not None else rec.candidates
     if candidates:
-        lines.append("  candidates (score = theta + speed + ttfb + intelligence - penalty; smart mode weights"
-                     " intelligence):")
+        lines.append(
+            "  candidates (score = theta + speed + ttfb + intelligence - penalty; smart mode weights"
+            " intelligence):"
+        )
         for i, c in enumerate(candidates, 1):
             mark = "  <- chosen" if c.ref == rec.chosen_ref else ""
-            lines.append(f"    {i}. {c.ref:<48} {c.score:7.3f}  theta {c.theta:.3f}  speed {c.speed:+.3f}  "
-                         f"ttfb {c.ttfb:+.3f}  intel {c.intelligence:.2f}  penalty {c.penalty:.2f}"
-                         f"  [{c.pool}{', named' if c.named else ''}]{mark}")
+            lines.append(
+                f"    {i}. {c.ref:<48} {c.score:7.3f}  theta {c.theta:.3f}  speed {c.speed:+.3f}  "
+                f"ttfb {c.ttfb:+.3f}  intel {c.intelligence:.2f}  penalty {c.penalty:.2f}"
+                f"  [{c.pool}{', named' if c.named else ''}]{mark}"
+            )
         total = d.candidates_total if d is not None else rec.candidates_total
         if total > len(candidates):
-            lines.append(f"    ... {total - len(candidates)} more eligible models could not have scored higher")
+            lines.append(
+                f"    ... {total - len(candidates)} more eligible models could not have scored higher"
+            )
     excluded = d.excluded if d is not None else rec.excluded
     if excluded:
         lines.append("  not chosen because:")
@@ -296,8 +367,10 @@ def explain(r: Replayed) -> str:
     if no_key:
         lines.append(f"  {no_key} models skipped: their platforms have no key")
     if not r.matches and d is not None:
-        lines.append(f"  replay chose {d.chosen_ref or 'nothing'}" + (f" with key {d.chosen_key}" if d.chosen_key
-                                                                     else ""))
+        lines.append(
+            f"  replay chose {d.chosen_ref or 'nothing'}"
+            + (f" with key {d.chosen_key}" if d.chosen_key else "")
+        )
     return "\n".join(lines)
 
 
@@ -332,8 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("platform")
     add.set_defaults(func=cmd_keys_add)
     common(keys.add_parser("list", help="keys and their status")).set_defaults(func=cmd_keys_list)
-    common(keys.add_parser("check", help="call each provider with each key (GET /models) and log the result")
-           ).set_defaults(func=cmd_keys_check)
+    common(
+        keys.add_parser("check", help="call each provider with each key (GET /models) and log the result")
+    ).set_defaults(func=cmd_keys_check)
     for action in ("disable", "enable"):
         p = common(keys.add_parser(action, help=f"{action} a key"))
         p.add_argument("key_id")
@@ -350,7 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(func=cmd_models)
 
     common(sub.add_parser("sessions", help="live conversations: pins, bans, last use")).set_defaults(
-        func=cmd_sessions)
+        func=cmd_sessions
+    )
 
     log = sub.add_parser("log", help="the event log").add_subparsers(dest="action", required=True)
     tail = common(log.add_parser("tail", help="print recent events as JSON lines"))
@@ -370,7 +445,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "action", None) in ("enable", "disable") and args.command == "models" and not args.model:
-        print("error: name the model, e.g. 'switchboard models disable groq/llama-3.1-8b-instant'", file=sys.stderr)
+        print(
+            "error: name the model, e.g. 'switchboard models disable groq/llama-3.1-8b-instant'",
+            file=sys.stderr,
+        )
         return 2
     try:
         return args.func(args)

@@ -48,37 +48,54 @@ class _Response:
 
 
 class OpenAICompatUpstream:
-    def __init__(self, platforms: Mapping[str, PlatformEndpoint], secret_for: Callable[[str], str], *,
-                 shards: int = 8, connections_per_shard: int = 64, connect_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        platforms: Mapping[str, PlatformEndpoint],
+        secret_for: Callable[[str], str],
+        *,
+        shards: int = 8,
+        connections_per_shard: int = 64,
+        connect_timeout_s: float = 10.0,
+    ) -> None:
         self._platforms = dict(platforms)
         self._secret_for = secret_for
-        limits = httpx.Limits(max_connections=connections_per_shard,
-                              max_keepalive_connections=connections_per_shard, keepalive_expiry=30)
+        limits = httpx.Limits(
+            max_connections=connections_per_shard,
+            max_keepalive_connections=connections_per_shard,
+            keepalive_expiry=30,
+        )
         # Read timeouts are the request actor's cancel scopes (first-byte and stall deadlines), not httpx's.
         timeout = httpx.Timeout(connect=connect_timeout_s, read=None, write=30.0, pool=30.0)
-        self._clients = [httpx.AsyncClient(limits=limits, timeout=timeout, trust_env=False)
-                         for _ in range(shards)]
+        self._clients = [
+            httpx.AsyncClient(limits=limits, timeout=timeout, trust_env=False) for _ in range(shards)
+        ]
         self._next = itertools.cycle(self._clients)
 
     async def aclose(self) -> None:
         for client in self._clients:
             await client.aclose()
 
-    def _request(self, method: str, platform: str, key_id: str, path: str,
-                 body: bytes | None = None) -> tuple[httpx.AsyncClient, httpx.Request]:
+    def _request(
+        self, method: str, platform: str, key_id: str, path: str, body: bytes | None = None
+    ) -> tuple[httpx.AsyncClient, httpx.Request]:
         endpoint = self._platforms[platform]
-        headers = {"authorization": f"Bearer {self._secret_for(key_id)}", "accept-encoding": "gzip",
-                   **endpoint.headers}
+        headers = {
+            "authorization": f"Bearer {self._secret_for(key_id)}",
+            "accept-encoding": "gzip",
+            **endpoint.headers,
+        }
         if body is not None:
             headers["content-type"] = "application/json"
         client = next(self._next)
-        return client, client.build_request(method, endpoint.base_url.rstrip("/") + path, content=body,
-                                            headers=headers)
+        return client, client.build_request(
+            method, endpoint.base_url.rstrip("/") + path, content=body, headers=headers
+        )
 
     @asynccontextmanager
     async def open(self, call: UpstreamCall) -> AsyncIterator[_Response]:
-        client, request = self._request("POST", call.platform, call.key_id, "/chat/completions",
-                                        _encode(call.body))
+        client, request = self._request(
+            "POST", call.platform, call.key_id, "/chat/completions", _encode(call.body)
+        )
         try:
             resp = await client.send(request, stream=True)
         except httpx.TransportError as exc:

@@ -27,7 +27,15 @@ from service import __version__
 from service.app import create_app
 from service.config import Config
 from service.openai_compat import OpenAICompatUpstream, PlatformEndpoint
-from service.secrets import CredentialStore, TokenCheck, Vault, key_id_for, key_label, load_master_key, normalise_token
+from service.secrets import (
+    CredentialStore,
+    TokenCheck,
+    Vault,
+    key_id_for,
+    key_label,
+    load_master_key,
+    normalise_token,
+)
 
 DB_NAME = "switchboard.db"
 GRACE_S = 10.0
@@ -49,9 +57,17 @@ class Keyring:
 
 def catalog_models(config: Config) -> list[CatalogModel]:
     return [
-        CatalogModel(platform=m.platform, id=m.id, pool=m.pool, fallback=m.fallback, enabled=m.enabled,
-                     context_window=m.context_window, intelligence_rank=m.intelligence_rank,
-                     speed_rank=m.speed_rank, limits=Limits(m.rpm, m.rpd, m.tpm, m.tpd))
+        CatalogModel(
+            platform=m.platform,
+            id=m.id,
+            pool=m.pool,
+            fallback=m.fallback,
+            enabled=m.enabled,
+            context_window=m.context_window,
+            intelligence_rank=m.intelligence_rank,
+            speed_rank=m.speed_rank,
+            limits=Limits(m.rpm, m.rpd, m.tpm, m.tpd),
+        )
         for m in config.models
         if m.platform in config.platforms
     ]
@@ -61,26 +77,39 @@ def routing_settings(config: Config, keys: list[tuple[str, str, str, str]] | Non
     """Everything the runtime (and a replay) needs from the config."""
     t = config.timeouts
     deadlines = Deadlines(
-        first_byte_s=t.first_byte_s, stall_s=t.stall_s, keepalive_s=t.keepalive_s,
+        first_byte_s=t.first_byte_s,
+        stall_s=t.stall_s,
+        keepalive_s=t.keepalive_s,
         # A platform's timeout_s only ever raises its first-byte deadline (slow reasoning models).
-        platform_first_byte_s={p.name: max(t.first_byte_s, p.timeout_s) for p in config.platforms.values()
-                               if p.timeout_s is not None},
+        platform_first_byte_s={
+            p.name: max(t.first_byte_s, p.timeout_s)
+            for p in config.platforms.values()
+            if p.timeout_s is not None
+        },
     )
     return Settings(
-        models=catalog_models(config), keys=keys or [], deadlines=deadlines,
-        max_attempts=config.routing.max_attempts, policy=config.routing.policy, version=__version__,
-        rolling_day_platforms=frozenset(p.name for p in config.platforms.values() if p.quota_day == "rolling"),
+        models=catalog_models(config),
+        keys=keys or [],
+        deadlines=deadlines,
+        max_attempts=config.routing.max_attempts,
+        policy=config.routing.policy,
+        version=__version__,
+        rolling_day_platforms=frozenset(
+            p.name for p in config.platforms.values() if p.quota_day == "rolling"
+        ),
         sessions=SessionPolicy(
             protection={p.name: p.protection for p in config.platforms.values()},
             single_flight=frozenset(p.name for p in config.platforms.values() if p.single_flight),
-            pin_ttl_s=config.sessions.pin_ttl_s, max_sessions=config.sessions.max_sessions,
+            pin_ttl_s=config.sessions.pin_ttl_s,
+            max_sessions=config.sessions.max_sessions,
             provider_ban_window_s=config.sessions.provider_ban_window_s,
         ),
     )
 
 
-def collect_keys(config: Config, master_key: bytes, vault: Vault) -> tuple[list[tuple[str, str, str, str]],
-                                                                            dict[str, str]]:
+def collect_keys(
+    config: Config, master_key: bytes, vault: Vault
+) -> tuple[list[tuple[str, str, str, str]], dict[str, str]]:
     """Every key the gateway knows at start: (key_id, platform, label, source) and the secrets by id."""
     known: list[tuple[str, str, str, str]] = []
     secrets: dict[str, str] = {}
@@ -97,11 +126,15 @@ def collect_keys(config: Config, master_key: bytes, vault: Vault) -> tuple[list[
     return known, secrets
 
 
-def gateway_tokens(config: Config, credentials: CredentialStore, out: TextIO) -> tuple[TokenCheck, TokenCheck]:
+def gateway_tokens(
+    config: Config, credentials: CredentialStore, out: TextIO
+) -> tuple[TokenCheck, TokenCheck]:
     """Configured tokens win; with none configured, the gateway makes its own once and prints them once."""
     checks = []
-    for kind, configured, prefix in (("gateway", list(config.api_keys), "sk-sb-"),
-                                     ("admin", [config.admin_token] if config.admin_token else [], "sb-admin-")):
+    for kind, configured, prefix in (
+        ("gateway", list(config.api_keys), "sk-sb-"),
+        ("admin", [config.admin_token] if config.admin_token else [], "sb-admin-"),
+    ):
         if configured:
             checks.append(TokenCheck(normalise_token(t) for t in configured))
             continue
@@ -113,9 +146,15 @@ def gateway_tokens(config: Config, credentials: CredentialStore, out: TextIO) ->
     return checks[0], checks[1]
 
 
-async def run_gateway(config: Config, *, env: Mapping[str, str] | None = None, out: TextIO = sys.stdout,
-                      handle_signals: bool = True, store: LogStore | None = None,
-                      on_listening: Callable[[str, Runtime], None] | None = None) -> None:
+async def run_gateway(
+    config: Config,
+    *,
+    env: Mapping[str, str] | None = None,
+    out: TextIO = sys.stdout,
+    handle_signals: bool = True,
+    store: LogStore | None = None,
+    on_listening: Callable[[str, Runtime], None] | None = None,
+) -> None:
     """Run until SIGINT/SIGTERM (or `runtime.shutting_down`), then shut down gracefully."""
     env = os.environ if env is None else env
     data_dir = config.data_dir
@@ -141,8 +180,11 @@ async def run_gateway(config: Config, *, env: Mapping[str, str] | None = None, o
             hc.keep_alive_timeout = 75
             app = create_app(runtime, gateway_check)
             async with trio.open_nursery() as nursery:
-                binds = await nursery.start(lambda task_status: serve(
-                    app, hc, shutdown_trigger=runtime.shutting_down.wait, task_status=task_status))
+                binds = await nursery.start(
+                    lambda task_status: serve(
+                        app, hc, shutdown_trigger=runtime.shutting_down.wait, task_status=task_status
+                    )
+                )
                 url = binds[0]
                 print(f"switchboard listening on {url}", file=out, flush=True)
                 if on_listening is not None:
@@ -159,7 +201,9 @@ async def run_gateway(config: Config, *, env: Mapping[str, str] | None = None, o
         store.close()
 
 
-async def check_keys(config: Config, env: Mapping[str, str] | None = None) -> list[tuple[KeyInfo, KeyChecked]]:
+async def check_keys(
+    config: Config, env: Mapping[str, str] | None = None
+) -> list[tuple[KeyInfo, KeyChecked]]:
     """Check every known key once against its provider and append the results to the log (a running
     gateway picks them up: a key that works again is usable at once)."""
     env = os.environ if env is None else env
@@ -175,6 +219,7 @@ async def check_keys(config: Config, env: Mapping[str, str] | None = None) -> li
         results: list[tuple[KeyInfo, KeyChecked]] = []
         try:
             async with trio.open_nursery() as nursery:
+
                 async def one(info: KeyInfo) -> None:
                     results.append((info, await check_key(upstream, info.platform, info.key_id, time.time)))
 
