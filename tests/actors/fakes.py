@@ -149,17 +149,22 @@ def completion(content: str = "Hello", *, finish: str = "stop", model: str = "m"
         "id": "chatcmpl-1",
         "object": "chat.completion",
         "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}],
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}
+        ],
         "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
     }
 
 
-def json_reply(obj: Any, status: int = 200, headers: Mapping[str, str] | None = None, *,
-               before: Iterable[Step] = ()) -> Reply:
+def json_reply(
+    obj: Any, status: int = 200, headers: Mapping[str, str] | None = None, *, before: Iterable[Step] = ()
+) -> Reply:
     return Reply(status, {**JSON, **(headers or {})}, (_encode(obj),), tuple(before))
 
 
-def error_reply(status: int, message: str = "upstream says no", headers: Mapping[str, str] | None = None) -> Reply:
+def error_reply(
+    status: int, message: str = "upstream says no", headers: Mapping[str, str] | None = None
+) -> Reply:
     return json_reply({"error": {"message": message, "type": "error", "code": status}}, status, headers)
 
 
@@ -174,8 +179,13 @@ def chunk(content: str | None = None, *, role: str | None = None, finish: str | 
         delta["role"] = role
     if content is not None:
         delta["content"] = content
-    return frame({"id": "chatcmpl-1", "object": "chat.completion.chunk",
-                  "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    return frame(
+        {
+            "id": "chatcmpl-1",
+            "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+    )
 
 
 ROLE = chunk(role="assistant")
