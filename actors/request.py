@@ -572,12 +572,15 @@ class RequestActor:
                         silent_s=round(silent, 3),
                     )
                 )
-                what = "stopped sending" if mid else "sent no first byte"
+                if timer.first is None:
+                    what, limit = "sent no first byte", first_byte_s
+                else:
+                    what, limit = "stopped sending", self._deadlines.stall_s
                 out = _Outcome(
                     False,
                     "stall_mid" if mid else "stall_pre",
                     None,
-                    f"{model.ref} {what} within {self._deadlines.stall_s if mid else first_byte_s:g}s",
+                    f"{model.ref} {what} within {limit:g}s",
                     forwarded=mid,
                 )
             if out.forwarded and not out.ok and not out.delivered:
@@ -704,14 +707,19 @@ class RequestActor:
         stall_s = self._deadlines.stall_s
         pending: list[bytes] = []  # frames before the first content: held back so a failure can fall over
         finish: str | None = None
+        done = False
         async for payload in frames:
             timer.first_byte()
             deadline.deadline = trio.current_time() + stall_s
             if payload == b"[DONE]":
-                # Let the body end (usually one more read) so the connection goes back to the pool.
-                with trio.move_on_after(DRAIN_S):
-                    async for _ in frames:
-                        pass
+                done = True
+                if state.forwarded:
+                    deadline.deadline = math.inf
+                    await emit(DONE)
+                    # Then let the body end (usually one more read) so the connection goes back to the pool.
+                    with trio.move_on_after(DRAIN_S):
+                        async for _ in frames:
+                            pass
                 break
             try:
                 obj = _decode(payload)
@@ -745,8 +753,14 @@ class RequestActor:
             deadline.deadline = trio.current_time() + stall_s
         if not state.forwarded:
             return _Outcome(False, "empty", 200, "the stream ended with no content and no tool calls")
+        if not done and finish is None:
+            # The body ended mid-answer: an honest error event, never a normal-looking ending.
+            return _Outcome(
+                False, "connect", None, "the stream ended before the answer finished", forwarded=True
+            )
         deadline.deadline = math.inf
-        await emit(DONE)
+        if not done:
+            await emit(DONE)
         if _truncated(finish, req, None):
             # Delivered as the provider sent it (finish_reason says so); recorded as a model fault.
             return _Outcome(

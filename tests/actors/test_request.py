@@ -434,13 +434,6 @@ async def test_a_body_that_stops_after_some_bytes_falls_over_after_stall_s(
         assert gw.upstream.calls("local/a")[0].cancelled
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: RequestActor._attempt (actors/request.py, `what = ... 'sent no first byte'`) describes "
-    "a body that went silent after its first bytes as 'sent no first byte within <first_byte_s>s': a "
-    "non-streaming attempt never sets stream_state.forwarded, so the pre-first-byte wording (and "
-    "first_byte_s instead of stall_s) is always used; it should depend on timer.first",
-)
 async def test_a_body_that_stops_after_some_bytes_is_not_described_as_sending_no_first_byte(
     autojump_clock: trio.abc.Clock,
 ) -> None:
@@ -806,12 +799,6 @@ async def test_a_stream_reset_after_content_ends_with_an_error_event(autojump_cl
         assert only(gw.events(AttemptFailed)).mid_stream
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: RequestActor._relay_frames (actors/request.py, after the `async for payload in frames` "
-    "loop) ends a stream whose body closed after content with no finish_reason and no [DONE] with a "
-    "normal [DONE] and AttemptSucceeded: a fake normal ending (DESIGN.md section 5, commit contract)",
-)
 async def test_a_stream_whose_body_ends_mid_answer_is_not_given_a_normal_ending(
     autojump_clock: trio.abc.Clock,
 ) -> None:
@@ -826,12 +813,6 @@ async def test_a_stream_whose_body_ends_mid_answer_is_not_given_a_normal_ending(
         assert not gw.events(AttemptSucceeded)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: RequestActor._relay_frames (actors/request.py, `if payload == b'[DONE]'`) drains the "
-    "upstream body for up to DRAIN_S before it emits [DONE], so the client waits on an upstream that "
-    "keeps its body open after [DONE]; emit DONE first, then drain",
-)
 async def test_the_clients_done_does_not_wait_for_the_upstream_to_end_its_body(
     autojump_clock: trio.abc.Clock,
 ) -> None:
