@@ -87,13 +87,10 @@ class KeyHealth:
         self._cooling[slot] = max(self._cooling.get(slot, 0.0), until)
 
     def cooling_until(self, key_id: str, model: str, now: float) -> float | None:
+        # A pure read: deleting expired entries here would make the fold of a late event (stamped before
+        # this read's `now`) differ from a rebuild's. The map is bounded by keys x models.
         until = self._cooling.get((key_id, model))
-        if until is None:
-            return None
-        if until <= now:
-            del self._cooling[(key_id, model)]
-            return None
-        return until
+        return until if until is not None and until > now else None
 
     def has_keys(self, platform: str) -> bool:
         return platform in self._by_platform

@@ -140,19 +140,34 @@ class Quotas:
             usage.minute.requests, usage.day.requests, usage.minute.tokens, usage.day.tokens, usage.reserved
         )
 
-    def frees_at(self, key_id: str, ref: str, now: float) -> float | None:
-        """When the oldest request of this minute leaves the window (the soonest an RPM/TPM block can end);
-        for a daily block, the next UTC midnight or when the oldest request of the rolling day leaves."""
+    def frees_at(self, key_id: str, ref: str, now: float, limits: Limits, tokens: int) -> float | None:
+        """When the limit that blocks one more request of `tokens` stops blocking it, if nothing else is
+        sent meanwhile: the moment enough of the window's requests (or tokens) have left it, or for a
+        calendar day the next UTC midnight."""
         usage = self._slots.get((key_id, ref))
         if usage is None:
             return None
-        usage.minute.prune(now)
-        if usage.minute.entries:
-            return usage.minute.entries[0][0] + MINUTE
-        if isinstance(usage.day, _Window):
-            usage.day.prune(now)
-            return usage.day.entries[0][0] + DAY if usage.day.entries else None
-        return (int(now // DAY) + 1) * DAY
+        current = self.usage(key_id, ref, now)
+        pending = current.reserved_tokens + tokens
+        blocks = [
+            (limits.rpm, current.requests_minute - limits.rpm + 1 if limits.rpm is not None else 0, usage.minute, 1),
+            (limits.rpd, current.requests_day - limits.rpd + 1 if limits.rpd is not None else 0, usage.day, 1),
+            (limits.tpm, current.tokens_minute + pending - limits.tpm if limits.tpm is not None else 0,
+             usage.minute, 2),
+            (limits.tpd, current.tokens_day + pending - limits.tpd if limits.tpd is not None else 0, usage.day, 2),
+        ]
+        for limit, excess, window, field_index in blocks:
+            if limit is None or excess <= 0:
+                continue
+            if isinstance(window, _CalendarDay):
+                return (window.day + 1) * DAY
+            freed = 0
+            for entry in window.entries:
+                freed += entry[field_index]
+                if freed >= excess:
+                    return entry[0] + window.span
+            return None  # in-flight reservations hold it: it frees when they finish
+        return None
 
     def in_flight(self) -> int:
         return len(self._in_flight)

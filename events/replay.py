@@ -65,7 +65,9 @@ def replay(
 ) -> Iterator[Replayed]:
     """Yield the replay of each target, in order of the view position it was decided on. `view` must be
     fresh (nothing folded)."""
-    pending = sorted(targets, key=lambda t: (t[1].view_seq, t[0]))
+    # The order the live actor answered in: by view position, then time (request tasks may append their
+    # decisions in another order than they were answered).
+    pending = sorted(targets, key=lambda t: (t[1].view_seq, t[1].now, t[0]))
     if not pending:
         return
     last_needed = pending[-1][1].view_seq

@@ -118,13 +118,9 @@ class Sessions:
                 pass
 
     def get(self, session: str, now: float) -> SessionState | None:
+        # A pure read (see KeyHealth.cooling_until); expired sessions leave by the LRU bound.
         state = self._sessions.get(session)
-        if state is None:
-            return None
-        if state.last_use + self.ttl_s <= now:
-            del self._sessions[session]
-            return None
-        return state
+        return state if state is not None and state.last_use + self.ttl_s > now else None
 
     def live(self, now: float) -> list[tuple[str, SessionState]]:
         return [(k, s) for k, s in self._sessions.items() if s.last_use + self.ttl_s > now]

@@ -8,8 +8,17 @@ from events.quotas import Limits
 from events.types import KeyAdded, ModelUpdated
 
 
-def model(platform: str, id: str, *, pool: str = "balanced", fallback: bool = True, enabled: bool = True,
-          context_window: int | None = None, intelligence: int = 50, speed: int = 50) -> CatalogModel:
+def model(
+    platform: str,
+    id: str,
+    *,
+    pool: str = "balanced",
+    fallback: bool = True,
+    enabled: bool = True,
+    context_window: int | None = None,
+    intelligence: int = 50,
+    speed: int = 50,
+) -> CatalogModel:
     return CatalogModel(platform, id, pool, fallback, enabled, context_window, intelligence, speed)
 
 
@@ -22,7 +31,9 @@ CATALOG = [MID, BIG, OFF]
 def test_ref_is_platform_slash_id_and_not_part_of_equality() -> None:
     m = CatalogModel("openrouter", "qwen/qwen3:free", "fast", True, True, 32_000, 3, 4, Limits(rpm=20))
     assert m.ref == "openrouter/qwen/qwen3:free"
-    assert m == CatalogModel("openrouter", "qwen/qwen3:free", "fast", True, True, 32_000, 3, 4, Limits(rpm=20))
+    assert m == CatalogModel(
+        "openrouter", "qwen/qwen3:free", "fast", True, True, 32_000, 3, 4, Limits(rpm=20)
+    )
 
 
 def test_models_keep_the_configured_order() -> None:

@@ -34,15 +34,40 @@ class Model:
         return self.cooldowns.penalty(ref, now)
 
 
-def failed(kind: str, ts: float, key_id: str = "k1", *, model: str = "llama", platform: str = "groq",
-           retry_after_s: float | None = None) -> AttemptFailed:
-    return AttemptFailed(ts=ts, request_id="r", attempt=1, platform=platform, model=model, key_id=key_id, kind=kind,
-                         retry_after_s=retry_after_s)
+def failed(
+    kind: str,
+    ts: float,
+    key_id: str = "k1",
+    *,
+    model: str = "llama",
+    platform: str = "groq",
+    retry_after_s: float | None = None,
+) -> AttemptFailed:
+    return AttemptFailed(
+        ts=ts,
+        request_id="r",
+        attempt=1,
+        platform=platform,
+        model=model,
+        key_id=key_id,
+        kind=kind,
+        retry_after_s=retry_after_s,
+    )
 
 
 def succeeded(ts: float, key_id: str = "k1", model: str = "llama") -> AttemptSucceeded:
-    return AttemptSucceeded(ts=ts, request_id="r", attempt=1, platform="groq", model=model, key_id=key_id,
-                            latency_ms=100.0, ttfb_ms=10.0, input_tokens=1, output_tokens=1)
+    return AttemptSucceeded(
+        ts=ts,
+        request_id="r",
+        attempt=1,
+        platform="groq",
+        model=model,
+        key_id=key_id,
+        latency_ms=100.0,
+        ttfb_ms=10.0,
+        input_tokens=1,
+        output_tokens=1,
+    )
 
 
 # -- Transient cooldown
@@ -73,8 +98,19 @@ def test_a_transient_cooldown_expires_exactly() -> None:
     assert m.cooling(99.0) is not None  # a read does not consume the cooldown
 
 
-@pytest.mark.parametrize("kind", ["rate_limited", "auth", "bad_request", "context_exceeded", "truncated", "empty",
-                                  "client_abort", "a_kind_from_the_future"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "rate_limited",
+        "auth",
+        "bad_request",
+        "context_exceeded",
+        "truncated",
+        "empty",
+        "client_abort",
+        "a_kind_from_the_future",
+    ],
+)
 def test_other_failures_do_not_cool_the_model(kind: str) -> None:
     m = Model("k1")
     m.apply(failed(kind, 100.0, retry_after_s=1.0))
@@ -99,8 +135,11 @@ def test_a_success_in_between_resets_the_count() -> None:
 
 def test_a_success_of_another_model_does_not_reset_the_count() -> None:
     m = Model("k1", "k2")
-    m.apply(failed("server_error", 100.0, "k1"), succeeded(101.0, "k1", model="other"),
-            failed("server_error", 102.0, "k2"))
+    m.apply(
+        failed("server_error", 100.0, "k1"),
+        succeeded(101.0, "k1", model="other"),
+        failed("server_error", 102.0, "k2"),
+    )
     assert m.cooling(102.0) is not None
     assert m.cooling(102.0, "groq/other") is None
 

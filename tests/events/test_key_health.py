@@ -87,7 +87,9 @@ def test_keys_of_a_platform_keep_the_order_they_were_added() -> None:
 
 
 def test_key_invalidated_keeps_the_status_and_message() -> None:
-    health = fold(KeyHealth(), [added(), KeyInvalidated(ts=1, key_id="k1", status=401, message="Invalid API Key")])
+    health = fold(
+        KeyHealth(), [added(), KeyInvalidated(ts=1, key_id="k1", status=401, message="Invalid API Key")]
+    )
     assert health.keys["k1"].status == "invalid"
     assert health.keys["k1"].reason == "HTTP 401: Invalid API Key"
     health.apply(KeyInvalidated(ts=2, key_id="k1", status=403))
@@ -98,7 +100,11 @@ def test_re_announcing_a_key_keeps_its_invalid_status() -> None:
     # Every start re-announces the configured keys: a key the provider rejected must stay rejected.
     health = fold(
         KeyHealth(),
-        [added("k1", label="old"), KeyInvalidated(ts=1, key_id="k1", status=401, message="nope"), added("k1", label="new")],
+        [
+            added("k1", label="old"),
+            KeyInvalidated(ts=1, key_id="k1", status=401, message="nope"),
+            added("k1", label="new"),
+        ],
     )
     assert health.keys["k1"] == KeyInfo("k1", "groq", "new", "config", "invalid", "HTTP 401: nope")
 
@@ -116,7 +122,9 @@ def test_disable_then_enable() -> None:
 
 
 def test_enable_clears_an_invalid_key() -> None:
-    health = fold(KeyHealth(), [added(), KeyInvalidated(ts=1, key_id="k1", status=401), KeyEnabled(ts=2, key_id="k1")])
+    health = fold(
+        KeyHealth(), [added(), KeyInvalidated(ts=1, key_id="k1", status=401), KeyEnabled(ts=2, key_id="k1")]
+    )
     assert health.keys["k1"].status == "ok"
 
 
@@ -134,7 +142,7 @@ def test_status_events_for_an_unknown_key_are_ignored() -> None:
 
 
 def test_attempt_failures_do_not_change_a_key_status() -> None:
-    # An `auth` failure becomes a KeyInvalidated event (written by the request actor); by itself it is telemetry.
+    # The request actor writes a KeyInvalidated after an `auth` failure; the failure itself is telemetry.
     health = fold(KeyHealth(), [added()])
     for kind in ("auth", "server_error", "connect", "stall_pre", "model_missing", "client_abort"):
         health.apply(failed(kind, retry_after_s=30))
@@ -205,7 +213,8 @@ def test_cooling_expires_exactly_at_ts_plus_wait_not_before() -> None:
     health = fold(KeyHealth(), [failed("rate_limited", ts=1000.0, retry_after_s=30.0)])
     assert health.cooling_until("k1", "llama", 1029.999999) == 1030.0
     assert health.cooling_until("k1", "llama", 1030.0) is None
-    assert health.cooling_until("k1", "llama", 1029.0) is None  # expired entries are gone for good
+    # A pure read: asking at a later time does not change the answer for an earlier one.
+    assert health.cooling_until("k1", "llama", 1029.0) == 1030.0
 
 
 def test_cooling_is_per_key_and_model() -> None:
@@ -248,7 +257,9 @@ def test_cooldowns_merge_in_any_order() -> None:
 
 
 def test_an_exhausted_success_cools_the_key_for_that_model() -> None:
-    health = fold(KeyHealth(), [added("k1"), added("k2"), succeeded(ts=500.0, key_id="k1", exhausted_for_s=12.5)])
+    health = fold(
+        KeyHealth(), [added("k1"), added("k2"), succeeded(ts=500.0, key_id="k1", exhausted_for_s=12.5)]
+    )
     assert health.cooling_until("k1", "llama", 500.0) == 512.5
     assert health.cooling_until("k1", "llama", 512.4999) == 512.5
     assert health.cooling_until("k1", "llama", 512.5) is None
@@ -264,6 +275,7 @@ def test_a_success_with_quota_left_cools_nothing() -> None:
 
 def test_a_success_does_not_shorten_a_429_cooldown() -> None:
     health = fold(
-        KeyHealth(), [failed("rate_limited", ts=100.0, retry_after_s=60.0), succeeded(ts=101.0, exhausted_for_s=1.0)]
+        KeyHealth(),
+        [failed("rate_limited", ts=100.0, retry_after_s=60.0), succeeded(ts=101.0, exhausted_for_s=1.0)],
     )
     assert health.cooling_until("k1", "llama", 130.0) == 160.0

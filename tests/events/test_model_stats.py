@@ -34,10 +34,27 @@ def fold(stats: Stats, events: Iterable[Event]) -> Stats:
     return stats
 
 
-def succeeded(ts: float = T0, *, platform: str = "groq", model: str = "llama", latency_ms: float = 1100.0,
-              ttfb_ms: float = 100.0, output_tokens: int = 100, input_tokens: int = 5) -> AttemptSucceeded:
-    return AttemptSucceeded(ts=ts, attempt=1, platform=platform, model=model, key_id="k1", latency_ms=latency_ms,
-                            ttfb_ms=ttfb_ms, input_tokens=input_tokens, output_tokens=output_tokens)
+def succeeded(
+    ts: float = T0,
+    *,
+    platform: str = "groq",
+    model: str = "llama",
+    latency_ms: float = 1100.0,
+    ttfb_ms: float = 100.0,
+    output_tokens: int = 100,
+    input_tokens: int = 5,
+) -> AttemptSucceeded:
+    return AttemptSucceeded(
+        ts=ts,
+        attempt=1,
+        platform=platform,
+        model=model,
+        key_id="k1",
+        latency_ms=latency_ms,
+        ttfb_ms=ttfb_ms,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+    )
 
 
 def failed(kind: str, ts: float = T0, *, platform: str = "groq", model: str = "llama") -> AttemptFailed:
@@ -54,8 +71,16 @@ def speed(tps: float, ts: float = T0, model: str = "llama") -> AttemptSucceeded:
 
 @pytest.mark.parametrize(
     ("age", "weight"),
-    [(0.0, 1.0), (DAY, 6 / 7), (3.5 * DAY, 0.5), (6 * DAY, 1 / 7), (WEEK, 0.0), (WEEK + 30, 0.0),
-     (WEEK + 3600, 0.0), (30 * DAY, 0.0)],
+    [
+        (0.0, 1.0),
+        (DAY, 6 / 7),
+        (3.5 * DAY, 0.5),
+        (6 * DAY, 1 / 7),
+        (WEEK, 0.0),
+        (WEEK + 30, 0.0),
+        (WEEK + 3600, 0.0),
+        (30 * DAY, 0.0),
+    ],
 )
 def test_a_success_decays_linearly_over_seven_days(age: float, weight: float) -> None:
     stats = fold(Stats(), [succeeded(T0)])
@@ -94,7 +119,9 @@ def test_an_unknown_model_has_nothing() -> None:
     outcomes=st.lists(st.tuples(st.floats(0, 10 * DAY), st.booleans()), max_size=30),
     later=st.floats(0, 10 * DAY),
 )
-def test_decayed_counts_match_the_weights_of_each_outcome(outcomes: list[tuple[float, bool]], later: float) -> None:
+def test_decayed_counts_match_the_weights_of_each_outcome(
+    outcomes: list[tuple[float, bool]], later: float
+) -> None:
     outcomes.sort()
     stats = Stats()
     for offset, ok in outcomes:
@@ -122,13 +149,22 @@ def test_only_model_faults_count_as_failures() -> None:
         stats.apply(failed(kind))
     s = stats.models[REF]
     assert s.failures == len(MODEL_FAULTS) == 7
-    assert set(s.failures_by_kind) == {"connect", "server_error", "stall_pre", "stall_mid", "truncated", "empty",
-                                       "model_missing"}
+    assert set(s.failures_by_kind) == {
+        "connect",
+        "server_error",
+        "stall_pre",
+        "stall_mid",
+        "truncated",
+        "empty",
+        "model_missing",
+    }
     assert stats.decayed(REF, T0)[1] == pytest.approx(7.0)
 
 
-@pytest.mark.parametrize("kind", ["rate_limited", "auth", "bad_request", "context_exceeded", "client_abort",
-                                  "a_kind_from_the_future"])
+@pytest.mark.parametrize(
+    "kind",
+    ["rate_limited", "auth", "bad_request", "context_exceeded", "client_abort", "a_kind_from_the_future"],
+)
 def test_key_and_request_faults_say_nothing_about_the_model(kind: str) -> None:
     stats = fold(Stats(), [failed(kind), failed(kind, model="other")])
     assert stats.models == {}  # not even an entry
@@ -140,14 +176,17 @@ def test_key_and_request_faults_say_nothing_about_the_model(kind: str) -> None:
 
 
 def test_raw_counters() -> None:
-    stats = fold(Stats(), [
-        succeeded(latency_ms=100, ttfb_ms=10, output_tokens=7),
-        succeeded(latency_ms=300, ttfb_ms=30, output_tokens=3),
-        failed("server_error"),
-        failed("server_error"),
-        failed("stall_pre"),
-        failed("rate_limited"),
-    ])
+    stats = fold(
+        Stats(),
+        [
+            succeeded(latency_ms=100, ttfb_ms=10, output_tokens=7),
+            succeeded(latency_ms=300, ttfb_ms=30, output_tokens=3),
+            failed("server_error"),
+            failed("server_error"),
+            failed("stall_pre"),
+            failed("rate_limited"),
+        ],
+    )
     s = stats.models[REF]
     assert (s.successes, s.failures, s.total) == (2, 3, 5)
     assert dict(s.failures_by_kind) == {"server_error": 2, "stall_pre": 1}
@@ -157,7 +196,9 @@ def test_raw_counters() -> None:
 def test_stalls_are_counted_apart_from_outcomes() -> None:
     stats = Stats()
     for phase in ("pre", "mid", "mid"):
-        stats.apply(StreamStalled(ts=T0, platform="groq", model="llama", key_id="k1", phase=phase, silent_s=30.0))
+        stats.apply(
+            StreamStalled(ts=T0, platform="groq", model="llama", key_id="k1", phase=phase, silent_s=30.0)
+        )
     s = stats.models[REF]
     assert s.stalls == 3
     assert s.total == 0  # the AttemptFailed that follows a stall is the outcome
@@ -171,12 +212,15 @@ def test_models_are_per_platform_and_id() -> None:
 
 
 def test_other_events_are_ignored() -> None:
-    stats = fold(Stats(), [
-        KeyAdded(ts=0, key_id="k1", platform="groq", label="k", source="env"),
-        AttemptStarted(ts=1, attempt=1, platform="groq", model="llama", key_id="k1"),
-        ClientDisconnected(ts=2, platform="groq", model="llama"),
-        RequestCompleted(ts=3, outcome="ok", status=200, attempts=1, latency_ms=5, platform="groq"),
-    ])
+    stats = fold(
+        Stats(),
+        [
+            KeyAdded(ts=0, key_id="k1", platform="groq", label="k", source="env"),
+            AttemptStarted(ts=1, attempt=1, platform="groq", model="llama", key_id="k1"),
+            ClientDisconnected(ts=2, platform="groq", model="llama"),
+            RequestCompleted(ts=3, outcome="ok", status=200, attempts=1, latency_ms=5, platform="groq"),
+        ],
+    )
     assert stats.models == {}
     assert stats.max_tps is None
 

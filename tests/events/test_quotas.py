@@ -12,22 +12,57 @@ REF = "groq/llama"
 MIDNIGHT = 20_000 * DAY  # a UTC midnight
 
 
-def started(ts: float, request_id: str = "r1", *, attempt: int = 1, key_id: str = "k1", model: str = "llama",
-            platform: str = "groq", reserved: int = 0) -> AttemptStarted:
-    return AttemptStarted(ts=ts, request_id=request_id, attempt=attempt, platform=platform, model=model,
-                          key_id=key_id, reserved_tokens=reserved)
+def started(
+    ts: float,
+    request_id: str = "r1",
+    *,
+    attempt: int = 1,
+    key_id: str = "k1",
+    model: str = "llama",
+    platform: str = "groq",
+    reserved: int = 0,
+) -> AttemptStarted:
+    return AttemptStarted(
+        ts=ts,
+        request_id=request_id,
+        attempt=attempt,
+        platform=platform,
+        model=model,
+        key_id=key_id,
+        reserved_tokens=reserved,
+    )
 
 
-def succeeded(ts: float, request_id: str = "r1", *, attempt: int = 1, key_id: str = "k1", model: str = "llama",
-              input_tokens: int = 0, output_tokens: int = 0) -> AttemptSucceeded:
-    return AttemptSucceeded(ts=ts, request_id=request_id, attempt=attempt, platform="groq", model=model,
-                            key_id=key_id, latency_ms=100.0, ttfb_ms=10.0, input_tokens=input_tokens,
-                            output_tokens=output_tokens)
+def succeeded(
+    ts: float,
+    request_id: str = "r1",
+    *,
+    attempt: int = 1,
+    key_id: str = "k1",
+    model: str = "llama",
+    input_tokens: int = 0,
+    output_tokens: int = 0,
+) -> AttemptSucceeded:
+    return AttemptSucceeded(
+        ts=ts,
+        request_id=request_id,
+        attempt=attempt,
+        platform="groq",
+        model=model,
+        key_id=key_id,
+        latency_ms=100.0,
+        ttfb_ms=10.0,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+    )
 
 
-def failed(ts: float, request_id: str = "r1", *, attempt: int = 1, kind: str = "server_error") -> AttemptFailed:
-    return AttemptFailed(ts=ts, request_id=request_id, attempt=attempt, platform="groq", model="llama",
-                         key_id="k1", kind=kind)
+def failed(
+    ts: float, request_id: str = "r1", *, attempt: int = 1, kind: str = "server_error"
+) -> AttemptFailed:
+    return AttemptFailed(
+        ts=ts, request_id=request_id, attempt=attempt, platform="groq", model="llama", key_id="k1", kind=kind
+    )
 
 
 def requests_at(quotas: Quotas, *times: float) -> None:
@@ -41,7 +76,7 @@ def requests_at(quotas: Quotas, *times: float) -> None:
 def test_an_unknown_slot_has_no_usage() -> None:
     quotas = Quotas()
     assert quotas.usage("k1", REF, 0.0) == Usage(0, 0, 0, 0, 0)
-    assert quotas.frees_at("k1", REF, 0.0) is None
+    assert quotas.frees_at("k1", REF, 0.0, Limits(rpm=1), 0) is None
 
 
 def test_requests_count_when_the_attempt_starts_whatever_its_outcome() -> None:
@@ -62,13 +97,13 @@ def test_rpm_blocks_at_the_limit_and_frees_when_the_oldest_request_leaves_the_mi
     assert over_limit(limits, quotas.usage("k1", REF, 1030.0), 0) is None
     requests_at(quotas, 1030.0)
     assert over_limit(limits, quotas.usage("k1", REF, 1030.0), 0) == "quota: 3/3 requests this minute"
-    assert quotas.frees_at("k1", REF, 1030.0) == 1060.0
+    assert quotas.frees_at("k1", REF, 1030.0, limits, 0) == 1060.0
     assert over_limit(limits, quotas.usage("k1", REF, 1059.999), 0) is not None
     usage = quotas.usage("k1", REF, 1060.0)
     assert usage.requests_minute == 2
     assert over_limit(limits, usage, 0) is None
     assert usage.requests_day == 3  # the day still counts it
-    assert quotas.frees_at("k1", REF, 1060.0) == 1080.0  # the next oldest
+    assert quotas.frees_at("k1", REF, 1060.0, limits, 0) is None  # nothing blocks any more
 
 
 def test_the_minute_window_is_per_key_and_model() -> None:
@@ -81,12 +116,6 @@ def test_the_minute_window_is_per_key_and_model() -> None:
         assert quotas.usage(key_id, ref, 11.0).requests_minute == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Quotas.frees_at returns the oldest minute entry + 60 s, but a success adds a token-only "
-    "entry (0 requests) to the minute window, so an RPM block can be reported to end when that entry leaves, "
-    "while the requests still fill the minute",
-)
 def test_rpm_frees_at_ignores_token_only_entries() -> None:
     limits = Limits(rpm=2)
     quotas = Quotas()
@@ -96,7 +125,7 @@ def test_rpm_frees_at_ignores_token_only_entries() -> None:
     quotas.apply(started(1020.0, "c"))
     now = 1061.0  # request a left the minute; b and c fill it
     assert over_limit(limits, quotas.usage("k1", REF, now), 0) == "quota: 2/2 requests this minute"
-    assert quotas.frees_at("k1", REF, now) == 1070.0  # when b leaves, not 1065
+    assert quotas.frees_at("k1", REF, now, limits, 0) == 1070.0  # when b leaves, not 1065
 
 
 # -- Requests per day
@@ -109,7 +138,7 @@ def test_rpd_resets_at_utc_midnight() -> None:
     usage = quotas.usage("k1", REF, MIDNIGHT - 1.0)
     assert (usage.requests_minute, usage.requests_day) == (0, 2)
     assert over_limit(limits, usage, 0) == "quota: 2/2 requests today"
-    assert quotas.frees_at("k1", REF, MIDNIGHT - 1.0) == MIDNIGHT
+    assert quotas.frees_at("k1", REF, MIDNIGHT - 1.0, limits, 0) == MIDNIGHT
     assert quotas.usage("k1", REF, MIDNIGHT - 0.001).requests_day == 2
     usage = quotas.usage("k1", REF, MIDNIGHT)
     assert usage.requests_day == 0
@@ -124,19 +153,13 @@ def test_a_new_day_counts_from_zero() -> None:
     assert (usage.requests_minute, usage.requests_day) == (3, 1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Quotas.frees_at answers the minute window whenever it holds entries, so a key blocked "
-    "by its daily limit reports `until` (and the client's Retry-After) as a minute away instead of the "
-    "next UTC midnight",
-)
 def test_an_rpd_block_frees_at_midnight_even_with_requests_in_the_last_minute() -> None:
     limits = Limits(rpd=2)
     quotas = Quotas()
     noon = MIDNIGHT - DAY / 2
     requests_at(quotas, noon - 50.0, noon - 40.0)
     assert over_limit(limits, quotas.usage("k1", REF, noon - 30.0), 0) == "quota: 2/2 requests today"
-    assert quotas.frees_at("k1", REF, noon - 30.0) == MIDNIGHT  # not noon + 10 s
+    assert quotas.frees_at("k1", REF, noon - 30.0, limits, 0) == MIDNIGHT  # not noon + 10 s
 
 
 def test_rolling_day_platforms_roll_instead_of_resetting() -> None:
@@ -146,11 +169,11 @@ def test_rolling_day_platforms_roll_instead_of_resetting() -> None:
     usage = quotas.usage("k1", REF, MIDNIGHT + 1.0)  # midnight does not reset a rolling day
     assert usage.requests_day == 2
     assert over_limit(limits, usage, 0) == "quota: 2/2 requests today"
-    assert quotas.frees_at("k1", REF, MIDNIGHT + 1.0) == MIDNIGHT - 3600.0 + DAY
+    assert quotas.frees_at("k1", REF, MIDNIGHT + 1.0, limits, 0) == MIDNIGHT - 3600.0 + DAY
     assert quotas.usage("k1", REF, MIDNIGHT - 3600.0 + DAY - 0.001).requests_day == 2
     assert quotas.usage("k1", REF, MIDNIGHT - 3600.0 + DAY).requests_day == 1
     assert quotas.usage("k1", REF, MIDNIGHT - 600.0 + DAY).requests_day == 0
-    assert quotas.frees_at("k1", REF, MIDNIGHT - 600.0 + DAY) is None
+    assert quotas.frees_at("k1", REF, MIDNIGHT - 600.0 + DAY, limits, 0) is None
 
 
 def test_only_the_listed_platforms_roll() -> None:
@@ -237,8 +260,9 @@ def test_over_limit_without_limits_never_blocks() -> None:
 
 
 def test_over_limit_names_the_first_limit_reached() -> None:
-    usage = Usage(requests_minute=30, requests_day=1000, tokens_minute=6000, tokens_day=500_000,
-                  reserved_tokens=0)
+    usage = Usage(
+        requests_minute=30, requests_day=1000, tokens_minute=6000, tokens_day=500_000, reserved_tokens=0
+    )
     all_limits = Limits(rpm=30, rpd=1000, tpm=6000, tpd=500_000)
     assert over_limit(all_limits, usage, 1) == "quota: 30/30 requests this minute"
     assert over_limit(Limits(rpm=31, rpd=1000), usage, 1) == "quota: 1000/1000 requests today"

@@ -48,19 +48,25 @@ def expected(level: str, kind: str, mid_stream: bool) -> Protection:
         return NO_ACTION
     where = "mid-stream " if mid_stream else ""
     if level == "provider-ban":
-        return Protection(ban_platform=True, skip_model=True, clear_pin=True,
-                          reason=f"provider-ban: {where}{kind}")
-    return Protection(ban_platform=False, skip_model=True, clear_pin=True, reason=f"model-skip: {where}{kind}")
+        return Protection(
+            ban_platform=True, skip_model=True, clear_pin=True, reason=f"provider-ban: {where}{kind}"
+        )
+    return Protection(
+        ban_platform=False, skip_model=True, clear_pin=True, reason=f"model-skip: {where}{kind}"
+    )
 
 
-@pytest.mark.parametrize(("level", "kind", "mid_stream"),
-                         list(itertools.product(LEVELS, PROTECTED + UNPROTECTED, (False, True))))
+@pytest.mark.parametrize(
+    ("level", "kind", "mid_stream"), list(itertools.product(LEVELS, PROTECTED + UNPROTECTED, (False, True)))
+)
 def test_protect_table(level: str, kind: str, mid_stream: bool) -> None:
     assert protect(level, kind, mid_stream) == expected(level, kind, mid_stream)
 
 
 def test_only_provider_ban_bans_a_platform_and_off_never_acts() -> None:
-    rows = [(level, kind, mid) for level in LEVELS for kind in PROTECTED + UNPROTECTED for mid in (False, True)]
+    rows = [
+        (level, kind, mid) for level in LEVELS for kind in PROTECTED + UNPROTECTED for mid in (False, True)
+    ]
     assert {level for level, kind, mid in rows if protect(level, kind, mid).ban_platform} == {"provider-ban"}
     assert all(protect("off", kind, mid) == NO_ACTION for _, kind, mid in rows)
     # A client going away is never the model's fault, at any level.
@@ -106,8 +112,14 @@ def test_same_opening_different_system_or_reply_gives_different_keys() -> None:
 def test_array_content_is_the_same_text_as_string_content() -> None:
     as_string = [{"role": "user", "content": "hi there"}, {"role": "assistant", "content": "ok"}]
     as_parts = [
-        {"role": "user", "content": [{"type": "text", "text": "hi "}, {"type": "image_url", "image_url": {}},
-                                     {"type": "text", "text": "there"}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "hi "},
+                {"type": "image_url", "image_url": {}},
+                {"type": "text", "text": "there"},
+            ],
+        },
         {"role": "assistant", "content": [{"type": "text", "text": "ok"}]},
     ]
     assert conversation_opening(as_parts) == conversation_opening(as_string)
@@ -115,24 +127,42 @@ def test_array_content_is_the_same_text_as_string_content() -> None:
 
 
 def test_developer_and_several_system_messages_make_up_the_system_prompt() -> None:
-    messages = [{"role": "system", "content": "one"}, {"role": "developer", "content": "two"},
-                {"role": "user", "content": "hi"}]
+    messages = [
+        {"role": "system", "content": "one"},
+        {"role": "developer", "content": "two"},
+        {"role": "user", "content": "hi"},
+    ]
     assert conversation_opening(messages)[0] == "one\ntwo"
 
 
 def test_a_tool_call_reply_identifies_the_conversation() -> None:
-    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}}
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'},
+    }
     reply = {"role": "assistant", "content": None, "tool_calls": [call]}
     assert message_text(reply) == 'tools:get_weather:{"city":"Oslo"}'
     # What the gateway registers from a streamed tool call (name and argument pieces joined) is the same.
-    streamed = {"content": "", "tool_calls": [{"function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}}]}
+    streamed = {
+        "content": "",
+        "tool_calls": [{"function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}}],
+    }
     assert message_text(streamed) == message_text(reply)
-    turn2 = [{"role": "user", "content": "weather?"}, reply,
-             {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]
+    turn2 = [
+        {"role": "user", "content": "weather?"},
+        reply,
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+    ]
     assert conversation_opening(turn2) == ("", "weather?", message_text(reply))
-    other = {"role": "assistant", "content": None,
-             "tool_calls": [{"function": {"name": "get_weather", "arguments": '{"city":"Rome"}'}}]}
-    assert derived_session("", "weather?", message_text(other)) != derived_session(*conversation_opening(turn2))
+    other = {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [{"function": {"name": "get_weather", "arguments": '{"city":"Rome"}'}}],
+    }
+    assert derived_session("", "weather?", message_text(other)) != derived_session(
+        *conversation_opening(turn2)
+    )
 
 
 # ---- the sessions projection -----------------------------------------------------------------------------
@@ -149,7 +179,7 @@ def test_ttl_expires_exactly_at_last_use_plus_ttl() -> None:
     assert [k for k, _ in sessions.live(1099.999)] == ["s"]
     assert sessions.live(1100.0) == []
     assert sessions.get("s", 1100.0) is None
-    assert sessions.get("s", 1000.0) is None  # expired and dropped: it does not come back
+    assert sessions.get("s", 1000.0) is not None  # a pure read: an earlier time still sees it
 
 
 def test_use_extends_the_ttl_and_an_expired_session_restarts_empty() -> None:
@@ -157,7 +187,11 @@ def test_use_extends_the_ttl_and_an_expired_session_restarts_empty() -> None:
     sessions.apply(pinned("s", 1000.0))
     sessions.apply(SessionBanned(ts=1050.0, session="s", platform="x", reason="provider-ban: server_error"))
     state = sessions.get("s", 1149.0)
-    assert state is not None and state.pin == ("p", "m", "k1") and state.bans == {"x": "provider-ban: server_error"}
+    assert (
+        state is not None
+        and state.pin == ("p", "m", "k1")
+        and state.bans == {"x": "provider-ban: server_error"}
+    )
     # Exactly at last use + ttl the old state is gone: a new event starts a fresh session, no old pin or bans.
     sessions.apply(SessionBanned(ts=1150.0, session="s", platform="y", reason="r"))
     state = sessions.get("s", 1150.0)
@@ -194,18 +228,36 @@ def test_the_table_is_bounded_least_recently_used_first() -> None:
 
 
 def started(request_id: str, attempt: int, platform: str, session: str | None) -> AttemptStarted:
-    return AttemptStarted(ts=1.0, request_id=request_id, attempt=attempt, platform=platform, model="m",
-                          key_id="k", session=session)
+    return AttemptStarted(
+        ts=1.0,
+        request_id=request_id,
+        attempt=attempt,
+        platform=platform,
+        model="m",
+        key_id="k",
+        session=session,
+    )
 
 
 def succeeded(request_id: str, attempt: int, platform: str) -> AttemptSucceeded:
-    return AttemptSucceeded(ts=2.0, request_id=request_id, attempt=attempt, platform=platform, model="m",
-                            key_id="k", latency_ms=1.0, ttfb_ms=1.0, input_tokens=1, output_tokens=1)
+    return AttemptSucceeded(
+        ts=2.0,
+        request_id=request_id,
+        attempt=attempt,
+        platform=platform,
+        model="m",
+        key_id="k",
+        latency_ms=1.0,
+        ttfb_ms=1.0,
+        input_tokens=1,
+        output_tokens=1,
+    )
 
 
 def failed(request_id: str, attempt: int, platform: str, kind: str = "server_error") -> AttemptFailed:
-    return AttemptFailed(ts=2.0, request_id=request_id, attempt=attempt, platform=platform, model="m",
-                         key_id="k", kind=kind)
+    return AttemptFailed(
+        ts=2.0, request_id=request_id, attempt=attempt, platform=platform, model="m", key_id="k", kind=kind
+    )
 
 
 def test_in_flight_counts_other_sessions_and_releases_on_success() -> None:
@@ -277,8 +329,9 @@ def test_service_started_releases_everything_that_was_under_way() -> None:
 def test_other_event_types_change_nothing() -> None:
     flight = InFlight()
     flight.apply(started("r1", 1, "p", "A"))
-    flight.apply(RequestReceived(ts=1.0, request_id="r9", model="auto", stream=False, messages=1,
-                                 est_input_tokens=1))
+    flight.apply(
+        RequestReceived(ts=1.0, request_id="r9", model="auto", stream=False, messages=1, est_input_tokens=1)
+    )
     assert flight.other_sessions("p", "B") == 1
 
 
@@ -286,11 +339,24 @@ def test_other_event_types_change_nothing() -> None:
 
 
 def view_with(protection: dict[str, str], single_flight: frozenset[str] = frozenset()) -> RoutingView:
-    models = [CatalogModel(platform=p, id=i, pool="smart", fallback=True, enabled=True, context_window=None,
-                           intelligence_rank=1, speed_rank=1)
-              for p, i in (("ban", "b1"), ("ban", "b2"), ("other", "o1"))]
-    view = RoutingView(models, RoutingPolicy(), session_policy=SessionPolicy(protection=protection,
-                                                                             single_flight=single_flight))
+    models = [
+        CatalogModel(
+            platform=p,
+            id=i,
+            pool="smart",
+            fallback=True,
+            enabled=True,
+            context_window=None,
+            intelligence_rank=1,
+            speed_rank=1,
+        )
+        for p, i in (("ban", "b1"), ("ban", "b2"), ("other", "o1"))
+    ]
+    view = RoutingView(
+        models,
+        RoutingPolicy(),
+        session_policy=SessionPolicy(protection=protection, single_flight=single_flight),
+    )
     for seq, (key, platform) in enumerate((("kb", "ban"), ("ko", "other")), start=1):
         view.apply(seq, KeyAdded(ts=0.0, key_id=key, platform=platform, label=key, source="config"))
     return view
@@ -311,10 +377,16 @@ def test_a_pin_takes_the_turn_and_a_ban_excludes_the_platform() -> None:
         d = decide(view, smart("s"), 103.0, random.Random(seed))
         assert (d.chosen_ref, d.pin_used) == ("other/o1", False)
         assert d.pin_cleared is not None and "banned" in d.pin_cleared
-        assert {e.ref for e in d.excluded if e.reason.startswith("banned for this session")} == {"ban/b1", "ban/b2"}
+        assert {e.ref for e in d.excluded if e.reason.startswith("banned for this session")} == {
+            "ban/b1",
+            "ban/b2",
+        }
     # Another session is not affected.
     assert {decide(view, smart("t"), 103.0, random.Random(seed)).chosen_ref for seed in range(40)} == {
-        "ban/b1", "ban/b2", "other/o1"}
+        "ban/b1",
+        "ban/b2",
+        "other/o1",
+    }
 
 
 def test_single_flight_skips_a_platform_another_session_uses() -> None:
@@ -325,7 +397,10 @@ def test_single_flight_skips_a_platform_another_session_uses() -> None:
         assert d.chosen_ref == "other/o1"
         assert any(e.reason.startswith("single-flight") for e in d.excluded if e.ref.startswith("ban/"))
     assert {decide(view, smart("A"), 100.0, random.Random(seed)).chosen_ref for seed in range(40)} == {
-        "ban/b1", "ban/b2", "other/o1"}
+        "ban/b1",
+        "ban/b2",
+        "other/o1",
+    }
     view.apply(11, failed("r1", 1, "ban", "client_abort"))
     assert "ban/b1" in {decide(view, smart("B"), 100.0, random.Random(seed)).chosen_ref for seed in range(40)}
 
