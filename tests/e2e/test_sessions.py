@@ -20,7 +20,7 @@ import openai
 import pytest
 import trio
 import trio.testing
-from custom_gateway import gateway_from, model_toml, platform_toml, read_log, server_toml, settled
+from custom_gateway import gateway_from, platform_toml, read_log, server_toml, settled
 from fault_upstream import UpstreamState
 from harness import GATEWAY_KEY, SECRET_ENV
 
@@ -53,6 +53,14 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def platform(name: str, url: str, *, protection: str = "model-skip", single_flight: bool = False) -> str:
     text = platform_toml(name, url, (f"{name}-key",)) + f'protection = "{protection}"\n'
     return text + ("single_flight = true\n" if single_flight else "")
+
+
+def model_toml(platform: str, model_id: str, rank: int, **fields: object) -> str:
+    # Not custom_gateway.model_toml: its `!r` applies to the whole conditional, so booleans become 'false'.
+    text = f'\n[[models]]\nplatform = "{platform}"\nid = "{model_id}"\nintelligence_rank = {rank}\n'
+    for name, value in fields.items():
+        text += f"{name} = {msgspec.json.encode(value).decode()}\n"
+    return text
 
 
 def config(platforms: list[tuple[str, dict, list[tuple[str, dict]]]], timeouts: str = ""):
@@ -94,7 +102,8 @@ async def client_for(gw) -> AsyncIterator[httpx.AsyncClient]:
 class Conversation:
     """A chat that sends its full history each turn, the assistant's replies included."""
 
-    def __init__(self, system: str | None = None, session_id: str | None = None) -> None:
+    def __init__(self, gw, system: str | None = None, session_id: str | None = None) -> None:
+        self.gw = gw
         self.messages: list[dict] = [{"role": "system", "content": system}] if system else []
         self.headers = {"X-Session-Id": session_id} if session_id else {}
         self.routed: list[str] = []
@@ -112,6 +121,8 @@ class Conversation:
         self.messages = [*body["messages"], resp.json()["choices"][0]["message"]]
         self.routed.append(resp.headers["x-routed-via"])
         self.request_ids.append(resp.headers["x-request-id"])
+        # The pin is request telemetry (committed within one batch window): let it land before the next turn.
+        await settled(self.gw)
         return resp
 
 
@@ -181,7 +192,7 @@ async def test_sdk_three_turn_conversations_in_auto_smart_stay_on_one_model(tmp_
 async def test_route_decided_records_that_the_pin_was_used(tmp_path):
     with trio.fail_after(30):
         async with gateway_from(tmp_path, ONE_PLATFORM) as gw, client_for(gw) as client:
-            conversation = Conversation("You are terse.")
+            conversation = Conversation(gw, "You are terse.")
             for text in ("hi", "more", "again"):
                 await conversation.say(client, text)
     flags = [d.pin_used for request_id in conversation.request_ids for d in decisions(gw.data_dir, request_id)]
@@ -191,7 +202,7 @@ async def test_route_decided_records_that_the_pin_was_used(tmp_path):
 async def test_two_conversations_that_open_with_hi_do_not_share_a_pin(tmp_path):
     with trio.fail_after(30):
         async with gateway_from(tmp_path, ONE_PLATFORM) as gw, client_for(gw) as client:
-            one, two = Conversation("You help."), Conversation("You help.")
+            one, two = Conversation(gw, "You help."), Conversation(gw, "You help.")
             # Same system prompt, same "hi"; their first turns are served by different models, so their
             # first replies differ ("Hello from smart-a." / "Hello from smart-b.").
             await one.say(client, "hi", first="local/smart-a")
@@ -209,14 +220,14 @@ async def test_two_conversations_that_open_with_hi_do_not_share_a_pin(tmp_path):
 async def test_balanced_mode_never_pins_unless_the_client_names_its_session(tmp_path):
     with trio.fail_after(30):
         async with gateway_from(tmp_path, ONE_PLATFORM) as gw, client_for(gw) as client:
-            free = Conversation("You are free.")
+            free = Conversation(gw, "You are free.")
             for text in ("hi", "more", "again", "and again"):
                 await free.say(client, text, mode="auto")
             assert not of_type(gw.data_dir, SessionPinned)
             for request_id in free.request_ids:
                 for d in decisions(gw.data_dir, request_id):
                     assert (d.input.session, d.input.use_pin) == (None, False)
-            named = {mode: Conversation(session_id=f"thread-{mode}") for mode in ("auto", "auto-fast")}
+            named = {mode: Conversation(gw, session_id=f"thread-{mode}") for mode in ("auto", "auto-fast")}
             for mode, conversation in named.items():
                 for text in ("hi", "more", "again", "and again"):
                     await conversation.say(client, text, mode=mode)
@@ -237,7 +248,7 @@ async def test_provider_ban_moves_the_conversation_off_the_platform_for_good(tmp
     state = UpstreamState()
     with trio.fail_after(120):
         async with gateway_from(tmp_path, BAN, state=state) as gw, client_for(gw) as client:
-            conversation = Conversation("You are conversation one.")
+            conversation = Conversation(gw, "You are conversation one.")
             await conversation.say(client, "hi", first="ban/b1")
             await conversation.say(client, "more")
             assert conversation.routed == ["ban/b1", "ban/b1"]
@@ -271,7 +282,7 @@ async def test_provider_ban_moves_the_conversation_off_the_platform_for_good(tmp
             assert "ban-key" not in {key for key, _ in calls(state, banned_at + 1)}
 
             # The ban is this conversation's: another one still gets the (smart) ban platform.
-            fresh = Conversation("You are conversation two.")
+            fresh = Conversation(gw, "You are conversation two.")
             await fresh.say(client, "hi")
             assert fresh.routed == [fresh.routed[0]] and fresh.routed[0].startswith("ban/")
 
@@ -280,7 +291,7 @@ async def test_model_skip_skips_only_the_model_for_that_request(tmp_path, clock)
     state = UpstreamState()
     with trio.fail_after(120):
         async with gateway_from(tmp_path, SKIP, state=state) as gw, client_for(gw) as client:
-            conversation = Conversation("You are skippy.")
+            conversation = Conversation(gw, "You are skippy.")
             await conversation.say(client, "hi", first="skip/s1")
             await settled(gw)
             state.behaviours["s1"] = "fail:503"
@@ -310,9 +321,10 @@ async def test_model_skip_skips_only_the_model_for_that_request(tmp_path, clock)
 async def test_pins_and_bans_survive_a_restart(tmp_path):
     state = UpstreamState()
     data_dir = tmp_path / "data"
-    pinned, banned = Conversation("You are pinned."), Conversation("You are banned.")
+    pinned, banned = Conversation(None, "You are pinned."), Conversation(None, "You are banned.")
     with trio.fail_after(60):
         async with gateway_from(tmp_path, BAN, state=state, data_dir=data_dir) as gw, client_for(gw) as client:
+            pinned.gw = banned.gw = gw
             await pinned.say(client, "hi", first="ban/b2")
             await banned.say(client, "hi", first="ban/b1")
             state.behaviours["b1"] = "fail:503"
@@ -320,6 +332,7 @@ async def test_pins_and_bans_survive_a_restart(tmp_path):
             assert banned.routed[-1].startswith("other/")
         del state.behaviours["b1"]
         async with gateway_from(tmp_path, BAN, state=state, data_dir=data_dir) as gw, client_for(gw) as client:
+            pinned.gw = banned.gw = gw
             for text in ("back", "again"):
                 await pinned.say(client, text)
             assert pinned.routed == ["ban/b2"] * 3
@@ -365,18 +378,22 @@ SINGLE_FLIGHT = config(
 )
 
 
-async def stream_a(client: httpx.AsyncClient, model: str, content: trio.Event, close_early: bool) -> list[str]:
-    """Session A streams from the single-flight platform; `content` is set at its first content chunk."""
+async def stream_a(client: httpx.AsyncClient, model: str, content: trio.Event,
+                   hang_up: trio.Event | None) -> list[str]:
+    """Session A streams from the single-flight platform; `content` is set at its first content chunk.
+    With `hang_up`, A's client goes away once that is set."""
     body = {"model": "auto", "models": [f"sf/{model}"], "stream": True,
             "messages": [{"role": "user", "content": "tell me a long story"}]}
     lines = []
     async with client.stream("POST", CHAT, json=body, headers={"X-Session-Id": "conversation-A"}) as resp:
         assert resp.status_code == 200
         async for line in resp.aiter_lines():
-            lines.append(line)
+            if line:
+                lines.append(line)
             if '"content"' in line:
                 content.set()
-                if close_early:
+                if hang_up is not None:
+                    await hang_up.wait()
                     break
     return lines
 
@@ -399,10 +416,11 @@ async def test_single_flight_platform_is_skipped_while_another_session_streams_t
     with trio.fail_after(120):
         async with gateway_from(tmp_path, SINGLE_FLIGHT) as gw, client_for(gw) as client:
             async with trio.open_nursery() as nursery:
-                content = trio.Event()
+                content, hang_up = trio.Event(), trio.Event()
 
                 async def run_a() -> None:
-                    a_lines.extend(await stream_a(client, model, content, ending == "client-disconnect"))
+                    a_lines.extend(await stream_a(client, model, content,
+                                                  hang_up if ending == "client-disconnect" else None))
 
                 nursery.start_soon(run_a)
                 await content.wait()
@@ -411,6 +429,7 @@ async def test_single_flight_platform_is_skipped_while_another_session_streams_t
                 assert during.status_code == 200, during.text
                 assert during.headers["x-routed-via"] == "other/o1"
                 assert gw.runtime.requests.statistics().in_flight == 1  # A was still streaming meanwhile
+                hang_up.set()
             await no_requests_in_flight(gw)
             after = await client.post(CHAT, json=b_body, headers=b_headers)
             assert after.status_code == 200, after.text
@@ -445,7 +464,7 @@ async def test_replay_reproduces_pinned_banned_and_single_flight_decisions(tmp_p
     state = UpstreamState()
     with trio.fail_after(120):
         async with gateway_from(tmp_path, REPLAYED, state=state) as gw, client_for(gw) as client:
-            one, two = Conversation("You are one."), Conversation("You are two.")
+            one, two = Conversation(gw, "You are one."), Conversation(gw, "You are two.")
             await one.say(client, "hi", first="ban/b1")
             await two.say(client, "hi")
             await settled(gw)
@@ -457,13 +476,17 @@ async def test_replay_reproduces_pinned_banned_and_single_flight_decisions(tmp_p
             await trio.sleep(20)
             del state.behaviours["b1"]
             await one.say(client, "still?")
+            other = one.routed[-1].split("/")[1]
+            state.behaviours[other] = "fail:503"  # the new pin fails: the banned platform stays out
+            await one.say(client, "hello?")
+            del state.behaviours[other]
             # Single-flight: while A streams on ban/*, a new session is kept off the platform.
             async with trio.open_nursery() as nursery:
                 content = trio.Event()
                 nursery.start_soon(stream_a_on_ban, client, content)
                 await content.wait()
                 await settled(gw)
-                three = Conversation(session_id="conversation-three")
+                three = Conversation(gw, session_id="conversation-three")
                 await three.say(client, "hi")
             assert three.routed[-1].startswith("other/")
             await no_requests_in_flight(gw)
