@@ -332,7 +332,9 @@ def _pick_key(
         if why is not None:
             excluded.append(
                 Excluded(
-                    ref=m.ref, reason=f"key {key_id} {why}", until=view.quotas.frees_at(key_id, m.ref, now, m.limits, tokens)
+                    ref=m.ref,
+                    reason=f"key {key_id} {why}",
+                    until=view.quotas.frees_at(key_id, m.ref, now, m.limits, tokens),
                 )
             )
             continue

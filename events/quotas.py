@@ -150,11 +150,30 @@ class Quotas:
         current = self.usage(key_id, ref, now)
         pending = current.reserved_tokens + tokens
         blocks = [
-            (limits.rpm, current.requests_minute - limits.rpm + 1 if limits.rpm is not None else 0, usage.minute, 1),
-            (limits.rpd, current.requests_day - limits.rpd + 1 if limits.rpd is not None else 0, usage.day, 1),
-            (limits.tpm, current.tokens_minute + pending - limits.tpm if limits.tpm is not None else 0,
-             usage.minute, 2),
-            (limits.tpd, current.tokens_day + pending - limits.tpd if limits.tpd is not None else 0, usage.day, 2),
+            (
+                limits.rpm,
+                current.requests_minute - limits.rpm + 1 if limits.rpm is not None else 0,
+                usage.minute,
+                1,
+            ),
+            (
+                limits.rpd,
+                current.requests_day - limits.rpd + 1 if limits.rpd is not None else 0,
+                usage.day,
+                1,
+            ),
+            (
+                limits.tpm,
+                current.tokens_minute + pending - limits.tpm if limits.tpm is not None else 0,
+                usage.minute,
+                2,
+            ),
+            (
+                limits.tpd,
+                current.tokens_day + pending - limits.tpd if limits.tpd is not None else 0,
+                usage.day,
+                2,
+            ),
         ]
         for limit, excess, window, field_index in blocks:
             if limit is None or excess <= 0:

@@ -1,4 +1,4 @@
-"""A real gateway (hypercorn on port 0) in front of the real fault-injecting upstream, for end-to-end tests."""
+"""A real gateway (hypercorn on port 0) in front of the real fault-injecting upstream, for e2e tests."""
 
 from __future__ import annotations
 
@@ -33,8 +33,15 @@ class Gateway:
         return self.url + "/v1"
 
 
-def config_text(upstream_url: str, data_dir: Path, models: list[str], *, keys: tuple[str, ...] = ("up-1",),
-                timeouts: str = "", extra: str = "") -> str:
+def config_text(
+    upstream_url: str,
+    data_dir: Path,
+    models: list[str],
+    *,
+    keys: tuple[str, ...] = ("up-1",),
+    timeouts: str = "",
+    extra: str = "",
+) -> str:
     key_list = ", ".join(f'"{k}"' for k in keys)
     text = f"""
 [server]
@@ -62,16 +69,25 @@ keys = [{key_list}]
 
 
 @asynccontextmanager
-async def running_gateway(tmp_path: Path, models: list[str], *, state: UpstreamState | None = None,
-                          keys: tuple[str, ...] = ("up-1",), timeouts: str = "", extra: str = "",
-                          data_dir: Path | None = None) -> AsyncIterator[Gateway]:
+async def running_gateway(
+    tmp_path: Path,
+    models: list[str],
+    *,
+    state: UpstreamState | None = None,
+    keys: tuple[str, ...] = ("up-1",),
+    timeouts: str = "",
+    extra: str = "",
+    data_dir: Path | None = None,
+) -> AsyncIterator[Gateway]:
     """Start upstream and gateway; on exit shut the gateway down gracefully (as SIGTERM would)."""
     state = state or UpstreamState()
     data_dir = data_dir or tmp_path / "data"
     async with trio.open_nursery() as nursery:
         upstream_url = await nursery.start(serve_upstream, state)
         path = tmp_path / "switchboard.toml"
-        path.write_text(config_text(upstream_url, data_dir, models, keys=keys, timeouts=timeouts, extra=extra))
+        path.write_text(
+            config_text(upstream_url, data_dir, models, keys=keys, timeouts=timeouts, extra=extra)
+        )
         config = load_config(path, env={})
         output = io.StringIO()
         ready: trio.MemorySendChannel[tuple[str, Runtime]]
@@ -80,8 +96,13 @@ async def running_gateway(tmp_path: Path, models: list[str], *, state: UpstreamS
 
         async def gateway() -> None:
             try:
-                await run_gateway(config, env=SECRET_ENV, out=output, handle_signals=False,
-                                  on_listening=lambda url, rt: ready.send_nowait((url, rt)))
+                await run_gateway(
+                    config,
+                    env=SECRET_ENV,
+                    out=output,
+                    handle_signals=False,
+                    on_listening=lambda url, rt: ready.send_nowait((url, rt)),
+                )
             finally:
                 done.set()
 

@@ -12,7 +12,9 @@ HELLO = {"messages": [{"role": "user", "content": "hi"}]}
 async def test_falls_back_from_a_failing_model_to_a_healthy_one(tmp_path):
     async with running_gateway(tmp_path, ["fail:503", "ok"], keys=("up-1", "up-2")) as gw:
         async with httpx.AsyncClient(base_url=gw.url, headers=AUTH) as client:
-            resp = await client.post("/v1/chat/completions", json={"models": ["local/fail:503", "local/ok"], **HELLO})
+            resp = await client.post(
+                "/v1/chat/completions", json={"models": ["local/fail:503", "local/ok"], **HELLO}
+            )
     assert resp.status_code == 200
     assert resp.json()["choices"][0]["message"]["content"] == "Hello from ok."
     assert resp.headers["x-routed-via"] == "local/ok"

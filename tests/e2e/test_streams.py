@@ -1,7 +1,7 @@
 """Streams that never hang: deadlines, keepalive, the commit contract and disconnects, end to end.
 
 The clock is trio's MockClock with a small autojump threshold: virtual time jumps only when every task
-has been idle for a couple of real milliseconds, so loopback I/O is never overtaken but a 30 s upstream silence
+has been idle for a couple of real milliseconds, so loopback I/O is never overtaken but a 30 s silence
 takes milliseconds. Times asserted below are virtual seconds.
 """
 
@@ -28,8 +28,13 @@ def clock() -> trio.testing.MockClock:
 
 def body(models: list[str], stream: bool = True, **extra: object) -> dict[str, object]:
     """The request names its models, so they are tried in this order (then the chain)."""
-    return {"model": "auto", "models": [f"local/{m}" for m in models], "stream": stream,
-            "messages": [{"role": "user", "content": "hi"}], **extra}
+    return {
+        "model": "auto",
+        "models": [f"local/{m}" for m in models],
+        "stream": stream,
+        "messages": [{"role": "user", "content": "hi"}],
+        **extra,
+    }
 
 
 async def read_stream(client: httpx.AsyncClient, payload: dict[str, object]) -> tuple[httpx.Response, list]:
@@ -82,9 +87,10 @@ async def test_pre_stream_stall_falls_over_with_keepalives_meanwhile(tmp_path, c
 
 
 async def test_thirty_seconds_of_silence_shows_keepalives_then_the_fallback(tmp_path, clock):
-    async with running_gateway(tmp_path, ["stall-pre:30", "ok"], timeouts="first_byte_s = 45\nkeepalive_s = 5") as gw:
-        async with httpx.AsyncClient(base_url=gw.url, headers=AUTH, timeout=120) as client:
-            resp, lines = await read_stream(client, body(["stall-pre:30", "ok"]))
+    async with running_gateway(
+        tmp_path, ["stall-pre:30", "ok"], timeouts="first_byte_s = 45\nkeepalive_s = 5"
+    ) as gw, httpx.AsyncClient(base_url=gw.url, headers=AUTH, timeout=120) as client:
+        resp, lines = await read_stream(client, body(["stall-pre:30", "ok"]))
     keepalives = [t for t, line in lines if line == ": keep-alive"]
     assert len(keepalives) >= 5
     # The stalled upstream answered after 30 s, before the 45 s deadline: its answer is the one used.
@@ -110,7 +116,8 @@ async def test_mid_stream_stall_ends_with_an_error_event_and_keeps_the_partial_c
 
 
 @pytest.mark.parametrize(
-    "failing", ["fail:500", "fail:503", "auth", "wrapped-body", "wrapped-sse", "reset", "empty", "rate-limit:30"]
+    "failing",
+    ["fail:500", "fail:503", "auth", "wrapped-body", "wrapped-sse", "reset", "empty", "rate-limit:30"],
 )
 async def test_failures_before_content_fall_over_at_once(tmp_path, clock, failing):
     async with running_gateway(tmp_path, [failing, "ok"], timeouts=FAST) as gw:
@@ -126,9 +133,10 @@ async def test_failures_before_content_fall_over_at_once(tmp_path, clock, failin
 
 
 async def test_slow_drip_streams_to_the_end_without_a_false_stall(tmp_path, clock):
-    async with running_gateway(tmp_path, ["drip:0.5:20", "ok"], timeouts="first_byte_s = 5\nstall_s = 2") as gw:
-        async with httpx.AsyncClient(base_url=gw.url, headers=AUTH, timeout=60) as client:
-            resp, lines = await read_stream(client, body(["drip:0.5:20", "ok"]))
+    async with running_gateway(
+        tmp_path, ["drip:0.5:20", "ok"], timeouts="first_byte_s = 5\nstall_s = 2"
+    ) as gw, httpx.AsyncClient(base_url=gw.url, headers=AUTH, timeout=60) as client:
+        resp, lines = await read_stream(client, body(["drip:0.5:20", "ok"]))
     assert resp.headers["x-routed-via"] == "local/drip:0.5:20"
     assert not errors(lines)
     assert lines[-1][1] == "data: [DONE]"
@@ -169,7 +177,9 @@ async def test_non_streaming_requests_get_the_same_deadlines(tmp_path, clock):
     async with running_gateway(tmp_path, ["stall-pre:30", "truncated", "ok"], timeouts=FAST) as gw:
         async with httpx.AsyncClient(base_url=gw.url, headers=AUTH, timeout=60) as client:
             start = trio.current_time()
-            resp = await client.post("/v1/chat/completions", json=body(["stall-pre:30", "truncated", "ok"], stream=False))
+            resp = await client.post(
+                "/v1/chat/completions", json=body(["stall-pre:30", "truncated", "ok"], stream=False)
+            )
             elapsed = trio.current_time() - start
     assert resp.status_code == 200
     assert resp.json()["choices"][0]["message"]["content"] == "Hello from ok."
@@ -191,7 +201,7 @@ async def test_client_disconnect_mid_stream_hangs_up_upstream_and_leaks_nothing(
             await gw.upstream.disconnected.wait()
         assert trio.current_time() - hung_up < 0.1
         with trio.fail_after(2):
-            while gw.runtime.requests.statistics().in_flight or gw.runtime.requests.statistics().streams_open:
+            while gw.runtime.requests.statistics().in_flight or gw.runtime.requests.statistics().streams_open:  # noqa: ASYNC110, E501 - polling the actor's statistics is the point
                 await trio.sleep(0.005)
         counters = {c.ref: c for c in await gw.runtime.stats.snapshot()}
     assert gw.upstream.client_disconnects == 1

@@ -3,8 +3,6 @@ reservation of attempts in flight in between; minute windows, UTC days and rolli
 
 from __future__ import annotations
 
-import pytest
-
 from events.quotas import DAY, Limits, Quotas, Usage, over_limit
 from events.types import AttemptFailed, AttemptStarted, AttemptSucceeded
 
