@@ -201,7 +201,7 @@ async def test_client_disconnect_mid_stream_hangs_up_upstream_and_leaks_nothing(
             await gw.upstream.disconnected.wait()
         assert trio.current_time() - hung_up < 0.1
         with trio.fail_after(2):
-            while gw.runtime.requests.statistics().in_flight or gw.runtime.requests.statistics().streams_open:  # noqa: ASYNC110, E501 - polling the actor's statistics is the point
+            while gw.runtime.requests.statistics().in_flight or gw.runtime.requests.statistics().streams_open:  # noqa: ASYNC110 - polling the actor's statistics is the point
                 await trio.sleep(0.005)
         counters = {c.ref: c for c in await gw.runtime.stats.snapshot()}
     assert gw.upstream.client_disconnects == 1
