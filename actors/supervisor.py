@@ -25,7 +25,7 @@ from events.catalog import CatalogModel
 from events.model_stats import Stats
 from events.policy import RoutingPolicy
 from events.store import LogStore
-from events.types import KeyAdded, ServiceStarted, ServiceStopped
+from events.types import KeyAdded, KeyRemoved, ServiceStarted, ServiceStopped
 from events.view import RoutingView, SessionPolicy, rebuild
 
 
@@ -103,6 +103,10 @@ async def run_service(
             await inner.start(key_checker.run)
             if handle_signals:
                 inner.start_soon(_watch_signals, shutting_down)
+            configured = {key_id for key_id, *_ in settings.keys}
+            for key_id in sorted(known_keys - configured):
+                # Known from the log but gone from config, environment and vault: no secret to call with.
+                await log.append_durable(KeyRemoved(ts=clock.now(), key_id=key_id))
             for key_id, platform, label, source in settings.keys:
                 if key_id not in known_keys:
                     await log.append_durable(

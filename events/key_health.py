@@ -15,6 +15,7 @@ from events.types import (
     KeyDisabled,
     KeyEnabled,
     KeyInvalidated,
+    KeyRemoved,
 )
 
 KeyStatus = Literal["ok", "invalid", "disabled"]
@@ -57,6 +58,14 @@ class KeyHealth:
                     known.status if known else "ok",
                     known.reason if known else "",
                 )
+            case KeyRemoved(key_id=key_id) if key_id in self.keys:
+                platform = self.keys.pop(key_id).platform
+                remaining = [k for k in self._by_platform[platform] if k != key_id]
+                if remaining:
+                    self._by_platform[platform] = remaining
+                else:
+                    del self._by_platform[platform]
+                    self.platforms_version += 1
             case KeyDisabled(key_id=key_id) if key_id in self.keys:
                 self.keys[key_id] = replace(self.keys[key_id], status="disabled", reason=event.reason)
             case KeyEnabled(key_id=key_id) if key_id in self.keys:

@@ -138,6 +138,13 @@ class KeyAdded(Event, tag="key_added"):
     source: Literal["config", "env", "vault"]
 
 
+class KeyRemoved(Event, tag="key_removed"):
+    """A key the log knew is no longer configured (config, environment or vault) at start."""
+
+    key_id: str
+    reason: str = "no longer configured"
+
+
 class KeyDisabled(Event, tag="key_disabled"):
     """An operator took a key out of rotation."""
 
@@ -270,6 +277,7 @@ AnyEvent = (
     | ClientDisconnected
     | RequestCompleted
     | KeyAdded
+    | KeyRemoved
     | KeyDisabled
     | KeyEnabled
     | KeyInvalidated

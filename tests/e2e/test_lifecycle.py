@@ -14,7 +14,14 @@ from fault_upstream import UpstreamState
 from harness import GATEWAY_KEY, SECRET_ENV, config_text, running_gateway
 
 from events.sqlite_store import SqliteStore
-from events.types import KeyAdded, KeyInvalidated, RequestCompleted, ServiceStarted, ServiceStopped
+from events.types import (
+    KeyAdded,
+    KeyInvalidated,
+    KeyRemoved,
+    RequestCompleted,
+    ServiceStarted,
+    ServiceStopped,
+)
 from service import cli
 from service.secrets import key_id_for
 from service.server import DB_NAME
@@ -178,3 +185,21 @@ async def test_a_key_added_with_the_cli_is_used_by_the_gateway(tmp_path, monkeyp
             resp = await chat(gw.url, {"model": "ok", **HELLO})
     assert resp.status_code == 200
     assert [r.api_key for r in state.requests] == [secret]  # decrypted from the vault for the call
+
+
+async def test_a_key_removed_from_the_config_is_removed_from_routing(tmp_path):
+    gone = key_id_for(MASTER, "local", "up-2")
+    with trio.fail_after(20):
+        async with running_gateway(tmp_path, ["ok"], keys=("up-1", "up-2")) as gw:
+            assert (await chat(gw.url, {"model": "ok", **HELLO})).status_code == 200
+        # Run 2 without up-2: the log still knows it, but there is no secret to call with any more.
+        async with running_gateway(tmp_path, ["ok"], keys=("up-1",)) as gw2:
+            statuses = [(await chat(gw2.url, {"model": "ok", **HELLO})).status_code for _ in range(4)]
+            used = {r.api_key for r in gw2.upstream.requests}
+            async with httpx.AsyncClient(base_url=gw2.url) as client:
+                health = (await client.get("/healthz")).json()
+    assert statuses == [200] * 4
+    assert used == {"up-1"}
+    assert health["keys"] == 1
+    removed = [e for e in read_log(tmp_path / "data") if isinstance(e, KeyRemoved)]
+    assert [e.key_id for e in removed] == [gone]
