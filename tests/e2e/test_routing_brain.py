@@ -38,8 +38,13 @@ def clock() -> trio.testing.MockClock:
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """The CLI reads os.environ: the master key the gateway used, and nothing that changes routing."""
     monkeypatch.setenv("SWITCHBOARD_SECRET_KEY", SECRET_ENV["SWITCHBOARD_SECRET_KEY"])
-    for name in ("THREAD_PROTECTION_PLATFORMS", "LOCAL_API_KEY", "SWITCHBOARD_DATA_DIR", "SWITCHBOARD_PORT",
-                 "SWITCHBOARD_HOST"):
+    for name in (
+        "THREAD_PROTECTION_PLATFORMS",
+        "LOCAL_API_KEY",
+        "SWITCHBOARD_DATA_DIR",
+        "SWITCHBOARD_PORT",
+        "SWITCHBOARD_HOST",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -98,12 +103,16 @@ async def hit_cooling_key(gw, client: httpx.AsyncClient, body: dict) -> httpx.Re
     raise AssertionError("up-1 was never chosen")
 
 
-async def test_a_429_moves_the_request_to_the_other_key_and_the_key_returns_after_retry_after(tmp_path, clock):
+async def test_a_429_moves_the_request_to_the_other_key_and_the_key_returns_after_retry_after(
+    tmp_path, clock
+):
     state = UpstreamState()
     state.key_behaviours["up-1"] = "rate-limit:30"
     with trio.fail_after(120):
-        async with running_gateway(tmp_path, ["ok"], state=state, keys=("up-1", "up-2")) as gw, \
-                client_for(gw) as client:
+        async with (
+            running_gateway(tmp_path, ["ok"], state=state, keys=("up-1", "up-2")) as gw,
+            client_for(gw) as client,
+        ):
             await hit_cooling_key(gw, client, chat_body())
             await settled(gw)
             view = await key_view(gw, key_id("up-1"))
@@ -172,8 +181,10 @@ async def test_rpm_quota_refuses_the_third_request_with_retry_after_until_the_mi
 
 async def test_rpm_quota_sends_the_third_request_to_the_next_model(tmp_path, clock):
     with trio.fail_after(180):
-        async with gateway_from(tmp_path, quota_config(("a", {"rpm": 2}), ("b", {}))) as gw, \
-                client_for(gw) as client:
+        async with (
+            gateway_from(tmp_path, quota_config(("a", {"rpm": 2}), ("b", {}))) as gw,
+            client_for(gw) as client,
+        ):
             routed = []
             for _ in range(3):
                 resp = await post(client, chat_body("a", "b"))
@@ -196,12 +207,16 @@ async def test_a_restart_mid_cooldown_keeps_the_cooldown(tmp_path, clock):
     state.key_behaviours["up-1"] = "rate-limit:30"
     data_dir = tmp_path / "data"
     with trio.fail_after(120):
-        async with running_gateway(tmp_path, ["ok"], state=state, keys=("up-1", "up-2"), data_dir=data_dir) as gw, \
-                client_for(gw) as client:
+        async with (
+            running_gateway(tmp_path, ["ok"], state=state, keys=("up-1", "up-2"), data_dir=data_dir) as gw,
+            client_for(gw) as client,
+        ):
             await hit_cooling_key(gw, client, chat_body())
         del state.key_behaviours["up-1"]  # the provider would answer now, but the cooldown is not over
-        async with running_gateway(tmp_path, ["ok"], state=state, keys=("up-1", "up-2"), data_dir=data_dir) as gw, \
-                client_for(gw) as client:
+        async with (
+            running_gateway(tmp_path, ["ok"], state=state, keys=("up-1", "up-2"), data_dir=data_dir) as gw,
+            client_for(gw) as client,
+        ):
             [(_, until)] = (await key_view(gw, key_id("up-1"))).cooling
             assert until > gw.runtime.clock.now()
             for _ in range(3):
@@ -220,24 +235,34 @@ async def test_a_restart_mid_cooldown_keeps_the_cooldown(tmp_path, clock):
 
 async def test_a_fresh_install_with_one_key_answers_every_mode(tmp_path):
     def config(url: str, data_dir: Path) -> str:
-        return (server_toml(data_dir, gateway_key=GATEWAY_KEY) + platform_toml("local", url, ("up-1",))
-                + model_toml("local", "fast-one", 3, pool="fast", speed_rank=1)
-                + model_toml("local", "middle-one", 2, pool="balanced")
-                + model_toml("local", "smart-one", 1, pool="smart"))
+        return (
+            server_toml(data_dir, gateway_key=GATEWAY_KEY)
+            + platform_toml("local", url, ("up-1",))
+            + model_toml("local", "fast-one", 3, pool="fast", speed_rank=1)
+            + model_toml("local", "middle-one", 2, pool="balanced")
+            + model_toml("local", "smart-one", 1, pool="smart")
+        )
 
     routed = {}
     with trio.fail_after(30):
         async with gateway_from(tmp_path, config) as gw, client_for(gw) as client:
-            for model in ("auto", "auto-fast", "auto-smart", "local/middle-one", "smart-one",
-                          "freellmapi/auto-smart"):
+            for model in (
+                "auto",
+                "auto-fast",
+                "auto-smart",
+                "local/middle-one",
+                "smart-one",
+                "freellmapi/auto-smart",
+            ):
                 resp = await post(client, {"model": model, "messages": HI})
                 assert resp.status_code == 200, (model, resp.text)
                 assert resp.json()["choices"][0]["message"]["content"].startswith("Hello from")
                 routed[model] = resp.headers["x-routed-via"]
                 assert resp.headers["x-fallback-attempts"] == "0"
             # Streaming too.
-            async with client.stream("POST", "/v1/chat/completions",
-                                     json={"model": "auto-fast", "messages": HI, "stream": True}) as resp:
+            async with client.stream(
+                "POST", "/v1/chat/completions", json={"model": "auto-fast", "messages": HI, "stream": True}
+            ) as resp:
                 assert resp.status_code == 200
                 assert resp.headers["x-routed-via"] == "local/fast-one"
                 text = "".join([line async for line in resp.aiter_lines()])
@@ -277,8 +302,12 @@ async def drive_mixed_run(gw, client: httpx.AsyncClient) -> int:
             resp = await client.get("/v1/models")
             assert resp.status_code == 200
         else:
-            body = [chat_body(), chat_body("fail:503", "ok"), chat_body("echo", stream=True),
-                    chat_body(mode="auto", stream=True)][kind]
+            body = [
+                chat_body(),
+                chat_body("fail:503", "ok"),
+                chat_body("echo", stream=True),
+                chat_body(mode="auto", stream=True),
+            ][kind]
             if body["stream"]:
                 async with client.stream("POST", "/v1/chat/completions", json=body) as resp:
                     async for _ in resp.aiter_lines():
@@ -373,8 +402,10 @@ async def test_switchboard_keys_check_restores_an_invalid_key_while_the_gateway_
     data_dir = tmp_path / "data"
     config_path = tmp_path / "switchboard.toml"
     with trio.fail_after(60):
-        async with running_gateway(tmp_path, ["ok"], state=state, keys=("up-1", "up-2"), data_dir=data_dir) as gw, \
-                client_for(gw) as client:
+        async with (
+            running_gateway(tmp_path, ["ok"], state=state, keys=("up-1", "up-2"), data_dir=data_dir) as gw,
+            client_for(gw) as client,
+        ):
             await invalidate_up_1(gw, client)
         state.key_behaviours["up-1"] = "ok"
         async with trio.open_nursery() as nursery:
@@ -389,8 +420,10 @@ async def test_switchboard_keys_check_restores_an_invalid_key_while_the_gateway_
         assert key_id("up-1") in out and "FAILED" not in out
         checked = [e for e in read_log(data_dir) if isinstance(e, KeyChecked)]
         assert {(e.key_id, e.ok) for e in checked} == {(key_id("up-1"), True), (key_id("up-2"), True)}
-        async with running_gateway(tmp_path, ["ok"], state=state, keys=("up-1", "up-2"), data_dir=data_dir) as gw, \
-                client_for(gw) as client:
+        async with (
+            running_gateway(tmp_path, ["ok"], state=state, keys=("up-1", "up-2"), data_dir=data_dir) as gw,
+            client_for(gw) as client,
+        ):
             assert (await key_view(gw, key_id("up-1"))).info.status == "ok"
             used = set()
             for _ in range(2):
@@ -401,16 +434,20 @@ async def test_switchboard_keys_check_restores_an_invalid_key_while_the_gateway_
             assert "up-1" in used  # fewest requests this minute: within two requests it serves again
 
 
-
-@pytest.mark.xfail(strict=True, reason="BUG: a key that answered 401 is tried again for the next model of the "
-                   "same request: KeyInvalidated is appended as lagging telemetry (actors/request.py, _attempt) "
-                   "and _learn only marks (key, model) as tried, so the next decision still sees the key as ok")
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: a key that answered 401 is tried again for the next model of the "
+    "same request: KeyInvalidated is appended as lagging telemetry (actors/request.py, _attempt) "
+    "and _learn only marks (key, model) as tried, so the next decision still sees the key as ok",
+)
 async def test_a_key_that_answered_401_is_not_tried_again_in_the_same_request(tmp_path):
     state = UpstreamState()
     state.key_behaviours["up-1"] = "auth"
     with trio.fail_after(30):
-        async with running_gateway(tmp_path, ["a", "b"], state=state, keys=("up-1",)) as gw, \
-                client_for(gw) as client:
+        async with (
+            running_gateway(tmp_path, ["a", "b"], state=state, keys=("up-1",)) as gw,
+            client_for(gw) as client,
+        ):
             resp = await post(client, chat_body("a", "b"))
     assert resp.status_code != 200
     # The provider said the key itself is invalid: asking it again for model b cannot help.
