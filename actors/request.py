@@ -394,11 +394,13 @@ class RequestActor:
                     chosen_key=decision.chosen_key,
                     candidates_total=decision.candidates_total,
                     no_key_models=decision.no_key_models,
+                    pin_used=decision.pin_used,
+                    pin_cleared=decision.pin_cleared,
                 )
             )
             if decision.pin_cleared and conversation.session and not conversation.pin_cleared:
                 conversation.pin_cleared = True
-                await self._log.append(
+                await self._log.append_durable(
                     SessionPinCleared(
                         ts=self._now(),
                         request_id=req.request_id,
@@ -452,7 +454,18 @@ class RequestActor:
             if reply is None:
                 return
             session = derived_session(conversation.system, conversation.first_user, reply)
-        await self._log.append(
+            for platform, reason in conversation.banned:  # bans of this first turn, now that it has a key
+                await self._log.append_durable(
+                    SessionBanned(
+                        ts=self._now(),
+                        request_id=req.request_id,
+                        session=session,
+                        platform=platform,
+                        reason=reason,
+                    )
+                )
+        # Durable: the client's next turn may arrive as soon as this one ends, and must find its pin.
+        await self._log.append_durable(
             SessionPinned(
                 ts=self._now(),
                 request_id=req.request_id,
@@ -484,9 +497,11 @@ class RequestActor:
         if action.ban_platform:
             changes["skip_platforms"] = (*route.skip_platforms, (model.platform, action.reason))
         session = conversation.session
+        if session is None and action.ban_platform:
+            conversation.banned.append((model.platform, action.reason))
         if session is not None:
             if action.ban_platform:
-                await self._log.append(
+                await self._log.append_durable(
                     SessionBanned(
                         ts=self._now(),
                         request_id=req.request_id,
@@ -497,7 +512,7 @@ class RequestActor:
                 )
             if action.clear_pin and pin_used and not conversation.pin_cleared:
                 conversation.pin_cleared = True
-                await self._log.append(
+                await self._log.append_durable(
                     SessionPinCleared(
                         ts=self._now(), request_id=req.request_id, session=session, reason=action.reason
                     )
@@ -616,7 +631,8 @@ class RequestActor:
                     )
                 )
                 if out.kind == "auth" and out.status is not None:
-                    await self._log.append(
+                    # Durable: this request's next decision must not pick the key for another model.
+                    await self._log.append_durable(
                         KeyInvalidated(ts=self._now(), key_id=key_id, status=out.status, message=out.message)
                     )
             ended = True
@@ -796,6 +812,9 @@ class _Conversation:
     system: str = ""
     first_user: str = ""
     pin_cleared: bool = False
+    banned: list[tuple[str, str]] = field(
+        default_factory=list
+    )  # a first turn's bans, logged once it has a key
 
     @classmethod
     def of(cls, req: ChatRequest, mode: str) -> _Conversation:

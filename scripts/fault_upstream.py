@@ -13,6 +13,8 @@ What a request gets is its *behaviour*, a spec ``name[:arg[:arg]]``, looked up i
     echo                  content = the last user message's text
     fail:<status>         that status with an OpenAI error body {"error": {"message", "type", "code"}}
     rate-limit[:<s>]      429, with Retry-After: <s> when given
+    spent:<s>             a normal answer saying it was the key's last request: x-ratelimit-remaining-requests
+                          0 and x-ratelimit-reset-requests <s>s (non-streaming)
     auth                  401 (also on GET /v1/models when it is the key's behaviour)
     context               400, code "context_length_exceeded"
     wrapped-body[:<code>] 200 + JSON {"error": {"message", "code"}} (code default 503), stream or not
@@ -71,6 +73,7 @@ BEHAVIOURS = frozenset(
     {
         "ok",
         "echo",
+        "spent",
         "fail",
         "rate-limit",
         "auth",
@@ -526,6 +529,13 @@ class _Conn:
         if name == "fail":
             status = _int(args, 0, 500)
             return await self._error(status if 200 <= status <= 999 else 500, model)
+        if name == "spent":
+            answer = _build_answer("ok", [], model, body)
+            headers = [
+                (b"x-ratelimit-remaining-requests", b"0"),
+                (b"x-ratelimit-reset-requests", f"{_float(args, 0, 60.0):g}s".encode()),
+            ]
+            return await self._json(200, answer.completion(), extra=headers)
         if name == "rate-limit":
             extra = [(b"retry-after", args[0].encode())] if args and args[0] else []
             return await self._error(429, model, extra=extra)

@@ -77,10 +77,14 @@ def platform_toml(name: str, base_url: str, keys: tuple[str, ...]) -> str:
     )
 
 
+def toml_value(value: object) -> str:
+    return str(value).lower() if isinstance(value, bool) else repr(value)
+
+
 def model_toml(platform: str, model_id: str, rank: int, **fields: object) -> str:
     text = f'\n[[models]]\nplatform = "{platform}"\nid = "{model_id}"\nintelligence_rank = {rank}\n'
     for name, value in fields.items():
-        text += f"{name} = {str(value).lower() if isinstance(value, bool) else value!r}\n"
+        text += f"{name} = {toml_value(value)}\n"
     return text
 
 

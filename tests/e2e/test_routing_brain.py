@@ -275,9 +275,33 @@ async def test_a_fresh_install_with_one_key_answers_every_mode(tmp_path):
     assert routed["smart-one"] == "local/smart-one"  # a named model is never dropped by a pool filter
 
 
-@pytest.mark.skip(reason="x-ratelimit-remaining: the fault upstream sends no rate-limit headers")
-async def test_x_ratelimit_remaining_zero_cools_the_key() -> None:
-    raise AssertionError("not reachable")
+async def test_x_ratelimit_remaining_zero_cools_the_key_until_its_reset(tmp_path, clock):
+    state = UpstreamState()
+    state.key_behaviours["up-1"] = "spent:20"  # answers, and says that was its last request for 20 s
+    with trio.fail_after(120):
+        async with (
+            running_gateway(tmp_path, ["ok"], state=state, keys=("up-1", "up-2")) as gw,
+            client_for(gw) as client,
+        ):
+            for _ in range(2):  # the least-used key first: up-1 is hit by one of the first two requests
+                assert (await post(client, chat_body())).status_code == 200
+                await settled(gw)
+            assert "up-1" in chat_keys(state, 0)
+            [(model, until)] = (await key_view(gw, key_id("up-1"))).cooling
+            assert model == "ok"
+            assert 19 <= until - gw.runtime.clock.now() <= 20.5
+            before = len(state.requests)
+            for _ in range(3):
+                assert (await post(client, chat_body())).status_code == 200
+                await settled(gw)
+            assert chat_keys(state, before) == ["up-2"] * 3  # no request wasted on the spent key
+            del state.key_behaviours["up-1"]
+            await trio.sleep(until - gw.runtime.clock.now() + 1)
+            before = len(state.requests)
+            for _ in range(2):
+                assert (await post(client, chat_body())).status_code == 200
+                await settled(gw)
+            assert "up-1" in chat_keys(state, before)  # back after its reset
 
 
 # ---- replay over a real run -------------------------------------------------------------------------------
@@ -434,12 +458,6 @@ async def test_switchboard_keys_check_restores_an_invalid_key_while_the_gateway_
             assert "up-1" in used  # fewest requests this minute: within two requests it serves again
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a key that answered 401 is tried again for the next model of the "
-    "same request: KeyInvalidated is appended as lagging telemetry (actors/request.py, _attempt) "
-    "and _learn only marks (key, model) as tried, so the next decision still sees the key as ok",
-)
 async def test_a_key_that_answered_401_is_not_tried_again_in_the_same_request(tmp_path):
     state = UpstreamState()
     state.key_behaviours["up-1"] = "auth"

@@ -220,12 +220,6 @@ async def test_sdk_three_turn_conversations_in_auto_smart_stay_on_one_model(tmp_
     assert len({p.session for p in pins}) == 4
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: RouteDecided.pin_used (and pin_cleared) are never set: "
-    "actors/request.py _attempt_loop builds RouteDecided without pin_used=decision.pin_used, "
-    "pin_cleared=decision.pin_cleared",
-)
 async def test_route_decided_records_that_the_pin_was_used(tmp_path):
     with trio.fail_after(30):
         async with gateway_from(tmp_path, ONE_PLATFORM) as gw, client_for(gw) as client:
@@ -238,13 +232,6 @@ async def test_route_decided_records_that_the_pin_was_used(tmp_path):
     assert flags == [False, True, True]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: SessionPinned is appended as lagging telemetry "
-    "(actors/request.py _register_turn uses log.append, not append_durable), so a turn sent within "
-    "one group-commit window of the previous answer is routed without its pin; the MockClock makes "
-    "the window deterministic, on a real clock over loopback about 1 turn in 40 missed it",
-)
 async def test_a_turn_sent_right_after_the_previous_answer_uses_the_pin(tmp_path, clock):
     with trio.fail_after(60):
         async with gateway_from(tmp_path, ONE_PLATFORM) as gw, client_for(gw) as client:
@@ -356,13 +343,6 @@ async def test_provider_ban_moves_the_conversation_off_the_platform_for_good(tmp
             assert fresh.routed == [fresh.routed[0]] and fresh.routed[0].startswith("ban/")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a provider-ban failure on a conversation's first turn (no "
-    "X-Session-Id) bans the platform only for that request: actors/request.py _protect logs "
-    "SessionBanned only when conversation.session is set, and _register_turn does not carry the "
-    "request's bans over to the derived key it pins",
-)
 async def test_a_provider_ban_on_the_first_turn_holds_for_the_conversation(tmp_path, clock):
     state = UpstreamState()
     with trio.fail_after(120):

@@ -87,9 +87,12 @@ async def test_pre_stream_stall_falls_over_with_keepalives_meanwhile(tmp_path, c
 
 
 async def test_thirty_seconds_of_silence_shows_keepalives_then_the_fallback(tmp_path, clock):
-    async with running_gateway(
-        tmp_path, ["stall-pre:30", "ok"], timeouts="first_byte_s = 45\nkeepalive_s = 5"
-    ) as gw, httpx.AsyncClient(base_url=gw.url, headers=AUTH, timeout=120) as client:
+    async with (
+        running_gateway(
+            tmp_path, ["stall-pre:30", "ok"], timeouts="first_byte_s = 45\nkeepalive_s = 5"
+        ) as gw,
+        httpx.AsyncClient(base_url=gw.url, headers=AUTH, timeout=120) as client,
+    ):
         resp, lines = await read_stream(client, body(["stall-pre:30", "ok"]))
     keepalives = [t for t, line in lines if line == ": keep-alive"]
     assert len(keepalives) >= 5
@@ -133,9 +136,10 @@ async def test_failures_before_content_fall_over_at_once(tmp_path, clock, failin
 
 
 async def test_slow_drip_streams_to_the_end_without_a_false_stall(tmp_path, clock):
-    async with running_gateway(
-        tmp_path, ["drip:0.5:20", "ok"], timeouts="first_byte_s = 5\nstall_s = 2"
-    ) as gw, httpx.AsyncClient(base_url=gw.url, headers=AUTH, timeout=60) as client:
+    async with (
+        running_gateway(tmp_path, ["drip:0.5:20", "ok"], timeouts="first_byte_s = 5\nstall_s = 2") as gw,
+        httpx.AsyncClient(base_url=gw.url, headers=AUTH, timeout=60) as client,
+    ):
         resp, lines = await read_stream(client, body(["drip:0.5:20", "ok"]))
     assert resp.headers["x-routed-via"] == "local/drip:0.5:20"
     assert not errors(lines)
