@@ -11,6 +11,8 @@ bottleneck. Prints a table and writes JSON (``--out``).
     scripts/bench                  # full run (5 s per scenario, soak 50000)
     scripts/bench --quick          # smoke run (1 s per scenario, soak 2000)
     scripts/bench --direct-only    # only the upstream scenarios (no gateway needed)
+
+Then the routing benchmark (scripts/bench_routing.py): one decision at 100 models x 3 keys, and replay speed.
 """
 
 from __future__ import annotations
@@ -691,6 +693,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--direct-only", action="store_true", help="only the direct upstream scenarios")
     parser.add_argument("--out", default="bench-results.json", help="JSON results file")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, config, data)")
+    parser.add_argument("--no-routing", action="store_true", help="skip the routing benchmark")
     parser.add_argument(
         "--gateway-cmd",
         default=None,
@@ -714,6 +717,15 @@ def main(argv: list[str] | None = None) -> int:
     status = 2
     try:
         status, report = trio.run(bench, args)
+        if not args.no_routing:
+            # In this process, after the HTTP runs: the routing decision and replay, no sockets involved.
+            import bench_routing
+
+            requests, rounds = (2000, 300) if args.quick else (20000, 2000)
+            report["routing"] = bench_routing.run(requests, rounds)
+            bench_routing.print_report(report["routing"])
+            if report["routing"]["replay_reproduced"] != report["routing"]["replay_decisions"]:
+                status = 1
         Path(args.out).write_text(msgspec.json.format(msgspec.json.encode(report)).decode() + "\n")
         print(f"results written to {args.out}")
         if status == 0 and not args.keep:
