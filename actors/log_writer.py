@@ -96,11 +96,14 @@ class LogWriter:
                     if not batch:
                         await self._publish_foreign()
                         continue
-                    with trio.move_on_after(self._window_s):
+                    # Wait a few ms for more, unless someone is waiting for this commit (append_durable).
+                    with trio.move_on_after(0 if batch[0][1] is not None else self._window_s):
                         while len(batch) < self._max_batch:
                             try:
                                 batch.append(await self._recv.receive())
                             except trio.EndOfChannel:
+                                break
+                            if batch[-1][1] is not None:
                                 break
                     await self._commit(batch)
                 # The inbox is closed: everything sent before close() was received above.

@@ -7,67 +7,14 @@ URL is only known once the fault-injecting upstream is listening, so the test pa
 
 from __future__ import annotations
 
-import io
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
-from fault_upstream import UpstreamState, serve_upstream
-from harness import SECRET_ENV, Gateway
+from harness import ConfigFor, Gateway, gateway_from  # noqa: F401 - gateway_from: re-exported for the tests
 
-from actors.supervisor import Runtime
 from events.sqlite_store import SqliteStore
 from events.types import AnyEvent
-from service.config import load_config
-from service.server import DB_NAME, run_gateway
-
-ConfigFor = Callable[[str, Path], str]  # (upstream base URL, data dir) -> TOML text
-
-
-@asynccontextmanager
-async def gateway_from(
-    tmp_path: Path,
-    config_for: ConfigFor,
-    *,
-    state: UpstreamState | None = None,
-    data_dir: Path | None = None,
-    env: Mapping[str, str] = SECRET_ENV,
-) -> AsyncIterator[Gateway]:
-    """Like `harness.running_gateway`, with the config text from `config_for(upstream_url, data_dir)`."""
-    state = state or UpstreamState()
-    data_dir = data_dir or tmp_path / "data"
-    async with trio.open_nursery() as nursery:
-        upstream_url = await nursery.start(serve_upstream, state)
-        path = tmp_path / "switchboard.toml"
-        path.write_text(config_for(upstream_url, data_dir))
-        config = load_config(path, env={})
-        output = io.StringIO()
-        ready, ready_recv = trio.open_memory_channel[tuple[str, Runtime]](1)
-        done = trio.Event()
-
-        async def gateway() -> None:
-            try:
-                await run_gateway(
-                    config,
-                    env=env,
-                    out=output,
-                    handle_signals=False,
-                    on_listening=lambda url, rt: ready.send_nowait((url, rt)),
-                )
-            finally:
-                done.set()
-
-        nursery.start_soon(gateway)
-        with trio.fail_after(10):
-            url, runtime = await ready_recv.receive()
-        try:
-            yield Gateway(url, runtime, state, upstream_url, output, data_dir)
-        finally:
-            runtime.shutting_down.set()
-            with trio.fail_after(15):
-                await done.wait()
-            nursery.cancel_scope.cancel()
+from service.server import DB_NAME
 
 
 def platform_toml(name: str, base_url: str, keys: tuple[str, ...]) -> str:

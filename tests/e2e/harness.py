@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,29 +68,27 @@ keys = [{key_list}]
     return text
 
 
+ConfigFor = Callable[[str, Path], str]  # (upstream base URL, data dir) -> TOML text
+
+
 @asynccontextmanager
-async def running_gateway(
+async def gateway_from(
     tmp_path: Path,
-    models: list[str],
+    config_for: ConfigFor,
     *,
     state: UpstreamState | None = None,
-    keys: tuple[str, ...] = ("up-1",),
-    timeouts: str = "",
-    extra: str = "",
     data_dir: Path | None = None,
+    env: Mapping[str, str] = SECRET_ENV,
 ) -> AsyncIterator[Gateway]:
-    """Start upstream and gateway; on exit shut the gateway down gracefully (as SIGTERM would)."""
+    """Like `harness.running_gateway`, with the config text from `config_for(upstream_url, data_dir)`."""
     state = state or UpstreamState()
     data_dir = data_dir or tmp_path / "data"
     async with trio.open_nursery() as nursery:
         upstream_url = await nursery.start(serve_upstream, state)
         path = tmp_path / "switchboard.toml"
-        path.write_text(
-            config_text(upstream_url, data_dir, models, keys=keys, timeouts=timeouts, extra=extra)
-        )
+        path.write_text(config_for(upstream_url, data_dir))
         config = load_config(path, env={})
         output = io.StringIO()
-        ready: trio.MemorySendChannel[tuple[str, Runtime]]
         ready, ready_recv = trio.open_memory_channel[tuple[str, Runtime]](1)
         done = trio.Event()
 
@@ -98,7 +96,7 @@ async def running_gateway(
             try:
                 await run_gateway(
                     config,
-                    env=SECRET_ENV,
+                    env=env,
                     out=output,
                     handle_signals=False,
                     on_listening=lambda url, rt: ready.send_nowait((url, rt)),
@@ -116,3 +114,24 @@ async def running_gateway(
             with trio.fail_after(15):
                 await done.wait()
             nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def running_gateway(
+    tmp_path: Path,
+    models: list[str],
+    *,
+    state: UpstreamState | None = None,
+    keys: tuple[str, ...] = ("up-1",),
+    timeouts: str = "",
+    extra: str = "",
+    data_dir: Path | None = None,
+) -> AsyncIterator[Gateway]:
+    """Start upstream and gateway with one platform, `local`, serving `models`; on exit shut the gateway
+    down gracefully (as SIGTERM would)."""
+
+    def config_for(upstream_url: str, data_dir: Path) -> str:
+        return config_text(upstream_url, data_dir, models, keys=keys, timeouts=timeouts, extra=extra)
+
+    async with gateway_from(tmp_path, config_for, state=state, data_dir=data_dir) as gw:
+        yield gw

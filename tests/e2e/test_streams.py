@@ -13,6 +13,7 @@ import httpx
 import pytest
 import trio
 import trio.testing
+from fault_upstream import UpstreamState
 from harness import GATEWAY_KEY, running_gateway
 
 from events.sqlite_store import SqliteStore
@@ -120,7 +121,7 @@ async def test_mid_stream_stall_ends_with_an_error_event_and_keeps_the_partial_c
 
 @pytest.mark.parametrize(
     "failing",
-    ["fail:500", "fail:503", "auth", "wrapped-body", "wrapped-sse", "reset", "empty", "rate-limit:30"],
+    ["fail:500", "fail:503", "wrapped-body", "wrapped-sse", "reset", "empty", "rate-limit:30"],
 )
 async def test_failures_before_content_fall_over_at_once(tmp_path, clock, failing):
     async with running_gateway(tmp_path, [failing, "ok"], timeouts=FAST) as gw:
@@ -133,6 +134,25 @@ async def test_failures_before_content_fall_over_at_once(tmp_path, clock, failin
     assert not errors(lines)
     assert elapsed < 0.5
     assert resp.headers["x-routed-via"] == "local/ok"
+
+
+async def test_a_rejected_key_falls_over_to_the_next_key_at_once(tmp_path, clock):
+    # A 401 invalidates the key for every model of its platform, so the fallback is another key.
+    state = UpstreamState()
+    state.key_behaviours["up-1"] = "auth"
+    async with running_gateway(tmp_path, ["ok"], state=state, keys=("up-1", "up-2"), timeouts=FAST) as gw:
+        async with httpx.AsyncClient(base_url=gw.url, headers=AUTH, timeout=60) as client:
+            results = []
+            for _ in range(2):  # the least-used key goes first (ties at random): up-1 is one of the two
+                start = trio.current_time()
+                resp, lines = await read_stream(client, body(["ok"]))
+                results.append((resp, lines, trio.current_time() - start))
+    assert "up-1" in [r.api_key for r in state.requests]
+    for resp, lines, elapsed in results:
+        assert resp.status_code == 200
+        assert contents(lines) == "Hello from ok."
+        assert elapsed < 0.5
+    assert [r.api_key for r in state.requests].count("up-1") == 1  # invalid from then on
 
 
 async def test_slow_drip_streams_to_the_end_without_a_false_stall(tmp_path, clock):
