@@ -20,7 +20,7 @@ import math
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import trio
@@ -290,32 +290,37 @@ class RequestActor:
             self._in_flight -= 1
         latency = (trio.current_time() - started) * 1000
         if isinstance(result, Failure):
-            await self._log.append(
-                RequestCompleted(
-                    ts=self._now(),
-                    request_id=req.request_id,
-                    outcome="error",
-                    status=result.status,
-                    attempts=result.attempts,
-                    latency_ms=latency,
-                    error=result.message[:300],
-                )
+            await self._completed(
+                req, "error", result.status, result.attempts, latency, "", result.message[:300]
             )
         else:
-            platform, _, model = progress.routed.partition("/")
-            await self._log.append(
-                RequestCompleted(
-                    ts=self._now(),
-                    request_id=req.request_id,
-                    outcome="ok",
-                    status=200,
-                    attempts=progress.attempts,
-                    latency_ms=latency,
-                    platform=platform,
-                    model=model,
-                )
-            )
+            await self._completed(req, "ok", 200, progress.attempts, latency, progress.routed)
         return result
+
+    async def _completed(
+        self,
+        req: ChatRequest,
+        outcome: Literal["ok", "error", "client_abort"],
+        status: int,
+        attempts: int,
+        latency_ms: float,
+        ref: str,
+        error: str | None = None,
+    ) -> None:
+        platform, _, model = ref.partition("/")
+        await self._log.append(
+            RequestCompleted(
+                ts=self._now(),
+                request_id=req.request_id,
+                outcome=outcome,
+                status=status,
+                attempts=attempts,
+                latency_ms=latency_ms,
+                platform=platform or None,
+                model=model or None,
+                error=error,
+            )
+        )
 
     async def _record_disconnect(self, req: ChatRequest, progress: _Progress, started: float) -> None:
         self._disconnects += 1
@@ -329,18 +334,8 @@ class RequestActor:
                 content_forwarded=progress.forwarded,
             )
         )
-        await self._log.append(
-            RequestCompleted(
-                ts=self._now(),
-                request_id=req.request_id,
-                outcome="client_abort",
-                status=499,
-                attempts=progress.attempts,
-                latency_ms=(trio.current_time() - started) * 1000,
-                platform=platform or None,
-                model=model or None,
-            )
-        )
+        latency = (trio.current_time() - started) * 1000
+        await self._completed(req, "client_abort", 499, progress.attempts, latency, progress.current)
 
     async def _attempt_loop(
         self, req: ChatRequest, emit: Callable[[StreamItem], Awaitable[None]], progress: _Progress

@@ -47,6 +47,15 @@ def _projections(store: SqliteStore, config: Config) -> tuple[RoutingView, Stats
     return view, stats
 
 
+def _read_view(config: Config) -> tuple[RoutingView, Stats]:
+    """The projections as of now, for commands that only read."""
+    store = _store(config)
+    try:
+        return _projections(store, config)
+    finally:
+        store.close()
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     config = _config(args)
     trio.run(run_gateway, config)
@@ -93,11 +102,7 @@ def cmd_keys_add(args: argparse.Namespace) -> int:
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
     config = _config(args)
-    store = _store(config)
-    try:
-        view, _ = _projections(store, config)
-    finally:
-        store.close()
+    view, _ = _read_view(config)
     health = view.health
     now = time.time()
     models = view.catalog.models()
@@ -218,11 +223,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_sessions(args: argparse.Namespace) -> int:
     config = _config(args)
-    store = _store(config)
-    try:
-        view, _ = _projections(store, config)
-    finally:
-        store.close()
+    view, _ = _read_view(config)
     now = time.time()
     rows = []
     for key, state in reversed(view.sessions.live(now)):
