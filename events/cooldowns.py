@@ -100,6 +100,16 @@ class Cooldowns:
     def any_penalty(self, now: float) -> bool:
         return now < self._penalties_end
 
+    def penalties(self, now: float) -> dict[str, float]:
+        """Every model with penalty points left at `now` (usually none or a few)."""
+        if now >= self._penalties_end:
+            return {}
+        return {
+            ref: points
+            for ref, state in self._models.items()
+            if state.penalty > 0.0 and (points := self._penalty_at(state, now)) > 0.0
+        }
+
     def cooling(self, ref: str, now: float) -> tuple[float, str] | None:
         state = self._models.get(ref)
         if state is None or state.until <= now:

@@ -255,29 +255,34 @@ def _walk_chain(
     # Best possible score first (theta at most 1); catalog order breaks ties, so replays visit alike. A heap,
     # not a sort: the walk usually stops after a few models.
     first_pool = {"auto-fast": "fast", "auto-smart": "smart"}.get(mode)
-    total = parts.total
-    bounds = [
-        (0 if first_pool is None or m.pool == first_pool else 1, -1.0 - total(m), i)
-        for i, m in enumerate(models)
-    ]
+    # The hot loop of a decision (every eligible model): Parts.total inlined, lookups bound to locals.
+    get, fill, which = parts.cache.get, parts.fill, 1 if parts.smart else 0
+    weight, inv_max_tps, penalties = parts.speed_in_total, parts.inv_max_tps, parts.penalties
+    bounds = []
+    for i, m in enumerate(models):
+        base = get(m.ref) or fill(m)
+        fixed = base[which] + weight * min(1.0, base[2] * inv_max_tps)
+        if penalties:
+            fixed -= penalties.get(m.ref, 0.0)
+        bounds.append((0 if first_pool is None or m.pool == first_pool else 1, -1.0 - fixed, i))
     heapq.heapify(bounds)
-    best: tuple[int, float] | None = None  # (group, -score) of the best usable model so far
-    chosen: CatalogModel | None = None
-    chosen_key: str | None = None
-    while bounds:
-        group, neg_bound, i = heapq.heappop(bounds)
-        if best is not None and (group, neg_bound) > best:
-            break  # nothing from here on can beat the best usable model
+    # Sampled models wait in `ready` (best first); a model's keys are checked only once no model still
+    # unsampled could beat it, so usually one key check per decision.
+    ready: list[tuple[int, float, int]] = []
+    while bounds or ready:
+        if ready and (not bounds or ready[0][:2] <= bounds[0][:2]):
+            _, _, i = heapq.heappop(ready)
+            key, key_exclusions = _pick_key(view, models[i], req, tokens, now, rng)
+            excluded.extend(key_exclusions)
+            if key is not None:
+                return models[i], key
+            continue
+        group, _, i = heapq.heappop(bounds)
         m = models[i]
         cand = _score(view, p, m, parts.of(m), now, rng, named=False)
         scored.append(cand)
-        if best is not None and (group, -cand[0]) >= best:
-            continue
-        key, key_exclusions = _pick_key(view, m, req, tokens, now, rng)
-        excluded.extend(key_exclusions)
-        if key is not None:
-            best, chosen, chosen_key = (group, -cand[0]), m, key
-    return chosen, chosen_key
+        heapq.heappush(ready, (group, -cand[0], i))
+    return None, None
 
 
 def _model_exclusion(
@@ -358,26 +363,19 @@ class _Parts:
         self.view, self.p, self.now = view, p, now
         self.smart = mode == "auto-smart"
         self.cache = view.cached_parts()
-        self.penalties = view.cooldowns.any_penalty(now)
+        self.penalties = {
+            ref: p.penalty_weight * points for ref, points in view.cooldowns.penalties(now).items()
+        }
         self.inv_max_tps = 1.0 / max(PRIOR_TPS_AT_RANK_1, view.stats.max_tps or 0.0)
         # Weight of the normalised speed in this mode's total.
         self.speed_in_total = p.speed_weight * (p.smart_speed if self.smart else 1.0)
 
-    def total(self, m: CatalogModel) -> float:
-        """The fixed total alone (the walk's bound), without building the parts."""
-        base = self.cache.get(m.ref) or self.fill(m)
-        total = base[1 if self.smart else 0] + self.speed_in_total * min(1.0, base[2] * self.inv_max_tps)
-        return total - self.penalty(m) if self.penalties else total
-
     def of(self, m: CatalogModel) -> Parts:
         balanced, smart, tps, slow, ttfb, intelligence = self.cache.get(m.ref) or self.fill(m)
         speed = self.p.speed_weight * min(1.0, tps * self.inv_max_tps) - slow
-        penalty = self.penalty(m) if self.penalties else 0.0
+        penalty = self.penalties.get(m.ref, 0.0)
         total = (smart if self.smart else balanced) + self.speed_in_total * min(1.0, tps * self.inv_max_tps)
         return total - penalty, speed, ttfb, intelligence, penalty
-
-    def penalty(self, m: CatalogModel) -> float:
-        return self.p.penalty_weight * self.view.cooldowns.penalty(m.ref, self.now)
 
     def fill(self, m: CatalogModel) -> tuple[float, float, float, float, float, float]:
         """(balanced and smart totals without the normalised speed, tps, slow penalty, ttfb, intelligence)."""
