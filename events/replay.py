@@ -8,6 +8,7 @@ evaluated when the fold reaches that position, so the cost is one fold of the lo
 
 from __future__ import annotations
 
+import bisect
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -74,19 +75,24 @@ def replay(
     i, seq = 0, 0
     while i < len(pending):
         entries = store.read_after(seq, batch) if seq < last_needed else []
-        for entry_seq, event in entries:
-            while i < len(pending) and pending[i][1].view_seq < entry_seq:
-                yield _evaluate(view, *pending[i])
-                i += 1
-            view.apply(entry_seq, event)
-        if progress is not None and entries:
-            progress(entries[-1][0], last_needed)
         if not entries:
             while i < len(pending):  # every remaining decision saw all of the log we have
                 yield _evaluate(view, *pending[i])
                 i += 1
             return
-        seq = entries[-1][0]
+        seqs = [s for s, _ in entries]
+        done = 0
+        # Fold in slices up to each decision's view position (a tight loop), evaluate it there.
+        while i < len(pending) and pending[i][1].view_seq < seqs[-1]:
+            upto = bisect.bisect_right(seqs, pending[i][1].view_seq, lo=done)
+            view.apply_all(entries[done:upto])
+            done = upto
+            yield _evaluate(view, *pending[i])
+            i += 1
+        view.apply_all(entries[done:])
+        seq = seqs[-1]
+        if progress is not None:
+            progress(seq, last_needed)
 
 
 def _evaluate(view: RoutingView, seq: int, recorded: RouteDecided) -> Replayed:
