@@ -207,11 +207,15 @@ async def _stream_response(runtime: Runtime, req: ChatRequest) -> Response:
                 yield chunk
             while True:
                 item: bytes | Routed | Failure | None = None
-                with trio.move_on_after(keepalive_s):
+                try:
                     try:
-                        item = await handle.items.receive()
-                    except trio.EndOfChannel:
-                        return
+                        # While chunks flow they are already waiting: no keepalive timer at all.
+                        item = handle.items.receive_nowait()
+                    except trio.WouldBlock:
+                        with trio.move_on_after(keepalive_s):
+                            item = await handle.items.receive()
+                except trio.EndOfChannel:
+                    return
                 if item is None:
                     yield KEEPALIVE
                 elif isinstance(item, bytes):
