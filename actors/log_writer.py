@@ -52,6 +52,7 @@ class LogWriter:
         self._published = store.last_seq()
         self._version = store.data_version()
         self._written = self._batches = self._largest = self._foreign = 0
+        self._window: trio.CancelScope | None = None  # open while the writer waits for a batch to fill
 
     def subscribe(self, inbox: trio.MemorySendChannel[Any]) -> None:
         """Send every committed batch (a list of entries) to `inbox` from now on; the writer closes it
@@ -67,6 +68,8 @@ class LogWriter:
         """Append and wait until committed; returns its seq. For admin changes, before the call returns."""
         reply: Reply[int] = Reply()
         await self._send.send((event, reply))
+        if self._window is not None:
+            self._window.cancel()
         return await reply.wait()
 
     def close(self) -> None:
@@ -96,15 +99,18 @@ class LogWriter:
                     if not batch:
                         await self._publish_foreign()
                         continue
-                    # Wait a few ms for more, unless someone is waiting for this commit (append_durable).
-                    with trio.move_on_after(0 if batch[0][1] is not None else self._window_s):
-                        while len(batch) < self._max_batch:
-                            try:
-                                batch.append(await self._recv.receive())
-                            except trio.EndOfChannel:
-                                break
-                            if batch[-1][1] is not None:
-                                break
+                    # Let more arrive for a few ms, with one wake-up rather than one per event, unless someone
+                    # waits for this commit (append_durable cancels the window).
+                    if batch[0][1] is None:
+                        with trio.CancelScope(deadline=trio.current_time() + self._window_s) as window:
+                            self._window = window
+                            await trio.sleep_forever()
+                        self._window = None
+                    while len(batch) < self._max_batch:
+                        try:
+                            batch.append(self._recv.receive_nowait())
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
                     await self._commit(batch)
                 # The inbox is closed: everything sent before close() was received above.
         finally:
