@@ -41,6 +41,7 @@ class LogWriter:
         max_batch: int = 512,
         window_s: float = 0.002,
         poll_s: float = 0.2,
+        after: int | None = None,
         inbox_size: int = 10_000,
     ) -> None:
         self._store = store
@@ -49,7 +50,8 @@ class LogWriter:
         self._poll_s = poll_s
         self._send, self._recv = trio.open_memory_channel[tuple[Event, Reply[int] | None]](inbox_size)
         self._subscribers: list[trio.MemorySendChannel[Any]] = []
-        self._published = store.last_seq()
+        # From where the projections were rebuilt: what others appended since is published, not skipped.
+        self._published = store.last_seq() if after is None else after
         self._version = store.data_version()
         self._written = self._batches = self._largest = self._foreign = 0
         self._window: trio.CancelScope | None = None  # open while the writer waits for a batch to fill

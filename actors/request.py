@@ -52,6 +52,7 @@ from events.types import (
 from events.view import SessionPolicy
 
 DRAIN_S = 0.5  # after [DONE], how long to wait for the upstream to end its body
+CONSUMER_GONE_S = 120.0  # a stream's consumer that takes nothing for this long has gone
 MAX_RECORDED_EXCLUSIONS = 64  # per decision event; the rest are summarised by replay --explain
 
 logger = logging.getLogger("switchboard.request")
@@ -155,12 +156,14 @@ class StreamHandle:
         self.items = recv
         self._scope = scope
         self.client_gone = False
+        self.answered = False  # the producer sent [DONE]: what is left is bookkeeping, not to be cancelled
 
     def close(self, *, client_gone: bool) -> None:
-        """Idempotent. Cancels the producer if it is still running."""
-        if client_gone and not self._scope.cancel_called:
-            self.client_gone = True
-        self._scope.cancel()
+        """Idempotent. Cancels the producer if it is still running and has not answered yet."""
+        if not self.answered:
+            if client_gone and not self._scope.cancel_called:
+                self.client_gone = True
+            self._scope.cancel()
         self.items.close()
 
 
@@ -239,7 +242,15 @@ class RequestActor:
                 with scope:
 
                     async def emit(item: StreamItem) -> None:
-                        await send.send(item)
+                        # A consumer that takes nothing for this long is gone (e.g. the client left
+                        # before the response body started, so its generator never ran).
+                        with trio.move_on_after(CONSUMER_GONE_S) as waited:
+                            await send.send(item)
+                        if waited.cancelled_caught:
+                            handle.client_gone = True
+                            raise trio.BrokenResourceError("the client stopped reading")
+                        if item is DONE:
+                            handle.answered = True
 
                     try:
                         result = await self._run(req, emit, handle)
@@ -342,7 +353,10 @@ class RequestActor:
     ) -> Completion | Failure:
         """Decide, try, learn, decide again: each attempt gets its own recorded decision, which knows what
         this request already tried and what it must now avoid."""
-        mode = next((ALIASES.get(n, n) for n in req.requested if ALIASES.get(n, n) in VIRTUAL_MODELS), "auto")
+        # As decide reads it: the last virtual name the request gives.
+        mode = next(
+            (m for n in reversed(req.requested) if (m := ALIASES.get(n, n)) in VIRTUAL_MODELS), "auto"
+        )
         default, cap = self._output_reserve
         conversation = _Conversation.of(req, mode)
         route = RouteInput(
@@ -358,9 +372,14 @@ class RequestActor:
         tried: list[_Tried] = []
         excluded: tuple[Excluded, ...] = ()
         bad_request: _Tried | None = None
+        bad_request_at = (
+            0  # its index in `tried`: one more attempt elsewhere, then it goes back to the client
+        )
         fallback_body: bytes | None = None  # a truncated answer, better than nothing if all else fails
         fallback_ref = ""
-        while progress.attempts < self._max_attempts and not (bad_request and len(tried) > 1):
+        while progress.attempts < self._max_attempts and not (
+            bad_request and len(tried) > bad_request_at + 1
+        ):
             try:
                 decided = await self._health.decide(route)
             except UnknownModel as exc:
@@ -426,7 +445,7 @@ class RequestActor:
             if out.kind == "truncated" and out.body is not None:
                 fallback_body, fallback_ref = out.body, model.ref
             if out.kind == "bad_request" and bad_request is None:
-                bad_request = tried[-1]
+                bad_request, bad_request_at = tried[-1], len(tried) - 1
         if fallback_body is not None:
             return Completion(fallback_body, fallback_ref, progress.attempts)
         return _final_failure(tried, list(excluded), bad_request, progress.attempts, self._now())
@@ -551,17 +570,15 @@ class RequestActor:
                 with deadline:
                     async with self._upstream.open(call) as resp:
                         headers = resp.headers
-                        if resp.status != 200 or not req.stream:
+                        json_answer = "json" in resp.headers.get("content-type", "")
+                        if resp.status != 200 or not req.stream or json_answer:
+                            # (Asked to stream, a provider may still answer with one JSON document.)
                             raw = await _read_body(resp.chunks(), deadline, timer, self._deadlines.stall_s)
-                            out = self._judge_body(req, resp.status, resp.headers, raw)
-                        elif "json" in resp.headers.get("content-type", ""):
-                            # Asked to stream, the provider answered with one JSON document (often an error).
-                            raw = await _read_body(resp.chunks(), deadline, timer, self._deadlines.stall_s)
-                            out = self._judge_body(req, resp.status, resp.headers, raw)
-                            if out.ok:
-                                out = _Outcome(
-                                    False, "server_error", 502, "expected an event stream, got JSON"
-                                )
+                            out = self._judge_body(req, resp.status, resp.headers, raw, stream_state)
+                            if req.stream and (out.ok or out.delivered) and out.body is not None:
+                                deadline.deadline = math.inf
+                                await self._send_as_stream(model.ref, out.body, stream_state, progress, emit)
+                                out.forwarded = out.delivered = True
                         else:
                             out = await self._relay(
                                 req, model.ref, resp.chunks(), deadline, timer, stream_state, progress, emit
@@ -646,10 +663,40 @@ class RequestActor:
                     )
         return out
 
-    def _judge_body(self, req: ChatRequest, status: int, headers: Mapping[str, str], raw: bytes) -> _Outcome:
+    async def _send_as_stream(
+        self,
+        ref: str,
+        body: bytes,
+        state: _StreamState,
+        progress: _Progress,
+        emit: Callable[[StreamItem], Awaitable[None]],
+    ) -> None:
+        """A whole answer where a stream was asked for: sent as one chunk, a finish and [DONE]."""
+        completion = _decode(body)
+        choice = completion["choices"][0]
+        message = {k: v for k, v in (choice.get("message") or {}).items() if v is not None}
+        base = {k: completion.get(k) for k in ("id", "created", "model")}
+        chunk = {
+            **base,
+            "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": message, "finish_reason": choice.get("finish_reason")}],
+        }
+        state.forwarded = progress.forwarded = True
+        progress.routed = ref
+        for call in message.get("tool_calls") or ():
+            if isinstance(call, dict):
+                call.setdefault("index", 0)
+        _inspect_chunk(chunk, state, progress)
+        await emit(Routed(ref, progress.attempts))
+        await emit(frame(_encode(chunk)))
+        await emit(DONE)
+
+    def _judge_body(
+        self, req: ChatRequest, status: int, headers: Mapping[str, str], raw: bytes, state: _StreamState
+    ) -> _Outcome:
         try:
             payload = _decode(raw) if raw else None
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             payload = None
         if status != 200:
             error = payload.get("error") if isinstance(payload, dict) else None
@@ -679,8 +726,14 @@ class RequestActor:
         ):
             return _Outcome(False, "server_error", 502, "the provider's answer is not a chat completion")
         choice = payload["choices"][0]
-        message = choice.get("message") or {}
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if not isinstance(message, dict):
+            return _Outcome(False, "server_error", 502, "the provider's answer has no message")
         _normalise_message(message)
+        if isinstance(payload.get("usage"), dict):
+            state.take_usage(payload["usage"])
+        if not state.output_tokens_reported:
+            state.output_chars = len(message.get("content") or "")
         if not message.get("content") and not message.get("tool_calls"):
             return _Outcome(False, "empty", 200, "the answer has no content and no tool calls")
         body = _encode(payload)
@@ -746,8 +799,7 @@ class RequestActor:
             has_content, finish_now, usage = _inspect_chunk(obj, state, progress)
             finish = finish_now or finish
             if usage:
-                state.input_tokens = usage.get("prompt_tokens") or state.input_tokens
-                state.output_tokens = usage.get("completion_tokens") or state.output_tokens
+                state.take_usage(usage)
             if not state.forwarded and not has_content:
                 pending.append(payload)
                 continue
@@ -856,6 +908,14 @@ class _StreamState:
     def output_tokens(self, value: int) -> None:
         self.output_tokens_reported = value
 
+    def take_usage(self, usage: Mapping[str, Any]) -> None:
+        """The provider's token counts, when they are counts (anything else would poison the log)."""
+        prompt, completion = _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
+        if prompt:
+            self.input_tokens = prompt
+        if completion:
+            self.output_tokens = completion
+
 
 class _Timer:
     def __init__(self, start: float) -> None:
@@ -875,6 +935,10 @@ class _Timer:
         return (trio.current_time() - self.start) * 1000
 
 
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
 def _reply_text(body: bytes | None) -> str | None:
     try:
         message = _decode(body or b"")["choices"][0]["message"]
@@ -892,11 +956,14 @@ def _inspect_chunk(
     usage = obj.get("usage") if isinstance(obj.get("usage"), dict) else None
     has_content = False
     finish = None
-    for choice in obj.get("choices") or ():
+    choices = obj.get("choices")
+    for choice in choices if isinstance(choices, list) else ():
         if not isinstance(choice, dict):
             continue
         finish = choice.get("finish_reason") or finish
-        delta = choice.get("delta") or {}
+        delta = choice.get("delta")
+        if not isinstance(delta, dict):
+            continue
         content = delta.get("content")
         text = content or delta.get("reasoning_content") or delta.get("reasoning")
         if text:
@@ -909,12 +976,13 @@ def _inspect_chunk(
             has_content = True
             if progress.conversation.pins and isinstance(calls, list):
                 for call in calls:
-                    if not isinstance(call, dict):
+                    fn = call.get("function") if isinstance(call, dict) else None
+                    index = call.get("index", 0) if isinstance(call, dict) else 0
+                    if not isinstance(fn, dict) or not isinstance(index, int):
                         continue
-                    fn = call.get("function") or {}
-                    parts = progress.tool_calls.setdefault(call.get("index", 0), [""])
-                    parts[0] += fn.get("name") or ""
-                    parts.append(fn.get("arguments") or "")
+                    parts = progress.tool_calls.setdefault(index, [""])
+                    parts[0] += fn.get("name") if isinstance(fn.get("name"), str) else ""
+                    parts.append(fn.get("arguments") if isinstance(fn.get("arguments"), str) else "")
     return has_content, finish, usage
 
 
@@ -934,7 +1002,9 @@ def _normalise_message(message: dict[str, Any]) -> None:
     content = message.get("content")
     if isinstance(content, list):
         message["content"] = "".join(
-            part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text"
+            part["text"]
+            for part in content
+            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
         )
     if not message.get("content") and not message.get("tool_calls"):
         reasoning = message.get("reasoning_content") or message.get("reasoning")

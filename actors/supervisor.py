@@ -76,7 +76,7 @@ async def run_service(
     replayed = rebuild(store, view, also=(stats_p.apply,))
     known_keys = set(view.health.keys)
 
-    log = LogWriter(store)
+    log = LogWriter(store, after=view.seq)
     health = ModelHealth(view, log, clock.now)
     stats = StatsActor(stats_p, log)
     p = settings.policy

@@ -24,7 +24,7 @@ from events.policy import RoutingPolicy
 from events.quotas import over_limit
 from events.sessions import SessionState
 from events.types import Excluded, RouteInput, ScoredCandidate
-from events.view import POOL_REASON, RoutingView
+from events.view import RoutingView
 
 PRIOR_TPS_AT_RANK_1 = 400.0  # a model with no speed data: 400 tok/s at speed rank 1, 200 at 2, ...
 
@@ -96,7 +96,7 @@ def decide(view: RoutingView, req: RouteInput, now: float, rng: random.Random) -
         if m.ref in seen:
             continue
         seen.add(m.ref)
-        why, until = _model_exclusion(view, m, True, mode, req, skip_models, skip_platforms, now)
+        why, until = _model_exclusion(view, m, req, skip_models, skip_platforms, now)
         if why is None and session_rules:
             why = _session_exclusion(view, m, req.session, session, now)
         if why is None and not has_keys(m.platform):
@@ -124,7 +124,7 @@ def decide(view: RoutingView, req: RouteInput, now: float, rng: random.Random) -
             if m.ref in seen:
                 continue
             if per_model:
-                why, until = _model_exclusion(view, m, False, mode, req, skip_models, skip_platforms, now)
+                why, until = _model_exclusion(view, m, req, skip_models, skip_platforms, now)
                 if why is not None:
                     excluded.append(Excluded(ref=m.ref, reason=why, until=until))
                     continue
@@ -188,6 +188,11 @@ def _use_pin(
     cooling = view.cooldowns.cooling(ref, now)
     if cooling is not None:
         return None, None, f"pinned model {ref} is cooling ({cooling[1]})"
+    if m.context_window is not None and req.est_tokens > m.context_window:
+        return None, None, f"the conversation outgrew {ref}'s context window ({m.context_window})"
+    busy = _session_exclusion(view, m, req.session, session, now)
+    if busy is not None:
+        return None, None, busy
     info = view.health.keys.get(key_id)
     if info is None or info.status != "ok":
         return None, None, f"pinned key {key_id} is {info.status if info else 'gone'}"
@@ -288,15 +293,12 @@ def _walk_chain(
 def _model_exclusion(
     view: RoutingView,
     m: CatalogModel,
-    is_named: bool,
-    mode: str,
     req: RouteInput,
     skip_models: dict[str, str],
     skip_platforms: dict[str, str],
     now: float,
 ) -> tuple[str | None, float | None]:
-    if not is_named and mode == "auto" and m.pool == "smart":
-        return POOL_REASON, None
+    """Why a model (that passed the pool filter, or was named) cannot take this request now."""
     if m.ref in skip_models:
         return f"skipped for this request: {skip_models[m.ref]}", None
     if m.platform in skip_platforms:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from events.types import AttemptFailed, AttemptStarted, AttemptSucceeded, Event
+from events.types import AttemptFailed, AttemptStarted, AttemptSucceeded, Event, ServiceStarted
 
 MINUTE = 60.0
 DAY = 86400.0
@@ -127,6 +127,11 @@ class Quotas:
                     tokens = event.input_tokens + event.output_tokens
                     usage.minute.add(event.ts, 0, tokens)
                     usage.day.add(event.ts, 0, tokens)
+            case ServiceStarted():
+                # Nothing survives a restart: attempts without an end event (a hard kill) hold nothing.
+                for slot, reserved in self._in_flight.values():
+                    self._slots[slot].reserved -= reserved
+                self._in_flight.clear()
             case _:
                 pass
 

@@ -268,7 +268,7 @@ def parse_chat_request(raw: bytes, request_id: str, session_header: str | None =
             raise BadRequest(
                 "'models' must be a non-empty list of model id strings.", "models", "invalid_type"
             )
-        requested = tuple(models) if model in ("auto", *VIRTUAL_MODELS) else (model, *models)
+        requested = (model, *models)  # a virtual `model` gives the mode, concrete ones are tried first
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise BadRequest("'stream' must be true or false.", "stream", "invalid_type")

@@ -43,7 +43,7 @@ class _Response:
             async with aclosing(self._resp.aiter_bytes()) as body:
                 async for chunk in body:
                     yield chunk
-        except httpx.TransportError as exc:
+        except httpx.HTTPError as exc:  # transport errors, and a body that does not decode (bad gzip)
             raise TransportFailure(_describe(exc)) from None
 
 
@@ -103,7 +103,7 @@ class OpenAICompatUpstream:
         )
         try:
             resp = await transport.handle_async_request(request)
-        except httpx.TransportError as exc:
+        except httpx.HTTPError as exc:
             raise TransportFailure(_describe(exc)) from None
         try:
             yield _Response(resp)
@@ -118,12 +118,12 @@ class OpenAICompatUpstream:
                 await resp.aread()  # the body, so the connection goes back to the pool
             finally:
                 await resp.aclose()
-        except httpx.TransportError as exc:
+        except httpx.HTTPError as exc:
             raise TransportFailure(_describe(exc)) from None
         return resp.status_code
 
 
-def _describe(exc: httpx.TransportError) -> str:
+def _describe(exc: httpx.HTTPError) -> str:
     """A short, secret-free description: the exception's class and text, never the request or URL."""
     text = str(exc).strip() or "no detail"
     return f"{type(exc).__name__}: {text[:160]}"

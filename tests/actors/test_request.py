@@ -26,6 +26,7 @@ from actors.clock import WallClock
 from actors.log_writer import LogWriter
 from actors.model_health import ModelHealth
 from actors.request import (
+    CONSUMER_GONE_S,
     DRAIN_S,
     ChatRequest,
     Completion,
@@ -683,6 +684,20 @@ async def test_a_stream_that_stalls_after_content_ends_with_an_error_event(
         assert gw.upstream.calls("local/a")[0].cancelled
 
 
+async def test_a_json_answer_to_a_stream_request_is_sent_as_a_stream(autojump_clock: trio.abc.Clock) -> None:
+    # Some providers ignore stream=true: their whole answer is still a good answer.
+    async with running({"local/a": json_reply(completion("Hello")), "alt/x": OK_STREAM}) as gw:
+        handle = await gw.actor.open_stream(gw.request("local/a", "alt/x", stream=True))
+        items = items_of(await collect(handle))
+        await gw.settle()
+
+        assert items[0] == Routed("local/a", 1)
+        assert b'"delta":{"role":"assistant","content":"Hello"}' in items[1]
+        assert b'"object":"chat.completion.chunk"' in items[1]
+        assert items[2:] == [b"data: [DONE]\n\n"]
+        assert only(gw.events(AttemptSucceeded)).model == "a"
+
+
 @pytest.mark.parametrize(
     ("failing", "kind", "status"),
     [
@@ -704,7 +719,6 @@ async def test_a_stream_that_stalls_after_content_ends_with_an_error_event(
             503,
             id="wrapped-json-body",
         ),
-        pytest.param(json_reply(completion("Hello")), "server_error", 502, id="json-instead-of-a-stream"),
         pytest.param(error_reply(500), "server_error", 500, id="500"),
         pytest.param(sse_reply(ROLE, chunk(finish="stop"), DONE_FRAME), "empty", 200, id="no-content"),
         pytest.param(sse_reply(ROLE, Broken()), "connect", None, id="reset-before-content"),
@@ -945,3 +959,62 @@ async def test_a_client_gone_before_content_cancels_the_silent_upstream(
         disconnected = only(gw.events(ClientDisconnected))
         assert not disconnected.content_forwarded
         assert only(gw.events(RequestCompleted, req.request_id)).outcome == "client_abort"
+
+
+# ---- review fixes ----------------------------------------------------------------------------------------
+
+
+async def test_token_counts_come_from_usage_and_odd_values_never_reach_the_log(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    good = completion("Hello")
+    odd = {**completion("Hello"), "usage": {"prompt_tokens": 12.5, "completion_tokens": "7"}}
+    async with running({"local/a": [json_reply(good), json_reply(odd)]}) as gw:
+        for _ in range(2):
+            assert isinstance(await gw.actor.complete(gw.request("local/a")), Completion)
+        await gw.settle()
+        first, second = gw.events(AttemptSucceeded)
+        assert (first.input_tokens, first.output_tokens) == (3, 2)  # the provider's usage
+        assert (second.input_tokens, second.output_tokens) == (EST_TOKENS, len("Hello") // 4 + 1)
+        assert all(isinstance(e.input_tokens, int) for e in gw.events(AttemptSucceeded))
+        assert len(gw.store.read_after(0)) > 0  # the whole log still decodes
+
+
+async def test_a_client_leaving_right_after_done_leaves_a_finished_answer(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # The upstream keeps its body open after [DONE]: our drain is running when the client hangs up.
+    async with running({"local/a": sse_reply(*answer("Hi"), FOREVER)}) as gw:
+        handle = await gw.actor.open_stream(gw.request("local/a", stream=True))
+        async for item in handle.items:
+            if item == DONE_FRAME:
+                break
+        handle.close(client_gone=True)
+        await trio.sleep(1)
+        await gw.settle()
+        assert only(gw.events(AttemptSucceeded)).model == "a"
+        assert [e.outcome for e in gw.events(RequestCompleted)] == ["ok"]
+        assert not gw.events(ClientDisconnected)
+
+
+async def test_a_bad_request_on_a_later_attempt_still_gets_one_try_elsewhere(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    scripts = {"local/a": error_reply(503), "local/b": error_reply(400), "alt/x": OK_BODY}
+    async with running(scripts) as gw:
+        result = await gw.actor.complete(gw.request("local/a", "local/b", "alt/x"))
+        assert isinstance(result, Completion)
+        assert [e.ref for e in gw.upstream.calls()] == ["local/a", "local/b", "alt/x"]
+
+
+async def test_a_stream_nobody_reads_gives_up_instead_of_holding_the_upstream(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    long = sse_reply(ROLE, *(chunk(f"w{i} ") for i in range(200)), chunk(finish="stop"), DONE_FRAME)
+    async with running({"local/a": long}) as gw:
+        handle = await gw.actor.open_stream(gw.request("local/a", stream=True))
+        await trio.sleep(CONSUMER_GONE_S + 1)  # the channel filled up; nobody took anything since
+        assert gw.actor.statistics().streams_open == 0
+        handle.items.close()
+        await gw.settle()
+        assert [e.outcome for e in gw.events(RequestCompleted)] == ["client_abort"]

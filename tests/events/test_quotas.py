@@ -4,7 +4,7 @@ reservation of attempts in flight in between; minute windows, UTC days and rolli
 from __future__ import annotations
 
 from events.quotas import DAY, Limits, Quotas, Usage, over_limit
-from events.types import AttemptFailed, AttemptStarted, AttemptSucceeded
+from events.types import AttemptFailed, AttemptStarted, AttemptSucceeded, ServiceStarted
 
 REF = "groq/llama"
 MIDNIGHT = 20_000 * DAY  # a UTC midnight
@@ -269,3 +269,14 @@ def test_over_limit_names_the_first_limit_reached() -> None:
     )
     assert over_limit(Limits(tpm=6001, tpd=500_000), usage, 1) == "quota: 500000+1 > 500000 tokens/day"
     assert over_limit(Limits(rpm=31, rpd=1001, tpm=6001, tpd=500_001), usage, 1) is None
+
+
+def test_a_restart_releases_the_reservations_of_attempts_that_never_ended() -> None:
+    # A hard kill leaves AttemptStarted without an end event; after ServiceStarted nothing holds tokens.
+    quotas = Quotas()
+    quotas.apply(started(10.0, "a", reserved=3000))
+    assert quotas.usage("k1", REF, 11.0).reserved_tokens == 3000
+    quotas.apply(ServiceStarted(ts=12.0, version="x"))
+    assert quotas.usage("k1", REF, 13.0).reserved_tokens == 0
+    assert quotas.in_flight() == 0
+    assert quotas.usage("k1", REF, 13.0).requests_minute == 1  # the request itself still counted

@@ -1,0 +1,50 @@
+"""The HTTP edge's request parsing: what it accepts, what it strips, what it refuses."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from service.app import BadRequest, parse_chat_request
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+def parse(**body: object) -> object:
+    return parse_chat_request(msgspec.json.encode({"messages": MESSAGES, **body}), "req_1")
+
+
+def test_a_virtual_model_with_a_models_list_keeps_its_mode() -> None:
+    req = parse(model="auto-smart", models=["groq/a", "cerebras/b"])
+    assert req.requested == ("auto-smart", "groq/a", "cerebras/b")
+    assert "models" not in req.body  # gateway-only: never sent to a provider
+
+
+def test_a_concrete_model_with_a_models_list_goes_first() -> None:
+    assert parse(model="groq/a", models=["cerebras/b"]).requested == ("groq/a", "cerebras/b")
+
+
+def test_model_defaults_to_auto_and_fallback_is_stripped() -> None:
+    req = parse(fallback=False)
+    assert (req.requested, req.use_chain, "fallback" in req.body) == (("auto",), False, False)
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"messages": []}, "messages"),
+        ({"messages": MESSAGES, "models": []}, "models"),
+        ({"messages": MESSAGES, "stream": "yes"}, "stream"),
+        ({"messages": MESSAGES, "max_tokens": 0}, "max_tokens"),
+        ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
+    ],
+)
+def test_bad_fields_are_named(body: dict, param: str) -> None:
+    with pytest.raises(BadRequest) as err:
+        parse_chat_request(msgspec.json.encode(body), "req_1")
+    assert err.value.param == param
+
+
+def test_an_empty_session_header_is_refused() -> None:
+    with pytest.raises(BadRequest):
+        parse_chat_request(msgspec.json.encode({"messages": MESSAGES}), "req_1", "  ")
