@@ -244,13 +244,13 @@ class RequestActor:
                     async def emit(item: StreamItem) -> None:
                         # A consumer that takes nothing for this long is gone (e.g. the client left
                         # before the response body started, so its generator never ran).
+                        if item is DONE:  # before sending: the consumer may close as soon as it has it
+                            handle.answered = True
                         with trio.move_on_after(CONSUMER_GONE_S) as waited:
                             await send.send(item)
                         if waited.cancelled_caught:
                             handle.client_gone = True
                             raise trio.BrokenResourceError("the client stopped reading")
-                        if item is DONE:
-                            handle.answered = True
 
                     try:
                         result = await self._run(req, emit, handle)

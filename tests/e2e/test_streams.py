@@ -13,6 +13,7 @@ import httpx
 import pytest
 import trio
 import trio.testing
+from custom_gateway import settled
 from fault_upstream import UpstreamState
 from harness import GATEWAY_KEY, running_gateway
 
@@ -147,6 +148,7 @@ async def test_a_rejected_key_falls_over_to_the_next_key_at_once(tmp_path, clock
                 start = trio.current_time()
                 resp, lines = await read_stream(client, body(["ok"]))
                 results.append((resp, lines, trio.current_time() - start))
+                await settled(gw)  # the next decision sees which key this one used
     assert "up-1" in [r.api_key for r in state.requests]
     for resp, lines, elapsed in results:
         assert resp.status_code == 200
