@@ -1,6 +1,7 @@
 """Key checker: calls the provider (a cheap `GET /models`) with keys that are invalid or cooling, and logs
-what it found as `KeyChecked`, so a key that starts working again comes back on its own (and one that was
-revoked while cooling is marked invalid before a request finds out).
+what it found as `KeyChecked`, so an invalid key that starts working again comes back on its own (and one
+revoked while cooling is marked invalid before a request finds out). A cooling key stays cooling: a model
+list says nothing about that model's quota.
 
 Error handling: every check has its own deadline; a provider that does not answer is recorded as such.
 """

@@ -610,6 +610,9 @@ class RequestActor:
                     f"{model.ref} {what} within {limit:g}s",
                     forwarded=mid,
                 )
+            # Provider error text can echo the key (some 401s quote part of it): scrubbed before it goes
+            # anywhere (events, the client's error).
+            out.message = self._upstream.redact(key_id, out.message)
             if out.forwarded and not out.ok and not out.delivered:
                 # Honest ending: the client already has content, so it gets an error event, never a fake stop.
                 err_type = "stream_timeout" if out.kind == "stall_mid" else "upstream_error"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
-from typing import Any
 
 import msgspec
 
@@ -44,7 +43,3 @@ def frame(payload: bytes) -> bytes:
 
 def error_frame(message: str, type_: str, code: str | None) -> bytes:
     return frame(_encode({"error": {"message": message, "type": type_, "code": code}}))
-
-
-def json_bytes(obj: Any) -> bytes:
-    return _encode(obj)

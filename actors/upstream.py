@@ -41,3 +41,7 @@ class Upstream(Protocol):
     async def check_key(self, platform: str, key_id: str) -> int:
         """Status of a cheap authenticated call (GET /models) with this key."""
         ...
+
+    def redact(self, key_id: str, text: str) -> str:
+        """`text` without the key's secret or any recognisable piece of it."""
+        ...

@@ -97,9 +97,6 @@ class Cooldowns:
     def any_cooling(self, now: float) -> bool:
         return now < self._latest_until
 
-    def any_penalty(self, now: float) -> bool:
-        return now < self._penalties_end
-
     def penalties(self, now: float) -> dict[str, float]:
         """Every model with penalty points left at `now` (usually none or a few)."""
         if now >= self._penalties_end:

@@ -10,22 +10,8 @@ from typing import Literal
 
 import msgspec
 
-# Failure kinds of the error taxonomy (DESIGN.md section 5). Kept as plain strings so that an old log
-# with a kind this build does not know still decodes.
-FailureKind = Literal[
-    "connect",
-    "server_error",
-    "rate_limited",
-    "auth",
-    "model_missing",
-    "context_exceeded",
-    "bad_request",
-    "truncated",
-    "empty",
-    "stall_pre",
-    "stall_mid",
-    "client_abort",
-]
+# Failure kinds (events/taxonomy.py): `AttemptFailed.kind` is a plain `str`, not a Literal, so a log with a
+# kind this build does not know still decodes.
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):

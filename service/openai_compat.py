@@ -19,6 +19,7 @@ import httpx
 import msgspec
 
 from actors.upstream import TransportFailure, UpstreamCall
+from service.secrets import SecretsError
 
 _encode = msgspec.json.encode
 
@@ -110,6 +111,12 @@ class OpenAICompatUpstream:
         finally:
             await resp.aclose()
 
+    def redact(self, key_id: str, text: str) -> str:
+        try:
+            return redact(self._secret_for(key_id), text)
+        except (SecretsError, KeyError):  # no secret to look for: nothing of it can be in the text
+            return text
+
     async def check_key(self, platform: str, key_id: str) -> int:
         transport, request = self._request("GET", platform, key_id, "/models")
         try:
@@ -121,6 +128,25 @@ class OpenAICompatUpstream:
         except httpx.HTTPError as exc:
             raise TransportFailure(_describe(exc)) from None
         return resp.status_code
+
+
+REDACT_PIECE = 8  # any run of this many characters of a secret is hidden
+
+
+def redact(secret: str, text: str) -> str:
+    """Hide the secret and every piece of it at least REDACT_PIECE long (providers quote keys partly)."""
+    if len(secret) < REDACT_PIECE:
+        return text.replace(secret, "[redacted]") if secret else text
+    for start in range(len(secret) - REDACT_PIECE + 1):
+        piece = secret[start : start + REDACT_PIECE]
+        while piece in text:
+            # Widen to the longest run of the secret at that place, then hide it.
+            i = text.index(piece)
+            j = i + REDACT_PIECE
+            while j < len(text) and start + (j - i) < len(secret) and text[j] == secret[start + (j - i)]:
+                j += 1
+            text = text[:i] + "[redacted]" + text[j:]
+    return text
 
 
 def _describe(exc: httpx.HTTPError) -> str:

@@ -140,6 +140,9 @@ class FakeUpstream:
     async def check_key(self, platform: str, key_id: str) -> int:
         return self.key_status.get(key_id, 200)
 
+    def redact(self, key_id: str, text: str) -> str:
+        return text
+
 
 # ---- building replies ----------------------------------------------------------------------------------
 

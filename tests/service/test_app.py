@@ -48,3 +48,14 @@ def test_bad_fields_are_named(body: dict, param: str) -> None:
 def test_an_empty_session_header_is_refused() -> None:
     with pytest.raises(BadRequest):
         parse_chat_request(msgspec.json.encode({"messages": MESSAGES}), "req_1", "  ")
+
+
+def test_provider_text_loses_the_key_and_any_piece_of_it() -> None:
+    from service.openai_compat import redact
+
+    secret = "gsk_ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
+    text = f"Invalid API key {secret}; you sent gsk_ABCDEFGH...2345 and again {secret}"
+    cleaned = redact(secret, text)
+    assert secret not in cleaned and "gsk_ABCDEFGH" not in cleaned
+    assert cleaned.startswith("Invalid API key [redacted];")
+    assert redact(secret, "nothing to hide") == "nothing to hide"
