@@ -3,24 +3,11 @@ resolution by `id` and `platform/id`."""
 
 from __future__ import annotations
 
+from builders import model
+
 from events.catalog import Catalog, CatalogModel, ModelOverride
 from events.quotas import Limits
 from events.types import KeyAdded, ModelUpdated
-
-
-def model(
-    platform: str,
-    id: str,
-    *,
-    pool: str = "balanced",
-    fallback: bool = True,
-    enabled: bool = True,
-    context_window: int | None = None,
-    intelligence: int = 50,
-    speed: int = 50,
-) -> CatalogModel:
-    return CatalogModel(platform, id, pool, fallback, enabled, context_window, intelligence, speed)
-
 
 MID = model("gemini", "flash", intelligence=4)
 BIG = model("groq", "llama-70b", intelligence=2)

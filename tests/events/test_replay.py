@@ -10,6 +10,7 @@ from dataclasses import replace
 
 import msgspec
 import pytest
+from builders import model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -41,24 +42,6 @@ from events.types import (
 from events.view import RoutingView, rebuild
 
 T0 = 1_750_000_000.0
-
-
-NO_LIMITS = Limits()
-
-
-def model(
-    platform: str,
-    id: str,
-    *,
-    pool: str = "balanced",
-    fallback: bool = True,
-    enabled: bool = True,
-    context_window: int | None = None,
-    intelligence: int = 50,
-    speed: int = 50,
-    limits: Limits = NO_LIMITS,
-) -> CatalogModel:
-    return CatalogModel(platform, id, pool, fallback, enabled, context_window, intelligence, speed, limits)
 
 
 CATALOG = (
