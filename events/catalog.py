@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
 from events.quotas import Limits
 from events.types import Event, ModelUpdated
@@ -43,6 +44,8 @@ class ModelOverride:
 
 class Catalog:
     """Configured models plus overrides. `models()` is cached until the next override."""
+
+    FOLDS: ClassVar[frozenset[type[Event]]] = frozenset({ModelUpdated})  # what `apply` acts on
 
     def __init__(self, models: Iterable[CatalogModel]) -> None:
         self._base = tuple(models)

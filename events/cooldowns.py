@@ -12,6 +12,7 @@ Cooldowns merge order-insensitively: a cooldown ends at the latest of its deadli
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from events.key_health import KeyHealth
 from events.policy import RoutingPolicy
@@ -30,6 +31,8 @@ class _ModelCooldown:
 
 
 class Cooldowns:
+    FOLDS: ClassVar[frozenset[type[Event]]] = frozenset({AttemptSucceeded, AttemptFailed})
+
     def __init__(self, policy: RoutingPolicy, health: KeyHealth) -> None:
         self._policy = policy
         self._health = health
@@ -37,6 +40,9 @@ class Cooldowns:
         # Upper bounds that let a decision skip per-model lookups when nothing is cooling or penalised.
         self._latest_until = 0.0
         self._penalties_end = 0.0
+        # Models whose points were above zero when last set (their points at a given time may have decayed
+        # to zero since): what `penalties` reads, instead of every model with any cooldown state.
+        self._penalised: dict[str, _ModelCooldown] = {}
 
     def _of(self, ref: str) -> _ModelCooldown:
         state = self._models.get(ref)
@@ -49,10 +55,11 @@ class Cooldowns:
         p = self._policy
         match event:
             case AttemptSucceeded():
-                state = self._models.get(f"{event.platform}/{event.model}")
+                ref = f"{event.platform}/{event.model}"
+                state = self._models.get(ref)
                 if state is not None:
                     state.failed_keys.clear()
-                    self._set_penalty(state, event.ts, -1.0)
+                    self._set_penalty(ref, state, event.ts, -1.0)
             case AttemptFailed(kind=kind) if kind in TRANSIENT:
                 state = self._of(f"{event.platform}/{event.model}")
                 horizon = event.ts - p.transient_window_s
@@ -74,8 +81,8 @@ class Cooldowns:
             case AttemptFailed(kind="rate_limited"):
                 keys = [k for k in self._health.keys_of(event.platform) if k.status == "ok"]
                 if all(self._health.cooling_until(k.key_id, event.model, event.ts) is not None for k in keys):
-                    state = self._of(f"{event.platform}/{event.model}")
-                    self._set_penalty(state, event.ts, p.penalty_per_429)
+                    ref = f"{event.platform}/{event.model}"
+                    self._set_penalty(ref, self._of(ref), event.ts, p.penalty_per_429)
             case _:
                 pass
 
@@ -84,10 +91,14 @@ class Cooldowns:
             state.until, state.reason = until, reason
         self._latest_until = max(self._latest_until, until)
 
-    def _set_penalty(self, state: _ModelCooldown, ts: float, delta: float) -> None:
+    def _set_penalty(self, ref: str, state: _ModelCooldown, ts: float, delta: float) -> None:
         current = self._penalty_at(state, ts)
         state.penalty = min(self._policy.penalty_cap, max(0.0, current + delta))
         state.penalty_as_of = ts
+        if state.penalty > 0.0:
+            self._penalised[ref] = state
+        else:
+            self._penalised.pop(ref, None)
         self._penalties_end = max(self._penalties_end, ts + state.penalty * self._policy.penalty_decay_s)
 
     def _penalty_at(self, state: _ModelCooldown, now: float) -> float:
@@ -101,10 +112,11 @@ class Cooldowns:
         """Every model with penalty points left at `now` (usually none or a few)."""
         if now >= self._penalties_end:
             return {}
+        decay_s = self._policy.penalty_decay_s  # _penalty_at, inlined: this runs on every decision
         return {
             ref: points
-            for ref, state in self._models.items()
-            if state.penalty > 0.0 and (points := self._penalty_at(state, now)) > 0.0
+            for ref, state in self._penalised.items()
+            if (points := state.penalty - max(0.0, (now - state.penalty_as_of) / decay_s)) > 0.0
         }
 
     def cooling(self, ref: str, now: float) -> tuple[float, str] | None:

@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import heapq
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 
+from events.bound_order import BoundOrder, Key, grid_floor
 from events.catalog import ALIASES, VIRTUAL_MODELS, CatalogModel
 from events.policy import RoutingPolicy
 from events.quotas import over_limit
 from events.sessions import SessionState
 from events.types import Excluded, RouteInput, ScoredCandidate
-from events.view import RoutingView
+from events.view import ChainIndex, RoutingView
 
 PRIOR_TPS_AT_RANK_1 = 400.0  # a model with no speed data: 400 tok/s at speed rank 1, 200 at 2, ...
 
@@ -35,7 +38,7 @@ class UnknownModel(LookupError):
 
 @dataclass(frozen=True)
 class Decision:
-    candidates: tuple[ScoredCandidate, ...]  # scored, best first (named models first, in request order)
+    ranked: tuple[_Scored, ...]  # scored, best first (named models first, in request order), as recorded
     excluded: tuple[Excluded, ...]
     chosen: CatalogModel | None
     chosen_key: str | None
@@ -47,6 +50,15 @@ class Decision:
     @property
     def chosen_ref(self) -> str | None:
         return self.chosen.ref if self.chosen else None
+
+    @cached_property
+    def candidates(self) -> tuple[ScoredCandidate, ...]:
+        # Built on demand: a replay compares only the refs, and records cost more than the scoring.
+        return tuple(_candidate(c) for c in self.ranked)
+
+    @property
+    def candidate_refs(self) -> list[str]:
+        return [c[3].ref for c in self.ranked]
 
 
 def mode_and_models(view: RoutingView, requested: tuple[str, ...]) -> tuple[str, list[CatalogModel]]:
@@ -83,13 +95,12 @@ def decide(view: RoutingView, req: RouteInput, now: float, rng: random.Random) -
         pinned, key, pin_cleared = _use_pin(view, session, req, skip_models, skip_platforms, tokens, now)
         if pinned is not None:
             parts = _Parts(view, p, mode, now)
-            recorded = (_candidate(_score(view, p, pinned, parts.of(pinned), now, rng, named=True)),)
-            return Decision(recorded, (), pinned, key, 1, 0, pin_used=True)
+            ranked = (_score(view, p, pinned, parts.of(pinned), now, rng, named=True),)
+            return Decision(ranked, (), pinned, key, 1, 0, pin_used=True)
     excluded: list[Excluded] = []
     session_rules = req.session is not None or bool(view.session_policy.single_flight)
     no_key = 0
     eligible: list[CatalogModel] = []  # named ones
-    chain_models: list[CatalogModel] = []
     seen: set[str] = set()
     has_keys = view.health.has_keys
     for m in named:
@@ -106,34 +117,40 @@ def decide(view: RoutingView, req: RouteInput, now: float, rng: random.Random) -
             excluded.append(Excluded(ref=m.ref, reason=why, until=until))
             continue
         eligible.append(m)
+    chain: ChainIndex | None = None
+    chain_eligible: set[int] | None = None  # chain positions that may take the request; None: all of them
     if req.use_chain:
         # The chain's static filters (enabled, in the chain, pool for this mode, platform has a key) are
         # cached in the view; only what changes by the request or the moment is checked per model.
         chain = view.chain(mode)
         no_key += chain.no_key
-        excluded.extend(e for e in chain.pool_excluded if e.ref not in seen)
+        if seen:
+            excluded.extend(e for e in chain.pool_excluded if e.ref not in seen)
+        else:
+            excluded.extend(chain.pool_excluded)
         per_model = (
             bool(skip_models or skip_platforms)
             or req.min_context is not None
             or req.est_tokens > chain.min_context
             or view.cooldowns.any_cooling(now)
         )
-        if not (per_model or session_rules or seen):
-            chain_models = list(chain.models)
-        for m in chain.models if not chain_models else ():
-            if m.ref in seen:
-                continue
-            if per_model:
-                why, until = _model_exclusion(view, m, req, skip_models, skip_platforms, now)
-                if why is not None:
-                    excluded.append(Excluded(ref=m.ref, reason=why, until=until))
+        if per_model or session_rules or seen:
+            chain_eligible = set()
+            for pos, m in enumerate(chain.models):
+                if m.ref in seen:
                     continue
-            if session_rules:
-                why = _session_exclusion(view, m, req.session, session, now)
-                if why is not None:
-                    excluded.append(Excluded(ref=m.ref, reason=why))
-                    continue
-            chain_models.append(m)
+                if per_model:
+                    why, until = _model_exclusion(view, m, req, skip_models, skip_platforms, now)
+                    if why is not None:
+                        excluded.append(Excluded(ref=m.ref, reason=why, until=until))
+                        continue
+                if session_rules:
+                    why = _session_exclusion(view, m, req.session, session, now)
+                    if why is not None:
+                        excluded.append(Excluded(ref=m.ref, reason=why))
+                        continue
+                chain_eligible.add(pos)
+    chain_count = 0 if chain is None else len(chain.models if chain_eligible is None else chain_eligible)
 
     parts = _Parts(view, p, mode, now)
     scored: list[_Scored] = []
@@ -147,19 +164,19 @@ def decide(view: RoutingView, req: RouteInput, now: float, rng: random.Random) -
             excluded.extend(key_exclusions)
             if key is not None:
                 chosen, chosen_key = m, key
-    if chosen is None and chain_models:
+    if chosen is None and chain_count:
+        assert chain is not None
         chosen, chosen_key = _walk_chain(
-            view, p, parts, chain_models, mode, req, tokens, now, rng, scored, excluded
+            view, p, parts, chain, chain_eligible, mode, req, tokens, now, rng, scored, excluded
         )
     named_first = [c for c in scored if c[4]]
     chain_sorted = sorted((c for c in scored if not c[4]), key=lambda c: (_group(c[3].pool, mode), -c[0]))
-    recorded = tuple(_candidate(c) for c in [*named_first, *chain_sorted][:RECORDED_CANDIDATES])
     return Decision(
-        recorded,
+        tuple([*named_first, *chain_sorted][:RECORDED_CANDIDATES]),
         tuple(excluded),
         chosen,
         chosen_key,
-        len(eligible) + len(chain_models),
+        len(eligible) + chain_count,
         no_key,
         pin_cleared=pin_cleared,
     )
@@ -248,7 +265,8 @@ def _walk_chain(
     view: RoutingView,
     p: RoutingPolicy,
     parts: _Parts,
-    models: list[CatalogModel],
+    chain: ChainIndex,
+    eligible: set[int] | None,
     mode: str,
     req: RouteInput,
     tokens: int,
@@ -257,37 +275,76 @@ def _walk_chain(
     scored: list[_Scored],
     excluded: list[Excluded],
 ) -> tuple[CatalogModel | None, str | None]:
-    # Best possible score first (theta at most 1); catalog order breaks ties, so replays visit alike. A heap,
-    # not a sort: the walk usually stops after a few models.
-    first_pool = {"auto-fast": "fast", "auto-smart": "smart"}.get(mode)
-    # The hot loop of a decision (every eligible model): Parts.total inlined, lookups bound to locals.
+    """Visit models by best possible score (theta at most 1; then chain position, so replays visit alike);
+    sample a model's theta when it comes up, and check a sampled model's keys once no model still unsampled
+    could beat it: usually a few samples and one key check per decision."""
+    models = chain.models
+    order = _bound_order(view, parts, chain, mode)
+    loose, n = order.sorted, len(order.sorted)
+    # The exact bounds (penalty and the true fastest speed applied) of the models taken off `loose`; since a
+    # loose key is never above its exact one, the top of `exact` is the next model in exact order as soon as
+    # no key left in `loose` is below it.
     get, fill, which = parts.cache.get, parts.fill, 1 if parts.smart else 0
     weight, inv_max_tps, penalties = parts.speed_in_total, parts.inv_max_tps, parts.penalties
-    bounds = []
-    for i, m in enumerate(models):
-        base = get(m.ref) or fill(m)
-        fixed = base[which] + weight * min(1.0, base[2] * inv_max_tps)
-        if penalties:
-            fixed -= penalties.get(m.ref, 0.0)
-        bounds.append((0 if first_pool is None or m.pool == first_pool else 1, -1.0 - fixed, i))
-    heapq.heapify(bounds)
-    # Sampled models wait in `ready` (best first); a model's keys are checked only once no model still
-    # unsampled could beat it, so usually one key check per decision.
-    ready: list[tuple[int, float, int]] = []
-    while bounds or ready:
-        if ready and (not bounds or ready[0][:2] <= bounds[0][:2]):
-            _, _, i = heapq.heappop(ready)
-            key, key_exclusions = _pick_key(view, models[i], req, tokens, now, rng)
+    exact: list[tuple[int, float, int]] = []
+    ready: list[tuple[int, float, int]] = []  # sampled: (group, -score, position)
+    li = 0
+    while True:
+        while li < n and (not exact or loose[li] < exact[0]):
+            group, _, pos = loose[li]
+            li += 1
+            if eligible is not None and pos not in eligible:
+                continue
+            ref = models[pos].ref
+            base = get(ref) or fill(models[pos])
+            fixed = base[which] + weight * min(1.0, base[2] * inv_max_tps)
+            if penalties:
+                fixed -= penalties.get(ref, 0.0)
+            heapq.heappush(exact, (group, -1.0 - fixed, pos))
+        if ready and (not exact or ready[0][:2] <= exact[0][:2]):
+            _, _, pos = heapq.heappop(ready)
+            key, key_exclusions = _pick_key(view, models[pos], req, tokens, now, rng)
             excluded.extend(key_exclusions)
             if key is not None:
-                return models[i], key
+                return models[pos], key
             continue
-        group, _, i = heapq.heappop(bounds)
-        m = models[i]
+        if not exact:
+            return None, None
+        group, _, pos = heapq.heappop(exact)
+        m = models[pos]
         cand = _score(view, p, m, parts.of(m), now, rng, named=False)
         scored.append(cand)
-        heapq.heappush(ready, (group, -cand[0], i))
-    return None, None
+        heapq.heappush(ready, (group, -cand[0], pos))
+
+
+def _bound_order(view: RoutingView, parts: _Parts, chain: ChainIndex, mode: str) -> BoundOrder:
+    """The mode's loose order (events/bound_order.py), with the models whose stats changed moved."""
+    fastest = grid_floor(parts.fastest, PRIOR_TPS_AT_RANK_1)
+    order = view.bound_order(mode, (view.chains_basis, fastest))
+    if order is None:
+        order = BoundOrder(chain.models, _loose_key(parts, chain, mode, fastest, range(len(chain.models))))
+        view.keep_bound_order(mode, order, (view.chains_basis, fastest))
+    elif order.stale:
+        positions = sorted(order.stale)
+        order.stale.clear()
+        for pos, key in zip(positions, _loose_key(parts, chain, mode, fastest, positions), strict=True):
+            order.update(pos, key)
+    return order
+
+
+def _loose_key(
+    parts: _Parts, chain: ChainIndex, mode: str, fastest: float, positions: Iterable[int]
+) -> list[Key]:
+    first_pool = {"auto-fast": "fast", "auto-smart": "smart"}.get(mode)
+    which, weight, inv_fastest = 1 if parts.smart else 0, parts.speed_in_total, 1.0 / fastest
+    get, fill = parts.cache.get, parts.fill
+    keys = []
+    for pos in positions:
+        m = chain.models[pos]
+        base = get(m.ref) or fill(m)
+        group = 0 if first_pool is None or m.pool == first_pool else 1
+        keys.append((group, -1.0 - (base[which] + weight * min(1.0, base[2] * inv_fastest)), pos))
+    return keys
 
 
 def _model_exclusion(
@@ -368,7 +425,8 @@ class _Parts:
         self.penalties = {
             ref: p.penalty_weight * points for ref, points in view.cooldowns.penalties(now).items()
         }
-        self.inv_max_tps = 1.0 / max(PRIOR_TPS_AT_RANK_1, view.stats.max_tps or 0.0)
+        self.fastest = max(PRIOR_TPS_AT_RANK_1, view.stats.max_tps or 0.0)
+        self.inv_max_tps = 1.0 / self.fastest
         # Weight of the normalised speed in this mode's total.
         self.speed_in_total = p.speed_weight * (p.smart_speed if self.smart else 1.0)
 

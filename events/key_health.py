@@ -4,7 +4,7 @@ exhausted rate-limit headers). A projection: folded from events, read with an ex
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import ClassVar, Literal
 
 from events.types import (
     AttemptFailed,
@@ -32,6 +32,19 @@ class KeyInfo:
 
 
 class KeyHealth:
+    FOLDS: ClassVar[frozenset[type[Event]]] = frozenset(
+        {
+            KeyAdded,
+            KeyRemoved,
+            KeyDisabled,
+            KeyEnabled,
+            KeyInvalidated,
+            KeyChecked,
+            AttemptFailed,
+            AttemptSucceeded,
+        }
+    )
+
     """Per key: ok / invalid (401/403) / disabled, and per key x model: cooling until T after a 429."""
 
     def __init__(self, rate_limit_cooldown_s: float = 60.0) -> None:

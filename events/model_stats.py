@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from events.taxonomy import MODEL_FAULTS
 from events.types import AttemptFailed, AttemptSucceeded, Event, StreamStalled
@@ -73,6 +74,8 @@ class ModelStats:
 class Stats:
     """Outcomes per model ref (`platform/id`). Only model faults count as failures: a 429, a bad key or a
     bad request says nothing about the model; a stall, a truncation or an empty answer does."""
+
+    FOLDS: ClassVar[frozenset[type[Event]]] = frozenset({AttemptSucceeded, AttemptFailed, StreamStalled})
 
     def __init__(self, decay_days: float = 7.0) -> None:
         self.span = decay_days * 86400.0

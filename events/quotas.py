@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import ClassVar, NamedTuple
 
 from events.types import AttemptFailed, AttemptStarted, AttemptSucceeded, Event, ServiceStarted
 
@@ -28,13 +29,15 @@ class Limits:
     tpd: int | None = None
 
 
-@dataclass(frozen=True)
-class Usage:
+class Usage(NamedTuple):  # read for every key checked in a decision: a tuple is cheaper to build
     requests_minute: int
     requests_day: int
     tokens_minute: int
     tokens_day: int
     reserved_tokens: int  # held by attempts still in flight
+
+
+_UNUSED = Usage(0, 0, 0, 0, 0)
 
 
 class _Window:
@@ -95,6 +98,10 @@ class _SlotUsage:
 
 
 class Quotas:
+    FOLDS: ClassVar[frozenset[type[Event]]] = frozenset(
+        {AttemptStarted, AttemptSucceeded, AttemptFailed, ServiceStarted}
+    )
+
     def __init__(self, rolling_day_platforms: frozenset[str] = frozenset()) -> None:
         self._rolling = rolling_day_platforms
         self._slots: dict[Slot, _SlotUsage] = {}
@@ -138,7 +145,7 @@ class Quotas:
     def usage(self, key_id: str, ref: str, now: float) -> Usage:
         usage = self._slots.get((key_id, ref))
         if usage is None:
-            return Usage(0, 0, 0, 0, 0)
+            return _UNUSED
         usage.minute.prune(now)
         usage.day.prune(now)
         return Usage(

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from events.decide import Decision, UnknownModel, decide
 from events.store import LogStore
-from events.types import RouteDecided
+from events.types import RouteDecided, event_tag
 from events.view import RoutingView
 
 
@@ -32,6 +32,9 @@ class Replayed:
         return (d.chosen_ref, d.chosen_key) if d is not None else (None, None)
 
 
+_DECISIONS = frozenset({event_tag(RouteDecided)})
+
+
 def select_decisions(
     store: LogStore,
     *,
@@ -45,7 +48,7 @@ def select_decisions(
     out: list[tuple[int, RouteDecided]] = []
     seq = (from_seq or 1) - 1
     while True:
-        entries = store.read_after(seq, batch)
+        entries = store.read_after(seq, batch, _DECISIONS)
         if not entries:
             return out
         for s, e in entries:
@@ -74,7 +77,8 @@ def replay(
     last_needed = pending[-1][1].view_seq
     i, seq = 0, 0
     while i < len(pending):
-        entries = store.read_after(seq, batch) if seq < last_needed else []
+        # Only what the view folds: the decisions, requests and completions are most of the log's bytes.
+        entries = store.read_after(seq, batch, RoutingView.FOLDED_TAGS) if seq < last_needed else []
         if not entries:
             while i < len(pending):  # every remaining decision saw all of the log we have
                 yield _evaluate(view, *pending[i])
@@ -101,5 +105,5 @@ def _evaluate(view: RoutingView, seq: int, recorded: RouteDecided) -> Replayed:
     except UnknownModel:
         return Replayed(seq, recorded, None, False)
     same_choice = (decision.chosen_ref, decision.chosen_key) == (recorded.chosen_ref, recorded.chosen_key)
-    same_ranking = [c.ref for c in decision.candidates] == [c.ref for c in recorded.candidates]
+    same_ranking = decision.candidate_refs == [c.ref for c in recorded.candidates]
     return Replayed(seq, recorded, decision, same_choice and same_ranking)

@@ -13,7 +13,7 @@ import hashlib
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from events.types import (
     AttemptFailed,
@@ -85,6 +85,8 @@ class SessionState:
 
 
 class Sessions:
+    FOLDS: ClassVar[frozenset[type[Event]]] = frozenset({SessionPinned, SessionPinCleared, SessionBanned})
+
     """Live sessions, least recently used first; expired after `ttl_s` without use, at most `max_sessions`."""
 
     def __init__(self, ttl_s: float = 1800.0, max_sessions: int = 10_000) -> None:
@@ -129,6 +131,10 @@ class Sessions:
 class InFlight:
     """Attempts under way per platform and session. Every AttemptStarted has an end event (the request
     actor logs one on every path, cancellation included); a restart ends everything that was under way."""
+
+    FOLDS: ClassVar[frozenset[type[Event]]] = frozenset(
+        {AttemptStarted, AttemptSucceeded, AttemptFailed, ServiceStarted}
+    )
 
     def __init__(self) -> None:
         self._attempts: dict[tuple[str | None, int], tuple[str, str | None]] = {}

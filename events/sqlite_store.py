@@ -12,7 +12,7 @@ it runs on the trio thread, and a thread hop would ignore cancellation (STYLE.md
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -105,11 +105,22 @@ class SqliteStore:
             last = self._db.last_insert_rowid()
         return list(range(last - len(rows) + 1, last + 1))
 
-    def read_after(self, seq: int, limit: int | None = None) -> list[Entry]:
-        rows = self._db.execute(
-            "SELECT seq, data FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
-            (seq, -1 if limit is None else limit),
-        )
+    def read_after(
+        self, seq: int, limit: int | None = None, types: Collection[str] | None = None
+    ) -> list[Entry]:
+        if types is None:
+            rows = self._db.execute(
+                "SELECT seq, data FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+                (seq, -1 if limit is None else limit),
+            )
+        else:
+            wanted = sorted(types)
+            # By rowid, checking the type of each row: the (type, ts) index would need a sort by seq.
+            rows = self._db.execute(
+                "SELECT seq, data FROM events WHERE seq > ? AND +type IN "
+                f"({', '.join('?' * len(wanted))}) ORDER BY seq LIMIT ?",
+                (seq, *wanted, -1 if limit is None else limit),
+            )
         return [(s, decode_event(data)) for s, data in rows]
 
     def read_request(self, request_id: str) -> list[Entry]:

@@ -7,10 +7,10 @@ Stores are synchronous: every call is short, and the log writer batches appends 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from typing import Protocol
 
-from events.types import AnyEvent, Event, decode_event, encode_event
+from events.types import AnyEvent, Event, decode_event, encode_event, event_type
 
 Entry = tuple[int, AnyEvent]
 
@@ -20,8 +20,11 @@ class LogStore(Protocol):
         """Append a batch in one transaction; return the sequence number given to each event."""
         ...
 
-    def read_after(self, seq: int, limit: int | None = None) -> list[Entry]:
-        """Events with sequence number greater than `seq`, in order, at most `limit` of them."""
+    def read_after(
+        self, seq: int, limit: int | None = None, types: Collection[str] | None = None
+    ) -> list[Entry]:
+        """Events with sequence number greater than `seq`, in order, at most `limit` of them; only those
+        whose type tag is in `types` when given (the others are not even decoded)."""
         ...
 
     def read_request(self, request_id: str) -> list[Entry]:
@@ -44,6 +47,7 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._rows: list[tuple[int, bytes]] = []
+        self._types: list[str] = []
         self._version = 0
 
     def append(self, events: Sequence[Event]) -> list[int]:
@@ -53,11 +57,16 @@ class MemoryStore:
         start = len(self._rows) + 1
         seqs = list(range(start, start + len(events)))
         self._rows.extend(zip(seqs, encoded, strict=True))
+        self._types.extend(event_type(e) for e in events)
         self._version += 1
         return seqs
 
-    def read_after(self, seq: int, limit: int | None = None) -> list[Entry]:
+    def read_after(
+        self, seq: int, limit: int | None = None, types: Collection[str] | None = None
+    ) -> list[Entry]:
         rows = self._rows[max(seq, 0) :]
+        if types is not None:
+            rows = [row for row in rows if self._types[row[0] - 1] in types]
         if limit is not None:
             rows = rows[:limit]
         return [(s, decode_event(data)) for s, data in rows]

@@ -14,8 +14,12 @@ import msgspec
 # kind this build does not know still decodes.
 
 
-class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
-    """Base of every event: when it happened (wall seconds) and, for request events, which request."""
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", gc=False):
+    """Base of every event: when it happened (wall seconds) and, for request events, which request.
+
+    `gc=False` (inherited): events hold only strings, numbers and tuples of other untracked structs, so they
+    can never be part of a reference cycle; untracked, a replay holding 100,000 of them does not make every
+    collection walk them (measured: reading the log took 2.5x as long with them tracked)."""
 
     ts: float
     request_id: str | None = None
@@ -161,7 +165,7 @@ class KeyChecked(Event, tag="key_checked"):
     message: str = ""
 
 
-class ScoredCandidate(msgspec.Struct, frozen=True, kw_only=True):
+class ScoredCandidate(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One model a decision could take, with the parts of its score."""
 
     ref: str
@@ -175,7 +179,7 @@ class ScoredCandidate(msgspec.Struct, frozen=True, kw_only=True):
     named: bool = False  # named by the request: keeps its place ahead of the chain
 
 
-class Excluded(msgspec.Struct, frozen=True, kw_only=True):
+class Excluded(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A model (or one key of it) a decision left out, and why."""
 
     ref: str
@@ -183,7 +187,7 @@ class Excluded(msgspec.Struct, frozen=True, kw_only=True):
     until: float | None = None
 
 
-class RouteInput(msgspec.Struct, frozen=True, kw_only=True):
+class RouteInput(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """Everything about the request that `decide` reads, so a replay can call it again."""
 
     mode: str
@@ -290,5 +294,9 @@ def decode_event(data: bytes | str) -> AnyEvent:
     return _decoder.decode(data)
 
 
+def event_tag(cls: type[Event]) -> str:
+    return cls.__struct_config__.tag  # type: ignore[return-value]
+
+
 def event_type(event: Event) -> str:
-    return type(event).__struct_config__.tag  # type: ignore[return-value]
+    return event_tag(type(event))

@@ -6,9 +6,10 @@ process decided on (events committed later, even if appended before the decision
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from events.bound_order import BoundOrder
 from events.catalog import Catalog, CatalogModel
 from events.cooldowns import Cooldowns
 from events.key_health import KeyHealth
@@ -17,7 +18,7 @@ from events.policy import RoutingPolicy
 from events.quotas import Quotas
 from events.sessions import InFlight, Sessions
 from events.store import Entry, LogStore
-from events.types import AttemptSucceeded, Event, Excluded
+from events.types import EVENT_TYPES, AttemptSucceeded, Event, Excluded, event_tag
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,15 @@ POOL_REASON = "pool: smart models serve auto-smart or requests that name them"
 
 
 class RoutingView:
+    # Events some projection of the view folds: a replay reads only these, which skips the bulk of the log
+    # (decision records are most of its bytes). A rebuild reads everything: it leaves the view at the log's
+    # last position, where the log writer goes on from.
+    FOLDED_TAGS: frozenset[str] = frozenset(
+        event_tag(t)
+        for t in EVENT_TYPES
+        if any(t in p.FOLDS for p in (Catalog, KeyHealth, Cooldowns, Quotas, Stats, Sessions, InFlight))
+    )
+
     def __init__(
         self,
         models: Iterable[CatalogModel],
@@ -73,21 +83,34 @@ class RoutingView:
         self._parts_basis = -1
         self._chains: dict[str, ChainIndex] = {}
         self._chains_basis: tuple[int, int] = (-1, -1)
+        self._orders: dict[str, tuple[Hashable, BoundOrder]] = {}
+        # Per event type, the projections that fold it, in this order: cooldowns after health (it reads
+        # the keys' state including the same event).
+        projections = (
+            self.catalog,
+            self.health,
+            self.cooldowns,
+            self.quotas,
+            self.stats,
+            self.sessions,
+            self.in_flight,
+        )
+        self._folds: dict[type[Event], tuple[Callable[[Event], None], ...]] = {
+            t: tuple(p.apply for p in projections if t in p.FOLDS) for t in EVENT_TYPES
+        }
 
     def apply(self, seq: int, event: Event) -> None:
-        self.catalog.apply(event)
-        self.health.apply(event)
-        self.cooldowns.apply(event)  # after health: it reads the keys' state including this event
-        self.quotas.apply(event)
-        self.stats.apply(event)
-        self.sessions.apply(event)
-        self.in_flight.apply(event)
-        if isinstance(event, AttemptSucceeded):
-            self.parts_cache.pop(f"{event.platform}/{event.model}", None)
         self.seq = seq
+        for apply in self._folds[type(event)]:
+            apply(event)
+        if type(event) is AttemptSucceeded:
+            ref = f"{event.platform}/{event.model}"
+            self.parts_cache.pop(ref, None)
+            for _, order in self._orders.values():
+                order.touch(ref)
 
     def chain(self, mode: str) -> ChainIndex:
-        basis = (self.catalog.version, self.health.platforms_version)
+        basis = self.chains_basis
         if basis != self._chains_basis:
             self._chains.clear()
             self._chains_basis = basis
@@ -108,6 +131,19 @@ class RoutingView:
                 tuple(models), tuple(excluded), no_key, min(windows, default=2**62)
             )
         return index
+
+    @property
+    def chains_basis(self) -> tuple[int, int]:
+        """Changes whenever `chain()` of any mode would."""
+        return (self.catalog.version, self.health.platforms_version)
+
+    def bound_order(self, mode: str, basis: Hashable) -> BoundOrder | None:
+        """The mode's best-possible-score order (events/bound_order.py) if it was kept under `basis`."""
+        kept = self._orders.get(mode)
+        return kept[1] if kept is not None and kept[0] == basis else None
+
+    def keep_bound_order(self, mode: str, order: BoundOrder, basis: Hashable) -> None:
+        self._orders[mode] = (basis, order)
 
     def cached_parts(self) -> dict[str, tuple[float, float, float, float, float, float]]:
         basis = self.catalog.version
