@@ -69,9 +69,7 @@ def replay(
 ) -> Iterator[Replayed]:
     """Yield the replay of each target, in order of the view position it was decided on. `view` must be
     fresh (nothing folded)."""
-    # The order the live actor answered in: by view position, then time (request tasks may append their
-    # decisions in another order than they were answered).
-    pending = sorted(targets, key=lambda t: (t[1].view_seq, t[1].now, t[0]))
+    pending = sorted(targets, key=lambda t: replay_order(*t))
     if not pending:
         return
     last_needed = pending[-1][1].view_seq
@@ -97,6 +95,12 @@ def replay(
         seq = seqs[-1]
         if progress is not None:
             progress(seq, last_needed)
+
+
+def replay_order(seq: int, recorded: RouteDecided) -> tuple[int, float, int]:
+    """The order the live actor decided in: by view position, then time (request tasks may append their
+    decisions in another order than they decided them)."""
+    return (recorded.view_seq, recorded.now, seq)
 
 
 def _evaluate(view: RoutingView, seq: int, recorded: RouteDecided) -> Replayed:

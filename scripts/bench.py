@@ -724,7 +724,12 @@ def main(argv: list[str] | None = None) -> int:
             requests, rounds = (2000, 300) if args.quick else (20000, 2000)
             report["routing"] = bench_routing.run(requests, rounds)
             bench_routing.print_report(report["routing"])
-            if report["routing"]["replay_reproduced"] != report["routing"]["replay_decisions"]:
+            routing = report["routing"]
+            if (
+                not routing["replay_reproduced"]
+                == routing["replay_parallel_reproduced"]
+                == routing["replay_decisions"]
+            ):
                 status = 1
         Path(args.out).write_text(msgspec.json.format(msgspec.json.encode(report)).decode() + "\n")
         print(f"results written to {args.out}")

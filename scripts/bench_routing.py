@@ -26,7 +26,6 @@ from events.catalog import CatalogModel  # noqa: E402
 from events.decide import decide  # noqa: E402
 from events.policy import RoutingPolicy  # noqa: E402
 from events.quotas import Limits  # noqa: E402
-from events.replay import replay, select_decisions  # noqa: E402
 from events.sqlite_store import SqliteStore  # noqa: E402
 from events.types import (  # noqa: E402
     AttemptFailed,
@@ -41,6 +40,7 @@ from events.types import (  # noqa: E402
     RouteInput,
 )
 from events.view import RoutingView  # noqa: E402
+from service.replay_runner import run_replay  # noqa: E402
 
 POOLS = ("fast", "balanced", "smart")
 MODES = ("auto", "auto-fast", "auto-smart")
@@ -190,20 +190,24 @@ def bench_decide(view: RoutingView, now: float, rounds: int) -> dict[str, float]
 
 def run(requests: int, rounds: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="switchboard-routing-") as tmp:
-        store = SqliteStore(Path(tmp) / "log.db")
+        path = Path(tmp) / "log.db"
+        store = SqliteStore(path)
         try:
             t0 = time.perf_counter()
             view, now = simulate(store, requests)
             simulated_s = time.perf_counter() - t0
             decide_us = bench_decide(view, now, rounds)
-            targets = select_decisions(store)
-            t0 = time.perf_counter()
-            results = list(replay(store, RoutingView(catalog(), RoutingPolicy()), targets))
-            replay_s = time.perf_counter() - t0
             events = store.last_seq()
         finally:
             store.close()
-    reproduced = sum(r.matches for r in results)
+        # The whole of `switchboard replay`: select the decisions, fold the log, decide each again.
+        runs = {}
+        for parallel in (False, True):
+            t0 = time.perf_counter()
+            run = run_replay(path, lambda: RoutingView(catalog(), RoutingPolicy()), parallel=parallel)
+            runs[parallel] = (time.perf_counter() - t0, run)
+    (replay_s, serial), (parallel_s, forked) = runs[False], runs[True]
+    reproduced = serial.total - len(serial.results)
     return {
         "models": 100,
         "keys": 30,
@@ -211,10 +215,14 @@ def run(requests: int, rounds: int) -> dict:
         "log_events": events,
         "simulate_s": round(simulated_s, 2),
         "decide_us": {mode: round(us, 1) for mode, us in decide_us.items()},
-        "replay_decisions": len(results),
+        "replay_decisions": serial.total,
         "replay_reproduced": reproduced,
         "replay_s": round(replay_s, 3),
         "replay_events_per_s": round(events / replay_s) if replay_s else None,
+        "replay_parallel_reproduced": forked.total - len(forked.results),
+        "replay_parallel_processes": forked.processes,
+        "replay_parallel_s": round(parallel_s, 3),
+        "replay_parallel_events_per_s": round(events / parallel_s) if parallel_s else None,
     }
 
 
@@ -229,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     requests, rounds = (2000, 300) if args.quick else (args.requests, args.rounds)
     report = run(requests, rounds)
     print_report(report)
-    return 0 if report["replay_reproduced"] == report["replay_decisions"] else 1
+    all_reproduced = report["replay_decisions"] == report["replay_reproduced"]
+    return 0 if all_reproduced and report["replay_parallel_reproduced"] == report["replay_decisions"] else 1
 
 
 def print_report(r: dict) -> None:
@@ -240,8 +249,13 @@ def print_report(r: dict) -> None:
     for mode, us in r["decide_us"].items():
         print(f"  decide {mode:<11} {us:8.1f} us per decision")
     print(
-        f"  replay: {r['replay_reproduced']}/{r['replay_decisions']} decisions reproduced, "
+        f"  replay, one process: {r['replay_reproduced']}/{r['replay_decisions']} decisions reproduced, "
         f"{r['log_events']} events in {r['replay_s']} s = {r['replay_events_per_s']:,} events/s"
+    )
+    print(
+        f"  replay, {r['replay_parallel_processes']} processes: {r['replay_parallel_reproduced']}/"
+        f"{r['replay_decisions']} reproduced, {r['replay_parallel_s']} s = "
+        f"{r['replay_parallel_events_per_s']:,} events/s"
     )
 
 

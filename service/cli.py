@@ -15,11 +15,12 @@ import trio
 
 from actors.model_health import usable_keys
 from events.model_stats import Stats
-from events.replay import Replayed, replay, select_decisions
+from events.replay import Replayed
 from events.sqlite_store import SqliteStore
 from events.types import KeyAdded, KeyDisabled, KeyEnabled, ModelUpdated, encode_event, event_type
 from events.view import RoutingView, rebuild
 from service.config import Config, ConfigError, load_config
+from service.replay_runner import run_replay
 from service.secrets import SecretsError, Vault, key_label, load_master_key
 from service.server import DB_NAME, check_keys, routing_settings, run_gateway
 
@@ -266,39 +267,37 @@ def cmd_log_tail(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     """Replay recorded decisions under the live config (or a what-if config) and compare."""
     config = _config(args)
-    store = _store(config)
+    path = config.data_dir / DB_NAME
+    store = _store(config)  # creates an empty log where there is none yet, like every command
     try:
-        targets = select_decisions(store, request_id=args.request, from_seq=args.from_seq, to_seq=args.to_seq)
-        if not targets:
-            print("no recorded decisions match" + (f" request {args.request}" if args.request else ""))
-            return 1 if args.request else 0
         show_progress = sys.stderr.isatty() and store.last_seq() > 50_000
-        started = time.perf_counter()
-        results = list(
-            replay(
-                store,
-                routing_settings(config).new_view(),
-                targets,
-                progress=_progress_bar if show_progress else None,
-            )
-        )
-        elapsed = time.perf_counter() - started
-        if show_progress:
-            print(file=sys.stderr)
     finally:
         store.close()
-    changed = [r for r in results if not r.matches]
-    for r in results:
-        if args.explain:
-            print(explain(r))
-        elif not r.matches:
-            print(_change_line(r))
-    total = len(results)
-    events_read = max(r.recorded.view_seq for r in results)
-    rate = f"{events_read / elapsed:,.0f} events/s" if elapsed > 0 else ""
+    started = time.perf_counter()
+    run = run_replay(
+        path,
+        routing_settings(config).new_view,
+        request_id=args.request,
+        from_seq=args.from_seq,
+        to_seq=args.to_seq,
+        keep_all=args.explain,
+        progress=_progress_bar if show_progress else None,
+    )
+    elapsed = time.perf_counter() - started
+    if show_progress:
+        print(file=sys.stderr)
+    if not run.total:
+        print("no recorded decisions match" + (f" request {args.request}" if args.request else ""))
+        return 1 if args.request else 0
+    changed = [r for r in run.results if not r.matches]
+    for r in run.results:
+        print(explain(r) if args.explain else _change_line(r))
+    total = run.total
+    rate = f"{run.events / elapsed:,.0f} events/s" if elapsed > 0 else ""
     summary = (
         f"{total - len(changed)} of {total} decisions reproduced "
-        f"({100 * (total - len(changed)) / total:.1f}%); {events_read} events folded, {rate}"
+        f"({100 * (total - len(changed)) / total:.1f}%); {run.events} events folded, {rate}"
+        + (f" ({run.processes} processes)" if run.processes > 1 else "")
     )
     if changed and args.config:
         # Under another config differences are the point: what its routing settings would have done.

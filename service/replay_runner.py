@@ -1,0 +1,155 @@
+"""`switchboard replay` over the SQLite log, on two cores when the log is long.
+
+Replaying a range of the log is independent of replaying another: each needs only the view folded up to its
+decisions. So a long replay forks once: the child re-decides the decisions recorded in the first part of the
+log, the parent folds through that part (folding is cheap next to deciding) and re-decides the rest, and
+the child sends back how many it replayed and the ones that differ. The split is where both finish together:
+the parent folds the child's part too, so the child takes a little more than half of the decisions.
+
+No database connection is open across the fork (SQLite forbids carrying one into a child): the caller's
+store is not used, each process opens its own. Forking is skipped where it is unsafe or does not pay: no
+`os.fork` (Windows), other threads running (a fork copies only the calling one), a short log, or when every
+result is wanted (`--explain` prints them all).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from events.replay import Replayed, replay, replay_order, select_decisions
+from events.sqlite_store import SqliteStore
+from events.view import RoutingView
+
+PARALLEL_MIN_EVENTS = 20_000  # below this a fork (~10 ms) is a large share of the replay
+# The child's share of the log's sequence range: both finish together (measured by scripts/bench_routing.py
+# on a 100k-event log: 0.5 -> 0.84 s, 0.55 -> 0.78 s, 0.6 -> 0.74 s, 0.65 -> 0.81 s).
+CHILD_SHARE = 0.6
+
+
+@dataclass(frozen=True)
+class ReplayRun:
+    total: int  # decisions replayed
+    results: list[Replayed]  # every result (keep_all) or only those that differ, in replay order
+    events: int  # the log position the last decision was made at: how much of the log was folded
+    processes: int
+
+
+def run_replay(
+    path: Path,
+    new_view: Callable[[], RoutingView],
+    *,
+    request_id: str | None = None,
+    from_seq: int | None = None,
+    to_seq: int | None = None,
+    keep_all: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    parallel: bool | None = None,
+) -> ReplayRun:
+    """Replay the decisions selected like `select_decisions` does. `parallel`: None decides by itself."""
+    store = SqliteStore(path)
+    try:
+        last = store.last_seq()
+    finally:
+        store.close()
+    if parallel is None:
+        parallel = (
+            request_id is None
+            and not keep_all
+            and hasattr(os, "fork")
+            and threading.active_count() == 1
+            and (min(to_seq or last, last) - (from_seq or 1)) >= PARALLEL_MIN_EVENTS
+        )
+    if not parallel:
+        return _serial(path, new_view, request_id, from_seq, to_seq, keep_all, progress)
+    start, end = from_seq or 1, min(to_seq or last, last)
+    split = start + int((end - start) * CHILD_SHARE)
+    return _forked(path, new_view, (start, split), (split + 1, end), progress)
+
+
+def _serial(
+    path: Path,
+    new_view: Callable[[], RoutingView],
+    request_id: str | None,
+    from_seq: int | None,
+    to_seq: int | None,
+    keep_all: bool,
+    progress: Callable[[int, int], None] | None,
+) -> ReplayRun:
+    store = SqliteStore(path)
+    try:
+        targets = select_decisions(store, request_id=request_id, from_seq=from_seq, to_seq=to_seq)
+        total, results, events = _replay_part(store, new_view, targets, keep_all, progress)
+    finally:
+        store.close()
+    return ReplayRun(total, results, events, 1)
+
+
+def _replay_part(
+    store: SqliteStore,
+    new_view: Callable[[], RoutingView],
+    targets: list,
+    keep_all: bool,
+    progress: Callable[[int, int], None] | None,
+) -> tuple[int, list[Replayed], int]:
+    results = [r for r in replay(store, new_view(), targets, progress=progress) if keep_all or not r.matches]
+    return len(targets), results, max((t[1].view_seq for t in targets), default=0)
+
+
+def _forked(
+    path: Path,
+    new_view: Callable[[], RoutingView],
+    head: tuple[int, int],
+    tail: tuple[int, int],
+    progress: Callable[[int, int], None] | None,
+) -> ReplayRun:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        os.close(read_end)
+        try:
+            store = SqliteStore(path)
+            try:
+                targets = select_decisions(store, from_seq=head[0], to_seq=head[1])
+                payload = pickle.dumps(("ok", _replay_part(store, new_view, targets, False, None)))
+            finally:
+                store.close()
+        except BaseException:  # whatever it was, the parent raises it; the child must not unwind
+            payload = pickle.dumps(("error", traceback.format_exc()))
+        with os.fdopen(write_end, "wb") as pipe:
+            pipe.write(payload)
+        os._exit(0)
+    os.close(write_end)
+    reaped = False
+    try:
+        with os.fdopen(read_end, "rb") as pipe:
+            store = SqliteStore(path)
+            try:
+                targets = select_decisions(store, from_seq=tail[0], to_seq=tail[1])
+                total, results, events = _replay_part(store, new_view, targets, False, progress)
+            finally:
+                store.close()
+            payload = pipe.read()
+        _, status = os.waitpid(pid, 0)
+        reaped = True
+        if not payload:
+            raise RuntimeError(f"the replay worker process died (wait status {status})")
+        outcome, value = pickle.loads(payload)
+        if outcome != "ok":
+            raise RuntimeError(f"the replay worker process failed:\n{value}")
+        child_total, child_results, child_events = value
+        merged = sorted([*child_results, *results], key=lambda r: replay_order(r.seq, r.recorded))
+        return ReplayRun(total + child_total, merged, max(events, child_events), 2)
+    finally:
+        if not reaped:  # interrupted or failed before the child was waited for
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
