@@ -92,6 +92,8 @@ class Cooldowns:
         self._latest_until = max(self._latest_until, until)
 
     def _set_penalty(self, ref: str, state: _ModelCooldown, ts: float, delta: float) -> None:
+        if delta <= 0.0 and state.penalty == 0.0:
+            return  # a success of a model without points (the common case) changes nothing
         current = self._penalty_at(state, ts)
         state.penalty = min(self._policy.penalty_cap, max(0.0, current + delta))
         state.penalty_as_of = ts

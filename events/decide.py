@@ -285,7 +285,12 @@ def _walk_chain(
     # loose key is never above its exact one, the top of `exact` is the next model in exact order as soon as
     # no key left in `loose` is below it.
     get, fill, which = parts.cache.get, parts.fill, 1 if parts.smart else 0
-    weight, inv_max_tps, penalties = parts.speed_in_total, parts.inv_max_tps, parts.penalties
+    weight, inv_max_tps, points, per_point = (
+        parts.speed_in_total,
+        parts.inv_max_tps,
+        parts.points,
+        parts.per_point,
+    )
     exact: list[tuple[int, float, int]] = []
     ready: list[tuple[int, float, int]] = []  # sampled: (group, -score, position)
     li = 0
@@ -298,8 +303,8 @@ def _walk_chain(
             ref = models[pos].ref
             base = get(ref) or fill(models[pos])
             fixed = base[which] + weight * min(1.0, base[2] * inv_max_tps)
-            if penalties:
-                fixed -= penalties.get(ref, 0.0)
+            if points:
+                fixed -= per_point * points.get(ref, 0.0)
             heapq.heappush(exact, (group, -1.0 - fixed, pos))
         if ready and (not exact or ready[0][:2] <= exact[0][:2]):
             _, _, pos = heapq.heappop(ready)
@@ -422,9 +427,8 @@ class _Parts:
         self.view, self.p, self.now = view, p, now
         self.smart = mode == "auto-smart"
         self.cache = view.cached_parts()
-        self.penalties = {
-            ref: p.penalty_weight * points for ref, points in view.cooldowns.penalties(now).items()
-        }
+        self.points = view.cooldowns.penalties(now)  # 429 penalty points per model, usually none or a few
+        self.per_point = p.penalty_weight
         self.fastest = max(PRIOR_TPS_AT_RANK_1, view.stats.max_tps or 0.0)
         self.inv_max_tps = 1.0 / self.fastest
         # Weight of the normalised speed in this mode's total.
@@ -433,7 +437,7 @@ class _Parts:
     def of(self, m: CatalogModel) -> Parts:
         balanced, smart, tps, slow, ttfb, intelligence = self.cache.get(m.ref) or self.fill(m)
         speed = self.p.speed_weight * min(1.0, tps * self.inv_max_tps) - slow
-        penalty = self.penalties.get(m.ref, 0.0)
+        penalty = self.per_point * self.points.get(m.ref, 0.0)
         total = (smart if self.smart else balanced) + self.speed_in_total * min(1.0, tps * self.inv_max_tps)
         return total - penalty, speed, ttfb, intelligence, penalty
 
