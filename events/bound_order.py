@@ -5,8 +5,9 @@
 once and then only the models whose score parts changed since (their own successes) are moved.
 
 Keys are loose: each is an upper bound of the exact bound `decide` uses (it leaves out the 429 penalty, and
-normalises the speed term by the fastest speed rounded down to a 5% grid, so the fastest model getting a
-little faster does not reorder everything). `decide` tightens each key to the exact one as it takes models
+normalises the speed term by the fastest speed rounded to a 5% grid, so the fastest model getting a little
+faster does not reorder everything; with negative weights, which the config allows, the bounds widen the
+other way). `decide` tightens each key to the exact one as it takes models
 off this order, so the visit order, and with it every decision, is exactly that of sorting by exact bounds.
 """
 
@@ -24,14 +25,15 @@ Key = tuple[int, float, int]
 SPEED_GRID = 1.05
 
 
-def grid_floor(fastest: float, base: float) -> float:
-    """The largest `base * SPEED_GRID**k` (k >= 0) not above `fastest` (itself at least `base`)."""
+def speed_grid(fastest: float, base: float) -> tuple[float, float]:
+    """Consecutive points `base * SPEED_GRID**k` (k >= 0) around `fastest` (itself at least `base`):
+    (floor, ceiling) with floor <= fastest < ceiling."""
     k = max(0, math.floor(math.log(fastest / base) / math.log(SPEED_GRID)))
-    floor = base * SPEED_GRID**k
-    while floor > fastest and k > 0:  # the float log may land one step high
+    while k > 0 and base * SPEED_GRID**k > fastest:  # the float log may land a step off either way
         k -= 1
-        floor = base * SPEED_GRID**k
-    return floor
+    while base * SPEED_GRID ** (k + 1) <= fastest:
+        k += 1
+    return base * SPEED_GRID**k, base * SPEED_GRID ** (k + 1)
 
 
 class BoundOrder:

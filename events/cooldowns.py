@@ -37,9 +37,8 @@ class Cooldowns:
         self._policy = policy
         self._health = health
         self._models: dict[str, _ModelCooldown] = {}
-        # Upper bounds that let a decision skip per-model lookups when nothing is cooling or penalised.
+        # An upper bound that lets a decision skip per-model lookups when nothing is cooling.
         self._latest_until = 0.0
-        self._penalties_end = 0.0
         # Models whose points were above zero when last set (their points at a given time may have decayed
         # to zero since): what `penalties` reads, instead of every model with any cooldown state.
         self._penalised: dict[str, _ModelCooldown] = {}
@@ -101,7 +100,6 @@ class Cooldowns:
             self._penalised[ref] = state
         else:
             self._penalised.pop(ref, None)
-        self._penalties_end = max(self._penalties_end, ts + state.penalty * self._policy.penalty_decay_s)
 
     def _penalty_at(self, state: _ModelCooldown, now: float) -> float:
         decayed = (now - state.penalty_as_of) / self._policy.penalty_decay_s
@@ -112,7 +110,7 @@ class Cooldowns:
 
     def penalties(self, now: float) -> dict[str, float]:
         """Every model with penalty points left at `now` (usually none or a few)."""
-        if now >= self._penalties_end:
+        if not self._penalised:
             return {}
         decay_s = self._policy.penalty_decay_s  # _penalty_at, inlined: this runs on every decision
         return {

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 
-from events.bound_order import BoundOrder, Key, grid_floor
+from events.bound_order import BoundOrder, Key, speed_grid
 from events.catalog import ALIASES, VIRTUAL_MODELS, CatalogModel
 from events.policy import RoutingPolicy
 from events.quotas import over_limit
@@ -324,31 +324,39 @@ def _walk_chain(
 
 def _bound_order(view: RoutingView, parts: _Parts, chain: ChainIndex, mode: str) -> BoundOrder:
     """The mode's loose order (events/bound_order.py), with the models whose stats changed moved."""
-    fastest = grid_floor(parts.fastest, PRIOR_TPS_AT_RANK_1)
-    order = view.bound_order(mode, (view.chains_basis, fastest))
+    grid = speed_grid(parts.fastest, PRIOR_TPS_AT_RANK_1)
+    order = view.bound_order(mode, (view.chains_basis, grid))
     if order is None:
-        order = BoundOrder(chain.models, _loose_key(parts, chain, mode, fastest, range(len(chain.models))))
-        view.keep_bound_order(mode, order, (view.chains_basis, fastest))
+        order = BoundOrder(chain.models, _loose_keys(parts, chain, mode, grid, range(len(chain.models))))
+        view.keep_bound_order(mode, order, (view.chains_basis, grid))
     elif order.stale:
         positions = sorted(order.stale)
         order.stale.clear()
-        for pos, key in zip(positions, _loose_key(parts, chain, mode, fastest, positions), strict=True):
+        for pos, key in zip(positions, _loose_keys(parts, chain, mode, grid, positions), strict=True):
             order.update(pos, key)
     return order
 
 
-def _loose_key(
-    parts: _Parts, chain: ChainIndex, mode: str, fastest: float, positions: Iterable[int]
+def _loose_keys(
+    parts: _Parts, chain: ChainIndex, mode: str, grid: tuple[float, float], positions: Iterable[int]
 ) -> list[Key]:
+    """Keys never above the exact bound `_walk_chain` computes, whatever the fastest speed within `grid`
+    (floor <= fastest < ceiling) and the penalty points (0 to the cap) are when it is read."""
     first_pool = {"auto-fast": "fast", "auto-smart": "smart"}.get(mode)
-    which, weight, inv_fastest = 1 if parts.smart else 0, parts.speed_in_total, 1.0 / fastest
+    which, weight = 1 if parts.smart else 0, parts.speed_in_total
+    # The speed term is weight * min(1, tps / fastest): largest at the slowest possible fastest speed for a
+    # positive weight, at the fastest possible one for a negative weight.
+    inv_fastest = 1.0 / grid[0] if weight >= 0 else 1.0 / grid[1]
+    # A penalty only lowers a score, unless its weight is negative: then the most it can add.
+    penalty_room = -parts.per_point * parts.p.penalty_cap if parts.per_point < 0 else 0.0
     get, fill = parts.cache.get, parts.fill
     keys = []
     for pos in positions:
         m = chain.models[pos]
         base = get(m.ref) or fill(m)
         group = 0 if first_pool is None or m.pool == first_pool else 1
-        keys.append((group, -1.0 - (base[which] + weight * min(1.0, base[2] * inv_fastest)), pos))
+        upper = base[which] + weight * min(1.0, base[2] * inv_fastest) + penalty_room
+        keys.append((group, -1.0 - upper, pos))
     return keys
 
 

@@ -32,6 +32,8 @@ class KeyInfo:
 
 
 class KeyHealth:
+    """Per key: ok / invalid (401/403) / disabled, and per key x model: cooling until T after a 429."""
+
     FOLDS: ClassVar[frozenset[type[Event]]] = frozenset(
         {
             KeyAdded,
@@ -44,8 +46,6 @@ class KeyHealth:
             AttemptSucceeded,
         }
     )
-
-    """Per key: ok / invalid (401/403) / disabled, and per key x model: cooling until T after a 429."""
 
     def __init__(self, rate_limit_cooldown_s: float = 60.0) -> None:
         self.rate_limit_cooldown_s = rate_limit_cooldown_s

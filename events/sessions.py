@@ -85,9 +85,9 @@ class SessionState:
 
 
 class Sessions:
-    FOLDS: ClassVar[frozenset[type[Event]]] = frozenset({SessionPinned, SessionPinCleared, SessionBanned})
-
     """Live sessions, least recently used first; expired after `ttl_s` without use, at most `max_sessions`."""
+
+    FOLDS: ClassVar[frozenset[type[Event]]] = frozenset({SessionPinned, SessionPinCleared, SessionBanned})
 
     def __init__(self, ttl_s: float = 1800.0, max_sessions: int = 10_000) -> None:
         self.ttl_s = ttl_s

@@ -53,23 +53,22 @@ def run_replay(
     progress: Callable[[int, int], None] | None = None,
     parallel: bool | None = None,
 ) -> ReplayRun:
-    """Replay the decisions selected like `select_decisions` does. `parallel`: None decides by itself."""
+    """Replay the decisions selected like `select_decisions` does. `parallel`: None decides by itself, True
+    forks whenever the selection is a log range and only the differences are wanted."""
     store = SqliteStore(path)
     try:
         last = store.last_seq()
     finally:
         store.close()
+    # Forking splits by log range: a selection by request, or every result kept, stays in one process.
+    splittable = request_id is None and not keep_all
+    start, end = from_seq or 1, last if to_seq is None else min(to_seq, last)
     if parallel is None:
         parallel = (
-            request_id is None
-            and not keep_all
-            and hasattr(os, "fork")
-            and threading.active_count() == 1
-            and (min(to_seq or last, last) - (from_seq or 1)) >= PARALLEL_MIN_EVENTS
+            hasattr(os, "fork") and threading.active_count() == 1 and end - start >= PARALLEL_MIN_EVENTS
         )
-    if not parallel:
+    if not (parallel and splittable and end > start):
         return _serial(path, new_view, request_id, from_seq, to_seq, keep_all, progress)
-    start, end = from_seq or 1, min(to_seq or last, last)
     split = start + int((end - start) * CHILD_SHARE)
     return _forked(path, new_view, (start, split), (split + 1, end), progress)
 
@@ -114,20 +113,22 @@ def _forked(
     sys.stderr.flush()
     read_end, write_end = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child: never returns
-        os.close(read_end)
+    if pid == 0:  # the child: never returns, whatever happens
         try:
-            store = SqliteStore(path)
+            os.close(read_end)
             try:
-                targets = select_decisions(store, from_seq=head[0], to_seq=head[1])
-                payload = pickle.dumps(("ok", _replay_part(store, new_view, targets, False, None)))
-            finally:
-                store.close()
-        except BaseException:  # whatever it was, the parent raises it; the child must not unwind
-            payload = pickle.dumps(("error", traceback.format_exc()))
-        with os.fdopen(write_end, "wb") as pipe:
-            pipe.write(payload)
-        os._exit(0)
+                store = SqliteStore(path)
+                try:
+                    targets = select_decisions(store, from_seq=head[0], to_seq=head[1])
+                    payload = pickle.dumps(("ok", _replay_part(store, new_view, targets, False, None)))
+                finally:
+                    store.close()
+            except BaseException:  # the parent raises it with this traceback
+                payload = pickle.dumps(("error", traceback.format_exc()))
+            with os.fdopen(write_end, "wb") as pipe:
+                pipe.write(payload)
+        finally:
+            os._exit(0)
     os.close(write_end)
     reaped = False
     try:

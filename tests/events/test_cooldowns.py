@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from events.cooldowns import Cooldowns
 from events.key_health import KeyHealth
 from events.policy import RoutingPolicy
-from events.types import AttemptFailed, AttemptSucceeded, Event, KeyAdded, KeyDisabled, KeyInvalidated
+from events.types import (
+    AttemptFailed,
+    AttemptSucceeded,
+    Event,
+    KeyAdded,
+    KeyDisabled,
+    KeyEnabled,
+    KeyInvalidated,
+)
 
 REF = "groq/llama"
 
@@ -271,3 +281,56 @@ def test_a_new_429_adds_to_the_decayed_penalty() -> None:
     m.apply(failed("rate_limited", 1240.0, retry_after_s=10.0))  # 3 decayed to 1, plus 3
     assert m.penalty(1240.0) == pytest.approx(4.0)
     assert m.penalty(1480.0) == pytest.approx(2.0)
+
+
+# -- penalties(now): every model with points left, read from the index of penalised models
+
+MODELS = ("llama", "gemma")
+_step = st.tuples(
+    st.sampled_from(["rate_limited"] * 4 + ["success"] * 2 + ["server_error", "key"]),
+    st.sampled_from(MODELS),
+    st.sampled_from(["k1", "k2"]),
+    st.sampled_from([0.0, 0.0, 0.001, 0.5, 10.0, 59.9, 60.0, 119.0, 120.0, 400.0, 1500.0]),  # since the last
+    st.sampled_from([None, None, 0.0, 1.0, 300.0]),  # retry-after of a 429
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    steps=st.lists(_step, min_size=1, max_size=40),
+    later=st.lists(st.floats(0.0, 3000.0), max_size=4),
+    policy=st.sampled_from(
+        [RoutingPolicy(), RoutingPolicy(penalty_per_429=2.5, penalty_cap=4.0, penalty_decay_s=7.0)]
+    ),
+)
+def test_penalties_are_every_model_with_points_left(
+    steps: list[tuple[str, str, str, float, float | None]], later: list[float], policy: RoutingPolicy
+) -> None:
+    m = Model("k1", "k2", policy=policy)
+    refs = [f"groq/{model}" for model in MODELS]
+
+    def check(now: float) -> None:
+        expected = {ref: m.penalty(now, ref) for ref in refs if m.penalty(now, ref) > 0.0}
+        assert m.cooldowns.penalties(now) == expected  # exact: the same formula
+
+    ts = 1_750_000_000.0
+    for kind, model, key_id, gap, retry_after_s in steps:
+        ts += gap
+        if kind == "success":
+            m.apply(succeeded(ts, key_id, model))
+        elif kind == "key":  # a key leaves or rejoins rotation: whether every usable key is cooling changes
+            m.apply(KeyDisabled(ts=ts, key_id=key_id) if key_id == "k2" else KeyEnabled(ts=ts, key_id="k2"))
+        else:
+            m.apply(failed(kind, ts, key_id, model=model, retry_after_s=retry_after_s))
+        for dt in (0.0, 1.0, 60.0):
+            check(ts + dt)
+    for dt in later:
+        check(ts + dt)
+
+
+def test_penalties_agree_with_penalty_at_the_instant_the_points_run_out() -> None:
+    m = Model("k1")
+    m.apply(failed("rate_limited", 1000.0), failed("rate_limited", 1001.0))  # 3 - 1/120 + 3 points at 1001
+    end = 1001.0 + (6.0 - 1.0 / 120.0) * 120.0
+    assert end == 1720.0
+    assert m.cooldowns.penalties(end) == ({REF: m.penalty(end)} if m.penalty(end) > 0.0 else {})

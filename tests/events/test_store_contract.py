@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from events import sqlite_store
+from events import store as memory_store
 from events.sqlite_store import MIGRATIONS, SchemaVersionError, SqliteStore
 from events.store import Entry, LogStore, MemoryStore, tail
 from events.types import (
@@ -28,6 +29,7 @@ from events.types import (
     RequestReceived,
     ServiceStarted,
     StreamStalled,
+    event_type,
 )
 
 
@@ -136,6 +138,7 @@ _event = st.one_of(
         KeyAdded, ts=_ts, key_id=_name, platform=_name, label=_name, source=st.sampled_from(["config", "env"])
     ),
 )
+_TAGS = ("request_received", "attempt_failed", "stream_stalled", "model_updated", "key_added")  # of _event
 
 
 class StoreContract:
@@ -183,6 +186,73 @@ class StoreContract:
         assert store.read_after(4, limit=2) == entries(5, events[4:6])
         assert store.read_after(len(events) - 1, limit=5) == entries(len(events), events[-1:])
         assert store.read_after(0, limit=0) == []
+
+    # -- read_after(..., types=...): only the events of the given type tags, `limit` counting those
+
+    def test_read_after_types_returns_only_those_types_with_their_real_seqs(self, store: LogStore) -> None:
+        events = sample_events("r1", ts=1.0) + sample_events("r2", ts=2.0)
+        store.append(events)
+        wanted = {"attempt_failed", "key_added"}
+        expected = [(s, e) for s, e in entries(1, events) if event_type(e) in wanted]
+        assert [s for s, _ in expected] == [4, 8, 13, 17]  # the fixture's layout: not renumbered from 1
+        for types in (wanted, frozenset(wanted), sorted(wanted), tuple(wanted)):
+            assert store.read_after(0, types=types) == expected
+        assert store.read_after(0, types={"model_updated"}) == [(9, events[8]), (18, events[17])]
+
+    def test_read_after_types_with_a_limit_counts_only_matching_events(self, store: LogStore) -> None:
+        events = sample_events("r1", ts=1.0) + sample_events("r2", ts=2.0) + sample_events("r3", ts=3.0)
+        store.append(events)
+        wanted = ("service_started", "model_updated")
+        matching = [(s, e) for s, e in entries(1, events) if event_type(e) in wanted]
+        assert len(matching) == 6
+        # Not the first 3 rows filtered (one match): the first 3 matches, which reach seq 10.
+        assert store.read_after(0, limit=3, types=wanted) == matching[:3]
+        assert [s for s, _ in store.read_after(0, limit=3, types=wanted)] == [1, 9, 10]
+        assert store.read_after(0, limit=1, types=wanted) == matching[:1]
+        assert store.read_after(0, limit=100, types=wanted) == matching
+        assert store.read_after(0, limit=0, types=wanted) == []
+
+    def test_read_after_types_starts_after_the_position(self, store: LogStore) -> None:
+        events = sample_events("r1", ts=1.0) + sample_events("r2", ts=2.0)
+        store.append(events)
+        wanted = {"attempt_started", "attempt_failed"}
+        matching = [(s, e) for s, e in entries(1, events) if event_type(e) in wanted]
+        assert [s for s, _ in matching] == [3, 4, 12, 13]
+        assert store.read_after(3, types=wanted) == matching[1:]  # strictly after seq 3
+        assert store.read_after(4, types=wanted) == matching[2:]  # skips the non-matching 5..11
+        assert store.read_after(5, limit=1, types=wanted) == matching[2:3]
+        assert store.read_after(12, limit=5, types=wanted) == matching[3:]
+        assert store.read_after(13, types=wanted) == []
+        assert store.read_after(len(events) + 5, types=wanted) == []
+
+    def test_read_after_no_types_returns_nothing(self, store: LogStore) -> None:
+        store.append(sample_events())
+        for empty in ((), [], set(), frozenset()):
+            assert store.read_after(0, types=empty) == []
+            assert store.read_after(0, limit=3, types=empty) == []
+        assert store.read_after(0, types={"no_such_type", "route_decided"}) == []  # none in the log
+        assert len(store.read_after(0, types=None)) == len(sample_events())  # None: no filter
+
+    def test_read_after_types_does_not_decode_the_other_events(
+        self, store: LogStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        events = sample_events("r1", ts=1.0) + sample_events("r2", ts=2.0)
+        store.append(events)
+        decoded: list[bytes | str] = []
+        decode = memory_store.decode_event
+
+        def counting(data: bytes | str) -> Event:
+            decoded.append(data)
+            return decode(data)
+
+        for module in (memory_store, sqlite_store):  # whichever this backend decodes with
+            monkeypatch.setattr(module, "decode_event", counting)
+        got = store.read_after(0, types={"key_added"})
+        assert [e for _, e in got] == [events[7], events[16]]
+        assert len(decoded) == 2
+        decoded.clear()
+        assert len(store.read_after(0, limit=1, types={"key_added", "request_completed"})) == 1
+        assert len(decoded) == 1
 
     def test_read_request_filters_in_order(self, store: LogStore) -> None:
         first, second = sample_events("r1", ts=1.0), sample_events("r2", ts=2.0)
@@ -281,6 +351,23 @@ class StoreContract:
             for request_id in ("r1", "r2", "r3"):
                 expected = [(s, e) for s, e in entries(1, appended) if e.request_id == request_id]
                 assert store.read_request(request_id) == expected
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.differing_executors])
+    @given(
+        batches=st.lists(st.lists(_event, max_size=8), max_size=5),
+        types=st.sets(st.sampled_from([*_TAGS, "route_decided", "no_such_type"]), max_size=4),
+        limit=st.none() | st.integers(0, 6),
+    )
+    def test_typed_reads_match_filtering_everything_appended(
+        self, batches: list[list[Event]], types: set[str], limit: int | None
+    ) -> None:
+        with tempfile.TemporaryDirectory() as directory, closing(self.make_store(Path(directory))) as store:
+            appended = [e for batch in batches for e in batch]
+            for batch in batches:
+                store.append(batch)
+            for k in range(len(appended) + 2):
+                expected = [(s, e) for s, e in entries(k + 1, appended[k:]) if event_type(e) in types]
+                assert store.read_after(k, limit, types) == expected[:limit]
 
 
 class TestMemoryStore(StoreContract):
