@@ -42,14 +42,13 @@ from events.types import (
     KeyInvalidated,
     RequestCompleted,
     RequestReceived,
-    RouteDecided,
     RouteInput,
     SessionBanned,
     SessionPinCleared,
     SessionPinned,
     StreamStalled,
 )
-from events.view import SessionPolicy
+from events.view import POOL_REASON, SessionPolicy
 
 DRAIN_S = 0.5  # after [DONE], how long to wait for the upstream to end its body
 CONSUMER_GONE_S = 120.0  # a stream's consumer that takes nothing for this long has gone
@@ -394,22 +393,15 @@ class RequestActor:
             excluded = decision.excluded
             attempt = progress.attempts + 1
             await self._log.append(
-                RouteDecided(
+                decision.record(
                     ts=self._now(),
                     request_id=req.request_id,
                     attempt=attempt,
                     seed=decided.seed,
                     view_seq=decided.view_seq,
                     now=decided.now,
-                    input=route,
-                    candidates=decision.candidates,
-                    excluded=decision.excluded[:MAX_RECORDED_EXCLUSIONS],
-                    chosen_ref=decision.chosen_ref,
-                    chosen_key=decision.chosen_key,
-                    candidates_total=decision.candidates_total,
-                    no_key_models=decision.no_key_models,
-                    pin_used=decision.pin_used,
-                    pin_cleared=decision.pin_cleared,
+                    route=route,
+                    max_excluded=MAX_RECORDED_EXCLUSIONS,
                 )
             )
             if decision.pin_cleared and conversation.session and not conversation.pin_cleared:
@@ -1048,13 +1040,15 @@ def _final_failure(
         f"{t.ref} (key {t.key_id}): {t.kind}{f' {t.status}' if t.status else ''} {t.message}".rstrip()
         for t in tried
     ]
+    # Models the mode's pool leaves out are not why a request failed: listed, they crowd out the reasons.
+    skipped = [e for e in excluded if e.reason != POOL_REASON]
     parts += [
         f"{e.ref}: skipped, {e.reason}"
-        for e in excluded[:20]
+        for e in skipped[:20]
         if not e.reason.endswith("already tried for this request")
     ]
-    if len(excluded) > 20:
-        parts.append(f"... and {len(excluded) - 20} more models skipped")
+    if len(skipped) > 20:
+        parts.append(f"... and {len(skipped) - 20} more models skipped")
     detail = "; ".join(parts) if parts else "no models are configured"
     kinds = {t.kind for t in tried}
     if tried and kinds == {"context_exceeded"}:

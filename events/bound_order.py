@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_left, insort
 from collections.abc import Sequence
+from functools import lru_cache
 
 from events.catalog import CatalogModel
 
@@ -25,6 +26,7 @@ Key = tuple[int, float, int]
 SPEED_GRID = 1.05
 
 
+@lru_cache(maxsize=64)  # every decision asks, and the fastest speed changes far less often than that
 def speed_grid(fastest: float, base: float) -> tuple[float, float]:
     """Consecutive points `base * SPEED_GRID**k` (k >= 0) around `fastest` (itself at least `base`):
     (floor, ceiling) with floor <= fastest < ceiling."""

@@ -26,8 +26,8 @@ from events.catalog import ALIASES, VIRTUAL_MODELS, CatalogModel
 from events.policy import RoutingPolicy
 from events.quotas import over_limit
 from events.sessions import SessionState
-from events.types import Excluded, RouteInput, ScoredCandidate
-from events.view import ChainIndex, RoutingView
+from events.types import Excluded, RouteDecided, RouteInput, ScoredCandidate
+from events.view import POOL_REASON, ChainIndex, RoutingView
 
 PRIOR_TPS_AT_RANK_1 = 400.0  # a model with no speed data: 400 tok/s at speed rank 1, 200 at 2, ...
 
@@ -59,6 +59,41 @@ class Decision:
     @property
     def candidate_refs(self) -> list[str]:
         return [c[3].ref for c in self.ranked]
+
+    def record(
+        self,
+        *,
+        ts: float,
+        request_id: str | None,
+        attempt: int,
+        seed: int,
+        view_seq: int,
+        now: float,
+        route: RouteInput,
+        max_excluded: int = 64,
+    ) -> RouteDecided:
+        """The decision event. Pool exclusions (a third of the catalog in `auto`, all for the same reason)
+        are listed by ref only; the other exclusions keep their reasons, up to `max_excluded`."""
+        pool = [e.ref for e in self.excluded if e.reason == POOL_REASON]
+        others = [e for e in self.excluded if e.reason != POOL_REASON] if pool else self.excluded
+        return RouteDecided(
+            ts=ts,
+            request_id=request_id,
+            attempt=attempt,
+            seed=seed,
+            view_seq=view_seq,
+            now=now,
+            input=route,
+            candidates=self.candidates,
+            excluded=tuple(others[:max_excluded]),
+            chosen_ref=self.chosen_ref,
+            chosen_key=self.chosen_key,
+            candidates_total=self.candidates_total,
+            no_key_models=self.no_key_models,
+            pin_used=self.pin_used,
+            pin_cleared=self.pin_cleared,
+            pool_excluded=tuple(pool),
+        )
 
 
 def mode_and_models(view: RoutingView, requested: tuple[str, ...]) -> tuple[str, list[CatalogModel]]:

@@ -205,7 +205,8 @@ class RouteInput(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 
 class RouteDecided(Event, tag="route_decided"):
     """Why an attempt went where it went: the seed and view position to replay it, the scored candidates
-    (best first, at most the first few), the exclusions (models without any key only counted), the choice."""
+    (best first, at most the first few), the exclusions (models without any key only counted, models the
+    mode's pool leaves out only named: they share one reason), the choice."""
 
     attempt: int
     seed: int
@@ -220,6 +221,7 @@ class RouteDecided(Event, tag="route_decided"):
     no_key_models: int = 0
     pin_used: bool = False
     pin_cleared: str | None = None
+    pool_excluded: tuple[str, ...] = ()  # refs left out by the mode's pool (events.view.POOL_REASON)
 
 
 class SessionPinned(Event, tag="session_pinned"):

@@ -36,7 +36,6 @@ from events.types import (  # noqa: E402
     KeyInvalidated,
     RequestCompleted,
     RequestReceived,
-    RouteDecided,
     RouteInput,
 )
 from events.view import RoutingView  # noqa: E402
@@ -100,20 +99,14 @@ def simulate(store: SqliteStore, requests: int, seed: int = 7) -> tuple[RoutingV
             seed = rng.getrandbits(63)
             d = decide(view, route, now, random.Random(seed))
             emit(
-                RouteDecided(
+                d.record(
                     ts=now,
                     request_id=rid,
                     attempt=attempt,
                     seed=seed,
                     view_seq=view.seq,
                     now=now,
-                    input=route,
-                    candidates=d.candidates,
-                    excluded=d.excluded[:64],
-                    chosen_ref=d.chosen_ref,
-                    chosen_key=d.chosen_key,
-                    candidates_total=d.candidates_total,
-                    no_key_models=d.no_key_models,
+                    route=route,
                 )
             )
             if d.chosen is None or d.chosen_key is None:

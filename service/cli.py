@@ -18,7 +18,7 @@ from events.model_stats import Stats
 from events.replay import Replayed
 from events.sqlite_store import SqliteStore
 from events.types import KeyAdded, KeyDisabled, KeyEnabled, ModelUpdated, encode_event, event_type
-from events.view import RoutingView, rebuild
+from events.view import POOL_REASON, RoutingView, rebuild
 from service.config import Config, ConfigError, load_config
 from service.replay_runner import run_replay
 from service.secrets import SecretsError, Vault, key_label, load_master_key
@@ -359,10 +359,16 @@ def explain(r: Replayed) -> str:
             lines.append(
                 f"    ... {total - len(candidates)} more eligible models could not have scored higher"
             )
-    excluded = d.excluded if d is not None else rec.excluded
-    if excluded:
+    if d is not None:
+        pool = [e.ref for e in d.excluded if e.reason == POOL_REASON]
+        excluded = [e for e in d.excluded if e.reason != POOL_REASON]
+    else:
+        pool, excluded = list(rec.pool_excluded), list(rec.excluded)
+    if excluded or pool:
         lines.append("  not chosen because:")
         lines.extend(f"    {e.ref}: {e.reason}" for e in excluded)
+    if pool:
+        lines.append(f"    {POOL_REASON}: {', '.join(pool)}")
     no_key = d.no_key_models if d is not None else rec.no_key_models
     if no_key:
         lines.append(f"  {no_key} models skipped: their platforms have no key")

@@ -37,6 +37,7 @@ from actors.request import (
     Routed,
     StreamHandle,
     StreamItem,
+    _final_failure,
 )
 from events.catalog import CatalogModel
 from events.policy import RoutingPolicy
@@ -47,6 +48,7 @@ from events.types import (
     AttemptSucceeded,
     ClientDisconnected,
     Event,
+    Excluded,
     KeyAdded,
     KeyInvalidated,
     RequestCompleted,
@@ -54,7 +56,7 @@ from events.types import (
     RouteDecided,
     StreamStalled,
 )
-from events.view import RoutingView
+from events.view import POOL_REASON, RoutingView
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # fakes.py, beside this file
 from fakes import (
@@ -1018,3 +1020,13 @@ async def test_a_stream_nobody_reads_gives_up_instead_of_holding_the_upstream(
         handle.items.close()
         await gw.settle()
         assert [e.outcome for e in gw.events(RequestCompleted)] == ["client_abort"]
+
+
+def test_a_failure_message_gives_the_reasons_not_the_models_the_pool_left_out() -> None:
+    # In `auto` a third of the catalog is left out by pool; listed first, they pushed the reasons out.
+    excluded = [Excluded(ref=f"smart/m{i}", reason=POOL_REASON) for i in range(30)]
+    excluded.append(Excluded(ref="local/b", reason="key k1 invalid"))
+    failure = _final_failure([], excluded, None, 0, 0.0)
+    assert failure.status == 503
+    assert "local/b: skipped, key k1 invalid" in failure.message
+    assert "smart/" not in failure.message and "more models skipped" not in failure.message

@@ -22,6 +22,7 @@ from events.types import (
     AttemptStarted,
     AttemptSucceeded,
     Event,
+    Excluded,
     KeyAdded,
     KeyChecked,
     KeyDisabled,
@@ -31,8 +32,10 @@ from events.types import (
     RouteInput,
     SessionBanned,
     SessionPinned,
+    decode_event,
+    encode_event,
 )
-from events.view import RoutingView
+from events.view import POOL_REASON, RoutingView
 
 NOW = 1_000_000.0
 
@@ -866,3 +869,33 @@ def monkeypatch_module() -> Iterable[pytest.MonkeyPatch]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(decide_module, "RECORDED_CANDIDATES", 1000)
         yield mp
+
+
+# -- The decision record
+
+
+def test_the_record_names_pool_exclusions_by_ref_and_keeps_every_other_reason() -> None:
+    view = make_view(events=[KeyInvalidated(ts=NOW, key_id="g1", status=401)])
+    req = route_input(BIG.id, "auto")
+    d = decide(view, req, NOW, random.Random(0))
+    assert ("key g1 invalid", None) in reasons(d)[BIG.ref]  # named: its keys were checked
+    rec = d.record(ts=NOW, request_id="r1", attempt=2, seed=7, view_seq=view.seq, now=NOW, route=req)
+    assert set(rec.pool_excluded) == {SMART.ref, OWL.ref}
+    assert list(rec.excluded) == [e for e in d.excluded if e.reason != POOL_REASON]
+    assert Excluded(ref=BIG.ref, reason="key g1 invalid") in rec.excluded
+    assert (rec.request_id, rec.attempt, rec.seed, rec.view_seq, rec.now, rec.input) == (
+        "r1",
+        2,
+        7,
+        view.seq,
+        NOW,
+        req,
+    )
+    assert (rec.candidates, rec.chosen_ref, rec.chosen_key) == (d.candidates, d.chosen_ref, d.chosen_key)
+    assert (rec.candidates_total, rec.no_key_models) == (d.candidates_total, d.no_key_models)
+    assert decode_event(encode_event(rec)) == rec
+    # The bound applies to the exclusions with their own reasons, not to the pool's refs.
+    bounded = d.record(
+        ts=NOW, request_id="r1", attempt=2, seed=7, view_seq=0, now=NOW, route=req, max_excluded=0
+    )
+    assert (bounded.excluded, bounded.pool_excluded) == ((), rec.pool_excluded)

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import io
 import json
+import random
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from events.catalog import CatalogModel
+from events.decide import decide
+from events.policy import RoutingPolicy
+from events.replay import Replayed
 from events.sqlite_store import SqliteStore
-from events.types import AttemptFailed, KeyInvalidated
+from events.types import AttemptFailed, KeyAdded, KeyInvalidated, RouteInput
+from events.view import POOL_REASON, RoutingView
 from service import cli
 from service.secrets import Vault, key_id_for
 from service.server import DB_NAME
@@ -282,3 +288,19 @@ def test_a_malformed_master_key_exits_2_without_storing(setup, monkeypatch, caps
     assert "SWITCHBOARD_SECRET_KEY must be" in err
     assert "not-a-key" not in err
     assert not list(data_dir.glob(DB_NAME + "*")) or SECRET.encode() not in raw_bytes(data_dir)
+
+
+def test_explain_lists_the_models_the_pool_left_out_on_one_line():
+    models = [
+        CatalogModel("local", name, pool, True, True, None, rank, rank)
+        for name, pool, rank in (("a", "balanced", 2), ("s1", "smart", 1), ("s2", "smart", 3))
+    ]
+    view = RoutingView(models, RoutingPolicy())
+    view.apply(1, KeyAdded(ts=0.0, key_id="k1", platform="local", label="k1", source="config"))
+    route = RouteInput(mode="auto", requested=("auto",))
+    d = decide(view, route, 10.0, random.Random(1))
+    rec = d.record(ts=10.0, request_id="r1", attempt=1, seed=1, view_seq=1, now=10.0, route=route)
+    for replayed in (Replayed(5, rec, d, True), Replayed(5, rec, None, False)):  # recomputed, or as recorded
+        text = cli.explain(replayed)
+        assert f"    {POOL_REASON}: local/s1, local/s2" in text.splitlines()
+        assert text.count("local/s1") == 1
