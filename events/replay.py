@@ -11,7 +11,7 @@ from __future__ import annotations
 import bisect
 import random
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from events.decide import Decision, UnknownModel, decide
 from events.store import LogStore
@@ -19,8 +19,7 @@ from events.types import RouteDecided, event_tag
 from events.view import RoutingView
 
 
-@dataclass(frozen=True)
-class Replayed:
+class Replayed(NamedTuple):  # one per decision of a replay: a tuple is the cheapest record to build
     seq: int
     recorded: RouteDecided
     decision: Decision | None  # None: the model the request named does not exist under this config
