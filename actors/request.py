@@ -48,11 +48,10 @@ from events.types import (
     SessionPinned,
     StreamStalled,
 )
-from events.view import POOL_REASON, SessionPolicy
+from events.view import POOL_REASON, SessionPolicy, split_pool
 
 DRAIN_S = 0.5  # after [DONE], how long to wait for the upstream to end its body
 CONSUMER_GONE_S = 120.0  # a stream's consumer that takes nothing for this long has gone
-MAX_RECORDED_EXCLUSIONS = 64  # per decision event; the rest are summarised by replay --explain
 
 logger = logging.getLogger("switchboard.request")
 _decode = msgspec.json.decode
@@ -401,7 +400,6 @@ class RequestActor:
                     view_seq=decided.view_seq,
                     now=decided.now,
                     route=route,
-                    max_excluded=MAX_RECORDED_EXCLUSIONS,
                 )
             )
             if decision.pin_cleared and conversation.session and not conversation.pin_cleared:
@@ -1040,8 +1038,8 @@ def _final_failure(
         f"{t.ref} (key {t.key_id}): {t.kind}{f' {t.status}' if t.status else ''} {t.message}".rstrip()
         for t in tried
     ]
-    # Models the mode's pool leaves out are not why a request failed: listed, they crowd out the reasons.
-    skipped = [e for e in excluded if e.reason != POOL_REASON]
+    # Models the mode's pool leaves out are counted, not listed: listed first, they crowded out the reasons.
+    pool, skipped = split_pool(excluded)
     parts += [
         f"{e.ref}: skipped, {e.reason}"
         for e in skipped[:20]
@@ -1049,6 +1047,8 @@ def _final_failure(
     ]
     if len(skipped) > 20:
         parts.append(f"... and {len(skipped) - 20} more models skipped")
+    if pool:
+        parts.append(f"{len(pool)} models left out ({POOL_REASON})")
     detail = "; ".join(parts) if parts else "no models are configured"
     kinds = {t.kind for t in tried}
     if tried and kinds == {"context_exceeded"}:

@@ -27,9 +27,11 @@ from events.policy import RoutingPolicy
 from events.quotas import over_limit
 from events.sessions import SessionState
 from events.types import Excluded, RouteDecided, RouteInput, ScoredCandidate
-from events.view import POOL_REASON, ChainIndex, RoutingView
+from events.view import ChainIndex, RoutingView, split_pool
 
 PRIOR_TPS_AT_RANK_1 = 400.0  # a model with no speed data: 400 tok/s at speed rank 1, 200 at 2, ...
+RECORDED_CANDIDATES = 8  # a decision event lists this many scored candidates, best first
+RECORDED_EXCLUSIONS = 64  # ... and this many exclusions with their reasons (replay --explain recomputes all)
 
 
 class UnknownModel(LookupError):
@@ -70,12 +72,11 @@ class Decision:
         view_seq: int,
         now: float,
         route: RouteInput,
-        max_excluded: int = 64,
+        max_excluded: int = RECORDED_EXCLUSIONS,
     ) -> RouteDecided:
         """The decision event. Pool exclusions (a third of the catalog in `auto`, all for the same reason)
         are listed by ref only; the other exclusions keep their reasons, up to `max_excluded`."""
-        pool = [e.ref for e in self.excluded if e.reason == POOL_REASON]
-        others = [e for e in self.excluded if e.reason != POOL_REASON] if pool else self.excluded
+        pool, others = split_pool(self.excluded)
         return RouteDecided(
             ts=ts,
             request_id=request_id,
@@ -111,8 +112,6 @@ def mode_and_models(view: RoutingView, requested: tuple[str, ...]) -> tuple[str,
         named.extend(sorted(found, key=lambda m: m.intelligence_rank))
     return mode, named
 
-
-RECORDED_CANDIDATES = 8  # a decision event lists this many scored candidates, best first
 
 # A scored model, before it becomes a ScoredCandidate: (score, theta, parts, model, named).
 _Scored = tuple[float, float, "Parts", CatalogModel, bool]

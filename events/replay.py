@@ -22,13 +22,12 @@ from events.view import RoutingView
 class Replayed(NamedTuple):  # one per decision of a replay: a tuple is the cheapest record to build
     seq: int
     recorded: RouteDecided
-    decision: Decision | None  # None: the model the request named does not exist under this config
+    # The decision made again; None when the model the request named is unknown under this config, or when
+    # it was not kept (a forked replay sends back only what changed: service/replay_runner.py).
+    decision: Decision | None
     matches: bool
-
-    @property
-    def recomputed(self) -> tuple[str | None, str | None]:
-        d = self.decision
-        return (d.chosen_ref, d.chosen_key) if d is not None else (None, None)
+    recomputed: tuple[str | None, str | None] = (None, None)  # (model ref, key) chosen this time
+    unknown_model: bool = False
 
 
 _DECISIONS = frozenset({event_tag(RouteDecided)})
@@ -106,7 +105,8 @@ def _evaluate(view: RoutingView, seq: int, recorded: RouteDecided) -> Replayed:
     try:
         decision = decide(view, recorded.input, recorded.now, random.Random(recorded.seed))
     except UnknownModel:
-        return Replayed(seq, recorded, None, False)
-    same_choice = (decision.chosen_ref, decision.chosen_key) == (recorded.chosen_ref, recorded.chosen_key)
+        return Replayed(seq, recorded, None, False, unknown_model=True)
+    chosen = (decision.chosen_ref, decision.chosen_key)
     same_ranking = decision.candidate_refs == [c.ref for c in recorded.candidates]
-    return Replayed(seq, recorded, decision, same_choice and same_ranking)
+    matches = chosen == (recorded.chosen_ref, recorded.chosen_key) and same_ranking
+    return Replayed(seq, recorded, decision, matches, chosen)

@@ -48,14 +48,29 @@ class ChainIndex:
 POOL_REASON = "pool: smart models serve auto-smart or requests that name them"
 
 
+def split_pool(excluded: Iterable[Excluded]) -> tuple[list[str], list[Excluded]]:
+    """(refs the mode's pool left out, every other exclusion): the pool's share one reason."""
+    pool: list[str] = []
+    others: list[Excluded] = []
+    for e in excluded:
+        if e.reason == POOL_REASON:
+            pool.append(e.ref)
+        else:
+            others.append(e)
+    return pool, others
+
+
+# The view's projections in the order each event is folded into them: cooldowns after health (it reads the
+# keys' state including the same event).
+FOLD_ORDER = (Catalog, KeyHealth, Cooldowns, Quotas, Stats, Sessions, InFlight)
+
+
 class RoutingView:
     # Events some projection of the view folds: a replay reads only these, which skips the bulk of the log
     # (decision records are most of its bytes). A rebuild reads everything: it leaves the view at the log's
     # last position, where the log writer goes on from.
     FOLDED_TAGS: frozenset[str] = frozenset(
-        event_tag(t)
-        for t in EVENT_TYPES
-        if any(t in p.FOLDS for p in (Catalog, KeyHealth, Cooldowns, Quotas, Stats, Sessions, InFlight))
+        event_tag(t) for t in EVENT_TYPES if any(t in p.FOLDS for p in FOLD_ORDER)
     )
 
     def __init__(
@@ -84,8 +99,6 @@ class RoutingView:
         self._chains: dict[str, ChainIndex] = {}
         self._chains_basis: tuple[int, int] = (-1, -1)
         self._orders: dict[str, tuple[Hashable, BoundOrder]] = {}
-        # Per event type, the projections that fold it, in this order: cooldowns after health (it reads
-        # the keys' state including the same event).
         projections = (
             self.catalog,
             self.health,
@@ -95,6 +108,7 @@ class RoutingView:
             self.sessions,
             self.in_flight,
         )
+        assert tuple(map(type, projections)) == FOLD_ORDER
         self._folds: dict[type[Event], tuple[Callable[[Event], None], ...]] = {
             t: tuple(p.apply for p in projections if t in p.FOLDS) for t in EVENT_TYPES
         }

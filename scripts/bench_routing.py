@@ -13,6 +13,7 @@ live gateway would, including `route_decided` events. Then:
 from __future__ import annotations
 
 import argparse
+import gc
 import random
 import sys
 import tempfile
@@ -191,6 +192,9 @@ def run(requests: int, rounds: int) -> dict:
             simulated_s = time.perf_counter() - t0
             decide_us = bench_decide(view, now, rounds)
             events = store.last_seq()
+            # Like `switchboard replay`, which starts without the live view this process simulated with.
+            del view
+            gc.collect()
         finally:
             store.close()
         # The whole of `switchboard replay`: select the decisions, fold the log, decide each again.

@@ -18,7 +18,7 @@ from events.model_stats import Stats
 from events.replay import Replayed
 from events.sqlite_store import SqliteStore
 from events.types import KeyAdded, KeyDisabled, KeyEnabled, ModelUpdated, encode_event, event_type
-from events.view import POOL_REASON, RoutingView, rebuild
+from events.view import POOL_REASON, RoutingView, rebuild, split_pool
 from service.config import Config, ConfigError, load_config
 from service.replay_runner import run_replay
 from service.secrets import SecretsError, Vault, key_label, load_master_key
@@ -322,7 +322,7 @@ def _change_line(r: Replayed) -> str:
     rec = r.recorded
     was = f"{rec.chosen_ref} (key {rec.chosen_key})" if rec.chosen_ref else "nothing"
     now_ref, now_key = r.recomputed
-    if r.decision is None:
+    if r.unknown_model:
         now = "an error: the named model is unknown under this config"
     else:
         now = f"{now_ref} (key {now_key})" if now_ref else "nothing"
@@ -360,10 +360,10 @@ def explain(r: Replayed) -> str:
                 f"    ... {total - len(candidates)} more eligible models could not have scored higher"
             )
     if d is not None:
-        pool = [e.ref for e in d.excluded if e.reason == POOL_REASON]
-        excluded = [e for e in d.excluded if e.reason != POOL_REASON]
-    else:
-        pool, excluded = list(rec.pool_excluded), list(rec.excluded)
+        pool, excluded = split_pool(d.excluded)
+    else:  # older records list pool exclusions one by one
+        pool, excluded = split_pool(rec.excluded)
+        pool = [*rec.pool_excluded, *pool]
     if excluded or pool:
         lines.append("  not chosen because:")
         lines.extend(f"    {e.ref}: {e.reason}" for e in excluded)

@@ -3,13 +3,15 @@
 Replaying a range of the log is independent of replaying another: each needs only the view folded up to its
 decisions. So a long replay forks once: the child re-decides the decisions recorded in the first part of the
 log, the parent folds through that part (folding is cheap next to deciding) and re-decides the rest, and
-the child sends back how many it replayed and the ones that differ. The split is where both finish together:
+the child sends back how many it replayed and, for the ones that differ, what it chose instead (the parent
+reads their records itself: a what-if may change most decisions). The split is where both finish together:
 the parent folds the child's part too, so the child takes a little more than half of the decisions.
 
 No database connection is open across the fork (SQLite forbids carrying one into a child): the caller's
-store is not used, each process opens its own. Forking is skipped where it is unsafe or does not pay: no
-`os.fork` (Windows), other threads running (a fork copies only the calling one), a short log, or when every
-result is wanted (`--explain` prints them all).
+store is not used, each process opens its own. The child stops if the parent goes away. Forking is skipped
+where it is unsafe or does not pay: anywhere but Linux (macOS does not support fork without exec, Windows
+has no fork), other threads running (a fork copies only the calling one), a range shorter than
+PARALLEL_MIN_EVENTS, or when every result is wanted (`--explain` prints them all).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 
 from events.replay import Replayed, replay, replay_order, select_decisions
 from events.sqlite_store import SqliteStore
+from events.types import RouteDecided
 from events.view import RoutingView
 
 PARALLEL_MIN_EVENTS = 20_000  # below this a fork (~10 ms) is a large share of the replay
@@ -65,7 +68,9 @@ def run_replay(
     start, end = from_seq or 1, last if to_seq is None else min(to_seq, last)
     if parallel is None:
         parallel = (
-            hasattr(os, "fork") and threading.active_count() == 1 and end - start >= PARALLEL_MIN_EVENTS
+            sys.platform.startswith("linux")
+            and threading.active_count() == 1
+            and end - start >= PARALLEL_MIN_EVENTS
         )
     if not (parallel and splittable and end > start):
         return _serial(path, new_view, request_id, from_seq, to_seq, keep_all, progress)
@@ -94,12 +99,16 @@ def _serial(
 def _replay_part(
     store: SqliteStore,
     new_view: Callable[[], RoutingView],
-    targets: list,
+    targets: list[tuple[int, RouteDecided]],
     keep_all: bool,
     progress: Callable[[int, int], None] | None,
 ) -> tuple[int, list[Replayed], int]:
     results = [r for r in replay(store, new_view(), targets, progress=progress) if keep_all or not r.matches]
     return len(targets), results, max((t[1].view_seq for t in targets), default=0)
+
+
+# What the child sends back per decision that differs: (seq, recomputed choice, named model unknown).
+_Changed = tuple[int, tuple[str | None, str | None], bool]
 
 
 def _forked(
@@ -111,44 +120,58 @@ def _forked(
 ) -> ReplayRun:
     sys.stdout.flush()
     sys.stderr.flush()
+    parent = os.getpid()
     read_end, write_end = os.pipe()
+    reaped = False
     pid = os.fork()
     if pid == 0:  # the child: never returns, whatever happens
         try:
             os.close(read_end)
+
+            def parent_alive(_done: int, _total: int) -> None:  # called once per batch of the log
+                if os.getppid() != parent:
+                    os._exit(1)  # the parent was killed: nobody wants the answer
+
             try:
                 store = SqliteStore(path)
                 try:
                     targets = select_decisions(store, from_seq=head[0], to_seq=head[1])
-                    payload = pickle.dumps(("ok", _replay_part(store, new_view, targets, False, None)))
+                    total, results, events = _replay_part(store, new_view, targets, False, parent_alive)
                 finally:
                     store.close()
+                changed: list[_Changed] = [(r.seq, r.recomputed, r.unknown_model) for r in results]
+                payload = pickle.dumps(("ok", (total, changed, events)))
             except BaseException:  # the parent raises it with this traceback
                 payload = pickle.dumps(("error", traceback.format_exc()))
             with os.fdopen(write_end, "wb") as pipe:
                 pipe.write(payload)
         finally:
             os._exit(0)
-    os.close(write_end)
-    reaped = False
     try:
+        os.close(write_end)
         with os.fdopen(read_end, "rb") as pipe:
             store = SqliteStore(path)
             try:
                 targets = select_decisions(store, from_seq=tail[0], to_seq=tail[1])
                 total, results, events = _replay_part(store, new_view, targets, False, progress)
+                payload = pipe.read()
+                _, status = os.waitpid(pid, 0)
+                reaped = True
+                if not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0) or not payload:
+                    raise RuntimeError(f"the replay worker process died (wait status {status})")
+                outcome, value = pickle.loads(payload)
+                if outcome != "ok":
+                    raise RuntimeError(f"the replay worker process failed:\n{value}")
+                child_total, child_changed, child_events = value
+                if child_changed:
+                    records = dict(select_decisions(store, from_seq=head[0], to_seq=head[1]))
+                    results += [
+                        Replayed(seq, records[seq], None, False, recomputed, unknown)
+                        for seq, recomputed, unknown in child_changed
+                    ]
             finally:
                 store.close()
-            payload = pipe.read()
-        _, status = os.waitpid(pid, 0)
-        reaped = True
-        if not payload:
-            raise RuntimeError(f"the replay worker process died (wait status {status})")
-        outcome, value = pickle.loads(payload)
-        if outcome != "ok":
-            raise RuntimeError(f"the replay worker process failed:\n{value}")
-        child_total, child_results, child_events = value
-        merged = sorted([*child_results, *results], key=lambda r: replay_order(r.seq, r.recorded))
+        merged = sorted(results, key=lambda r: replay_order(r.seq, r.recorded))
         return ReplayRun(total + child_total, merged, max(events, child_events), 2)
     finally:
         if not reaped:  # interrupted or failed before the child was waited for

@@ -1030,3 +1030,7 @@ def test_a_failure_message_gives_the_reasons_not_the_models_the_pool_left_out() 
     assert failure.status == 503
     assert "local/b: skipped, key k1 invalid" in failure.message
     assert "smart/" not in failure.message and "more models skipped" not in failure.message
+    assert f"30 models left out ({POOL_REASON})" in failure.message
+    # Only the pool left models out (say, the only key is for a smart model, in `auto`): it says so.
+    only_pool = _final_failure([], excluded[:2], None, 0, 0.0)
+    assert only_pool.message.endswith(f"2 models left out ({POOL_REASON})"), only_pool.message
