@@ -203,10 +203,12 @@ def decide(view: RoutingView, req: RouteInput, now: float, rng: random.Random) -
         chosen, chosen_key = _walk_chain(
             view, p, parts, chain, chain_eligible, mode, req, tokens, now, rng, scored, excluded
         )
-    named_first = [c for c in scored if c[4]]
-    chain_sorted = sorted((c for c in scored if not c[4]), key=lambda c: (_group(c[3].pool, mode), -c[0]))
+    # Named models first, in the request's order (they were scored first); then the chain's, best first.
+    named_count = sum(1 for c in scored if c[4])
+    if len(scored) - named_count > 1:
+        scored[named_count:] = sorted(scored[named_count:], key=lambda c: (_group(c[3].pool, mode), -c[0]))
     return Decision(
-        tuple([*named_first, *chain_sorted][:RECORDED_CANDIDATES]),
+        tuple(scored[:RECORDED_CANDIDATES]),
         tuple(excluded),
         chosen,
         chosen_key,
