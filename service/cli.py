@@ -282,6 +282,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         to_seq=args.to_seq,
         keep_all=args.explain,
         progress=_progress_bar if show_progress else None,
+        parallel=None if args.processes is None else args.processes == 2,
     )
     elapsed = time.perf_counter() - started
     if show_progress:
@@ -444,6 +445,13 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--from", dest="from_seq", type=int, help="first log seq")
     rp.add_argument("--to", dest="to_seq", type=int, help="last log seq")
     rp.add_argument("--explain", action="store_true", help="print why each model was or was not chosen")
+    rp.add_argument(
+        "--processes",
+        type=int,
+        choices=(1, 2),
+        help="1: stay in one process; 2: split a log range across two (Linux); "
+        "default: two for ranges of 20,000 events or more",
+    )
     rp.set_defaults(func=cmd_replay)
     return parser
 

@@ -57,7 +57,7 @@ def run_replay(
     parallel: bool | None = None,
 ) -> ReplayRun:
     """Replay the decisions selected like `select_decisions` does. `parallel`: None decides by itself, True
-    forks whenever the selection is a log range and only the differences are wanted."""
+    forks whenever the selection is a log range, only the differences are wanted and `os.fork` exists."""
     store = SqliteStore(path)
     try:
         last = store.last_seq()
@@ -72,7 +72,7 @@ def run_replay(
             and threading.active_count() == 1
             and end - start >= PARALLEL_MIN_EVENTS
         )
-    if not (parallel and splittable and end > start):
+    if not (parallel and splittable and end > start and hasattr(os, "fork")):
         return _serial(path, new_view, request_id, from_seq, to_seq, keep_all, progress)
     split = start + int((end - start) * CHILD_SHARE)
     return _forked(path, new_view, (start, split), (split + 1, end), progress)

@@ -8,6 +8,7 @@ takes milliseconds and loopback I/O is never overtaken. The gateway's wall clock
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -382,6 +383,22 @@ async def test_replay_reproduces_a_real_run_and_a_what_if_changes_decisions(tmp_
     assert 0 < changed < len(decisions), summary
     assert f"{changed} of {len(decisions)} decisions would change" in summary
     assert "->" in out  # each change is listed: was -> would be
+
+    # The same replays split across two processes (the CLI does so by itself on long logs; a real process:
+    # it forks): the same verdicts and the same change lines, in the same order.
+    async def replay_in_two(config: Path) -> list[str]:
+        done = await trio.run_process(
+            [sys.executable, "-m", "service.cli", "replay", "--config", str(config), "--processes", "2"],
+            capture_stdout=True,
+        )
+        return done.stdout.decode().splitlines()
+
+    lines = await replay_in_two(config_path)
+    assert lines[-1].startswith(f"{len(decisions)} of {len(decisions)} decisions reproduced (100.0%)")
+    assert lines[-1].endswith("(2 processes)")
+    lines = await replay_in_two(what_if)
+    assert lines[:-1] == out.splitlines()[:-1]  # every change line
+    assert lines[-1].startswith(f"what-if under {what_if}: {changed} of {len(decisions)} decisions")
 
 
 # ---- key health -------------------------------------------------------------------------------------------
