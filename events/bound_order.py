@@ -7,8 +7,8 @@ once and then only the models whose score parts changed since (their own success
 Keys are loose: each is an upper bound of the exact bound `decide` uses (it leaves out the 429 penalty, and
 normalises the speed term by the fastest speed rounded to a 5% grid, so the fastest model getting a little
 faster does not reorder everything; with negative weights, which the config allows, the bounds widen the
-other way). `decide` tightens each key to the exact one as it takes models
-off this order, so the visit order, and with it every decision, is exactly that of sorting by exact bounds.
+other way). `decide` tightens each key to the exact one as it takes models off this order, so the visit
+order, and with it every decision, is exactly that of sorting by exact bounds.
 """
 
 from __future__ import annotations
