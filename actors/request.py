@@ -369,6 +369,7 @@ class RequestActor:
         progress.conversation = conversation
         tried: list[_Tried] = []
         excluded: tuple[Excluded, ...] = ()
+        no_key = 0  # models of the last decision left out because their platform has no key
         bad_request: _Tried | None = None
         bad_request_at = (
             0  # its index in `tried`: one more attempt elsewhere, then it goes back to the client
@@ -389,7 +390,7 @@ class RequestActor:
                     "model_not_found",
                 )
             decision = decided.decision
-            excluded = decision.excluded
+            excluded, no_key = decision.excluded, decision.no_key_models
             attempt = progress.attempts + 1
             await self._log.append(
                 decision.record(
@@ -438,7 +439,7 @@ class RequestActor:
                 bad_request, bad_request_at = tried[-1], len(tried) - 1
         if fallback_body is not None:
             return Completion(fallback_body, fallback_ref, progress.attempts)
-        return _final_failure(tried, list(excluded), bad_request, progress.attempts, self._now())
+        return _final_failure(tried, list(excluded), no_key, bad_request, progress.attempts, self._now())
 
     async def _register_turn(
         self,
@@ -1024,7 +1025,12 @@ def _learn(route: RouteInput, model: CatalogModel, key_id: str, out: _Outcome) -
 
 
 def _final_failure(
-    tried: list[_Tried], excluded: list[Excluded], bad_request: _Tried | None, attempts: int, now: float
+    tried: list[_Tried],
+    excluded: list[Excluded],
+    no_key: int,
+    bad_request: _Tried | None,
+    attempts: int,
+    now: float,
 ) -> Failure:
     if bad_request is not None:
         return Failure(
@@ -1047,6 +1053,8 @@ def _final_failure(
     ]
     if len(skipped) > 20:
         parts.append(f"... and {len(skipped) - 20} more models skipped")
+    if no_key:
+        parts.append(f"{no_key} models have no API key for their platform (switchboard keys add PLATFORM)")
     if pool:
         parts.append(f"{len(pool)} models left out ({POOL_REASON})")
     detail = "; ".join(parts) if parts else "no models are configured"

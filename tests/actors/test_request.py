@@ -1026,11 +1026,17 @@ def test_a_failure_message_gives_the_reasons_not_the_models_the_pool_left_out() 
     # In `auto` a third of the catalog is left out by pool; listed first, they pushed the reasons out.
     excluded = [Excluded(ref=f"smart/m{i}", reason=POOL_REASON) for i in range(30)]
     excluded.append(Excluded(ref="local/b", reason="key k1 invalid"))
-    failure = _final_failure([], excluded, None, 0, 0.0)
+    failure = _final_failure([], excluded, 0, None, 0, 0.0)
     assert failure.status == 503
     assert "local/b: skipped, key k1 invalid" in failure.message
     assert "smart/" not in failure.message and "more models skipped" not in failure.message
     assert f"30 models left out ({POOL_REASON})" in failure.message
     # Only the pool left models out (say, the only key is for a smart model, in `auto`): it says so.
-    only_pool = _final_failure([], excluded[:2], None, 0, 0.0)
+    only_pool = _final_failure([], excluded[:2], 0, None, 0, 0.0)
     assert only_pool.message.endswith(f"2 models left out ({POOL_REASON})"), only_pool.message
+    # No key at all: it says so first, with what to do.
+    no_keys = _final_failure([], excluded[:2], 7, None, 0, 0.0)
+    assert no_keys.message == (
+        "No model can take this request right now: 7 models have no API key for their platform "
+        f"(switchboard keys add PLATFORM); 2 models left out ({POOL_REASON})"
+    )
