@@ -285,18 +285,14 @@ async def test_a_replay_reproduces_the_actors_decisions(autojump_clock: trio.abc
             decided = await gw.health.decide(route, seed=i)
             d = decided.decision
             await gw.log.append(
-                RouteDecided(
+                d.record(
                     ts=gw.now(),
                     request_id=f"r{i}",
                     attempt=1,
                     seed=decided.seed,
                     view_seq=decided.view_seq,
                     now=decided.now,
-                    input=route,
-                    candidates=d.candidates,
-                    excluded=d.excluded,
-                    chosen_ref=d.chosen_ref,
-                    chosen_key=d.chosen_key,
+                    route=route,
                 )
             )
             if d.chosen is None or d.chosen_key is None:

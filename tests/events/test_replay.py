@@ -478,22 +478,15 @@ def simulate(seed: int, requests: int, policy: RoutingPolicy | None = None) -> M
             except UnknownModel:
                 break  # a 404 for the client: nothing recorded
             append(
-                RouteDecided(
+                d.record(
                     ts=now,
                     request_id=rid,
                     attempt=attempt,
                     seed=decision_seed,
                     view_seq=live.seq,
                     now=now,
-                    input=route,
-                    candidates=d.candidates,
-                    excluded=d.excluded[:20],
-                    chosen_ref=d.chosen_ref,
-                    chosen_key=d.chosen_key,
-                    candidates_total=d.candidates_total,
-                    no_key_models=d.no_key_models,
-                    pin_used=d.pin_used,
-                    pin_cleared=d.pin_cleared,
+                    route=route,
+                    max_excluded=20,
                 )
             )
             if d.chosen is None or d.chosen_key is None:
@@ -675,18 +668,14 @@ def test_a_shorter_transient_cooldown_changes_exactly_the_decisions_made_while_c
     def decision(now: float, route: RouteInput = route) -> None:
         d = decide(live, route, now, random.Random(int(now)))
         log(
-            RouteDecided(
+            d.record(
                 ts=now,
                 request_id=f"at{now:g}",
                 attempt=1,
                 seed=int(now),
                 view_seq=live.seq,
                 now=now,
-                input=route,
-                candidates=d.candidates,
-                excluded=d.excluded,
-                chosen_ref=d.chosen_ref,
-                chosen_key=d.chosen_key,
+                route=route,
             )
         )
 
@@ -735,18 +724,14 @@ def test_decisions_made_on_an_empty_view_replay_on_an_empty_view() -> None:
     assert d0.chosen is None
     store.append(
         [
-            RouteDecided(
+            d0.record(
                 ts=T0,
                 request_id="r0",
                 attempt=1,
                 seed=1,
                 view_seq=0,
                 now=T0,
-                input=route,
-                candidates=d0.candidates,
-                excluded=d0.excluded,
-                chosen_ref=None,
-                chosen_key=None,
+                route=route,
             )
         ]
     )
@@ -755,18 +740,14 @@ def test_decisions_made_on_an_empty_view_replay_on_an_empty_view() -> None:
     assert d1.chosen is not None
     store.append(
         [
-            RouteDecided(
+            d1.record(
                 ts=T0 + 1,
                 request_id="r1",
                 attempt=1,
                 seed=2,
                 view_seq=empty.seq,
                 now=T0 + 1,
-                input=route,
-                candidates=d1.candidates,
-                excluded=d1.excluded,
-                chosen_ref=d1.chosen_ref,
-                chosen_key=d1.chosen_key,
+                route=route,
             )
         ]
     )
