@@ -14,11 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from events.failures import TRANSIENT, FailureKind
 from events.key_health import KeyHealth
 from events.policy import RoutingPolicy
 from events.types import AttemptFailed, AttemptSucceeded, Event
-
-TRANSIENT = frozenset({"connect", "server_error", "stall_pre", "stall_mid"})
 
 
 @dataclass
@@ -72,12 +71,12 @@ class Cooldowns:
                         f"transient: every key failed ({kind}) within {p.transient_window_s:g}s",
                     )
                     state.failed_keys.clear()
-            case AttemptFailed(kind="model_missing"):
+            case AttemptFailed(kind=FailureKind.MODEL_MISSING):
                 state = self._of(f"{event.platform}/{event.model}")
                 self._cool(
                     state, event.ts + p.model_missing_cooldown_s, "model not found on this platform (404)"
                 )
-            case AttemptFailed(kind="rate_limited"):
+            case AttemptFailed(kind=FailureKind.RATE_LIMITED):
                 keys = [k for k in self._health.keys_of(event.platform) if k.status == "ok"]
                 if all(self._health.cooling_until(k.key_id, event.model, event.ts) is not None for k in keys):
                     ref = f"{event.platform}/{event.model}"

@@ -26,7 +26,7 @@ from events.catalog import ALIASES, VIRTUAL_MODELS, CatalogModel
 from events.policy import RoutingPolicy
 from events.quotas import over_limit
 from events.sessions import SessionState
-from events.types import Excluded, RouteDecided, RouteInput, ScoredCandidate
+from events.types import Excluded, ExclusionCode, RouteDecided, RouteInput, ScoredCandidate
 from events.view import ChainIndex, RoutingView, split_pool
 
 PRIOR_TPS_AT_RANK_1 = 400.0  # a model with no speed data: 400 tok/s at speed rank 1, 200 at 2, ...
@@ -141,14 +141,14 @@ def decide(view: RoutingView, req: RouteInput, now: float, rng: random.Random) -
         if m.ref in seen:
             continue
         seen.add(m.ref)
-        why, until = _model_exclusion(view, m, req, skip_models, skip_platforms, now)
-        if why is None and session_rules:
-            why = _session_exclusion(view, m, req.session, session, now)
-        if why is None and not has_keys(m.platform):
+        out = _model_exclusion(view, m, req, skip_models, skip_platforms, now)
+        if out is None and session_rules:
+            out = _session_exclusion(view, m, req.session, session, now)
+        if out is None and not has_keys(m.platform):
             no_key += 1
             continue
-        if why is not None:
-            excluded.append(Excluded(ref=m.ref, reason=why, until=until))
+        if out is not None:
+            excluded.append(out)
             continue
         eligible.append(m)
     chain: ChainIndex | None = None
@@ -174,14 +174,14 @@ def decide(view: RoutingView, req: RouteInput, now: float, rng: random.Random) -
                 if m.ref in seen:
                     continue
                 if per_model:
-                    why, until = _model_exclusion(view, m, req, skip_models, skip_platforms, now)
-                    if why is not None:
-                        excluded.append(Excluded(ref=m.ref, reason=why, until=until))
+                    out = _model_exclusion(view, m, req, skip_models, skip_platforms, now)
+                    if out is not None:
+                        excluded.append(out)
                         continue
                 if session_rules:
-                    why = _session_exclusion(view, m, req.session, session, now)
-                    if why is not None:
-                        excluded.append(Excluded(ref=m.ref, reason=why))
+                    out = _session_exclusion(view, m, req.session, session, now)
+                    if out is not None:
+                        excluded.append(out)
                         continue
                 chain_eligible.add(pos)
     chain_count = 0 if chain is None else len(chain.models if chain_eligible is None else chain_eligible)
@@ -245,7 +245,7 @@ def _use_pin(
         return None, None, f"the conversation outgrew {ref}'s context window ({m.context_window})"
     busy = _session_exclusion(view, m, req.session, session, now)
     if busy is not None:
-        return None, None, busy
+        return None, None, busy.reason
     info = view.health.keys.get(key_id)
     if info is None or info.status != "ok":
         return None, None, f"pinned key {key_id} is {info.status if info else 'gone'}"
@@ -261,11 +261,15 @@ def _use_pin(
 
 def _session_exclusion(
     view: RoutingView, m: CatalogModel, session_key: str | None, session: SessionState | None, now: float
-) -> str | None:
+) -> Excluded | None:
     sp = view.session_policy
     if session is not None:
         if m.platform in session.bans:
-            return f"banned for this session: {session.bans[m.platform]}"
+            return Excluded(
+                ref=m.ref,
+                reason=f"banned for this session: {session.bans[m.platform]}",
+                code=ExclusionCode.BANNED,
+            )
         if session.pin is not None:
             platform, model_id, _ = session.pin
             if (
@@ -274,17 +278,23 @@ def _session_exclusion(
                 and sp.level(platform) == "provider-ban"
                 and now - session.pin_used_at < sp.provider_ban_window_s
             ):
-                return (
-                    f"provider-ban: this session used {platform}/{model_id} "
+                return Excluded(
+                    ref=m.ref,
+                    reason=f"provider-ban: this session used {platform}/{model_id} "
                     f"{now - session.pin_used_at:.0f}s ago; other {platform} models wait "
-                    f"{sp.provider_ban_window_s:g}s"
+                    f"{sp.provider_ban_window_s:g}s",
+                    code=ExclusionCode.PROVIDER_BAN_WINDOW,
                 )
     if (
         m.platform in sp.single_flight
         and sp.level(m.platform) == "provider-ban"
         and view.in_flight.other_sessions(m.platform, session_key)
     ):
-        return f"single-flight: {m.platform} is in use by another session"
+        return Excluded(
+            ref=m.ref,
+            reason=f"single-flight: {m.platform} is in use by another session",
+            code=ExclusionCode.SINGLE_FLIGHT,
+        )
     return None
 
 
@@ -403,20 +413,39 @@ def _model_exclusion(
     skip_models: dict[str, str],
     skip_platforms: dict[str, str],
     now: float,
-) -> tuple[str | None, float | None]:
+) -> Excluded | None:
     """Why a model (that passed the pool filter, or was named) cannot take this request now."""
     if m.ref in skip_models:
-        return f"skipped for this request: {skip_models[m.ref]}", None
+        return Excluded(
+            ref=m.ref, reason=f"skipped for this request: {skip_models[m.ref]}", code=ExclusionCode.SKIPPED
+        )
     if m.platform in skip_platforms:
-        return f"platform skipped for this request: {skip_platforms[m.platform]}", None
+        return Excluded(
+            ref=m.ref,
+            reason=f"platform skipped for this request: {skip_platforms[m.platform]}",
+            code=ExclusionCode.PLATFORM_SKIPPED,
+        )
     if req.min_context is not None and (m.context_window or 0) <= req.min_context:
-        return f"context window {m.context_window} not larger than {req.min_context}", None
+        return Excluded(
+            ref=m.ref,
+            reason=f"context window {m.context_window} not larger than {req.min_context}",
+            code=ExclusionCode.CONTEXT,
+        )
     if m.context_window is not None and req.est_tokens > m.context_window:
-        return f"context window {m.context_window} < {req.est_tokens} estimated tokens", None
+        return Excluded(
+            ref=m.ref,
+            reason=f"context window {m.context_window} < {req.est_tokens} estimated tokens",
+            code=ExclusionCode.CONTEXT,
+        )
     cooling = view.cooldowns.cooling(m.ref, now)
     if cooling is not None:
-        return f"cooling for {cooling[0] - now:.0f}s ({cooling[1]})", cooling[0]
-    return None, None
+        return Excluded(
+            ref=m.ref,
+            reason=f"cooling for {cooling[0] - now:.0f}s ({cooling[1]})",
+            until=cooling[0],
+            code=ExclusionCode.COOLING,
+        )
+    return None
 
 
 def _pick_key(
@@ -429,16 +458,27 @@ def _pick_key(
     for info in view.health.keys_of(m.platform):
         key_id = info.key_id
         if info.status != "ok":
-            excluded.append(Excluded(ref=m.ref, reason=f"key {key_id} {info.status}"))
+            excluded.append(
+                Excluded(ref=m.ref, reason=f"key {key_id} {info.status}", code=ExclusionCode.KEY_UNUSABLE)
+            )
             continue
         until = view.health.cooling_until(key_id, m.id, now)
         if until is not None:
             excluded.append(
-                Excluded(ref=m.ref, reason=f"key {key_id} rate-limited for {until - now:.0f}s", until=until)
+                Excluded(
+                    ref=m.ref,
+                    reason=f"key {key_id} rate-limited for {until - now:.0f}s",
+                    until=until,
+                    code=ExclusionCode.RATE_LIMITED,
+                )
             )
             continue
         if (key_id, m.ref) in tried:
-            excluded.append(Excluded(ref=m.ref, reason=f"key {key_id} already tried for this request"))
+            excluded.append(
+                Excluded(
+                    ref=m.ref, reason=f"key {key_id} already tried for this request", code=ExclusionCode.TRIED
+                )
+            )
             continue
         usage = view.quotas.usage(key_id, m.ref, now)
         why = over_limit(m.limits, usage, tokens)
@@ -448,6 +488,7 @@ def _pick_key(
                     ref=m.ref,
                     reason=f"key {key_id} {why}",
                     until=view.quotas.frees_at(key_id, m.ref, now, m.limits, tokens),
+                    code=ExclusionCode.QUOTA,
                 )
             )
             continue

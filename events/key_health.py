@@ -1,11 +1,13 @@
-"""Key health: per key ok / invalid (401/403) / disabled, and per key x model cooling until T (429s and
-exhausted rate-limit headers). A projection: folded from events, read with an explicit `now`."""
+"""Key health: per key ok / invalid (401, or a 403 whose key check failed) / disabled, and per key x model
+cooling until T (429s, exhausted rate-limit headers, a 403 for a working key). A projection: folded from
+events, read with an explicit `now`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from typing import ClassVar, Literal
 
+from events.failures import FailureKind
 from events.types import (
     AttemptFailed,
     AttemptSucceeded,
@@ -47,8 +49,9 @@ class KeyHealth:
         }
     )
 
-    def __init__(self, rate_limit_cooldown_s: float = 60.0) -> None:
+    def __init__(self, rate_limit_cooldown_s: float = 60.0, forbidden_cooldown_s: float = 3600.0) -> None:
         self.rate_limit_cooldown_s = rate_limit_cooldown_s
+        self.forbidden_cooldown_s = forbidden_cooldown_s
         self.keys: dict[str, KeyInfo] = {}
         self._by_platform: dict[str, list[str]] = {}
         self.platforms_version = 0  # changes when a platform gets its first key
@@ -94,9 +97,12 @@ class KeyHealth:
                     self.keys[key_id] = replace(
                         info, status="invalid", reason=f"health check: HTTP {event.status}"
                     )
-            case AttemptFailed(kind="rate_limited"):
+            case AttemptFailed(kind=FailureKind.RATE_LIMITED):
                 wait = event.retry_after_s if event.retry_after_s is not None else self.rate_limit_cooldown_s
                 self._cool(event.key_id, event.model, event.ts + wait)
+            case AttemptFailed(kind=FailureKind.FORBIDDEN):
+                # A 403 for a key that works elsewhere: this key may not use this model (or this content).
+                self._cool(event.key_id, event.model, event.ts + self.forbidden_cooldown_s)
             case AttemptSucceeded(exhausted_for_s=wait) if wait is not None:
                 # The provider said this was the last request (x-ratelimit-remaining: 0) until its reset.
                 self._cool(event.key_id, event.model, event.ts + wait)

@@ -13,7 +13,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from events.taxonomy import MODEL_FAULTS
+from events.failures import MODEL_FAULTS
 from events.types import AttemptFailed, AttemptSucceeded, Event, StreamStalled
 
 BUCKET_S = 60.0

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from events.failures import PROTECTED
 from events.types import (
     AttemptFailed,
     AttemptStarted,
@@ -170,10 +171,6 @@ class InFlight:
 
 # ---- thread protection ----------------------------------------------------------------------------------
 
-PROTECTED_KINDS = frozenset(
-    {"server_error", "connect", "stall_pre", "stall_mid", "truncated", "empty", "rate_limited"}
-)
-
 
 @dataclass(frozen=True)
 class Protection:
@@ -188,7 +185,7 @@ NO_ACTION = Protection(False, False, False, "")
 
 def protect(level: str, kind: str, mid_stream: bool) -> Protection:
     """The decision table. `level` is the platform's protection; `kind` the failure kind."""
-    if level == "off" or kind not in PROTECTED_KINDS:
+    if level == "off" or kind not in PROTECTED:
         return NO_ACTION
     where = "mid-stream " if mid_stream else ""
     if level == "provider-ban":

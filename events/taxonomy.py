@@ -1,7 +1,7 @@
 """The error taxonomy of DESIGN.md section 5 as pure functions: from what an upstream said to a failure kind.
 
-The request actor decides what to do with a kind (next key, next model, back to the client); the
-projections decide what a kind does to a key or a model. Nothing here looks at a platform's name.
+What each kind means (retried, cools what, protected) is events/failures.py's table. Nothing here looks at a
+platform's name.
 """
 
 from __future__ import annotations
@@ -11,24 +11,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-# Kinds after which another candidate may succeed.
-RETRYABLE = frozenset(
-    {
-        "connect",
-        "server_error",
-        "rate_limited",
-        "auth",
-        "model_missing",
-        "context_exceeded",
-        "stall_pre",
-        "truncated",
-        "empty",
-    }
-)
-# Kinds that say something about the model rather than the key (count against the model's stats).
-MODEL_FAULTS = frozenset(
-    {"connect", "server_error", "stall_pre", "stall_mid", "truncated", "empty", "model_missing"}
-)
+from events.failures import FailureKind
 
 _CONTEXT_MARKERS = (
     "context_length_exceeded",
@@ -41,19 +24,20 @@ _CONTEXT_MARKERS = (
 )
 
 
-def kind_for_status(status: int, error: Mapping[str, Any] | None = None) -> str:
-    """Classify an HTTP error status (and the provider's error object, if any)."""
+def kind_for_status(status: int, error: Mapping[str, Any] | None = None) -> FailureKind:
+    """Classify an HTTP error status (and the provider's error object, if any). A 403 is `auth` here; the
+    request runner checks the key before it believes that (a working key makes it `forbidden`)."""
     if status == 429:
-        return "rate_limited"
+        return FailureKind.RATE_LIMITED
     if status in (401, 403):
-        return "auth"
+        return FailureKind.AUTH
     if status == 413 or (status == 400 and _is_context_error(error)):
-        return "context_exceeded"
+        return FailureKind.CONTEXT_EXCEEDED
     if status == 404:
-        return "model_missing"
+        return FailureKind.MODEL_MISSING
     if 400 <= status < 500:
-        return "bad_request"
-    return "server_error"
+        return FailureKind.BAD_REQUEST
+    return FailureKind.SERVER_ERROR
 
 
 def _is_context_error(error: Mapping[str, Any] | None) -> bool:

@@ -6,6 +6,7 @@ Schema evolution: new fields get defaults; a field's type never changes; a tag i
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Literal
 
 import msgspec
@@ -179,12 +180,30 @@ class ScoredCandidate(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     named: bool = False  # named by the request: keeps its place ahead of the chain
 
 
+class ExclusionCode(StrEnum):
+    """Why a candidate was left out, for code to read (`Excluded.reason` is for people)."""
+
+    POOL = "pool"  # the mode's pool leaves the model out
+    SKIPPED = "skipped"  # this request skips the model (it failed here, or thread protection)
+    PLATFORM_SKIPPED = "platform_skipped"  # this request skips the platform
+    CONTEXT = "context"  # the context window is too small
+    COOLING = "cooling"  # the model is cooling down
+    BANNED = "banned"  # thread protection banned the platform for the session
+    PROVIDER_BAN_WINDOW = "provider_ban_window"  # the session just used another model of the platform
+    SINGLE_FLIGHT = "single_flight"  # the platform is busy with another session
+    KEY_UNUSABLE = "key_unusable"  # the key is invalid or disabled
+    RATE_LIMITED = "rate_limited"  # the key is cooling for this model after a 429 (or a 403)
+    TRIED = "tried"  # this request already tried the key for this model
+    QUOTA = "quota"  # the key is over one of the model's limits
+
+
 class Excluded(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """A model (or one key of it) a decision left out, and why."""
+    """A model (or one key of it) a decision left out, and why (`code`: "" in logs older than codes)."""
 
     ref: str
     reason: str
     until: float | None = None
+    code: str = ""
 
 
 class RouteInput(msgspec.Struct, frozen=True, kw_only=True, gc=False):

@@ -18,7 +18,7 @@ from events.policy import RoutingPolicy
 from events.quotas import Quotas
 from events.sessions import InFlight, Sessions
 from events.store import Entry, LogStore
-from events.types import EVENT_TYPES, AttemptSucceeded, Event, Excluded, event_tag
+from events.types import EVENT_TYPES, AttemptSucceeded, Event, Excluded, ExclusionCode, event_tag
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,8 @@ def split_pool(excluded: Iterable[Excluded]) -> tuple[list[str], list[Excluded]]
     pool: list[str] = []
     others: list[Excluded] = []
     for e in excluded:
-        if e.reason == POOL_REASON:
+        # (Records older than exclusion codes have only the reason.)
+        if e.code == ExclusionCode.POOL or (not e.code and e.reason == POOL_REASON):
             pool.append(e.ref)
         else:
             others.append(e)
@@ -83,7 +84,7 @@ class RoutingView:
         self.policy = policy
         self.session_policy = session_policy or SessionPolicy()
         self.catalog = Catalog(models)
-        self.health = KeyHealth(policy.rate_limit_cooldown_s)
+        self.health = KeyHealth(policy.rate_limit_cooldown_s, policy.forbidden_cooldown_s)
         self.quotas = Quotas(rolling_day_platforms)
         self.cooldowns = Cooldowns(policy, self.health)
         self.stats = Stats(policy.decay_days)
@@ -135,7 +136,7 @@ class RoutingView:
                 if not (m.enabled and m.fallback):
                     continue
                 if mode == "auto" and m.pool == "smart":
-                    excluded.append(Excluded(ref=m.ref, reason=POOL_REASON))
+                    excluded.append(Excluded(ref=m.ref, reason=POOL_REASON, code=ExclusionCode.POOL))
                 elif not self.health.has_keys(m.platform):
                     no_key += 1
                 else:

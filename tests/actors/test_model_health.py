@@ -25,6 +25,7 @@ from events.types import (
     AttemptStarted,
     AttemptSucceeded,
     Excluded,
+    ExclusionCode,
     KeyAdded,
     KeyDisabled,
     KeyEnabled,
@@ -106,14 +107,17 @@ async def test_a_durable_invalidation_is_seen_by_the_next_decision(autojump_cloc
         for seed in range(20):
             decision = (await gw.health.decide(only("groq/llama-70b"), seed)).decision
             assert decision.chosen_key == "g2"
-            assert Excluded(ref=BIG.ref, reason="key g1 invalid") in decision.excluded
+            assert (
+                Excluded(ref=BIG.ref, reason="key g1 invalid", code=ExclusionCode.KEY_UNUSABLE)
+                in decision.excluded
+            )
 
         await gw.log.append_durable(KeyInvalidated(ts=gw.now(), key_id="g2", status=403))
         decision = (await gw.health.decide(only("groq/llama-70b"))).decision
         assert (decision.chosen, decision.chosen_key) == (None, None)
         assert decision.excluded == (
-            Excluded(ref=BIG.ref, reason="key g1 invalid"),
-            Excluded(ref=BIG.ref, reason="key g2 invalid"),
+            Excluded(ref=BIG.ref, reason="key g1 invalid", code=ExclusionCode.KEY_UNUSABLE),
+            Excluded(ref=BIG.ref, reason="key g2 invalid", code=ExclusionCode.KEY_UNUSABLE),
         )
 
 

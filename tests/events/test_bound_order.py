@@ -161,14 +161,14 @@ def reference_decide(view: RoutingView, req: RouteInput, now: float, rng: random
         if m.ref in seen:
             continue
         seen.add(m.ref)
-        why, until = _model_exclusion(view, m, req, skip_models, skip_platforms, now)
-        if why is None and session_rules:
-            why = _session_exclusion(view, m, req.session, session, now)
-        if why is None and not has_keys(m.platform):
+        out = _model_exclusion(view, m, req, skip_models, skip_platforms, now)
+        if out is None and session_rules:
+            out = _session_exclusion(view, m, req.session, session, now)
+        if out is None and not has_keys(m.platform):
             no_key += 1
             continue
-        if why is not None:
-            excluded.append(Excluded(ref=m.ref, reason=why, until=until))
+        if out is not None:
+            excluded.append(out)
             continue
         eligible.append(m)
     if req.use_chain:
@@ -187,14 +187,14 @@ def reference_decide(view: RoutingView, req: RouteInput, now: float, rng: random
             if m.ref in seen:
                 continue
             if per_model:
-                why, until = _model_exclusion(view, m, req, skip_models, skip_platforms, now)
-                if why is not None:
-                    excluded.append(Excluded(ref=m.ref, reason=why, until=until))
+                out = _model_exclusion(view, m, req, skip_models, skip_platforms, now)
+                if out is not None:
+                    excluded.append(out)
                     continue
             if session_rules:
-                why = _session_exclusion(view, m, req.session, session, now)
-                if why is not None:
-                    excluded.append(Excluded(ref=m.ref, reason=why))
+                out = _session_exclusion(view, m, req.session, session, now)
+                if out is not None:
+                    excluded.append(out)
                     continue
             chain_models.append(m)
 

@@ -23,6 +23,7 @@ from events.types import (
     AttemptSucceeded,
     Event,
     Excluded,
+    ExclusionCode,
     KeyAdded,
     KeyChecked,
     KeyDisabled,
@@ -882,7 +883,7 @@ def test_the_record_names_pool_exclusions_by_ref_and_keeps_every_other_reason() 
     rec = d.record(ts=NOW, request_id="r1", attempt=2, seed=7, view_seq=view.seq, now=NOW, route=req)
     assert set(rec.pool_excluded) == {SMART.ref, OWL.ref}
     assert list(rec.excluded) == [e for e in d.excluded if e.reason != POOL_REASON]
-    assert Excluded(ref=BIG.ref, reason="key g1 invalid") in rec.excluded
+    assert Excluded(ref=BIG.ref, reason="key g1 invalid", code=ExclusionCode.KEY_UNUSABLE) in rec.excluded
     assert (rec.request_id, rec.attempt, rec.seed, rec.view_seq, rec.now, rec.input) == (
         "r1",
         2,

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from events.failures import MODEL_FAULTS
 from events.model_stats import EWMA_ALPHA, Stats
-from events.taxonomy import MODEL_FAULTS
 from events.types import (
     AttemptFailed,
     AttemptStarted,

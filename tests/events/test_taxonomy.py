@@ -8,9 +8,8 @@ import math
 
 import pytest
 
+from events.failures import MODEL_FAULTS, TRAITS, FailureKind, traits
 from events.taxonomy import (
-    MODEL_FAULTS,
-    RETRYABLE,
     error_message,
     kind_for_status,
     retry_after_s,
@@ -70,6 +69,9 @@ def test_a_context_message_does_not_change_other_statuses() -> None:
     assert kind_for_status(429, context) == "rate_limited"
     assert kind_for_status(500, context) == "server_error"
     assert kind_for_status(413, None) == "context_exceeded"
+
+
+RETRYABLE = frozenset(k for k, t in TRAITS.items() if t.retry == "yes")
 
 
 def test_retryable_and_model_fault_sets_follow_the_table() -> None:
@@ -259,3 +261,16 @@ def test_an_epoch_reset_header_is_not_a_wait_of_decades(value: str) -> None:
 def test_a_non_finite_retry_after_is_not_a_wait(value: str) -> None:
     wait = retry_after_s({"retry-after": value}, NOW)
     assert wait is None or math.isfinite(wait)
+
+
+def test_every_kind_has_traits_and_unknown_kinds_decode_harmlessly() -> None:
+    assert set(TRAITS) == set(FailureKind)
+    unknown = traits("a_kind_from_a_newer_build")
+    assert not (unknown.model_fault or unknown.transient or unknown.protected)
+
+
+def test_a_stall_before_the_first_byte_skips_the_model_not_just_the_key() -> None:
+    assert traits(FailureKind.STALL_PRE).skips_model
+    assert not traits(FailureKind.CONNECT).skips_model  # a reset may be one key's connection
+    assert traits(FailureKind.FORBIDDEN).scope == "key_model"
+    assert traits(FailureKind.AUTH).scope == "key"
