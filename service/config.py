@@ -3,10 +3,11 @@
 Every setting has a default, so `load_config(None)` gives a working gateway (built-in catalog, data in
 `./data`). A file only says what differs. Mistakes are reported as one `ConfigError` naming the file, the
 line and the key path, because a gateway that starts with a silently ignored typo routes wrongly for hours.
+Messages never contain the value of a gateway key, admin token, provider key or header.
 
-Error handling: any problem (missing file, TOML syntax, unknown key, wrong type, out-of-range value,
-duplicate) raises `ConfigError`. Messages never contain the value of a gateway key, admin token, provider
-key or header: they say what kind of value was found instead.
+The file's shape is a msgspec schema (`ConfigFile`); `_translate` turns its errors into those messages. Only
+rules across several keys (duplicates, references, orderings) are checked by hand. Defaults live with the
+code that uses the values (`RoutingPolicy`, `SessionPolicy`, `PlatformConfig`, `ModelConfig`, ...).
 
 Environment (wins over the file; empty values count as unset): SWITCHBOARD_HOST, SWITCHBOARD_PORT,
 SWITCHBOARD_DATA_DIR, `<PLATFORM>_API_KEY` (comma list, see `env_var_for`) and THREAD_PROTECTION_PLATFORMS
@@ -16,27 +17,39 @@ SWITCHBOARD_DATA_DIR, `<PLATFORM>_API_KEY` (comma list, see `env_var_for`) and T
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
+import sys
 import tomllib
+import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 from itertools import pairwise
 from pathlib import Path
-from typing import Any, get_type_hints
-from urllib.parse import urlsplit
+from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
+import msgspec
+from msgspec import UNSET, Meta, UnsetType
+
+from events.catalog import CatalogModel
 from events.policy import RoutingPolicy
+from events.quotas import Limits
+from events.view import SessionPolicy
 
-KINDS = ("openai",)
-PROTECTIONS = ("provider-ban", "model-skip", "off")
-POOLS = ("fast", "balanced", "smart")
-QUOTA_DAYS = ("utc", "rolling")  # daily limits reset at UTC midnight / count the last 24 hours
+# The platform kinds the gateway has an adapter for: a new adapter adds its kind here and nowhere else.
+Kind = Literal["openai"]
+Protection = Literal["provider-ban", "model-skip", "off"]
+Pool = Literal["fast", "balanced", "smart"]
+QuotaDay = Literal["utc", "rolling"]  # daily limits reset at UTC midnight / count the last 24 hours
+KINDS: tuple[str, ...] = get_args(Kind)
+PROTECTIONS: tuple[str, ...] = get_args(Protection)
+POOLS: tuple[str, ...] = get_args(Pool)
+QUOTA_DAYS: tuple[str, ...] = get_args(QuotaDay)
 
-DEFAULT_PROTECTION = "model-skip"
-DEFAULT_QUOTA_DAY = "utc"
+DEFAULT_PROTECTION: Protection = "model-skip"
+DEFAULT_QUOTA_DAY: QuotaDay = "utc"
+DEFAULT_DATA_DIR = Path("data")  # relative to the working directory: a file's data_dir is relative to it
 PROTECTION_ENV = "THREAD_PROTECTION_PLATFORMS"  # "longcat:provider-ban,groq:model-skip"
 # A model added by the file without ranks sits mid-table (seed ranges: intelligence 1..32, speed 1..11): an
 # unknown model should neither outrank the known-strong ones in smart mode nor be starved everywhere else.
@@ -47,8 +60,6 @@ UNLIMITED = "unlimited"  # TOML has no null: this string resets a limit to "none
 
 _KeyPath = tuple[str | int, ...]
 
-_PLATFORM_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
-_SHA256 = re.compile(r"sha256:[0-9a-fA-F]{64}")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _TOML_POSITION = re.compile(r"\s*\((?:at line (\d+), column \d+|at end of document)\)\s*$")
 
@@ -77,12 +88,58 @@ class ConfigError(Exception):
         return ": ".join(part for part in (where, self.key, self.message) if part)
 
 
-@dataclass(frozen=True)
-class Timeouts:
-    first_byte_s: float = 45.0
-    stall_s: float = 45.0
-    keepalive_s: float = 15.0
-    transient_cooldown_s: float = 15.0
+# --- the values the rest of the gateway reads ------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlatformConfig:
+    name: str
+    kind: Kind
+    base_url: str
+    display_name: str
+    env_var: str
+    keys: tuple[str, ...] = field(default=(), repr=False)  # secrets: a logged config must leak nothing
+    protection: Protection = DEFAULT_PROTECTION
+    headers: dict[str, str] = field(default_factory=dict, repr=False)  # may carry credentials too
+    # Raises this platform's first-byte deadline above [timeouts] first_byte_s (slow reasoning models);
+    # None: the global deadline applies.
+    timeout_s: float | None = None
+    quota_day: QuotaDay = DEFAULT_QUOTA_DAY
+    # Provider-ban platforms only: while one session has a request in flight here, other sessions skip it.
+    single_flight: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """A model of the catalog or the file: CatalogModel's fields under the same names (so `catalog_model`
+    copies them without a list to keep in step), the limits flat as the file spells them, and the name
+    shown to people. The defaults are those of a model the file adds."""
+
+    platform: str
+    id: str
+    display_name: str
+    pool: Pool = "balanced"
+    fallback: bool = True
+    enabled: bool = True
+    context_window: int | None = None
+    rpm: int | None = None
+    rpd: int | None = None
+    tpm: int | None = None
+    tpd: int | None = None
+    intelligence_rank: int = DEFAULT_INTELLIGENCE_RANK
+    speed_rank: int = DEFAULT_SPEED_RANK
+
+    @property
+    def ref(self) -> str:
+        return f"{self.platform}/{self.id}"
+
+    def catalog_model(self) -> CatalogModel:
+        limits = Limits(**{name: getattr(self, name) for name in _LIMIT_FIELDS})
+        return CatalogModel(**{name: getattr(self, name) for name in _CATALOG_FIELDS}, limits=limits)
+
+
+_LIMIT_FIELDS = tuple(f.name for f in fields(Limits))
+_CATALOG_FIELDS = tuple(f.name for f in fields(CatalogModel) if f.init and f.name != "limits")
 
 
 @dataclass(frozen=True)
@@ -94,8 +151,8 @@ class Routing:
     different is a ValueError).
     """
 
-    max_attempts: int = 5
-    rate_limit_cooldown_s: float = RoutingPolicy.rate_limit_cooldown_s  # a 429 that carries no Retry-After
+    max_attempts: int = 5  # upstream calls per request, across models and keys
+    rate_limit_cooldown_s: float = RoutingPolicy.rate_limit_cooldown_s
     policy: RoutingPolicy = field(default_factory=RoutingPolicy)
 
     def __post_init__(self) -> None:
@@ -113,228 +170,76 @@ class Routing:
             )
 
 
-@dataclass(frozen=True)
-class Sessions:
+# --- the file's schema -----------------------------------------------------------------------------------
+# Every leaf type carries the words an error uses for what it expects ("expected <description>, found ...");
+# `extra=_SECRET` marks values (and everything under them) that an error describes without showing.
+
+_SECRET = {"secret": True}
+_FINITE = sys.float_info.max  # TOML allows inf and nan; no setting means either
+
+
+def _choices(what: str, literal: Any) -> str:
+    return f"{what} ({', '.join(json.dumps(v) for v in get_args(literal))})"
+
+
+Text = Annotated[str, Meta(pattern=r"\S", description="a non-empty string")]
+SecretText = Annotated[str, Meta(pattern=r"\S", description="a non-empty string", extra=_SECRET)]
+# Gateway keys and the admin token: plaintext, or already hashed as `sha256:<64 hex>`.
+Token = Annotated[
+    str,
+    Meta(
+        pattern=r"\A(?!sha256:)(?s:.*)\S|\Asha256:[0-9a-fA-F]{64}\Z",
+        description='plaintext or "sha256:" and 64 hex digits',
+        extra=_SECRET,
+    ),
+]
+Port = Annotated[int, Meta(ge=0, le=65535, description="an integer from 0 to 65535")]
+Count = Annotated[int, Meta(ge=1, description="an integer >= 1")]
+Seconds = Annotated[float, Meta(gt=0, le=_FINITE, description="a positive number of seconds")]
+Finite = Annotated[float, Meta(ge=-_FINITE, le=_FINITE, description="a finite number")]
+Flag = Annotated[bool, Meta(description="true or false")]
+Limit = Annotated[Count | Literal["unlimited"], Meta(description=f'an integer >= 1 or "{UNLIMITED}"')]
+Url = Annotated[str, Meta(pattern=r"(?i)\Ahttps?://[^/?#\s]", description="an http:// or https:// URL")]
+PlatformName = Annotated[
+    str,
+    Meta(
+        pattern=r"\A[a-z0-9][a-z0-9_-]*\Z",
+        description='a platform name of lowercase letters, digits, "-" and "_"',
+    ),
+]
+_STRINGS = Meta(description="an array of strings", extra=_SECRET)  # of secrets: described, never shown
+Headers = Annotated[
+    dict[str, Annotated[str, Meta(description="a string")]],
+    Meta(description="a table of header names to strings", extra=_SECRET),
+]
+KindField = Annotated[Kind, Meta(description=_choices("a supported platform kind", Kind))]
+ProtectionField = Annotated[Protection, Meta(description=_choices("a protection level", Protection))]
+PoolField = Annotated[Pool, Meta(description=_choices("a pool", Pool))]
+QuotaDayField = Annotated[QuotaDay, Meta(description=_choices("a quota day", QuotaDay))]
+
+
+class _Table(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    pass
+
+
+class Timeouts(_Table):
+    first_byte_s: Seconds = 45.0  # an attempt with no first byte by then is abandoned (falls over)
+    stall_s: Seconds = 45.0  # silence this long after the first byte ends the attempt
+    keepalive_s: Seconds = 15.0  # a streaming client hears ": keep-alive" after this much silence
+    # The documented spelling of RoutingPolicy.transient_cooldown_s (also settable under [routing]).
+    transient_cooldown_s: Seconds = RoutingPolicy.transient_cooldown_s
+
+
+class Sessions(_Table):
     """`[sessions]`: the session table (pins, bans) and thread protection timing."""
 
-    pin_ttl_s: float = 1800.0  # a pin expires after this long without use
-    max_sessions: int = 10000  # the table is bounded: the least recently used session goes first
+    pin_ttl_s: Seconds = SessionPolicy.pin_ttl_s  # a pin expires after this long without use
+    max_sessions: Count = SessionPolicy.max_sessions  # beyond this the least recently used session goes
     # Within this time of a session's use of its pinned model on a provider-ban platform, that platform's
     # other models are not offered to the session.
-    provider_ban_window_s: float = 180.0
+    provider_ban_window_s: Seconds = SessionPolicy.provider_ban_window_s
 
 
-@dataclass(frozen=True)
-class PlatformConfig:
-    name: str
-    kind: str
-    base_url: str
-    keys: tuple[str, ...] = field(repr=False)  # secrets: kept out of repr so a logged config leaks nothing
-    protection: str
-    headers: dict[str, str] = field(repr=False)  # may carry credentials too
-    # Raises this platform's first-byte deadline above [timeouts] first_byte_s (slow reasoning models);
-    # None: the global deadline applies.
-    timeout_s: float | None
-    env_var: str
-    display_name: str
-    quota_day: str = DEFAULT_QUOTA_DAY  # QUOTA_DAYS: "utc" (reset at UTC midnight) or "rolling" (last 24 h)
-    # Provider-ban platforms only: while one session has a request in flight here, other sessions skip it.
-    single_flight: bool = False
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    platform: str
-    id: str
-    display_name: str
-    pool: str
-    fallback: bool
-    context_window: int | None
-    rpm: int | None
-    rpd: int | None
-    tpm: int | None
-    tpd: int | None
-    intelligence_rank: int
-    speed_rank: int
-    enabled: bool
-
-    @property
-    def ref(self) -> str:
-        return f"{self.platform}/{self.id}"
-
-
-@dataclass(frozen=True, kw_only=True)
-class Config:
-    path: Path | None
-    host: str = "127.0.0.1"
-    port: int = 8080
-    data_dir: Path = Path("data")
-    api_keys: tuple[str, ...] = field(default=(), repr=False)
-    admin_token: str | None = field(default=None, repr=False)
-    timeouts: Timeouts = field(default_factory=Timeouts)
-    routing: Routing = field(default_factory=Routing)
-    sessions: Sessions = field(default_factory=Sessions)
-    builtin_catalog: bool = True
-    catalog_version: str
-    platforms: dict[str, PlatformConfig]
-    models: tuple[ModelConfig, ...]
-    env_keys: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
-
-
-def env_var_for(platform: str) -> str:
-    """`groq` -> `GROQ_API_KEY`; dashes become underscores so the name is usable in a shell."""
-    return platform.upper().replace("-", "_") + "_API_KEY"
-
-
-def load_builtin_catalog() -> tuple[str, dict[str, PlatformConfig], tuple[ModelConfig, ...]]:
-    """The catalog shipped in `service/data/catalog.json` (built by `scripts/build_catalog.py`).
-
-    Parsed afresh on every call so callers may not share (and mutate) one platforms dict.
-    """
-    text = resources.files(__package__).joinpath("data", "catalog.json").read_text(encoding="utf-8")
-    raw = json.loads(text)
-    platforms = {
-        p["name"]: PlatformConfig(
-            name=p["name"],
-            kind=p["kind"],
-            base_url=p["base_url"],
-            keys=(),
-            protection=p["protection"],
-            headers=dict(p["headers"]),
-            timeout_s=float(p["timeout_s"]),
-            env_var=p["env_var"],
-            display_name=p["display_name"],
-            quota_day=p.get("quota_day", DEFAULT_QUOTA_DAY),
-            single_flight=p.get("single_flight", False),
-        )
-        for p in raw["platforms"]
-    }
-    models = tuple(
-        ModelConfig(
-            platform=m["platform"],
-            id=m["id"],
-            display_name=m["display_name"],
-            pool=m["pool"],
-            fallback=m["fallback"],
-            context_window=m["context_window"],
-            rpm=m["rpm"],
-            rpd=m["rpd"],
-            tpm=m["tpm"],
-            tpd=m["tpd"],
-            intelligence_rank=m["intelligence_rank"],
-            speed_rank=m["speed_rank"],
-            enabled=m["enabled"],
-        )
-        for m in raw["models"]
-    )
-    return raw["version"], platforms, models
-
-
-def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> Config:
-    """Read `path` (None = no file, all defaults), merge it over the built-in catalog, apply `env`.
-
-    `env` defaults to `os.environ`; tests pass a dict.
-    """
-    env = os.environ if env is None else env
-    raw: dict[str, Any] = {}
-    if path is None:
-        ctx = _Context(None, "")
-    else:
-        ctx = _Context(str(path), _read(path))
-        try:
-            raw = tomllib.loads(ctx.text)
-        except tomllib.TOMLDecodeError as err:
-            match = _TOML_POSITION.search(str(err))
-            line = int(match.group(1)) if match and match.group(1) else None
-            reason = str(err)[: match.start()] if match else str(err)
-            raise ConfigError(f"invalid TOML: {reason}", file=ctx.file, line=line) from None
-
-    ctx.check_keys(raw, (), _TOP_LEVEL)
-    server = ctx.table(raw, ("server",), {"host", "port", "data_dir"})
-    gateway = ctx.table(raw, ("gateway",), {"api_keys"})
-    admin = ctx.table(raw, ("admin",), {"token"})
-    timeouts = ctx.table(raw, ("timeouts",), set(Timeouts.__dataclass_fields__))
-    routing = ctx.table(raw, ("routing",), {"max_attempts", *RoutingPolicy.names()})
-    sessions = ctx.table(raw, ("sessions",), set(Sessions.__dataclass_fields__))
-    catalog = ctx.table(raw, ("catalog",), {"builtin"})
-
-    host = ctx.string(server["host"], ("server", "host")) if "host" in server else "127.0.0.1"
-    port = ctx.integer(server["port"], ("server", "port"), 0, 65535) if "port" in server else 8080
-    data_dir = Path("data")
-    if "data_dir" in server:
-        data_dir = Path(ctx.string(server["data_dir"], ("server", "data_dir"))).expanduser()
-        if path is not None and not data_dir.is_absolute():
-            # Relative to the file, not the working directory: the same file must mean the same data.
-            data_dir = path.absolute().parent / data_dir
-
-    api_keys: tuple[str, ...] = ()
-    if "api_keys" in gateway:
-        api_keys = ctx.string_list(gateway["api_keys"], ("gateway", "api_keys"), secret=True)
-        for i, key in enumerate(api_keys):
-            ctx.check_token(key, ("gateway", "api_keys", i))
-    admin_token = None
-    if "token" in admin:
-        admin_token = ctx.string(admin["token"], ("admin", "token"), secret=True)
-        ctx.check_token(admin_token, ("admin", "token"))
-
-    builtin = ctx.boolean(catalog["builtin"], ("catalog", "builtin")) if "builtin" in catalog else True
-    if builtin:
-        version, platforms, models = load_builtin_catalog()
-    else:
-        version, platforms, models = NO_CATALOG_VERSION, {}, ()
-    platforms = _merge_platforms(ctx, raw, platforms, builtin)
-    models = _merge_models(ctx, raw, platforms, models)
-
-    timeout_values = Timeouts(**{k: ctx.positive(v, ("timeouts", k)) for k, v in timeouts.items()})
-    routing_values = _routing(ctx, routing, timeouts)
-    # One value, two homes: [timeouts] transient_cooldown_s is the documented spelling, the policy uses it.
-    timeout_values = replace(timeout_values, transient_cooldown_s=routing_values.policy.transient_cooldown_s)
-    sessions_values = Sessions(
-        **{k: _number_field(ctx, Sessions, k, v, "sessions") for k, v in sessions.items()}
-    )
-
-    host, port, data_dir = _server_env(env, host, port, data_dir)
-    platforms = _protection_env(env, platforms)
-    return Config(
-        path=path,
-        host=host,
-        port=port,
-        data_dir=data_dir,
-        api_keys=api_keys,
-        admin_token=admin_token,
-        timeouts=timeout_values,
-        routing=routing_values,
-        sessions=sessions_values,
-        builtin_catalog=builtin,
-        catalog_version=version,
-        platforms=platforms,
-        models=models,
-        env_keys=_env_keys(env, platforms),
-    )
-
-
-_TOP_LEVEL = {
-    "server",
-    "gateway",
-    "admin",
-    "timeouts",
-    "routing",
-    "sessions",
-    "catalog",
-    "platforms",
-    "models",
-}
-_PLATFORM_KEYS = {
-    "name",
-    "kind",
-    "base_url",
-    "keys",
-    "protection",
-    "headers",
-    "timeout_s",
-    "quota_day",
-    "single_flight",
-}
 # RoutingPolicy fields that are weights of a score term: any finite number (ttfb_worst is negative by nature).
 # Every other float field is a duration, count, prior or threshold and must be > 0; int fields must be >= 1.
 _POLICY_WEIGHTS = frozenset(
@@ -350,220 +255,320 @@ _POLICY_WEIGHTS = frozenset(
         "penalty_weight",
     }
 )
-_TTFB_ORDER = ("ttfb_good_ms", "ttfb_zero_ms", "ttfb_bad_ms")  # must be strictly increasing
-_UNITS = (("_s", "seconds"), ("_ms", "milliseconds"), ("_days", "days"), ("_tps", "tokens per second"))
-_LIMITS = ("rpm", "rpd", "tpm", "tpd")
-_MODEL_KEYS = {
-    "platform",
-    "id",
-    "pool",
-    "fallback",
-    "context_window",
-    *_LIMITS,
-    "intelligence_rank",
-    "speed_rank",
-    "enabled",
+_UNITS = {
+    "_s": " of seconds",
+    "_ms": " of milliseconds",
+    "_days": " of days",
+    "_tps": " of tokens per second",
 }
+_TTFB_ORDER = ("ttfb_good_ms", "ttfb_zero_ms", "ttfb_bad_ms")  # must be strictly increasing
 
 
-def _read(path: Path) -> str:
+def _policy_type(name: str) -> Any:
+    kind = get_type_hints(RoutingPolicy)[name]
+    if kind is int:
+        return Count
+    if kind is not float:
+        raise TypeError(f"RoutingPolicy.{name}: [routing] knows int and float settings, not {kind}")
+    if name in _POLICY_WEIGHTS:
+        return Finite
+    unit = next((unit for suffix, unit in _UNITS.items() if name.endswith(suffix)), "")
+    return Annotated[float, Meta(gt=0, le=_FINITE, description=f"a positive number{unit}")]
+
+
+# `[routing]` is `max_attempts` plus every RoutingPolicy field, so a new routing constant is settable (and
+# checked by its type and role) without touching this file.
+RoutingTable = msgspec.defstruct(
+    "RoutingTable",
+    [
+        ("max_attempts", Count, Routing.max_attempts),
+        *((f.name, _policy_type(f.name), getattr(RoutingPolicy, f.name)) for f in fields(RoutingPolicy)),
+    ],
+    bases=(_Table,),
+)
+
+
+class _Server(_Table):
+    host: Text = "127.0.0.1"
+    port: Port = 8080  # 0 picks a free port
+    data_dir: Text | None = None
+
+
+class _Gateway(_Table):
+    api_keys: Annotated[tuple[Token, ...], _STRINGS] = ()
+
+
+class _Admin(_Table):
+    token: Token | None = None
+
+
+class _Catalog(_Table):
+    builtin: Flag = True
+
+
+# `[[platforms]]` and `[[models]]` entries override only what they give: UNSET marks the rest.
+class _PlatformEntry(_Table):
+    name: PlatformName
+    kind: KindField | UnsetType = UNSET
+    base_url: Url | UnsetType = UNSET
+    keys: Annotated[tuple[SecretText, ...], _STRINGS] | UnsetType = UNSET
+    protection: ProtectionField | UnsetType = UNSET
+    headers: Headers | UnsetType = UNSET
+    timeout_s: Seconds | UnsetType = UNSET
+    quota_day: QuotaDayField | UnsetType = UNSET
+    single_flight: Flag | UnsetType = UNSET
+
+
+class _ModelEntry(_Table):
+    platform: Text
+    id: Text
+    pool: PoolField | UnsetType = UNSET
+    fallback: Flag | UnsetType = UNSET
+    enabled: Flag | UnsetType = UNSET
+    context_window: Count | UnsetType = UNSET
+    rpm: Limit | UnsetType = UNSET
+    rpd: Limit | UnsetType = UNSET
+    tpm: Limit | UnsetType = UNSET
+    tpd: Limit | UnsetType = UNSET
+    intelligence_rank: Count | UnsetType = UNSET
+    speed_rank: Count | UnsetType = UNSET
+
+
+class ConfigFile(_Table):
+    server: _Server = msgspec.field(default_factory=_Server)
+    gateway: _Gateway = msgspec.field(default_factory=_Gateway)
+    admin: _Admin = msgspec.field(default_factory=_Admin)
+    timeouts: Timeouts = msgspec.field(default_factory=Timeouts)
+    routing: RoutingTable = msgspec.field(default_factory=RoutingTable)  # type: ignore[valid-type]
+    sessions: Sessions = msgspec.field(default_factory=Sessions)
+    catalog: _Catalog = msgspec.field(default_factory=_Catalog)
+    platforms: Annotated[list[_PlatformEntry], Meta(description="an array of tables ([[platforms]])")] = []
+    models: Annotated[list[_ModelEntry], Meta(description="an array of tables ([[models]])")] = []
+
+
+def _given(entry: msgspec.Struct) -> dict[str, Any]:
+    return {name: value for name in entry.__struct_fields__ if (value := getattr(entry, name)) is not UNSET}
+
+
+# --- loading ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    path: Path | None
+    host: str
+    port: int
+    data_dir: Path
+    api_keys: tuple[str, ...] = field(repr=False)
+    admin_token: str | None = field(repr=False)
+    timeouts: Timeouts
+    routing: Routing
+    sessions: Sessions
+    builtin_catalog: bool
+    catalog_version: str
+    platforms: dict[str, PlatformConfig]
+    models: tuple[ModelConfig, ...]
+    env_keys: dict[str, tuple[str, ...]] = field(repr=False)
+
+
+class _CatalogFile(msgspec.Struct):
+    version: str
+    platforms: list[PlatformConfig]
+    models: list[ModelConfig]
+
+
+def env_var_for(platform: str) -> str:
+    """`groq` -> `GROQ_API_KEY`; dashes become underscores so the name is usable in a shell."""
+    return platform.upper().replace("-", "_") + "_API_KEY"
+
+
+def load_builtin_catalog() -> tuple[str, dict[str, PlatformConfig], tuple[ModelConfig, ...]]:
+    """The catalog shipped in `service/data/catalog.json` (built by `scripts/build_catalog.py`).
+
+    Parsed afresh on every call so callers may not share (and mutate) one platforms dict.
+    """
+    data = resources.files(__package__).joinpath("data", "catalog.json").read_bytes()
+    catalog = msgspec.json.decode(data, type=_CatalogFile)
+    return catalog.version, {p.name: p for p in catalog.platforms}, tuple(catalog.models)
+
+
+def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> Config:
+    """Read `path` (None = no file, all defaults), merge it over the built-in catalog, apply `env`.
+
+    `env` defaults to `os.environ`; tests pass a dict.
+    """
+    env = os.environ if env is None else env
+    source = _Source.read(path)
     try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError("config file not found", file=str(path)) from None
-    except UnicodeDecodeError:
-        raise ConfigError("config file is not UTF-8 text", file=str(path)) from None
-    except OSError as err:
-        raise ConfigError(f"cannot read config file ({err.strerror})", file=str(path)) from None
+        file = msgspec.convert(source.raw, ConfigFile)
+    except msgspec.ValidationError as err:
+        raise _translate(source, err) from None
+
+    data_dir = DEFAULT_DATA_DIR
+    if file.server.data_dir is not None:
+        data_dir = Path(file.server.data_dir).expanduser()
+        if path is not None and not data_dir.is_absolute():
+            # Relative to the file, not the working directory: the same file must mean the same data.
+            data_dir = path.absolute().parent / data_dir
+
+    if file.catalog.builtin:
+        version, platforms, models = load_builtin_catalog()
+    else:
+        version, platforms, models = NO_CATALOG_VERSION, {}, ()
+    platforms = _merge_platforms(source, file.platforms, platforms, file.catalog.builtin)
+    models = _merge_models(source, file.models, platforms, models)
+    routing = _routing(source, file)
+
+    host, port, data_dir = _server_env(env, file.server.host, file.server.port, data_dir)
+    platforms = _protection_env(env, platforms)
+    return Config(
+        path=path,
+        host=host,
+        port=port,
+        data_dir=data_dir,
+        api_keys=file.gateway.api_keys,
+        admin_token=file.admin.token,
+        # One value, two spellings: [timeouts] transient_cooldown_s is documented, the policy uses it.
+        timeouts=msgspec.structs.replace(
+            file.timeouts, transient_cooldown_s=routing.policy.transient_cooldown_s
+        ),
+        routing=routing,
+        sessions=file.sessions,
+        builtin_catalog=file.catalog.builtin,
+        catalog_version=version,
+        platforms=platforms,
+        models=models,
+        env_keys=_env_keys(env, platforms),
+    )
+
+
+@dataclass(frozen=True)
+class _Source:
+    """The file being loaded: its name, its parsed document, and where each key is."""
+
+    file: str | None
+    raw: dict[str, Any]
+    locator: _Locator
+
+    @classmethod
+    def read(cls, path: Path | None) -> _Source:
+        if path is None:
+            return cls(None, {}, _Locator(""))
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError("config file not found", file=str(path)) from None
+        except UnicodeDecodeError:
+            raise ConfigError("config file is not UTF-8 text", file=str(path)) from None
+        except OSError as err:
+            raise ConfigError(f"cannot read config file ({err.strerror})", file=str(path)) from None
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            match = _TOML_POSITION.search(str(err))
+            line = int(match.group(1)) if match and match.group(1) else None
+            reason = str(err)[: match.start()] if match else str(err)
+            raise ConfigError(f"invalid TOML: {reason}", file=str(path), line=line) from None
+        return cls(str(path), raw, _Locator(text))
+
+    def error(self, at: _KeyPath, message: str) -> ConfigError:
+        return ConfigError(message, file=self.file, line=self.locator.line_of(at), key=_format_path(at))
+
+    def given(self, table: str) -> dict[str, Any]:
+        """The keys the file sets in `[table]` (call after the schema accepted the file)."""
+        return self.raw.get(table, {})
 
 
 def _merge_platforms(
-    ctx: _Context, raw: dict[str, Any], platforms: dict[str, PlatformConfig], builtin: bool
+    source: _Source, entries: list[_PlatformEntry], platforms: dict[str, PlatformConfig], builtin: bool
 ) -> dict[str, PlatformConfig]:
     """Apply `[[platforms]]`: a known name overrides the given fields, a new name is a new platform."""
     platforms = dict(platforms)
     seen: dict[str, int] = {}
-    for i, entry in enumerate(ctx.array_of_tables(raw, "platforms")):
+    for i, entry in enumerate(entries):
         at: _KeyPath = ("platforms", i)
-        ctx.check_keys(entry, at, _PLATFORM_KEYS)
-        if "name" not in entry:
-            raise ctx.error(at, 'expected a "name" key, found none')
-        name = ctx.string(entry["name"], (*at, "name"))
-        if not _PLATFORM_NAME.fullmatch(name):
-            raise ctx.error(
-                (*at, "name"),
-                f'expected a platform name of lowercase letters, digits, "-" and "_", found {_show(name)}',
-            )
+        name = entry.name
         if name in seen:
-            raise ctx.error(
-                (*at, "name"),
-                f"duplicate platform {_show(name)} (already in {_format_path(('platforms', seen[name]))})",
-            )
+            first = _format_path(("platforms", seen[name]))
+            raise source.error((*at, "name"), f"duplicate platform {_show(name)} (already in {first})")
         seen[name] = i
-
-        given: dict[str, Any] = {}
-        if "kind" in entry:
-            given["kind"] = ctx.choice(entry["kind"], (*at, "kind"), KINDS, "a supported platform kind")
-        if "base_url" in entry:
-            given["base_url"] = ctx.url(entry["base_url"], (*at, "base_url"))
-        if "keys" in entry:
-            given["keys"] = ctx.string_list(entry["keys"], (*at, "keys"), secret=True)
-        if "protection" in entry:
-            given["protection"] = ctx.choice(
-                entry["protection"], (*at, "protection"), PROTECTIONS, "a protection level"
-            )
-        if "headers" in entry:
-            given["headers"] = ctx.headers(entry["headers"], (*at, "headers"))
-        if "timeout_s" in entry:
-            given["timeout_s"] = ctx.positive(entry["timeout_s"], (*at, "timeout_s"))
-        if "quota_day" in entry:
-            given["quota_day"] = ctx.choice(entry["quota_day"], (*at, "quota_day"), QUOTA_DAYS, "a quota day")
-        if "single_flight" in entry:
-            given["single_flight"] = ctx.boolean(entry["single_flight"], (*at, "single_flight"))
-
+        given = _given(entry)
+        if "base_url" in given:
+            given["base_url"] = given["base_url"].rstrip("/")  # adapters append "/chat/completions"
         if name in platforms:
             platforms[name] = replace(platforms[name], **given)
-            continue
-        missing = [k for k in ("kind", "base_url") if k not in given]
-        if missing:
+        elif missing := [k for k in ("kind", "base_url") if k not in given]:
             why = "not a built-in platform" if builtin else "the built-in catalog is off"
-            raise ctx.error(
+            raise source.error(
                 at, f"expected {' and '.join(missing)} for new platform {_show(name)} ({why}), found none"
             )
-        platforms[name] = PlatformConfig(
-            name=name,
-            kind=given["kind"],
-            base_url=given["base_url"],
-            keys=given.get("keys", ()),
-            protection=given.get("protection", DEFAULT_PROTECTION),
-            headers=given.get("headers", {}),
-            timeout_s=given.get("timeout_s"),
-            env_var=env_var_for(name),
-            display_name=name,
-            quota_day=given.get("quota_day", DEFAULT_QUOTA_DAY),
-            single_flight=given.get("single_flight", False),
-        )
+        else:
+            platforms[name] = PlatformConfig(display_name=name, env_var=env_var_for(name), **given)
     return platforms
 
 
 def _merge_models(
-    ctx: _Context, raw: dict[str, Any], platforms: dict[str, PlatformConfig], models: tuple[ModelConfig, ...]
+    source: _Source,
+    entries: list[_ModelEntry],
+    platforms: dict[str, PlatformConfig],
+    models: tuple[ModelConfig, ...],
 ) -> tuple[ModelConfig, ...]:
     """Apply `[[models]]`: a known (platform, id) overrides the given fields, a new one is appended."""
-    merged = list(models)
-    position = {(m.platform, m.id): n for n, m in enumerate(merged)}
+    merged = {(m.platform, m.id): m for m in models}  # replacing a value keeps its place
     seen: dict[tuple[str, str], int] = {}
-    for i, entry in enumerate(ctx.array_of_tables(raw, "models")):
+    for i, entry in enumerate(entries):
         at: _KeyPath = ("models", i)
-        ctx.check_keys(entry, at, _MODEL_KEYS)
-        for required in ("platform", "id"):
-            if required not in entry:
-                raise ctx.error(at, f'expected a "{required}" key, found none')
-        platform = ctx.string(entry["platform"], (*at, "platform"))
-        if platform not in platforms:
+        if entry.platform not in platforms:
             known = ", ".join(platforms) or "none"
-            raise ctx.error(
-                (*at, "platform"), f"expected a known platform ({known}), found {_describe(platform)}"
+            raise source.error(
+                (*at, "platform"), f"expected a known platform ({known}), found {_describe(entry.platform)}"
             )
-        model_id = ctx.string(entry["id"], (*at, "id"))
-        if (platform, model_id) in seen:
-            first = _format_path(("models", seen[platform, model_id]))
-            raise ctx.error(
-                (*at, "id"), f"duplicate model {_show(f'{platform}/{model_id}')} (already in {first})"
+        key = (entry.platform, entry.id)
+        if key in seen:
+            first = _format_path(("models", seen[key]))
+            raise source.error((*at, "id"), f"duplicate model {_show('/'.join(key))} (already in {first})")
+        seen[key] = i
+        given = _given(entry)
+        for limit in _LIMIT_FIELDS:
+            if given.get(limit) == UNLIMITED:
+                given[limit] = None
+        if key in merged:
+            merged[key] = replace(merged[key], **given)
+        else:
+            # Same rule as the built-in catalog: an enabled model is in the automatic chain.
+            merged[key] = ModelConfig(
+                **{"display_name": entry.id, "fallback": given.get("enabled", True), **given}
             )
-        seen[platform, model_id] = i
-
-        given: dict[str, Any] = {}
-        if "pool" in entry:
-            given["pool"] = ctx.choice(entry["pool"], (*at, "pool"), POOLS, "a pool")
-        for flag in ("fallback", "enabled"):
-            if flag in entry:
-                given[flag] = ctx.boolean(entry[flag], (*at, flag))
-        if "context_window" in entry:
-            given["context_window"] = ctx.integer(entry["context_window"], (*at, "context_window"), 1)
-        for limit in _LIMITS:
-            if limit in entry:
-                given[limit] = ctx.limit(entry[limit], (*at, limit))
-        for rank in ("intelligence_rank", "speed_rank"):
-            if rank in entry:
-                given[rank] = ctx.integer(entry[rank], (*at, rank), 1)
-
-        if (platform, model_id) in position:
-            n = position[platform, model_id]
-            merged[n] = replace(merged[n], **given)
-            continue
-        enabled = given.get("enabled", True)
-        merged.append(
-            ModelConfig(
-                platform=platform,
-                id=model_id,
-                display_name=model_id,
-                pool=given.get("pool", "balanced"),
-                fallback=given.get("fallback", enabled),  # same rule as the built-in catalog
-                context_window=given.get("context_window"),
-                rpm=given.get("rpm"),
-                rpd=given.get("rpd"),
-                tpm=given.get("tpm"),
-                tpd=given.get("tpd"),
-                intelligence_rank=given.get("intelligence_rank", DEFAULT_INTELLIGENCE_RANK),
-                speed_rank=given.get("speed_rank", DEFAULT_SPEED_RANK),
-                enabled=enabled,
-            )
-        )
-    return tuple(merged)
+    return tuple(merged.values())
 
 
-def _routing(ctx: _Context, routing: dict[str, Any], timeouts: dict[str, Any]) -> Routing:
-    """`[routing]` -> Routing: `max_attempts` plus any RoutingPolicy field, checked by its type and role."""
-    given: dict[str, Any] = {
-        name: _number_field(ctx, RoutingPolicy, name, value, "routing")
-        for name, value in routing.items()
-        if name != "max_attempts"
-    }
-    if "transient_cooldown_s" in timeouts:
+def _routing(source: _Source, file: ConfigFile) -> Routing:
+    """`[routing]` -> Routing, with [timeouts] transient_cooldown_s and the TTFB thresholds' order."""
+    given = source.given("routing")
+    values = {name: getattr(file.routing, name) for name in RoutingPolicy.names()}
+    if "transient_cooldown_s" in source.given("timeouts"):
         if "transient_cooldown_s" in given:
-            other = ctx.line_of(("timeouts", "transient_cooldown_s"))
-            raise ctx.error(
+            other = source.locator.line_of(("timeouts", "transient_cooldown_s"))
+            raise source.error(
                 ("routing", "transient_cooldown_s"),
                 "also set as timeouts.transient_cooldown_s"
                 + (f" (line {other})" if other is not None else "")
                 + "; use one of the two",
             )
-        given["transient_cooldown_s"] = ctx.positive(
-            timeouts["transient_cooldown_s"], ("timeouts", "transient_cooldown_s")
-        )
-    effective = {**{f.name: f.default for f in fields(RoutingPolicy)}, **given}
+        values["transient_cooldown_s"] = file.timeouts.transient_cooldown_s
     rule = " < ".join(_TTFB_ORDER)
     for low, high in pairwise(_TTFB_ORDER):
-        if effective[low] < effective[high]:
+        if values[low] < values[high]:
             continue
         # Blame the later key when the file sets it; otherwise the earlier one is the key that was given.
         blamed, other, relation = (high, low, "above") if high in given else (low, high, "below")
         note = "" if other in given else ", the default"
-        raise ctx.error(
+        raise source.error(
             ("routing", blamed),
-            f"expected a value {relation} {other} ({effective[other]:g}{note}; {rule} must hold), "
-            f"found {_describe(routing[blamed])}",
+            f"expected a value {relation} {other} ({values[other]:g}{note}; {rule} must hold), "
+            f"found {_describe(given[blamed])}",
         )
-    policy = RoutingPolicy(**given)
-    max_attempts = Routing.max_attempts
-    if "max_attempts" in routing:
-        max_attempts = ctx.integer(routing["max_attempts"], ("routing", "max_attempts"), 1)
-    return Routing(
-        max_attempts=max_attempts, rate_limit_cooldown_s=policy.rate_limit_cooldown_s, policy=policy
-    )
-
-
-def _number_field(ctx: _Context, cls: type, name: str, value: Any, table: str) -> float | int:
-    """Validate `value` for the numeric dataclass field `cls.name`: int fields take integers >= 1, weights
-    (RoutingPolicy only) any finite number, every other float field a positive number (ints accepted)."""
-    at: _KeyPath = (table, name)
-    if get_type_hints(cls)[name] is int:
-        return ctx.integer(value, at, 1)
-    if cls is RoutingPolicy and name in _POLICY_WEIGHTS:
-        return ctx.finite(value, at)
-    unit = next((f" of {unit}" for suffix, unit in _UNITS if name.endswith(suffix)), "")
-    return ctx.positive(value, at, f"a positive number{unit}")
+    return Routing(max_attempts=file.routing.max_attempts, policy=RoutingPolicy(**values))
 
 
 def _protection_env(
@@ -634,129 +639,90 @@ def _env_keys(env: Mapping[str, str], platforms: dict[str, PlatformConfig]) -> d
     return found
 
 
-# --- validation helpers ---------------------------------------------------------------------------------
+# --- schema errors as messages ---------------------------------------------------------------------------
+
+_SEGMENT = re.compile(r"\.(\w+)|\[(\d+)\]|\[\.\.\.\]")  # struct field, array index, some dict value
+_UNKNOWN = re.compile(r"Object contains unknown field `(.*)`", re.DOTALL)
+_MISSING = re.compile(r"Object missing required field `(.*)`", re.DOTALL)
 
 
-class _Context:
-    """The file being validated: builds errors that carry its name and the line of a key path."""
+def _translate(source: _Source, err: msgspec.ValidationError) -> ConfigError:
+    """msgspec's "Expected `int` >= 1 - at `$.routing.max_attempts`" -> the key's line and our wording.
 
-    def __init__(self, file: str | None, text: str) -> None:
-        self.file = file
-        self.text = text
-        self._locator = _Locator(text)
-
-    def error(self, at: _KeyPath, message: str) -> ConfigError:
-        return ConfigError(message, file=self.file, line=self._locator.line_of(at), key=_format_path(at))
-
-    def line_of(self, at: _KeyPath) -> int | None:
-        return self._locator.line_of(at)
-
-    def check_keys(self, table: dict[str, Any], at: _KeyPath, allowed: set[str]) -> None:
-        for key in table:
-            if key not in allowed:
-                raise self.error((*at, key), f"unknown key (expected one of: {', '.join(sorted(allowed))})")
-
-    def table(self, raw: dict[str, Any], at: _KeyPath, allowed: set[str]) -> dict[str, Any]:
-        value = raw.get(str(at[-1]), {})
-        if not isinstance(value, dict):
-            raise self.error(at, f"expected a table, found {_describe(value)}")
-        self.check_keys(value, at, allowed)
-        return value
-
-    def array_of_tables(self, raw: dict[str, Any], name: str) -> list[dict[str, Any]]:
-        value = raw.get(name, [])
-        if not isinstance(value, list):
-            raise self.error((name,), f"expected an array of tables ([[{name}]]), found {_describe(value)}")
-        for i, entry in enumerate(value):
-            if not isinstance(entry, dict):
-                raise self.error((name, i), f"expected a table, found {_describe(entry)}")
-        return value
-
-    def string(self, value: Any, at: _KeyPath, *, secret: bool = False) -> str:
-        if not isinstance(value, str) or not value.strip():
-            raise self.error(at, f"expected a non-empty string, found {_describe(value, secret)}")
-        return value
-
-    def string_list(self, value: Any, at: _KeyPath, *, secret: bool = False) -> tuple[str, ...]:
-        if not isinstance(value, list):
-            raise self.error(at, f"expected an array of strings, found {_describe(value, secret)}")
-        return tuple(self.string(item, (*at, i), secret=secret) for i, item in enumerate(value))
-
-    def check_token(self, value: str, at: _KeyPath) -> None:
-        """Gateway keys and the admin token are plaintext or `sha256:<64 hex>` (already hashed)."""
-        if value.startswith("sha256:") and not _SHA256.fullmatch(value):
-            raise self.error(
-                at, 'expected plaintext or "sha256:" and 64 hex digits, found a malformed sha256 value'
-            )
-
-    def integer(self, value: Any, at: _KeyPath, low: int, high: int | None = None) -> int:
-        # bool is a subclass of int in Python; `port = true` is a mistake, not port 1.
-        if (
-            not isinstance(value, int)
-            or isinstance(value, bool)
-            or value < low
-            or (high is not None and value > high)
-        ):
-            expected = f"an integer from {low} to {high}" if high is not None else f"an integer >= {low}"
-            raise self.error(at, f"expected {expected}, found {_describe(value)}")
-        return value
-
-    def positive(self, value: Any, at: _KeyPath, what: str = "a positive number of seconds") -> float:
-        number = _as_float(value)
-        if number is None or number <= 0:
-            raise self.error(at, f"expected {what}, found {_describe(value)}")
-        return number
-
-    def finite(self, value: Any, at: _KeyPath) -> float:
-        number = _as_float(value)
-        if number is None:
-            raise self.error(at, f"expected a finite number, found {_describe(value)}")
-        return number
-
-    def boolean(self, value: Any, at: _KeyPath) -> bool:
-        if not isinstance(value, bool):
-            raise self.error(at, f"expected true or false, found {_describe(value)}")
-        return value
-
-    def choice(self, value: Any, at: _KeyPath, choices: tuple[str, ...], what: str) -> str:
-        if not isinstance(value, str) or value not in choices:
-            listed = ", ".join(f'"{c}"' for c in choices)
-            raise self.error(at, f"expected {what} ({listed}), found {_describe(value)}")
-        return value
-
-    def limit(self, value: Any, at: _KeyPath) -> int | None:
-        if value == UNLIMITED:
-            return None
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise self.error(at, f'expected an integer >= 1 or "{UNLIMITED}", found {_describe(value)}')
-        return value
-
-    def url(self, value: Any, at: _KeyPath) -> str:
-        text = self.string(value, at)
-        parts = urlsplit(text)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise self.error(at, f"expected an http:// or https:// URL, found {_describe(value)}")
-        return text.rstrip("/")  # adapters append "/chat/completions"
-
-    def headers(self, value: Any, at: _KeyPath) -> dict[str, str]:
-        if not isinstance(value, dict):
-            raise self.error(at, f"expected a table of header names to strings, found {_describe(value)}")
-        for name, header in value.items():
-            if not isinstance(header, str):
-                # Header values can be credentials: describe, never show.
-                raise self.error((*at, name), f"expected a string, found {_describe(header, secret=True)}")
-        return dict(value)
+    msgspec's own text says which rule failed and where; the message is rebuilt from the schema (what was
+    expected) and the document (what was found), so it reads the same for every kind of check and never
+    repeats a value that the schema marks secret.
+    """
+    what, at_sign, where = str(err).rpartition(" - at `$")
+    if not at_sign:  # a problem with the document itself
+        what, where = str(err), "`"
+    kind: Any = ConfigFile
+    value: Any = source.raw
+    at: _KeyPath = ()
+    secret = False
+    for name, index in _SEGMENT.findall(where[:-1]):
+        kind, metas = _unwrap(kind)
+        secret = secret or _secret(metas)
+        kind = _child(kind, name)
+        part: str | int
+        if name:
+            part = name
+        elif index:
+            part = int(index)
+        else:  # msgspec does not say which dict key failed: the first value its type rejects is the one
+            part = next(k for k in value if not _valid(value[k], kind))
+        value, at = value[part], (*at, part)
+    kind, metas = _unwrap(kind)
+    if match := _UNKNOWN.fullmatch(what):
+        allowed = ", ".join(sorted(kind.__struct_fields__))
+        return source.error((*at, match.group(1)), f"unknown key (expected one of: {allowed})")
+    if match := _MISSING.fullmatch(what):
+        return source.error(at, f'expected a "{match.group(1)}" key, found none')
+    description = next((m.description for m in reversed(metas) if m.description), None)
+    if description is None:
+        description = "a table" if _is_table(kind) else "a valid value"
+    return source.error(at, f"expected {description}, found {_describe(value, secret or _secret(metas))}")
 
 
-def _as_float(value: Any) -> float | None:
-    """A TOML integer or float as a finite float; None for anything else (bool, nan, inf, a huge integer)."""
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        return None
+def _unwrap(kind: Any) -> tuple[Any, list[Meta]]:
+    """Strip Annotated layers (keeping their Meta) and the UNSET / None alternatives of a union."""
+    metas: list[Meta] = []
+    while True:
+        origin = get_origin(kind)
+        if origin is Annotated:
+            kind, *extras = get_args(kind)
+            metas.extend(m for m in extras if isinstance(m, Meta))
+        elif origin in (Union, types.UnionType):
+            rest = [a for a in get_args(kind) if a not in (UnsetType, type(None))]
+            if len(rest) != 1:
+                return kind, metas
+            kind = rest[0]
+        else:
+            return kind, metas
+
+
+def _child(kind: Any, part: str) -> Any:
+    """The type of a struct field (`part` names it) or of an array's / dict's items (`part` is not a name)."""
+    if _is_table(kind) and part in kind.__struct_fields__:
+        return next(f.type for f in msgspec.structs.fields(kind) if f.name == part)
+    args = get_args(kind)
+    return args[1] if get_origin(kind) is dict else args[0]
+
+
+def _is_table(kind: Any) -> bool:
+    return isinstance(kind, type) and issubclass(kind, msgspec.Struct)
+
+
+def _secret(metas: list[Meta]) -> bool:
+    return any((m.extra or {}).get("secret") for m in metas)
+
+
+def _valid(value: Any, kind: Any) -> bool:
     try:
-        number = float(value)
-    except OverflowError:  # TOML integers are unbounded
-        return None
-    return number if math.isfinite(number) else None
+        msgspec.convert(value, kind)
+    except msgspec.ValidationError:
+        return False
+    return True
 
 
 def _describe(value: Any, secret: bool = False) -> str:
@@ -768,6 +734,10 @@ def _describe(value: Any, secret: bool = False) -> str:
             kind = "an integer"
         case float():
             kind = "a float"
+        case str() if secret and not value.strip():
+            return "a blank string"
+        case str() if secret and value.startswith("sha256:"):
+            return 'a string starting "sha256:"'  # the prefix is no secret, and says what went wrong
         case str():
             kind = "a string"
         case list():
@@ -801,6 +771,21 @@ def _format_path(at: _KeyPath) -> str:
 
 # --- line locator ---------------------------------------------------------------------------------------
 
+_KEY_PART = r"""[A-Za-z0-9_-]+|"(?:[^"\\]|\\.)*"|'[^']*'"""
+_KEY = rf"(?:{_KEY_PART})(?:[ \t]*\.[ \t]*(?:{_KEY_PART}))*"
+_LINE_START = re.compile(
+    rf"[ \t]*(?:\[\[[ \t]*(?P<array>{_KEY})[ \t]*\]\]"  # [[array]]
+    rf"|\[[ \t]*(?P<table>{_KEY})[ \t]*\]"  # [table]
+    rf"|(?P<key>{_KEY})[ \t]*=)"  # key = value
+)
+# In a value: what opens or closes a bracket or a multi-line string, a one-line string to skip, a comment.
+_VALUE_TOKEN = re.compile(r"""\"\"\"|'''|"(?:[^"\\]|\\.)*"|'[^']*'|[\[\]{}#]""")
+# The rest of an open multi-line string up to its end (the content may end with up to two quotes).
+_STRING_END = {
+    '"""': re.compile(r'(?:[^"\\]|\\.|"(?!""))*"{3,5}'),
+    "'''": re.compile(r"(?:[^']|'(?!''))*'{3,5}"),
+}
+
 
 class _Locator:
     """Maps key paths to the line that defines them, by a light scan of the raw TOML text.
@@ -821,25 +806,21 @@ class _Locator:
             if depth or open_string:
                 depth, open_string = _scan(line, 0, depth, open_string)
                 continue
-            stripped = line.lstrip()
-            try:
-                if stripped.startswith("[["):
-                    parts, _ = _parse_key(stripped, 2)
-                    array = (*_resolve(arrays, parts[:-1]), parts[-1])
-                    arrays[array] = arrays.get(array, 0) + 1
-                    table = (*array, arrays[array] - 1)
-                    self._record(table, number)
-                elif stripped.startswith("["):
-                    parts, _ = _parse_key(stripped, 1)
-                    table = _resolve(arrays, parts)
-                    self._record(table, number)
-                elif stripped and not stripped.startswith("#"):
-                    parts, end = _parse_key(stripped, 0)
-                    if stripped.startswith("=", end):
-                        self._record((*table, *parts), number)
-                        depth, open_string = _scan(stripped, end + 1, 0, None)
-            except ValueError:
-                continue  # not a line we understand; tomllib has already accepted the document
+            match = _LINE_START.match(line)
+            if match is None:
+                continue  # blank, a comment, or not a line we understand (tomllib accepted the document)
+            if match["array"]:
+                *parents, name = _key_parts(match["array"])
+                array = (*_resolve(arrays, parents), name)
+                arrays[array] = arrays.get(array, 0) + 1
+                table = (*array, arrays[array] - 1)
+                self._record(table, number)
+            elif match["table"]:
+                table = _resolve(arrays, _key_parts(match["table"]))
+                self._record(table, number)
+            else:
+                self._record((*table, *_key_parts(match["key"])), number)
+                depth, open_string = _scan(line, match.end(), 0, None)
 
     def _record(self, at: _KeyPath, number: int) -> None:
         for n in range(1, len(at) + 1):
@@ -852,6 +833,22 @@ class _Locator:
         return None
 
 
+def _key_parts(key: str) -> list[str]:
+    """`a."b.c".'d'` -> ["a", "b.c", "d"]."""
+    return [_unquote(part) for part in re.findall(_KEY_PART, key)]
+
+
+def _unquote(part: str) -> str:
+    if part.startswith("'"):
+        return part[1:-1]
+    if part.startswith('"'):
+        try:
+            return json.loads(part)
+        except json.JSONDecodeError:  # a TOML escape that JSON lacks (\U0001F600): near enough
+            return part[1:-1]
+    return part
+
+
 def _resolve(arrays: dict[_KeyPath, int], parts: list[str]) -> _KeyPath:
     """A header's key parts -> concrete path: `[platforms.headers]` means the last `[[platforms]]` element."""
     path: _KeyPath = ()
@@ -862,85 +859,22 @@ def _resolve(arrays: dict[_KeyPath, int], parts: list[str]) -> _KeyPath:
     return path
 
 
-def _parse_key(text: str, pos: int) -> tuple[list[str], int]:
-    """Parse a (dotted, possibly quoted) key at text[pos:]; return its parts and the position after it."""
-    parts: list[str] = []
-    while True:
-        pos = _skip_blanks(text, pos)
-        if text.startswith('"', pos):
-            end = _string_end(text, pos + 1)
-            try:
-                parts.append(json.loads(text[pos:end]))
-            except json.JSONDecodeError:
-                parts.append(text[pos + 1 : end - 1])
-        elif text.startswith("'", pos):
-            end = text.index("'", pos + 1) + 1
-            parts.append(text[pos + 1 : end - 1])
-        else:
-            match = _BARE_KEY.match(text, pos)
-            if not match:
-                raise ValueError("no key here")
-            parts.append(match.group())
-            end = match.end()
-        pos = _skip_blanks(text, end)
-        if not text.startswith(".", pos):
-            return parts, pos
-        pos += 1
-
-
-def _skip_blanks(text: str, pos: int) -> int:
-    while pos < len(text) and text[pos] in " \t":
-        pos += 1
-    return pos
-
-
-def _string_end(text: str, pos: int) -> int:
-    """Position just after the closing quote of a one-line basic string whose body starts at pos."""
-    while pos < len(text):
-        if text[pos] == "\\":
-            pos += 2
-        elif text[pos] == '"':
-            return pos + 1
-        else:
-            pos += 1
-    raise ValueError("unterminated string")
-
-
 def _scan(line: str, pos: int, depth: int, open_string: str | None) -> tuple[int, str | None]:
     """Carry bracket depth and an open multi-line string across a value's text, so that continuation
     lines of arrays, inline tables and multi-line strings are not mistaken for keys."""
-    while pos < len(line):
+    while True:
         if open_string is not None:
-            if open_string == '"""' and line[pos] == "\\":
-                pos += 2
-            elif line.startswith(open_string, pos):
-                pos += 3
-                while line.startswith(open_string[0], pos):  # up to two quotes may end the content
-                    pos += 1
-                open_string = None
-            else:
-                pos += 1
-            continue
-        char = line[pos]
-        if char == "#":
-            break
-        if line.startswith(('"""', "'''"), pos):
-            open_string = line[pos : pos + 3]
-            pos += 3
-            continue
-        if char == '"':
-            try:
-                pos = _string_end(line, pos + 1)
-            except ValueError:
-                break
-            continue
-        if char == "'":
-            close = line.find("'", pos + 1)
-            pos = len(line) if close < 0 else close + 1
-            continue
-        if char in "[{":
+            end = _STRING_END[open_string].match(line, pos)
+            if end is None:
+                return depth, open_string
+            pos, open_string = end.end(), None
+        token = _VALUE_TOKEN.search(line, pos)
+        if token is None or token[0] == "#":
+            return depth, None
+        pos = token.end()
+        if token[0] in _STRING_END:
+            open_string = token[0]
+        elif token[0] in ("[", "{"):
             depth += 1
-        elif char in "]}":
+        elif token[0] in ("]", "}"):
             depth -= 1
-        pos += 1
-    return depth, open_string

@@ -8,8 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from events.catalog import CatalogModel
 from events.policy import RoutingPolicy
+from events.quotas import Limits
+from events.view import SessionPolicy
 from service.config import (
+    KINDS,
     POOLS,
     QUOTA_DAYS,
     Config,
@@ -823,3 +827,131 @@ def test_env_thread_protection_knows_only_loaded_platforms(tmp_path: Path) -> No
     with pytest.raises(ConfigError, match='unknown platform "groq" \\(known: lab\\)'):
         load_config(path, {"THREAD_PROTECTION_PLATFORMS": "groq:off"})
     assert load_config(path, {"THREAD_PROTECTION_PLATFORMS": "lab:off"}).platforms["lab"].protection == "off"
+
+
+# --- the schema: its wording, one home for defaults, the catalog models ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key", "words"),
+    [
+        (
+            "zzz = 1\n",
+            1,
+            "zzz",
+            "unknown key (expected one of: admin, catalog, gateway, models, platforms, routing, server, "
+            "sessions, timeouts)",
+        ),
+        ('[[server]]\nhost = "x"\n', 1, "server", "expected a table, found an array"),
+        ("[server]\nhost = 1979-05-27\n", 2, "server.host", "expected a non-empty string, found a date/time"),
+        ('[[platforms]]\nname = "groq\\n"\n', 2, "[[platforms]][1].name", 'found a string ("groq\\n")'),
+        (
+            '[[models]]\nplatform = "groq"\nid = "a"\nrpm = "lots"\n',
+            4,
+            "[[models]][1].rpm",
+            'expected an integer >= 1 or "unlimited", found a string ("lots")',
+        ),
+        ('[[models]]\nplatform = 3\nid = "a"\n', 2, "[[models]][1].platform", "found an integer (3)"),
+    ],
+)
+def test_schema_errors_read_like_the_others(
+    tmp_path: Path, text: str, line: int, key: str, words: str
+) -> None:
+    err = error_for(tmp_path, text)
+    assert (err.line, err.key) == (line, key)
+    assert words in err.message
+
+
+@pytest.mark.parametrize("name", [f.name for f in fields(RoutingPolicy) if f.name.endswith("_s")])
+def test_every_routing_duration_is_checked(tmp_path: Path, name: str) -> None:
+    err = error_for(tmp_path, f"[routing]\n{name} = 0\n")
+    assert (err.line, err.key) == (2, f"routing.{name}")
+    assert err.message == "expected a positive number of seconds, found an integer (0)"
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "words"),
+    [
+        (
+            '[[platforms]]\nname = "groq"\nheaders = "Bearer sk-topsecret-1"\n',
+            "[[platforms]][1].headers",
+            "expected a table of header names to strings, found a string",
+        ),
+        (
+            '[[platforms]]\nname = "groq"\nheaders = { A = "x", Authorization = 12345 }\n',
+            "[[platforms]][1].headers.Authorization",
+            "expected a string, found an integer",
+        ),
+        ('[admin]\ntoken = " "\n', "admin.token", "found a blank string"),
+        (
+            '[gateway]\napi_keys = ["sk-1", "sha256:sk-topsecret-1"]\n',
+            "gateway.api_keys[2]",
+            'expected plaintext or "sha256:" and 64 hex digits, found a string starting "sha256:"',
+        ),
+        (
+            '[[platforms]]\nname = "groq"\nkeys = ["sk-topsecret-1", " "]\n',
+            "[[platforms]][1].keys[2]",
+            "expected a non-empty string, found a blank string",
+        ),
+    ],
+)
+def test_secret_errors_say_what_is_wrong_without_the_value(
+    tmp_path: Path, text: str, key: str, words: str
+) -> None:
+    err = error_for(tmp_path, text)
+    assert err.key == key
+    assert words in err.message
+    assert "topsecret" not in str(err)
+    assert "12345" not in str(err)
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key"),
+    [
+        (
+            '[server]\nhost = """\n[fake]\nport = 1\n"""\ndata_dir = "d" # [x\n[[platforms]]\nname = "groq"\n'
+            'headers = { "A" = "]", B = "{" }\n[[platforms]]\nname = "cerebras"\nnote = 1\n',
+            12,
+            "[[platforms]][2].note",
+        ),
+        ('[server]\nhost = """a""""\nprot = 1\n', 3, "server.prot"),
+        ('[server]\nhost = """x \\""" y\n[fake]\n"""\nprot = 1\n', 5, "server.prot"),
+        ("[server]\nhost = '''x''''\n[sever]\n", 3, "sever"),
+        ('[ server ] # c\n\'host\' = "x"\n"prot" . a = 1\n', 3, "server.prot"),
+    ],
+)
+def test_locator_skips_string_and_bracket_contents(tmp_path: Path, text: str, line: int, key: str) -> None:
+    err = error_for(tmp_path, text)
+    assert (err.line, err.key) == (line, key)
+
+
+def test_defaults_have_one_home() -> None:
+    policy = SessionPolicy()
+    assert Sessions() == Sessions(policy.pin_ttl_s, policy.max_sessions, policy.provider_ban_window_s)
+    assert Timeouts().transient_cooldown_s == RoutingPolicy().transient_cooldown_s
+    assert Routing().rate_limit_cooldown_s == RoutingPolicy().rate_limit_cooldown_s
+    assert KINDS == ("openai",)
+
+
+def test_catalog_models_carry_the_config_models(tmp_path: Path) -> None:
+    from service.server import catalog_models
+
+    path = write(tmp_path, '[[models]]\nplatform = "groq"\nid = "new"\nrpd = 7\ncontext_window = 4096\n')
+    config = load_config(path, {})
+    built = catalog_models(config)
+    assert [m.ref for m in built] == [m.ref for m in config.models]
+    assert built[-1] == CatalogModel(
+        platform="groq",
+        id="new",
+        pool="balanced",
+        fallback=True,
+        enabled=True,
+        context_window=4096,
+        intelligence_rank=16,
+        speed_rank=6,
+        limits=Limits(rpd=7),
+    )
+    llama = model(config, "groq/llama-3.3-70b-versatile")
+    built_llama = next(m for m in built if m.ref == llama.ref)
+    assert built_llama.limits == Limits(llama.rpm, llama.rpd, llama.tpm, llama.tpd)
+    assert (built_llama.pool, built_llama.intelligence_rank) == (llama.pool, llama.intelligence_rank)
