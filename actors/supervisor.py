@@ -19,6 +19,7 @@ from actors.key_checker import KeyChecker
 from actors.log_writer import LogWriter
 from actors.model_health import ModelHealth
 from actors.request import Deadlines, RequestActor
+from actors.session import SessionActor
 from actors.stats import StatsActor
 from actors.upstream import Upstream
 from events.catalog import CatalogModel
@@ -80,15 +81,16 @@ async def run_service(
     health = ModelHealth(view, log, clock.now)
     stats = StatsActor(stats_p, log)
     p = settings.policy
+    sessions = SessionActor(log, settings.sessions, clock.now)
     requests = RequestActor(
         log=log,
         health=health,
+        sessions=sessions,
         upstream=upstream,
         deadlines=settings.deadlines,
         max_attempts=settings.max_attempts,
         now=clock.now,
         output_reserve=(p.output_reserve_default, p.output_reserve_cap),
-        sessions=settings.sessions,
     )
     key_checker = KeyChecker(health, upstream, log, clock.now, interval_s=settings.key_check_interval_s)
     shutting_down = trio.Event()
@@ -98,6 +100,7 @@ async def run_service(
         await outer.start(log.run)
         async with trio.open_nursery() as inner:
             await inner.start(health.run)
+            await inner.start(sessions.run)
             await inner.start(stats.run)
             await inner.start(requests.run)
             await inner.start(key_checker.run)

@@ -1,12 +1,20 @@
-"""What the request actor needs from a provider adapter. Adapters live in service/ and are injected, so
-the runtime never imports the edges (dependencies flow service -> actors -> events)."""
+"""What the request runner needs from the provider side: a transport that opens calls, and per platform an
+adapter that speaks the provider's format. Both live in service/ and are injected, so the runtime never
+imports the edges (dependencies flow service -> actors -> events).
+
+An adapter is the pure half of a provider kind (openai, gemini, ...): it builds the upstream request and
+parses what comes back into the neutral forms of events/frames.py; the transport does the I/O.
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
+
+from events.frames import Chunk
+from events.outcomes import Failed
 
 
 class TransportFailure(Exception):
@@ -18,13 +26,45 @@ class UpstreamCall:
     platform: str
     model: str
     key_id: str
-    body: dict[str, Any]  # the client's body, already with the upstream model id and gateway fields removed
+    body: dict[str, Any]  # neutral: the client's chat body with the upstream model id, no gateway fields
     stream: bool
+
+
+class HttpRequest(NamedTuple):
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes | None = None
+
+
+class ProviderAdapter(Protocol):
+    kind: str
+
+    def request(self, call: UpstreamCall, base_url: str, secret: str) -> HttpRequest:
+        """The provider's request for a neutral call (the secret goes in a header, never in the URL)."""
+        ...
+
+    def key_check(self, base_url: str, secret: str) -> HttpRequest:
+        """A cheap authenticated call that succeeds exactly when the key works."""
+        ...
+
+    def completion(self, raw: bytes) -> Any:
+        """A whole 200 answer in the neutral form (a chat.completion object), or None if unreadable."""
+        ...
+
+    def frame(self, payload: bytes) -> Chunk | None:
+        """One stream `data:` payload in the neutral form, or None for one that carries nothing."""
+        ...
+
+    def error(self, status: int, headers: Mapping[str, str], raw: bytes, now: float) -> Failed:
+        """A non-200 answer: its failure kind, message and retry time."""
+        ...
 
 
 class UpstreamResponse(Protocol):
     status: int
     headers: Mapping[str, str]  # lower-case names
+    adapter: ProviderAdapter  # how to read it
 
     def chunks(self) -> AsyncGenerator[bytes]:
         """The body as it arrives. Raises TransportFailure if the connection breaks."""
@@ -39,7 +79,7 @@ class Upstream(Protocol):
         ...
 
     async def check_key(self, platform: str, key_id: str) -> int:
-        """Status of a cheap authenticated call (GET /models) with this key."""
+        """Status of the adapter's key check with this key."""
         ...
 
     def redact(self, key_id: str, text: str) -> str:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import heapq
 import random
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 from events.bound_order import BoundOrder, Key, speed_grid
@@ -48,6 +48,10 @@ class Decision:
     no_key_models: int  # models left out only because their platform has no key at all
     pin_used: bool = False
     pin_cleared: str | None = None  # why the session's pin could not be used (the caller logs it)
+    # The models the request named, and those of them without a key (counted in `no_key_models`): what the
+    # request tells its client about named models it passed over. Not part of the choice, so not compared.
+    named_refs: tuple[str, ...] = field(default=(), compare=False)
+    named_no_key: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def chosen_ref(self) -> str | None:
@@ -134,6 +138,7 @@ def decide(view: RoutingView, req: RouteInput, now: float, rng: random.Random) -
     excluded: list[Excluded] = []
     session_rules = req.session is not None or bool(view.session_policy.single_flight)
     no_key = 0
+    named_no_key: list[str] = []
     eligible: list[CatalogModel] = []  # named ones
     seen: set[str] = set()
     has_keys = view.health.has_keys
@@ -146,6 +151,7 @@ def decide(view: RoutingView, req: RouteInput, now: float, rng: random.Random) -
             out = _session_exclusion(view, m, req.session, session, now)
         if out is None and not has_keys(m.platform):
             no_key += 1
+            named_no_key.append(m.ref)
             continue
         if out is not None:
             excluded.append(out)
@@ -215,6 +221,8 @@ def decide(view: RoutingView, req: RouteInput, now: float, rng: random.Random) -
         len(eligible) + chain_count,
         no_key,
         pin_cleared=pin_cleared,
+        named_refs=tuple(m.ref for m in named) if named else (),
+        named_no_key=tuple(named_no_key),
     )
 
 

@@ -49,9 +49,9 @@ class KeyHealth:
         }
     )
 
-    def __init__(self, rate_limit_cooldown_s: float = 60.0, forbidden_cooldown_s: float = 3600.0) -> None:
+    def __init__(self, rate_limit_cooldown_s: float = 60.0, key_forbidden_cooldown_s: float = 3600.0) -> None:
         self.rate_limit_cooldown_s = rate_limit_cooldown_s
-        self.forbidden_cooldown_s = forbidden_cooldown_s
+        self.key_forbidden_cooldown_s = key_forbidden_cooldown_s
         self.keys: dict[str, KeyInfo] = {}
         self._by_platform: dict[str, list[str]] = {}
         self.platforms_version = 0  # changes when a platform gets its first key
@@ -102,7 +102,7 @@ class KeyHealth:
                 self._cool(event.key_id, event.model, event.ts + wait)
             case AttemptFailed(kind=FailureKind.FORBIDDEN):
                 # A 403 for a key that works elsewhere: this key may not use this model (or this content).
-                self._cool(event.key_id, event.model, event.ts + self.forbidden_cooldown_s)
+                self._cool(event.key_id, event.model, event.ts + self.key_forbidden_cooldown_s)
             case AttemptSucceeded(exhausted_for_s=wait) if wait is not None:
                 # The provider said this was the last request (x-ratelimit-remaining: 0) until its reset.
                 self._cool(event.key_id, event.model, event.ts + wait)

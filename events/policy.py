@@ -43,7 +43,7 @@ class RoutingPolicy:
     transient_cooldown_s: float = 15.0  # a model whose every usable key failed with 5xx/connect/stall
     transient_window_s: float = 60.0  # ... within this window
     model_missing_cooldown_s: float = 3600.0  # a 404 for the model on that platform
-    forbidden_cooldown_s: float = 3600.0  # a 403 for a key that works: that key x model
+    key_forbidden_cooldown_s: float = 3600.0  # a 403 for a key that works: that key x model
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

@@ -84,7 +84,7 @@ class RoutingView:
         self.policy = policy
         self.session_policy = session_policy or SessionPolicy()
         self.catalog = Catalog(models)
-        self.health = KeyHealth(policy.rate_limit_cooldown_s, policy.forbidden_cooldown_s)
+        self.health = KeyHealth(policy.rate_limit_cooldown_s, policy.key_forbidden_cooldown_s)
         self.quotas = Quotas(rolling_day_platforms)
         self.cooldowns = Cooldowns(policy, self.health)
         self.stats = Stats(policy.decay_days)

@@ -16,10 +16,13 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from actors.request import ChatRequest, Completion, Failure, Routed
-from actors.sse import DONE, KEEPALIVE, error_frame
+from actors.attempt import StreamEnd
+from actors.request import ChatRequest, Routed, StreamItem
+from actors.sse import DONE, KEEPALIVE, error_frame, frame
 from actors.supervisor import Runtime
+from events.attempts import Completion, Failure
 from events.catalog import ALIASES, VIRTUAL_MODELS
+from events.frames import Chunk
 from service.secrets import TokenCheck
 
 MAX_BODY_BYTES = 32 * 1024 * 1024  # images arrive inline as data URLs
@@ -112,11 +115,24 @@ def create_app(runtime: Runtime, gateway_tokens: TokenCheck) -> QuartTrio:
 
     @app.get("/healthz")
     async def healthz() -> Response:
+        # Always 200: the process is up and answering (a restart would not bring a key). "degraded" when no
+        # provider key is usable, so every chat request would get 503: for monitoring to alert on.
         stats = runtime.health.statistics()
-        return Response(
-            _encode({"status": "ok", "keys": stats.keys, "keys_ok": stats.keys_ok, "models": stats.models}),
-            content_type="application/json",
-        )
+        body: dict[str, object] = {
+            "status": "ok" if stats.keys_ok else "degraded",
+            "keys": stats.keys,
+            "keys_ok": stats.keys_ok,
+            "models": stats.models,
+        }
+        if not stats.keys_ok:
+            body["reason"] = (
+                f"no usable provider key ({stats.keys_invalid} invalid, {stats.keys_disabled} disabled): "
+                "add one with 'switchboard keys add PLATFORM' or a <PLATFORM>_API_KEY variable"
+                if stats.keys
+                else "no provider keys: add one with 'switchboard keys add PLATFORM' or a <PLATFORM>_API_KEY "
+                "variable"
+            )
+        return Response(_encode(body), content_type="application/json")
 
     @app.get("/v1/models")
     async def list_models() -> Response:
@@ -167,8 +183,41 @@ def _model_object(model_id: str, owner: str) -> dict[str, Any]:
     return {"id": model_id, "object": "model", "created": 0, "owned_by": owner}
 
 
+MAX_SKIPPED_HEADER = 1000  # characters of X-Skipped-Models
+
+
 def _routing_headers(result: Completion | Routed) -> dict[str, str]:
-    return {"X-Routed-Via": result.routed_via, "X-Fallback-Attempts": str(result.attempts - 1)}
+    headers = {"X-Routed-Via": result.routed_via, "X-Fallback-Attempts": str(result.attempts - 1)}
+    if result.skipped:
+        headers["X-Skipped-Models"] = _one_line(result.skipped)
+    return headers
+
+
+def _one_line(parts: tuple[str, ...]) -> str:
+    """Printable ASCII on one line, bounded: safe as a header value and inside an SSE comment."""
+    text = "; ".join(parts)[:MAX_SKIPPED_HEADER]
+    return "".join(c if " " <= c <= "~" else "?" for c in text)
+
+
+def _routed_comment(routed: Routed) -> bytes:
+    """A stream committed by a keep-alive has sent its headers before the model was known: the routing
+    reaches the client as an SSE comment before the first data frame (clients ignore comments)."""
+    lines = [f": routed-via {routed.routed_via}", f": fallback-attempts {routed.attempts - 1}"]
+    if routed.skipped:
+        lines.append(": skipped-models " + _one_line(routed.skipped))
+    return "\n".join(lines).encode() + b"\n\n"
+
+
+def render_chat(item: StreamItem) -> bytes | None:
+    """A neutral stream item as chat-completions SSE (None: nothing to write for it)."""
+    if isinstance(item, Chunk):
+        return frame(item.raw)
+    if isinstance(item, StreamEnd):
+        return DONE
+    if isinstance(item, Failure):
+        # Headers are out: a failure, before or after content, is an error event, then the end.
+        return error_frame(item.message, item.type, item.code) + DONE
+    return None
 
 
 def _failure_response(failure: Failure) -> Response:
@@ -206,7 +255,7 @@ async def _stream_response(runtime: Runtime, req: ChatRequest) -> Response:
             for chunk in first:
                 yield chunk
             while True:
-                item: bytes | Routed | Failure | None = None
+                item: StreamItem | None = None
                 try:
                     try:
                         # While chunks flow they are already waiting: no keepalive timer at all.
@@ -218,13 +267,14 @@ async def _stream_response(runtime: Runtime, req: ChatRequest) -> Response:
                     return
                 if item is None:
                     yield KEEPALIVE
-                elif isinstance(item, bytes):
-                    yield item
-                elif isinstance(item, Failure):
-                    # Headers are out, so a failure before any content is an error event, not a status.
-                    yield error_frame(item.message, item.type, item.code)
-                    yield DONE
-                    return
+                elif isinstance(item, Routed):
+                    yield _routed_comment(item)
+                else:
+                    out = render_chat(item)
+                    if out is not None:
+                        yield out
+                    if isinstance(item, Failure):
+                        return
         finally:
             handle.close(client_gone=True)
 

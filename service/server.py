@@ -26,7 +26,7 @@ from events.view import SessionPolicy, rebuild
 from service import __version__
 from service.app import create_app
 from service.config import Config
-from service.openai_compat import OpenAICompatUpstream, PlatformEndpoint
+from service.upstream import HttpUpstream, PlatformEndpoint
 from service.secrets import (
     CredentialStore,
     TokenCheck,
@@ -168,7 +168,7 @@ async def run_gateway(
         gateway_check, _admin_check = gateway_tokens(config, credentials, out)
         keys, secrets = collect_keys(config, master_key, vault)
         keyring = Keyring(secrets, vault)
-        upstream = OpenAICompatUpstream(_endpoints(config), keyring.secret_for)
+        upstream = HttpUpstream(_endpoints(config), keyring.secret_for)
         settings = routing_settings(config, keys)
 
         async def serve_http(runtime: Runtime) -> None:
@@ -215,7 +215,7 @@ async def check_keys(
         view = routing_settings(config, keys).new_view()
         rebuild(store, view)
         known = [info for info in view.health.keys.values() if info.platform in config.platforms]
-        upstream = OpenAICompatUpstream(_endpoints(config), Keyring(secrets, vault).secret_for)
+        upstream = HttpUpstream(_endpoints(config), Keyring(secrets, vault).secret_for)
         results: list[tuple[KeyInfo, KeyChecked]] = []
         try:
             async with trio.open_nursery() as nursery:
@@ -236,4 +236,6 @@ async def check_keys(
 
 
 def _endpoints(config: Config) -> dict[str, PlatformEndpoint]:
-    return {p.name: PlatformEndpoint(p.name, p.base_url, dict(p.headers)) for p in config.platforms.values()}
+    return {
+        p.name: PlatformEndpoint(p.name, p.base_url, dict(p.headers), p.kind) for p in config.platforms.values()
+    }

@@ -17,6 +17,7 @@ import msgspec
 import trio
 
 from actors.upstream import TransportFailure, UpstreamCall
+from service.providers.openai import OpenAIAdapter
 
 _encode = msgspec.json.encode
 
@@ -84,6 +85,8 @@ async def _play(step: Step) -> None:
 
 
 class FakeResponse:
+    adapter = OpenAIAdapter()
+
     def __init__(self, reply: Reply, exchange: Exchange) -> None:
         self.status = reply.status
         self.headers = dict(reply.headers)

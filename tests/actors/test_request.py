@@ -22,24 +22,26 @@ import pytest
 import trio
 import trio.lowlevel
 
+from actors.attempt import DRAIN_S, StreamEnd
 from actors.clock import WallClock
 from actors.log_writer import LogWriter
 from actors.model_health import ModelHealth
 from actors.request import (
     CONSUMER_GONE_S,
-    DRAIN_S,
     ChatRequest,
-    Completion,
     Deadlines,
-    Failure,
     RequestActor,
     RequestStatistics,
     Routed,
     StreamHandle,
-    StreamItem,
-    _final_failure,
 )
+from actors.session import SessionActor
+from actors.sse import error_frame
+from actors.sse import frame as sse_frame
+from events.attempts import Completion, Failure
+from events.attempts import final_failure as _final_failure
 from events.catalog import CatalogModel
+from events.frames import Chunk
 from events.policy import RoutingPolicy
 from events.store import MemoryStore
 from events.types import (
@@ -204,9 +206,11 @@ async def running(
     view = RoutingView(MODELS, RoutingPolicy())
     health = ModelHealth(view, log, clock.now)
     upstream = FakeUpstream(scripts)
+    sessions = SessionActor(log, view.session_policy, clock.now)
     actor = RequestActor(
         log=log,
         health=health,
+        sessions=sessions,
         upstream=upstream,
         deadlines=DEADLINES,
         max_attempts=max_attempts,
@@ -218,6 +222,7 @@ async def running(
             await outer.start(log.run)
             async with trio.open_nursery() as inner:
                 await inner.start(health.run)
+                await inner.start(sessions.run)
                 if start_actor:
                     await inner.start(actor.run)
                 for key_id, platform in keys:
@@ -239,27 +244,43 @@ async def running(
 # ---- helpers ---------------------------------------------------------------------------------------------
 
 
-async def collect(handle: StreamHandle) -> list[tuple[float, StreamItem]]:
-    """Every item of a stream until its channel closes, with the virtual time it arrived (from now)."""
+def wire(item: Any) -> list[Any]:
+    """A neutral stream item as the chat-completions edge writes it: chunks as SSE frames, the end as
+    [DONE], a failure after commit as an error event and [DONE]; `Routed` and a failure before commit stay
+    objects (they become headers and a status)."""
+    if isinstance(item, Chunk):
+        return [sse_frame(item.raw)]
+    if isinstance(item, StreamEnd):
+        return [DONE_FRAME]
+    if isinstance(item, Failure) and item.after_content:
+        return [error_frame(item.message, item.type, item.code), DONE_FRAME]
+    if isinstance(item, bytes | Routed | Failure):
+        return [item]
+    raise AssertionError(f"not a stream item: {item!r}")
+
+
+async def collect(handle: StreamHandle) -> list[tuple[float, Any]]:
+    """Every item of a stream until its channel closes, as written on the wire (see `wire`), with the
+    virtual time it arrived (from now)."""
     start = trio.current_time()
-    return [(trio.current_time() - start, item) async for item in handle.items]
+    return [(trio.current_time() - start, piece) async for item in handle.items for piece in wire(item)]
 
 
-def items_of(timed: list[tuple[float, StreamItem]]) -> list[StreamItem]:
+def items_of(timed: list[tuple[float, Any]]) -> list[Any]:
     return [item for _, item in timed]
 
 
-def error_payloads(items: Sequence[StreamItem]) -> list[dict[str, Any]]:
+def error_payloads(items: Sequence[Any]) -> list[dict[str, Any]]:
     return [
         msgspec.json.decode(item[6:])["error"]
-        for item in items
+        for item in (piece for i in items for piece in wire(i))
         if isinstance(item, bytes) and item.startswith(b'data: {"error"')
     ]
 
 
-def content_of(items: Sequence[StreamItem]) -> str:
+def content_of(items: Sequence[Any]) -> str:
     text = ""
-    for item in items:
+    for item in (piece for i in items for piece in wire(i)):
         if isinstance(item, bytes) and item.startswith(b"data: {") and not item.startswith(b'data: {"error"'):
             for choice in msgspec.json.decode(item[6:]).get("choices", ()):
                 text += (choice.get("delta") or {}).get("content") or ""
@@ -769,7 +790,7 @@ async def test_a_slow_client_is_not_an_upstream_stall(autojump_clock: trio.abc.C
         handle = await gw.actor.open_stream(gw.request("local/a", stream=True))
         assert await handle.items.receive() == Routed("local/a", 1)
         await trio.sleep(30)  # the client reads nothing for 30 s
-        items = [item async for item in handle.items]
+        items = [piece async for item in handle.items for piece in wire(item)]
         await gw.settle()
 
         assert content_of(items) == "".join(words)
@@ -875,7 +896,7 @@ async def test_a_stream_whose_candidates_all_fail_before_content_yields_one_fail
 
         failure_at, failure = only(timed)
         assert isinstance(failure, Failure)
-        assert (failure.status, failure.code, failure.attempts, failure.sent) == (status, code, 2, False)
+        assert (failure.status, failure.code, failure.attempts, failure.after_content) == (status, code, 2, False)
         assert failure_at == pytest.approx(at)
         assert "local/a (key k1)" in failure.message and "local/b (key k1)" in failure.message
         if status == 429:
@@ -989,7 +1010,7 @@ async def test_a_client_leaving_right_after_done_leaves_a_finished_answer(
     async with running({"local/a": sse_reply(*answer("Hi"), FOREVER)}) as gw:
         handle = await gw.actor.open_stream(gw.request("local/a", stream=True))
         async for item in handle.items:
-            if item == DONE_FRAME:
+            if DONE_FRAME in wire(item):
                 break
         handle.close(client_gone=True)
         await trio.sleep(1)

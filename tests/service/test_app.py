@@ -51,7 +51,7 @@ def test_an_empty_session_header_is_refused() -> None:
 
 
 def test_provider_text_loses_the_key_and_any_piece_of_it() -> None:
-    from service.openai_compat import redact
+    from service.upstream import redact
 
     secret = "gsk_ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
     text = f"Invalid API key {secret}; you sent gsk_ABCDEFGH...2345 and again {secret}"

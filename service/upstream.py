@@ -1,4 +1,5 @@
-"""The adapter for OpenAI-compatible providers, on long-lived pooled httpx clients.
+"""The upstream transport: every provider call, on long-lived pooled httpx transports. What a call looks
+like on the wire is the platform's adapter's (service/providers/, chosen by the platform's `kind`).
 
 httpx's pool gets slower as more requests share one client (measured here: one client at 32 in flight
 630 req/s, 32 clients 2,343 req/s), so calls are spread over a few clients (shards). Every client lives
@@ -16,12 +17,10 @@ from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 
 import httpx
-import msgspec
 
-from actors.upstream import TransportFailure, UpstreamCall
+from actors.upstream import HttpRequest, ProviderAdapter, TransportFailure, UpstreamCall
+from service.providers import ADAPTERS
 from service.secrets import SecretsError
-
-_encode = msgspec.json.encode
 
 
 @dataclass(frozen=True)
@@ -29,13 +28,19 @@ class PlatformEndpoint:
     name: str
     base_url: str
     headers: Mapping[str, str]
+    kind: str = "openai"
+
+    @property
+    def adapter(self) -> ProviderAdapter:
+        return ADAPTERS[self.kind]
 
 
 class _Response:
-    __slots__ = ("_resp", "headers", "status")
+    __slots__ = ("_resp", "adapter", "headers", "status")
 
-    def __init__(self, resp: httpx.Response) -> None:
+    def __init__(self, resp: httpx.Response, adapter: ProviderAdapter) -> None:
         self._resp = resp
+        self.adapter = adapter
         self.status = resp.status_code
         self.headers = resp.headers  # case-insensitive, so lower-case lookups work
 
@@ -48,7 +53,7 @@ class _Response:
             raise TransportFailure(_describe(exc)) from None
 
 
-class OpenAICompatUpstream:
+class HttpUpstream:
     def __init__(
         self,
         platforms: Mapping[str, PlatformEndpoint],
@@ -77,37 +82,28 @@ class OpenAICompatUpstream:
         for transport in self._transports:
             await transport.aclose()
 
-    def _request(
-        self, method: str, platform: str, key_id: str, path: str, body: bytes | None = None
-    ) -> tuple[httpx.AsyncHTTPTransport, httpx.Request]:
-        endpoint = self._platforms[platform]
-        headers = {
-            "authorization": f"Bearer {self._secret_for(key_id)}",
-            "accept-encoding": "gzip",
-            **endpoint.headers,
-        }
-        if body is not None:
-            headers["content-type"] = "application/json"
-        request = httpx.Request(
-            method,
-            endpoint.base_url.rstrip("/") + path,
-            content=body,
-            headers=headers,
+    def _send(self, endpoint: PlatformEndpoint, built: HttpRequest) -> httpx.Request:
+        return httpx.Request(
+            built.method,
+            built.url,
+            content=built.body,
+            headers={**built.headers, **endpoint.headers},
             extensions={"timeout": self._timeout},
         )
-        return next(self._next), request
 
     @asynccontextmanager
     async def open(self, call: UpstreamCall) -> AsyncIterator[_Response]:
-        transport, request = self._request(
-            "POST", call.platform, call.key_id, "/chat/completions", _encode(call.body)
+        endpoint = self._platforms[call.platform]
+        adapter = endpoint.adapter
+        request = self._send(
+            endpoint, adapter.request(call, endpoint.base_url, self._secret_for(call.key_id))
         )
         try:
-            resp = await transport.handle_async_request(request)
+            resp = await next(self._next).handle_async_request(request)
         except httpx.HTTPError as exc:
             raise TransportFailure(_describe(exc)) from None
         try:
-            yield _Response(resp)
+            yield _Response(resp, adapter)
         finally:
             await resp.aclose()
 
@@ -118,9 +114,10 @@ class OpenAICompatUpstream:
             return text
 
     async def check_key(self, platform: str, key_id: str) -> int:
-        transport, request = self._request("GET", platform, key_id, "/models")
+        endpoint = self._platforms[platform]
+        built = endpoint.adapter.key_check(endpoint.base_url, self._secret_for(key_id))
         try:
-            resp = await transport.handle_async_request(request)
+            resp = await next(self._next).handle_async_request(self._send(endpoint, built))
             try:
                 await resp.aread()  # the body, so the connection goes back to the pool
             finally:

@@ -1,0 +1,9 @@
+"""Provider adapters by platform `kind`: the pure half of speaking to a provider (actors/upstream.py's
+`ProviderAdapter`). A new kind is one module here and one entry in `ADAPTERS`."""
+
+from __future__ import annotations
+
+from actors.upstream import ProviderAdapter
+from service.providers.openai import OpenAIAdapter
+
+ADAPTERS: dict[str, ProviderAdapter] = {"openai": OpenAIAdapter()}

@@ -1,0 +1,48 @@
+"""The OpenAI-compatible adapter: most providers speak OpenAI's chat completions already, so the neutral
+forms are its own and parsing is decoding."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+from actors.upstream import HttpRequest, UpstreamCall
+from events.frames import Chunk
+from events.judge import judge_error
+from events.outcomes import Failed
+
+_encode = msgspec.json.encode
+_decode = msgspec.json.decode
+
+
+class OpenAIAdapter:
+    kind = "openai"
+
+    def request(self, call: UpstreamCall, base_url: str, secret: str) -> HttpRequest:
+        headers = {
+            "authorization": f"Bearer {secret}",
+            "accept-encoding": "gzip",
+            "content-type": "application/json",
+        }
+        return HttpRequest("POST", base_url.rstrip("/") + "/chat/completions", headers, _encode(call.body))
+
+    def key_check(self, base_url: str, secret: str) -> HttpRequest:
+        headers = {"authorization": f"Bearer {secret}", "accept-encoding": "gzip"}
+        return HttpRequest("GET", base_url.rstrip("/") + "/models", headers)
+
+    def completion(self, raw: bytes) -> Any:
+        try:
+            return _decode(raw) if raw else None
+        except (msgspec.DecodeError, RecursionError):
+            return None
+
+    def frame(self, payload: bytes) -> Chunk | None:
+        try:
+            return Chunk(payload, _decode(payload))
+        except (msgspec.DecodeError, RecursionError):
+            return None
+
+    def error(self, status: int, headers: Mapping[str, str], raw: bytes, now: float) -> Failed:
+        return judge_error(status, headers, raw, now)
