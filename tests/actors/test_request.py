@@ -10,6 +10,7 @@ in-flight entries are released), and the actor has no request or stream left ope
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -52,13 +53,17 @@ from events.types import (
     Event,
     Excluded,
     KeyAdded,
+    KeyChecked,
     KeyInvalidated,
     RequestCompleted,
     RequestReceived,
     RouteDecided,
+    SessionBanned,
+    SessionPinCleared,
+    SessionPinned,
     StreamStalled,
 )
-from events.view import POOL_REASON, RoutingView
+from events.view import POOL_REASON, RoutingView, SessionPolicy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # fakes.py, beside this file
 from fakes import (
@@ -195,6 +200,7 @@ async def running(
     max_attempts: int = 5,
     keys: Sequence[tuple[str, str]] = KEYS,
     start_actor: bool = True,
+    session_policy: SessionPolicy | None = None,
 ) -> AsyncIterator[Gateway]:
     """A log writer on a MemoryStore, a model-health actor on a RoutingView of MODELS, `keys` added durably,
     and a request actor on a FakeUpstream with `scripts` (started unless `start_actor` is False: then the
@@ -203,7 +209,7 @@ async def running(
     store = MemoryStore()
     log = LogWriter(store)
     clock = WallClock()
-    view = RoutingView(MODELS, RoutingPolicy())
+    view = RoutingView(MODELS, RoutingPolicy(), session_policy=session_policy)
     health = ModelHealth(view, log, clock.now)
     upstream = FakeUpstream(scripts)
     sessions = SessionActor(log, view.session_policy, clock.now)
@@ -896,7 +902,12 @@ async def test_a_stream_whose_candidates_all_fail_before_content_yields_one_fail
 
         failure_at, failure = only(timed)
         assert isinstance(failure, Failure)
-        assert (failure.status, failure.code, failure.attempts, failure.after_content) == (status, code, 2, False)
+        assert (failure.status, failure.code, failure.attempts, failure.after_content) == (
+            status,
+            code,
+            2,
+            False,
+        )
         assert failure_at == pytest.approx(at)
         assert "local/a (key k1)" in failure.message and "local/b (key k1)" in failure.message
         if status == 429:
@@ -1061,3 +1072,136 @@ def test_a_failure_message_gives_the_reasons_not_the_models_the_pool_left_out() 
         "No model can take this request right now: 7 models have no API key for their platform "
         f"(switchboard keys add PLATFORM); 2 models left out ({POOL_REASON})"
     )
+
+
+# ---- regressions of issue 9 (each failed on the code before it) -------------------------------------------
+
+
+def in_session(gw: Gateway, session: str, *models: str, stream: bool = False) -> ChatRequest:
+    """A turn of a conversation the client names (X-Session-Id): pins and thread protection apply."""
+    return dataclasses.replace(gw.request(*models, stream=stream, use_chain=True), session_header=session)
+
+
+async def test_a_failure_after_content_bans_a_provider_ban_platform_for_the_session(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # It never reached thread protection: the next turn went back to the platform that just failed.
+    stalls = sse_reply(ROLE, chunk("Hel"), FOREVER)
+    policy = SessionPolicy(protection={"local": "provider-ban"})
+    async with running({"local/a": stalls, "alt/x": OK_BODY}, session_policy=policy) as gw:
+        first = await gw.actor.open_stream(in_session(gw, "thread-1", "local/a", stream=True))
+        items = items_of(await collect(first))
+        assert error_payloads(items) and content_of(items) == "Hel"
+        await gw.settle()
+        ban = only(gw.events(SessionBanned))
+        assert (ban.platform, ban.reason) == ("local", "provider-ban: mid-stream stall_mid")
+
+        # The next turn of that conversation names local/a again: the ban keeps it on another platform.
+        again = await gw.actor.complete(in_session(gw, "thread-1", "local/a"))
+        assert isinstance(again, Completion) and again.routed_via == "alt/x"
+        assert len(gw.upstream.calls("local/a")) == 1
+
+
+async def test_a_delivered_truncation_clears_the_pin_instead_of_re_pinning(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    cut = sse_reply(ROLE, chunk("Half"), chunk(finish="length"), DONE_FRAME)
+    async with running({"local/a": [OK_STREAM, cut]}) as gw:
+        turn1 = await gw.actor.open_stream(in_session(gw, "thread-2", "local/a", stream=True))
+        await collect(turn1)
+        await gw.settle()
+        pinned = only(gw.events(SessionPinned))
+        assert (pinned.platform, pinned.model) == ("local", "a")
+
+        turn2 = in_session(gw, "thread-2", "auto", stream=True)
+        items = items_of(await collect(await gw.actor.open_stream(turn2)))
+        assert content_of(items) == "Half" and items[-1] == DONE_FRAME  # delivered as the provider sent it
+        await gw.settle()
+        assert gw.events(SessionPinned, turn2.request_id) == []  # no re-pin to the model that cut it short
+        cleared = only(gw.events(SessionPinCleared, turn2.request_id))
+        assert cleared.reason == "model-skip: mid-stream truncated"
+
+
+async def test_a_stall_before_the_first_byte_skips_the_models_other_keys(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # It waited first_byte_s once per key before trying another model: the stall is the provider's.
+    silent = Reply(before=(FOREVER,))
+    keys = (("k1", "local"), ("k1b", "local"), ("k2", "alt"))
+    async with running({"local/a": silent, "alt/x": OK_BODY}, keys=keys) as gw:
+        start = trio.current_time()
+        result = await gw.actor.complete(gw.request("local/a", "alt/x"))
+        assert isinstance(result, Completion) and result.routed_via == "alt/x"
+        assert trio.current_time() - start == pytest.approx(DEADLINES.first_byte_s)
+        assert [e.ref for e in gw.upstream.calls()] == ["local/a", "alt/x"]
+
+
+async def test_first_token_from_the_fallback_within_first_byte_s_when_a_two_key_model_stalls(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # Acceptance of issue 9: first_byte_s = stall_s = 5, a model with two keys that never answers.
+    silent = Reply(before=(FOREVER,))
+    keys = (("k1", "local"), ("k1b", "local"), ("k2", "alt"))
+    async with running({"local/a": silent, "alt/x": OK_STREAM}, keys=keys) as gw:
+        start = trio.current_time()
+        handle = await gw.actor.open_stream(gw.request("local/a", "alt/x", stream=True))
+        timed = await collect(handle)
+        first_content = next(t for t, item in timed if isinstance(item, bytes) and b'"content"' in item)
+        assert first_content <= 5 + 1
+        assert trio.current_time() - start <= 5 + 1
+
+
+async def test_a_403_with_a_working_key_cools_only_that_key_for_that_model(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # A 403 invalidated the key for every model of the platform, though 403s are often model-specific.
+    scripts = {"local/a": error_reply(403, "model not allowed"), "alt/x": OK_BODY, "local/b": OK_BODY}
+    async with running(scripts) as gw:
+        result = await gw.actor.complete(gw.request("local/a", "alt/x"))
+        assert isinstance(result, Completion) and result.routed_via == "alt/x"
+        await gw.settle()
+        failed = only(gw.events(AttemptFailed))
+        assert (failed.kind, failed.status) == ("forbidden", 403)
+        assert "the key works" in failed.message
+        assert gw.events(KeyInvalidated) == []
+        assert only(gw.events(KeyChecked)).ok
+        # The key still serves the platform's other models; this model waits (long) on this key.
+        later = await gw.actor.complete(gw.request("local/b"))
+        assert isinstance(later, Completion) and later.routed_via == "local/b"
+        assert gw.view.health.cooling_until("k1", "a", gw.now()) is not None
+        assert gw.view.health.cooling_until("k1", "b", gw.now()) is None
+
+
+async def test_a_403_whose_key_check_fails_invalidates_the_key(autojump_clock: trio.abc.Clock) -> None:
+    async with running({"local/a": error_reply(403, "forbidden"), "alt/x": OK_BODY}) as gw:
+        gw.upstream.key_status["k1"] = 401
+        result = await gw.actor.complete(gw.request("local/a", "alt/x"))
+        assert isinstance(result, Completion) and result.routed_via == "alt/x"
+        await gw.settle()
+        assert only(gw.events(AttemptFailed)).kind == "auth"
+        assert only(gw.events(KeyInvalidated)).key_id == "k1"
+
+
+async def test_every_attempt_stalling_before_content_is_a_504_stream_timeout(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # It was a 502, as if the providers had answered with errors.
+    silent = Reply(before=(FOREVER,))
+    async with running({"local/a": silent, "alt/x": silent}) as gw:
+        result = await gw.actor.complete(gw.request("local/a", "alt/x"))
+        assert isinstance(result, Failure)
+        assert (result.status, result.code, result.attempts) == (504, "stream_timeout", 2)
+
+
+async def test_a_named_model_that_cannot_be_used_is_reported_not_replaced_silently(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # It was replaced with X-Fallback-Attempts: 0 and no word of why.
+    async with running({"alt/x": OK_BODY}, keys=(("k2", "alt"),)) as gw:
+        result = await gw.actor.complete(gw.request("local/a", "alt/x"))
+        assert isinstance(result, Completion)
+        assert (result.routed_via, result.attempts) == ("alt/x", 1)
+        assert result.skipped == ("local/a (its platform has no API key)",)
+        handle = await gw.actor.open_stream(gw.request("local/a", "alt/x", stream=True))
+        routed = (await collect(handle))[0][1]
+        assert routed == Routed("alt/x", 1, ("local/a (its platform has no API key)",))
