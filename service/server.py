@@ -18,7 +18,6 @@ from actors.request import Deadlines
 from actors.supervisor import Runtime, Settings, run_service
 from events.catalog import CatalogModel
 from events.key_health import KeyInfo
-from events.quotas import Limits
 from events.sqlite_store import SqliteStore
 from events.store import LogStore
 from events.types import KeyChecked
@@ -56,21 +55,7 @@ class Keyring:
 
 
 def catalog_models(config: Config) -> list[CatalogModel]:
-    return [
-        CatalogModel(
-            platform=m.platform,
-            id=m.id,
-            pool=m.pool,
-            fallback=m.fallback,
-            enabled=m.enabled,
-            context_window=m.context_window,
-            intelligence_rank=m.intelligence_rank,
-            speed_rank=m.speed_rank,
-            limits=Limits(m.rpm, m.rpd, m.tpm, m.tpd),
-        )
-        for m in config.models
-        if m.platform in config.platforms
-    ]
+    return [m.catalog_model() for m in config.models if m.platform in config.platforms]
 
 
 def routing_settings(config: Config, keys: list[tuple[str, str, str, str]] | None = None) -> Settings:
