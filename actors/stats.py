@@ -1,4 +1,6 @@
-"""Stats actor: folds attempt outcomes into per-model counters and answers snapshot asks."""
+"""Stats actor: the one owner of operational statistics (events/op_stats.py) while the gateway runs. It folds
+every committed batch and answers snapshot asks (the admin console and metrics read it); `switchboard
+models` folds the same class from the log when it runs on its own."""
 
 from __future__ import annotations
 
@@ -9,21 +11,8 @@ import trio
 
 from actors.log_writer import LogWriter
 from actors.mailbox import Reply
-from events.model_stats import Stats
+from events.op_stats import ModelCounters, OperationalStats
 from events.store import Entry
-
-
-@dataclass(frozen=True)
-class ModelCounters:
-    ref: str
-    successes: int
-    failures: int
-    failures_by_kind: dict[str, int]
-    mean_latency_ms: float | None
-    mean_ttfb_ms: float | None  # recent (exponentially weighted)
-    tokens_per_s: float | None  # recent (exponentially weighted)
-    output_tokens: int
-    stalls: int
 
 
 @dataclass(frozen=True)
@@ -33,7 +22,7 @@ class StatsStatistics:
 
 
 class StatsActor:
-    def __init__(self, stats: Stats, log: LogWriter) -> None:
+    def __init__(self, stats: OperationalStats, log: LogWriter) -> None:
         self._stats = stats
         self._send, self._recv = trio.open_memory_channel[list[Entry] | Reply[list[ModelCounters]]](math.inf)
         log.subscribe(self._send.clone())
@@ -56,20 +45,4 @@ class StatsActor:
                         self._stats.apply(event)
                     self._applied += len(message)
                 else:
-                    message.send(self._counters())
-
-    def _counters(self) -> list[ModelCounters]:
-        return [
-            ModelCounters(
-                ref=ref,
-                successes=s.successes,
-                failures=s.failures,
-                failures_by_kind=dict(s.failures_by_kind),
-                mean_latency_ms=s.latency_ms_total / s.successes if s.successes else None,
-                mean_ttfb_ms=s.ttfb_ms,
-                tokens_per_s=s.tps,
-                output_tokens=s.output_tokens,
-                stalls=s.stalls,
-            )
-            for ref, s in sorted(self._stats.models.items())
-        ]
+                    message.send(self._stats.counters())

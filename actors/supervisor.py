@@ -23,7 +23,7 @@ from actors.session import SessionActor
 from actors.stats import StatsActor
 from actors.upstream import Upstream
 from events.catalog import CatalogModel
-from events.model_stats import Stats
+from events.op_stats import OperationalStats
 from events.policy import RoutingPolicy
 from events.store import LogStore
 from events.types import KeyAdded, KeyRemoved, ServiceStarted, ServiceStopped
@@ -73,7 +73,7 @@ async def run_service(
 ) -> None:
     clock = WallClock()
     view = settings.new_view()
-    stats_p = Stats(settings.policy.decay_days)
+    stats_p = OperationalStats()
     replayed = rebuild(store, view, also=(stats_p.apply,))
     known_keys = set(view.health.keys)
 

@@ -1,4 +1,5 @@
-"""Per-model statistics for scoring: recency-decayed successes and totals, raw totals, speed and TTFB.
+"""Per-model statistics for scoring (the bandit's): recency-decayed successes and totals, speed and TTFB as
+moving averages. The plain totals people read are events/op_stats.py's, folded by the stats actor.
 
 Decay is linear over `decay_days`: an outcome of age a weighs clamp(1 - a / T, 0, 1). With running sums of
 count n and timestamps S over the outcomes still inside the window, the decayed total at `now` is
@@ -9,12 +10,12 @@ of the window, where weights are below 1/10080 anyway.
 
 from __future__ import annotations
 
-from collections import Counter, deque
-from dataclasses import dataclass, field
+from collections import deque
+from dataclasses import dataclass
 from typing import ClassVar
 
 from events.failures import MODEL_FAULTS
-from events.types import AttemptFailed, AttemptSucceeded, Event, StreamStalled
+from events.types import AttemptFailed, AttemptSucceeded, Event
 
 BUCKET_S = 60.0
 EWMA_ALPHA = 0.2  # speed and TTFB follow the recent successes
@@ -57,25 +58,15 @@ class _Decayed:
 class ModelStats:
     decayed_successes: _Decayed
     decayed_total: _Decayed
-    successes: int = 0
-    failures: int = 0
-    failures_by_kind: Counter[str] = field(default_factory=Counter)
-    stalls: int = 0
     tps: float | None = None  # output tokens per second after the first byte (EWMA)
     ttfb_ms: float | None = None  # EWMA
-    latency_ms_total: float = 0.0
-    output_tokens: int = 0
-
-    @property
-    def total(self) -> int:
-        return self.successes + self.failures
 
 
 class Stats:
     """Outcomes per model ref (`platform/id`). Only model faults count as failures: a 429, a bad key or a
     bad request says nothing about the model; a stall, a truncation or an empty answer does."""
 
-    FOLDS: ClassVar[frozenset[type[Event]]] = frozenset({AttemptSucceeded, AttemptFailed, StreamStalled})
+    FOLDS: ClassVar[frozenset[type[Event]]] = frozenset({AttemptSucceeded, AttemptFailed})
 
     def __init__(self, decay_days: float = 7.0) -> None:
         self.span = decay_days * 86400.0
@@ -96,11 +87,8 @@ class Stats:
         match event:
             case AttemptSucceeded():
                 s = self._of(event.platform, event.model)
-                s.successes += 1
                 s.decayed_successes.add(event.ts)
                 s.decayed_total.add(event.ts)
-                s.latency_ms_total += event.latency_ms
-                s.output_tokens += event.output_tokens
                 s.ttfb_ms = _ewma(s.ttfb_ms, event.ttfb_ms)
                 generation_s = (event.latency_ms - event.ttfb_ms) / 1000
                 if event.output_tokens > 0 and generation_s > 0.001:
@@ -111,12 +99,7 @@ class Stats:
                     elif was_max:  # the fastest got slower: rare, so a scan is fine
                         self.max_tps = max(m.tps for m in self.models.values() if m.tps is not None)
             case AttemptFailed(kind=kind) if kind in MODEL_FAULTS:
-                s = self._of(event.platform, event.model)
-                s.failures += 1
-                s.failures_by_kind[kind] += 1
-                s.decayed_total.add(event.ts)
-            case StreamStalled():
-                self._of(event.platform, event.model).stalls += 1
+                self._of(event.platform, event.model).decayed_total.add(event.ts)
             case _:
                 pass
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import trio
 
 from actors.model_health import usable_keys
-from events.model_stats import Stats
+from events.op_stats import OperationalStats
 from events.replay import Replayed
 from events.sqlite_store import SqliteStore
 from events.types import KeyAdded, KeyDisabled, KeyEnabled, ModelUpdated, encode_event, event_type
@@ -41,14 +41,14 @@ def _store(config: Config) -> SqliteStore:
     return SqliteStore(config.data_dir / DB_NAME)
 
 
-def _projections(store: SqliteStore, config: Config) -> tuple[RoutingView, Stats]:
+def _projections(store: SqliteStore, config: Config) -> tuple[RoutingView, OperationalStats]:
     settings = routing_settings(config)
-    view, stats = settings.new_view(), Stats(settings.policy.decay_days)
+    view, stats = settings.new_view(), OperationalStats()
     rebuild(store, view, also=(stats.apply,))
     return view, stats
 
 
-def _read_view(config: Config) -> tuple[RoutingView, Stats]:
+def _read_view(config: Config) -> tuple[RoutingView, OperationalStats]:
     """The projections as of now, for commands that only read."""
     store = _store(config)
     try:

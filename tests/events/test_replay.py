@@ -228,7 +228,7 @@ def observable(view: RoutingView, now: float) -> object:
         {(k, m.ref): view.quotas.frees_at(k, m.ref, now, m.limits, 0) for k in key_ids for m in models},
         view.quotas.in_flight(),
         {m.ref: tuple(round(x, 9) for x in view.stats.decayed(m.ref, now)) for m in models},
-        {ref: (s.successes, s.failures, s.stalls, s.tps, s.ttfb_ms) for ref, s in view.stats.models.items()},
+        {ref: (s.tps, s.ttfb_ms) for ref, s in view.stats.models.items()},
         view.stats.max_tps,
         view.intelligence(),
         [(k, s.pin, s.bans) for k, s in view.sessions.live(now)],
