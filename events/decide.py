@@ -136,7 +136,9 @@ def decide(view: RoutingView, req: RouteInput, now: float, rng: random.Random) -
             ranked = (_score(view, p, pinned, parts.of(pinned), now, rng, named=True),)
             return Decision(ranked, (), pinned, key, 1, 0, pin_used=True)
     excluded: list[Excluded] = []
-    session_rules = req.session is not None or bool(view.session_policy.single_flight)
+    # Without a session only single-flight can exclude, and only a platform with an attempt in flight.
+    single_flight = view.session_policy.single_flight
+    session_rules = req.session is not None or any(map(view.in_flight.busy, single_flight))
     no_key = 0
     named_no_key: list[str] = []
     eligible: list[CatalogModel] = []  # named ones

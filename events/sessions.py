@@ -168,6 +168,10 @@ class InFlight:
     def count(self) -> int:
         return len(self._attempts)
 
+    def busy(self, platform: str) -> bool:
+        """Whether any attempt is in flight on the platform."""
+        return bool(self._by_platform.get(platform))
+
 
 # ---- thread protection ----------------------------------------------------------------------------------
 

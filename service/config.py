@@ -106,7 +106,12 @@ class PlatformConfig:
     timeout_s: float | None = None
     quota_day: QuotaDay = DEFAULT_QUOTA_DAY
     # Provider-ban platforms only: while one session has a request in flight here, other sessions skip it.
-    single_flight: bool = False
+    # Not given, it follows the protection level: on for provider-ban, as the seed guarded LongCat threads.
+    single_flight: bool | None = None  # None: set to the level's default at once (never None after)
+
+    def __post_init__(self) -> None:
+        if self.single_flight is None:
+            object.__setattr__(self, "single_flight", self.protection == "provider-ban")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -611,7 +616,11 @@ def _protection_env(
         overrides[name] = level
     if not overrides:
         return platforms
-    return {n: replace(p, protection=overrides[n]) if n in overrides else p for n, p in platforms.items()}
+    # A level set here brings its single-flight default with it.
+    return {
+        n: replace(p, protection=overrides[n], single_flight=None) if n in overrides else p
+        for n, p in platforms.items()
+    }
 
 
 def _server_env(env: Mapping[str, str], host: str, port: int, data_dir: Path) -> tuple[str, int, Path]:

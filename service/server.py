@@ -84,7 +84,9 @@ def routing_settings(config: Config, keys: list[tuple[str, str, str, str]] | Non
         ),
         sessions=SessionPolicy(
             protection={p.name: p.protection for p in config.platforms.values()},
-            single_flight=frozenset(p.name for p in config.platforms.values() if p.single_flight),
+            single_flight=frozenset(
+                p.name for p in config.platforms.values() if p.single_flight and p.protection == "provider-ban"
+            ),
             pin_ttl_s=config.sessions.pin_ttl_s,
             max_sessions=config.sessions.max_sessions,
             provider_ban_window_s=config.sessions.provider_ban_window_s,

@@ -25,6 +25,7 @@ from service.config import (
     load_builtin_catalog,
     load_config,
 )
+from service.server import routing_settings
 
 SEED = Path("/work/shared/catalog/seed-catalog.json")
 CATALOG = Path(__file__).resolve().parents[2] / "service" / "data" / "catalog.json"
@@ -73,7 +74,10 @@ def test_defaults_without_a_file() -> None:
     assert config.platforms["groq"].env_var == "GROQ_API_KEY"
     assert config.platforms["ollama"].timeout_s == 120.0
     assert config.platforms["openrouter"].headers["X-Title"] == "FreeLLMAPI"
-    assert {(p.quota_day, p.single_flight) for p in config.platforms.values()} == {("utc", False)}
+    # Single-flight follows the protection level: on for provider-ban (LongCat), off elsewhere.
+    assert {
+        (p.quota_day, p.single_flight == (p.protection == "provider-ban")) for p in config.platforms.values()
+    } == {("utc", True)}
 
     assert len(config.models) == 81
     assert all(m.platform in config.platforms for m in config.models)
@@ -509,6 +513,33 @@ single_flight = true
     assert (lab.protection, lab.quota_day, lab.single_flight) == ("provider-ban", "rolling", True)
     longcat = config.platforms["longcat"]
     assert (longcat.protection, longcat.quota_day, longcat.single_flight) == ("provider-ban", "utc", True)
+
+
+def test_provider_ban_platforms_are_single_flight_by_default(tmp_path: Path) -> None:
+    # It was off unless set: LongCat threads (the seed guarded them) collided across sessions.
+    text = """\
+[[platforms]]
+name = "lab"
+kind = "openai"
+base_url = "https://lab.test/v1"
+protection = "provider-ban"
+
+[[platforms]]
+name = "longcat"
+single_flight = false
+
+[[platforms]]
+name = "groq"
+single_flight = true
+"""
+    config = load_config(write(tmp_path, text), {"THREAD_PROTECTION_PLATFORMS": "cerebras:provider-ban"})
+    assert config.platforms["lab"].single_flight is True
+    assert config.platforms["longcat"].single_flight is False  # said so
+    assert config.platforms["cerebras"].single_flight is True  # the level set by the environment brings it
+    assert config.platforms["mistral"].single_flight is False  # model-skip
+    settings = routing_settings(config)
+    # Only provider-ban platforms can be single-flight (groq says true, but is model-skip).
+    assert settings.sessions.single_flight == {"lab", "cerebras"}
 
 
 def test_sessions_table(tmp_path: Path) -> None:
