@@ -27,6 +27,9 @@ What a request gets is its *behaviour*, a spec ``name[:arg[:arg]]``, looked up i
     reset                 read the request, then RST (SO_LINGER 0) without a response
     reset-mid             stream: headers, role + 2 content chunks, then RST
                           (non-stream: headers and half the body, then RST)
+    fail-mid[:<code>]     stream: headers, role + 2 content chunks, then an error frame
+                          {"error": {"message", "code"}} (code default 503) and [DONE], as a provider that
+                          breaks mid-answer sends it (non-stream: wrapped-body)
     drip:<i>:<n>          stream: headers + role chunk at once, then n content chunks "t0 ", "t1 ", ...
                           each after i seconds, then the finish (non-stream: the answer after n*i seconds)
     slow:<s>              a healthy but slow upstream: wait s seconds, then answer normally
@@ -86,6 +89,7 @@ BEHAVIOURS = frozenset(
         "empty",
         "reset",
         "reset-mid",
+        "fail-mid",
         "drip",
         "slow",
     }
@@ -547,7 +551,7 @@ class _Conn:
                 f"{_prompt_tokens(body) + 8192} tokens. Please reduce the length of the messages."
             )
             return await self._error(400, model, message, code="context_length_exceeded")
-        if name == "wrapped-body" or (name == "wrapped-sse" and not stream):
+        if name == "wrapped-body" or (name in ("wrapped-sse", "fail-mid") and not stream):
             return await self._json(200, _wrapped(model, _int(args, 0, 503)))
         if name == "wrapped-sse":
             frame = b"data: " + _wrapped(model, _int(args, 0, 503)) + b"\n\n"
@@ -555,6 +559,10 @@ class _Conn:
         if name == "reset":
             await self._abort()
             return False
+        if name == "fail-mid":
+            head = _build_answer("ok", [], model, body).head_frames()[:3]
+            frame = b"data: " + _wrapped(model, _int(args, 0, 503)) + b"\n\n"
+            return await self._stream(None, [(0.0, f) for f in [*head, frame, _DONE]])
         answer = _build_answer(name, args, model, body)
         if name in _DELAYED or (name == "stall-mid" and not stream):
             delay = _float(args, 0, 1.0)
