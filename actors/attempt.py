@@ -11,7 +11,7 @@ connection: a stalled attempt really hangs up.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, replace
 from typing import TypedDict
@@ -22,6 +22,7 @@ import trio
 from actors.key_checker import check_key
 from actors.log_writer import LogWriter
 from actors.sse import data_frames
+from actors.stream import END, Emit, Routed
 from actors.upstream import ProviderAdapter, TransportFailure, Upstream, UpstreamCall
 from events import taxonomy
 from events.failures import FailureKind
@@ -32,18 +33,6 @@ from events.types import AttemptFailed, AttemptStarted, AttemptSucceeded, KeyInv
 
 DRAIN_S = 0.5  # after [DONE], how long to wait for the upstream to end its body
 _decode = msgspec.json.decode
-
-
-class StreamEnd:
-    """The stream's normal end: the client protocol writes its own closing (`[DONE]` for chat)."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "END"
-
-
-END = StreamEnd()
 
 
 @dataclass(frozen=True)
@@ -60,9 +49,6 @@ class AttemptSpec:
     stall_s: float
     session: str | None = None
     keep_reply: bool = False  # collect the streamed reply (a first turn's session key comes from it)
-
-
-Emit = Callable[[object], Awaitable[None]]
 
 
 class _Ids(TypedDict):
@@ -94,7 +80,7 @@ class Attempt:
     def content_sent(self) -> bool:
         return self.judge is not None and self.judge.sent
 
-    async def run(self, emit: Emit, routed: object) -> Outcome:
+    async def run(self, emit: Emit, routed: Routed) -> Outcome:
         s, call = self.spec, self.spec.call
         base: _Ids = {
             "request_id": s.request_id,
@@ -123,7 +109,7 @@ class Attempt:
                     await self._record(ClientGone(self.content_sent), base)
         return out
 
-    async def _call(self, emit: Emit, routed: object) -> Outcome:
+    async def _call(self, emit: Emit, routed: Routed) -> Outcome:
         s = self.spec
         deadline = trio.CancelScope(deadline=trio.current_time() + s.first_byte_s)
         out: Outcome
@@ -160,7 +146,7 @@ class Attempt:
                 deadline.deadline = trio.current_time() + self.spec.stall_s
         return bytes(raw)
 
-    async def _send_whole(self, answer: Answered, emit: Emit, routed: object) -> None:
+    async def _send_whole(self, answer: Answered, emit: Emit, routed: Routed) -> None:
         assert self.judge is not None and answer.body is not None
         chunk = completion_as_chunk(_decode(answer.body))
         self.judge.whole(answer, chunk)
@@ -174,7 +160,7 @@ class Attempt:
         adapter: ProviderAdapter,
         deadline: trio.CancelScope,
         emit: Emit,
-        routed: object,
+        routed: Routed,
     ) -> Outcome:
         judge, stall_s = self.judge, self.spec.stall_s
         assert judge is not None

@@ -2,13 +2,10 @@
 request core (events/attempts.py decides what to avoid next and when to stop; actors/attempt.py runs one
 attempt; the session actor applies thread protection and pins).
 
-Streaming follows the commit contract (DESIGN.md section 5): items go to the client's protocol edge over a
-channel; until a chunk with content has gone out, a failing attempt falls over silently to the next
-candidate; after that, the request ends with a `Failure(after_content=True)` that the edge renders as its
-protocol's error event. The items are neutral (`Routed`, `Chunk`, `END`, `Failure`): chat completions,
-Responses and Messages each render them in their own form. The producer of a stream runs in this actor's
-nursery so it can outlive the handler's `return Response(...)`; the consumer cancels it when the client
-goes away.
+Streaming follows the commit contract (DESIGN.md section 5): neutral items go to the client protocol's
+edge over a channel (actors/stream.py); until a chunk with content has gone out, a failing attempt falls
+over silently to the next candidate; after that, the request ends with a `Failure(after_content=True)`
+that the edge renders as its protocol's error event.
 
 Error handling: expected upstream failures are outcomes (events/outcomes.py) and recorded; anything else
 is a bug: one request's bug is a 500 for that client with the traceback in the log, an actor's ends the
@@ -17,29 +14,25 @@ process.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import msgspec
 import trio
 
-from actors.attempt import END, Attempt, AttemptSpec, StreamEnd
+from actors.attempt import Attempt, AttemptSpec
 from actors.log_writer import LogWriter
 from actors.model_health import ModelHealth
 from actors.session import Conversation, SessionActor
+from actors.stream import Emit, Routed, StreamHandle, StreamItem, produce
 from actors.upstream import Upstream, UpstreamCall
 from events.attempts import AttemptLoop, Completion, Failure
 from events.catalog import ALIASES, VIRTUAL_MODELS, CatalogModel
 from events.decide import UnknownModel
-from events.frames import Call, Chunk, completion_as_chunk, reply_text
+from events.frames import Call, reply_text
 from events.outcomes import Answered, ClientGone
 from events.types import ClientDisconnected, RequestCompleted, RequestReceived, RouteInput
-
-CONSUMER_GONE_S = 120.0  # a stream's consumer that takes nothing for this long has gone
-
-logger = logging.getLogger("switchboard.request")
 
 
 @dataclass(frozen=True)
@@ -71,18 +64,6 @@ class ChatRequest:
 
 
 @dataclass(frozen=True)
-class Routed:
-    """Sent on a stream's channel right before its first content."""
-
-    routed_via: str
-    attempts: int
-    skipped: tuple[str, ...] = ()  # named models that could not be used, each "ref (why)"
-
-
-StreamItem = Routed | Chunk | StreamEnd | Failure
-
-
-@dataclass(frozen=True)
 class RequestStatistics:
     in_flight: int
     streams_open: int
@@ -91,33 +72,10 @@ class RequestStatistics:
     client_disconnects: int
 
 
-class StreamHandle:
-    """The HTTP side's view of a running stream: receive items, and close it when the client goes."""
-
-    def __init__(self, recv: trio.MemoryReceiveChannel[StreamItem], scope: trio.CancelScope) -> None:
-        self.items = recv
-        self._scope = scope
-        self.client_gone = False
-        self.answered = False  # the producer sent END: what is left is bookkeeping, not to be cancelled
-
-    def close(self, *, client_gone: bool) -> None:
-        """Idempotent. Cancels the producer if it is still running and has not answered yet."""
-        if not self.answered:
-            if client_gone and not self._scope.cancel_called:
-                self.client_gone = True
-            self._scope.cancel()
-        self.items.close()
-
-
 @dataclass
 class _Progress:
     attempts: int = 0
     current: str = ""  # the model of the attempt under way
-    routed: str = ""  # the model that answered
-    sent: bool = False  # content reached the client
-
-
-Emit = Callable[[StreamItem], Awaitable[None]]
 
 
 class RequestActor:
@@ -168,9 +126,7 @@ class RequestActor:
         async def no_emit(_: StreamItem) -> None:
             raise AssertionError("non-streaming attempts do not emit")
 
-        result = await self._run(req, no_emit, _Progress(), None)
-        assert result is not None
-        return result
+        return await self._run(req, no_emit, _Progress(), None)
 
     async def open_stream(self, req: ChatRequest) -> StreamHandle:
         """Start a streaming completion in this actor's nursery; the caller consumes `handle.items`."""
@@ -178,64 +134,22 @@ class RequestActor:
         send, recv = trio.open_memory_channel[StreamItem](64)
         scope = trio.CancelScope()
         handle = StreamHandle(recv, scope)
-        self._nursery.start_soon(self._produce, req, send, scope, handle)
+
+        async def run(emit: Emit, handle: StreamHandle) -> Completion | Failure | None:
+            self._streams += 1
+            try:
+                return await self._run(req, emit, _Progress(), handle)
+            finally:
+                self._streams -= 1
+
+        self._nursery.start_soon(produce, req.request_id, run, send, scope, handle)
         return handle
-
-    async def _produce(
-        self,
-        req: ChatRequest,
-        send: trio.MemorySendChannel[StreamItem],
-        scope: trio.CancelScope,
-        handle: StreamHandle,
-    ) -> None:
-        self._streams += 1
-        progress = _Progress()
-
-        async def emit(item: StreamItem) -> None:
-            # A consumer that takes nothing for this long is gone (e.g. the client left before the response
-            # body started, so its generator never ran).
-            if item is END:  # before sending: the consumer may close as soon as it has it
-                handle.answered = True
-            elif isinstance(item, Chunk):
-                progress.sent = True
-            with trio.move_on_after(CONSUMER_GONE_S) as waited:
-                await send.send(item)
-            if waited.cancelled_caught:
-                handle.client_gone = True
-                raise trio.BrokenResourceError("the client stopped reading")
-
-        try:
-            async with send:
-                with scope:
-                    try:
-                        result = await self._run(req, emit, progress, handle)
-                        if isinstance(result, Completion) and not progress.sent and result.body:
-                            # A truncated whole answer, the best there was: sent as a stream.
-                            await emit(Routed(result.routed_via, result.attempts, result.skipped))
-                            await emit(completion_as_chunk(msgspec.json.decode(result.body)))
-                            await emit(END)
-                    except trio.BrokenResourceError:
-                        result = None  # the consumer closed its end: the client went away
-                    except Exception:
-                        # A bug met by one request: loud in the log, a 500 for that client, as Quart does for
-                        # a non-streaming handler; the other requests go on.
-                        logger.exception("request %s failed", req.request_id)
-                        result = Failure(
-                            500,
-                            f"The gateway failed on this request (see its log, request id {req.request_id}).",
-                            "server_error",
-                            "internal_error",
-                        )
-                    if isinstance(result, Failure):
-                        await send.send(result)
-        finally:
-            self._streams -= 1
 
     # ---- the request ----------------------------------------------------------------------------------
 
     async def _run(
         self, req: ChatRequest, emit: Emit, progress: _Progress, handle: StreamHandle | None
-    ) -> Completion | Failure | None:
+    ) -> Completion | Failure:
         self._requests += 1
         self._in_flight += 1
         started = trio.current_time()
@@ -251,11 +165,11 @@ class RequestActor:
                     requested_models=req.requested,
                 )
             )
-            result = await self._loop(req, emit, progress)
+            result = await self._loop(req, emit, progress, handle)
         except (trio.Cancelled, trio.BrokenResourceError):
             if handle is None or handle.client_gone:
                 with trio.CancelScope(shield=True), trio.move_on_after(1.0):
-                    await self._record_disconnect(req, progress, started)
+                    await self._record_disconnect(req, progress, started, handle)
             raise
         finally:
             self._in_flight -= 1
@@ -266,7 +180,9 @@ class RequestActor:
             await self._completed(req, "ok", 200, result.attempts, latency, result.routed_via)
         return result
 
-    async def _loop(self, req: ChatRequest, emit: Emit, progress: _Progress) -> Completion | Failure:
+    async def _loop(
+        self, req: ChatRequest, emit: Emit, progress: _Progress, handle: StreamHandle | None
+    ) -> Completion | Failure:
         """Decide, try, learn, decide again: each attempt gets its own recorded decision, which knows what
         this request already tried and what it must now avoid."""
         # As decide reads it: the last virtual name the request gives.
@@ -362,7 +278,6 @@ class RequestActor:
         out = await attempt.run(emit, Routed(model.ref, number, loop.skipped(model.ref)))
         assert not isinstance(out, ClientGone)  # a client that left cancels the attempt instead
         if isinstance(out, Answered):
-            progress.routed = model.ref
             if conv.pins:
                 if attempt.judge is not None:
                     text = attempt.judge.reply_text
@@ -372,10 +287,7 @@ class RequestActor:
             return loop.answered(model, out.body or b"")
         # Every failure goes through protection, before or after content.
         protection = await self._sessions.protect(conv, model, out.kind, out.after_content, pin_used)
-        step = loop.failed(model, key_id, out, protection)
-        if isinstance(step, Completion):
-            progress.routed = model.ref
-        return step
+        return loop.failed(model, key_id, out, protection)
 
     async def _completed(
         self,
@@ -402,7 +314,9 @@ class RequestActor:
             )
         )
 
-    async def _record_disconnect(self, req: ChatRequest, progress: _Progress, started: float) -> None:
+    async def _record_disconnect(
+        self, req: ChatRequest, progress: _Progress, started: float, handle: StreamHandle | None
+    ) -> None:
         self._disconnects += 1
         platform, _, model = progress.current.partition("/")
         await self._log.append(
@@ -411,7 +325,7 @@ class RequestActor:
                 request_id=req.request_id,
                 platform=platform or None,
                 model=model or None,
-                content_forwarded=progress.sent,
+                content_forwarded=handle is not None and handle.content_sent,
             )
         )
         latency = (trio.current_time() - started) * 1000

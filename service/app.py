@@ -16,9 +16,9 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from actors.attempt import StreamEnd
-from actors.request import ChatRequest, Routed, StreamItem
+from actors.request import ChatRequest
 from actors.sse import DONE, KEEPALIVE, error_frame, frame
+from actors.stream import Routed, StreamEnd, StreamItem
 from actors.supervisor import Runtime
 from events.attempts import Completion, Failure
 from events.catalog import ALIASES, VIRTUAL_MODELS

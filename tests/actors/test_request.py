@@ -23,22 +23,15 @@ import pytest
 import trio
 import trio.lowlevel
 
-from actors.attempt import DRAIN_S, StreamEnd
+from actors.attempt import DRAIN_S
 from actors.clock import WallClock
 from actors.log_writer import LogWriter
 from actors.model_health import ModelHealth
-from actors.request import (
-    CONSUMER_GONE_S,
-    ChatRequest,
-    Deadlines,
-    RequestActor,
-    RequestStatistics,
-    Routed,
-    StreamHandle,
-)
+from actors.request import ChatRequest, Deadlines, RequestActor, RequestStatistics
 from actors.session import SessionActor
 from actors.sse import error_frame
 from actors.sse import frame as sse_frame
+from actors.stream import CONSUMER_GONE_S, Routed, StreamEnd, StreamHandle
 from events.attempts import Completion, Failure
 from events.attempts import final_failure as _final_failure
 from events.catalog import CatalogModel
