@@ -224,11 +224,13 @@ class Attempt:
         believed invalid. A key that works is kept; only this key x model cools (events/key_health.py)."""
         call = self.spec.call
         checked = await check_key(self._upstream, call.platform, call.key_id, self._now)
-        await self._log.append(checked)
-        if not checked.ok:
+        await self._log.append(msgspec.structs.replace(checked, request_id=self.spec.request_id))
+        if checked.status in (401, 403):
             return out
+        # A check that could not tell (a 5xx, no answer) is no proof the key is bad: only this model cools.
+        said = "the key works" if checked.ok else f"the key check did not fail it ({checked.message})"
         return replace(
-            out, kind=FailureKind.FORBIDDEN, message=f"{out.message} (the key works: this model is cooled)"
+            out, kind=FailureKind.FORBIDDEN, message=f"{out.message} ({said}: this model is cooled)"
         )
 
     async def _record(self, out: Outcome, base: _Ids) -> None:
@@ -275,7 +277,11 @@ class Attempt:
                     # Durable: this request's next decision must not pick the key for another model.
                     await self._log.append_durable(
                         KeyInvalidated(
-                            ts=now, key_id=self.spec.call.key_id, status=out.status, message=out.message
+                            ts=now,
+                            request_id=self.spec.request_id,
+                            key_id=self.spec.call.key_id,
+                            status=out.status,
+                            message=out.message,
                         )
                     )
 

@@ -219,25 +219,28 @@ class RequestActor:
                 )
             decision = decided.decision
             loop.decided(decision)
-            await self._log.append(
-                decision.record(
-                    ts=self._now(),
-                    request_id=req.request_id,
-                    attempt=loop.attempts + 1,
-                    seed=decided.seed,
-                    view_seq=decided.view_seq,
-                    now=decided.now,
-                    route=loop.route,
-                )
-            )
-            if decision.pin_cleared:
-                await self._sessions.pin_cleared(conv, decision.pin_cleared)
             model, key_id = decision.chosen, decision.chosen_key
-            if model is None or key_id is None:
-                break
-            async with self._sessions.admitted(model.platform, conv.session) as admitted:
-                if not admitted:
-                    loop.skip_platform(model.platform, f"single-flight: {model.platform} is in use")
+            platform = model.platform if model is not None else None
+            async with self._sessions.admitted(platform, conv.session) as admitted:
+                refused = None if admitted else f"single-flight: {platform} is in use by another session"
+                await self._log.append(
+                    decision.record(
+                        ts=self._now(),
+                        request_id=req.request_id,
+                        attempt=loop.attempts + 1,
+                        seed=decided.seed,
+                        view_seq=decided.view_seq,
+                        now=decided.now,
+                        route=loop.route,
+                        not_admitted=refused,
+                    )
+                )
+                if decision.pin_cleared:
+                    await self._sessions.pin_cleared(conv, decision.pin_cleared)
+                if model is None or key_id is None:
+                    break
+                if refused is not None:
+                    loop.skip_platform(model.platform, refused)
                     continue
                 result = await self._attempt(
                     req, loop, conv, model, key_id, decision.pin_used, emit, progress

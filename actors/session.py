@@ -144,9 +144,10 @@ class SessionActor:
             await self._ask(_ClearPin(conversation, reason))
 
     @asynccontextmanager
-    async def admitted(self, platform: str, session: str | None) -> AsyncIterator[bool]:
-        """Whether an attempt on `platform` may go ahead, held for the scope (single-flight platforms)."""
-        if not self.single_flight(platform):
+    async def admitted(self, platform: str | None, session: str | None) -> AsyncIterator[bool]:
+        """Whether an attempt on `platform` may go ahead, held for the scope (single-flight platforms;
+        None, no platform at all, is always admitted)."""
+        if platform is None or not self.single_flight(platform):
             yield True
             return
         ok: bool = await self._ask(_Admit(platform, session))

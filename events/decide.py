@@ -77,6 +77,7 @@ class Decision:
         now: float,
         route: RouteInput,
         max_excluded: int = RECORDED_EXCLUSIONS,
+        not_admitted: str | None = None,
     ) -> RouteDecided:
         """The decision event. Pool exclusions (a third of the catalog in `auto`, all for the same reason)
         are listed by ref only; the other exclusions keep their reasons, up to `max_excluded`."""
@@ -98,6 +99,7 @@ class Decision:
             pin_used=self.pin_used,
             pin_cleared=self.pin_cleared,
             pool_excluded=tuple(pool),
+            not_admitted=not_admitted,
         )
 
 

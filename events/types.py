@@ -241,6 +241,7 @@ class RouteDecided(Event, tag="route_decided"):
     pin_used: bool = False
     pin_cleared: str | None = None
     pool_excluded: tuple[str, ...] = ()  # refs left out by the mode's pool (events.view.POOL_REASON)
+    not_admitted: str | None = None  # the choice was not tried: why (a single-flight platform was busy)
 
 
 class SessionPinned(Event, tag="session_pinned"):

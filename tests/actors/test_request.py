@@ -1175,6 +1175,20 @@ async def test_a_403_whose_key_check_fails_invalidates_the_key(autojump_clock: t
         assert only(gw.events(KeyInvalidated)).key_id == "k1"
 
 
+async def test_a_403_whose_key_check_cannot_tell_keeps_the_key(autojump_clock: trio.abc.Clock) -> None:
+    # A check answered 503 (or not at all) is no proof the key is bad: only this model cools.
+    async with running({"local/a": error_reply(403, "forbidden"), "alt/x": OK_BODY}) as gw:
+        gw.upstream.key_status["k1"] = 503
+        req = gw.request("local/a", "alt/x")
+        result = await gw.actor.complete(req)
+        assert isinstance(result, Completion) and result.routed_via == "alt/x"
+        await gw.settle()
+        failed = only(gw.events(AttemptFailed))
+        assert failed.kind == "forbidden" and "HTTP 503" in failed.message
+        assert gw.events(KeyInvalidated) == []
+        assert only(gw.events(KeyChecked)).request_id == req.request_id
+
+
 async def test_every_attempt_stalling_before_content_is_a_504_stream_timeout(
     autojump_clock: trio.abc.Clock,
 ) -> None:
