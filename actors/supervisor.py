@@ -1,6 +1,11 @@
 """The supervisor: rebuilds projections from the log, then runs every actor and the HTTP server side by
 side in one root nursery, so a crash anywhere takes the whole process down with its traceback.
 
+Start order: the caller holds the data dir and has bound the listening socket (service/server.py), so a
+start that cannot serve has appended nothing; then the projections are rebuilt, the configuration in force
+is recorded if it changed (`ConfigApplied`), keys that came or went are recorded, `ServiceStarted`, and only
+then does the HTTP server accept connections.
+
 Shutdown order (SIGINT/SIGTERM or `shutdown.set()`): the server stops accepting and lets in-flight
 requests end within its grace period; then the actors stop; then the log writer commits what it holds and
 the log gets a final `ServiceStopped`. Nothing accepted is lost.
@@ -23,10 +28,11 @@ from actors.session import SessionActor
 from actors.stats import StatsActor
 from actors.upstream import Upstream
 from events.catalog import CatalogModel
+from events.config_applied import record_config
 from events.op_stats import OperationalStats
 from events.policy import RoutingPolicy
 from events.store import LogStore
-from events.types import KeyAdded, KeyRemoved, ServiceStarted, ServiceStopped
+from events.types import ConfigApplied, Event, KeyAdded, KeyRemoved, ServiceStarted, ServiceStopped
 from events.view import RoutingView, SessionPolicy, rebuild
 
 
@@ -54,9 +60,23 @@ class Settings:
     rolling_day_platforms: frozenset[str] = frozenset()
     key_check_interval_s: float = 300.0
     sessions: SessionPolicy = field(default_factory=SessionPolicy)
+    platforms: frozenset[str] = frozenset()  # every configured platform, keyed or not
 
     def new_view(self) -> RoutingView:
         return RoutingView(self.models, self.policy, self.rolling_day_platforms, self.sessions)
+
+    def config_record(self, ts: float) -> ConfigApplied:
+        """What decisions depend on, for the log (events/config_applied.py rebuilds `new_view()` from it)."""
+        return record_config(
+            ts=ts,
+            models=self.models,
+            policy=self.policy,
+            sessions=self.sessions,
+            platforms=self.platforms,
+            rolling_day_platforms=self.rolling_day_platforms,
+            timeouts=self.deadlines,
+            max_attempts=self.max_attempts,
+        )
 
 
 ServeHttp = Callable[[Runtime], Awaitable[None]]
@@ -74,7 +94,13 @@ async def run_service(
     clock = WallClock()
     view = settings.new_view()
     stats_p = OperationalStats()
-    replayed = rebuild(store, view, also=(stats_p.apply,))
+    recorded: list[str] = []  # the hash of the last configuration the log recorded
+
+    def note_config(event: Event) -> None:
+        if type(event) is ConfigApplied:
+            recorded[:] = [event.hash]
+
+    replayed = rebuild(store, view, also=(stats_p.apply, note_config))
     known_keys = set(view.health.keys)
 
     log = LogWriter(store, after=view.seq)
@@ -106,6 +132,9 @@ async def run_service(
             await inner.start(key_checker.run)
             if handle_signals:
                 inner.start_soon(_watch_signals, shutting_down)
+            config = settings.config_record(clock.now())
+            if recorded != [config.hash]:  # first, so everything after it runs under it
+                await log.append_durable(config)
             configured = {key_id for key_id, *_ in settings.keys}
             for key_id in sorted(known_keys - configured):
                 # Known from the log but gone from config, environment and vault: no secret to call with.

@@ -7,7 +7,7 @@ Schema evolution: new fields get defaults; a field's type never changes; a tag i
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -278,6 +278,24 @@ class ModelUpdated(Event, tag="model_updated"):
     pool: str | None = None
 
 
+class ConfigApplied(Event, tag="config_applied"):
+    """The configuration routing decisions depend on, in force from here to the next `config_applied`: the
+    catalog's models (limits included), the routing and session policies, the platforms and which count
+    their daily quota over the last 24 h, the timeouts and the attempt budget. Plain values, as
+    events/config_applied.py writes and reads them (so a field added to a policy needs no new schema); never
+    a secret: no keys, tokens or headers. Appended at start when `hash` (of all but `ts`) differs from the
+    last one in the log, so `switchboard replay` and the read-only commands need no config file."""
+
+    hash: str
+    models: tuple[dict[str, Any], ...] = ()
+    policy: dict[str, Any] = msgspec.field(default_factory=dict)
+    sessions: dict[str, Any] = msgspec.field(default_factory=dict)
+    platforms: tuple[str, ...] = ()
+    rolling_day_platforms: tuple[str, ...] = ()
+    timeouts: dict[str, Any] = msgspec.field(default_factory=dict)
+    max_attempts: int = 0
+
+
 AnyEvent = (
     ServiceStarted
     | ServiceStopped
@@ -299,6 +317,7 @@ AnyEvent = (
     | SessionPinned
     | SessionPinCleared
     | SessionBanned
+    | ConfigApplied
 )
 
 EVENT_TYPES: tuple[type[Event], ...] = AnyEvent.__args__  # type: ignore[attr-defined]

@@ -25,6 +25,7 @@ from events.types import (
     AttemptStarted,
     AttemptSucceeded,
     ClientDisconnected,
+    ConfigApplied,
     Event,
     KeyChecked,
     KeyDisabled,
@@ -101,6 +102,9 @@ def _extra(rng: random.Random, ts: float) -> Event:
                 model="llama-70b",
             ),
             ClientDisconnected(ts=ts, request_id=rid, platform="groq", model="llama-70b"),
+            ConfigApplied(
+                ts=ts, hash="h", models=({"platform": "groq", "id": "x"},), policy={"decay_days": 1}
+            ),
         ]
     )
 
@@ -216,6 +220,7 @@ def one_of_each(ts: float) -> list[Event]:
         SessionPinned(ts=ts, session="s1", platform="groq", model="llama-70b", key_id="g2"),
         SessionPinCleared(ts=ts, session="s1", reason="x"),
         SessionBanned(ts=ts, session="s1", platform="groq", reason="stall"),
+        ConfigApplied(ts=ts, hash="h", platforms=("groq",), policy={"rate_limit_cooldown_s": 1.0}),
         ServiceStarted(ts=ts, version="t"),  # last: it ends every attempt in flight
     ]
     assert {type(e) for e in events} == set(EVENT_TYPES)
