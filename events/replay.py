@@ -4,6 +4,12 @@ differences are what that policy change would have done.
 
 One pass over the log: decisions are sorted by the view position they recorded (`view_seq`), and each is
 evaluated when the fold reaches that position, so the cost is one fold of the log plus one `decide` each.
+
+Across configuration changes: a gateway builds its view from its configuration at start and folds the whole
+log into it, from seq 0, whatever configuration the older events were written under. It records that
+configuration (`ConfigApplied`) when it changed, so each decision was made under the last one recorded
+before it. `by_config` groups the decisions so; each group is replayed on a view built from its
+configuration and folded from seq 0, one pass per distinct configuration.
 """
 
 from __future__ import annotations
@@ -13,9 +19,10 @@ import random
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
+from events.config_applied import CONFIG_TAG, recorded_configs
 from events.decide import Decision, UnknownModel, decide
-from events.store import LogStore
-from events.types import RouteDecided, event_tag
+from events.store import Entry, LogStore
+from events.types import ConfigApplied, RouteDecided, event_tag
 from events.view import RoutingView
 
 
@@ -31,6 +38,8 @@ class Replayed(NamedTuple):  # one per decision of a replay: a tuple is the chea
 
 
 _DECISIONS = frozenset({event_tag(RouteDecided)})
+_DECISIONS_AND_CONFIGS = _DECISIONS | {CONFIG_TAG}
+Targets = list[tuple[int, RouteDecided]]
 
 
 def select_decisions(
@@ -55,6 +64,54 @@ def select_decisions(
             if isinstance(e, RouteDecided):
                 out.append((s, e))
         seq = entries[-1][0]
+
+
+def select_with_configs(
+    store: LogStore,
+    *,
+    request_id: str | None = None,
+    from_seq: int | None = None,
+    to_seq: int | None = None,
+    batch: int = 5000,
+) -> tuple[Targets, list[Entry]]:
+    """What `select_decisions` selects, and the `ConfigApplied` records that may be in force for them (every
+    one before the last selected decision). From the start of the log this is the same single pass."""
+    if request_id is not None or (from_seq or 1) > 1:
+        # (The configs before the range cost one more pass over the log, reading only their type.)
+        some = select_decisions(store, request_id=request_id, from_seq=from_seq, to_seq=to_seq, batch=batch)
+        return some, recorded_configs(store, upto=some[-1][0]) if some else []
+    targets: Targets = []
+    configs: list[Entry] = []
+    seq = 0
+    while True:
+        entries = store.read_after(seq, batch, _DECISIONS_AND_CONFIGS)
+        for s, e in entries:
+            if to_seq is not None and s > to_seq:
+                return targets, configs
+            if isinstance(e, RouteDecided):
+                targets.append((s, e))
+            else:
+                configs.append((s, e))
+        if not entries:
+            return targets, configs
+        seq = entries[-1][0]
+
+
+def by_config(targets: Targets, configs: list[Entry]) -> list[tuple[ConfigApplied | None, Targets]]:
+    """The decisions (in log order) grouped by the configuration in force when each was made: the last
+    `ConfigApplied` before it, None before any (an older log). One group per distinct configuration (by
+    hash), in order of first use; a configuration that came back (A, B, A) is one group."""
+    seqs = [s for s, _ in targets]
+    groups: dict[str | None, tuple[ConfigApplied | None, Targets]] = {}
+    bounds: list[tuple[int, ConfigApplied | None]] = [(0, None)]
+    bounds += [(s, e) for s, e in configs if isinstance(e, ConfigApplied)]
+    for i, (begin, config) in enumerate(bounds):
+        lo = bisect.bisect_right(seqs, begin)
+        hi = bisect.bisect_right(seqs, bounds[i + 1][0]) if i + 1 < len(bounds) else len(seqs)
+        if lo < hi:
+            key = None if config is None else config.hash
+            groups.setdefault(key, (config, []))[1].extend(targets[lo:hi])
+    return list(groups.values())
 
 
 def replay(

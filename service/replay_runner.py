@@ -12,6 +12,10 @@ store is not used, each process opens its own. The child stops if the parent goe
 where it is unsafe or does not pay: anywhere but Linux (macOS does not support fork without exec, Windows
 has no fork), other threads running (a fork copies only the calling one), a range shorter than
 PARALLEL_MIN_EVENTS, or when every result is wanted (`--explain` prints them all).
+
+Which configuration each decision is replayed under: with `config_from_log`, the one the gateway recorded
+(`ConfigApplied`) before making it (events/replay.py `by_config`; `new_view` only for decisions older than
+any record); without, `new_view` for every decision (a what-if, or a log of the caller's own making).
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from events.replay import Replayed, replay, replay_order, select_decisions
+from events.config_applied import view_of
+from events.replay import Replayed, by_config, replay, replay_order, select_decisions, select_with_configs
 from events.sqlite_store import SqliteStore
 from events.types import RouteDecided
 from events.view import RoutingView
@@ -43,6 +48,23 @@ class ReplayRun:
     results: list[Replayed]  # every result (keep_all) or only those that differ, in replay order
     events: int  # the log position the last decision was made at: how much of the log was folded
     processes: int
+    configs: int = 1  # distinct configurations the decisions were replayed under
+    unrecorded: int = 0  # with config_from_log: decisions older than any recorded configuration
+
+
+Targets = list[tuple[int, RouteDecided]]
+# Decisions replayed on one kind of view: its factory, the decisions, and the configuration's hash (None:
+# `new_view`, the caller's).
+Group = tuple[Callable[[], RoutingView], Targets, str | None]
+
+
+@dataclass(frozen=True)
+class _Part:  # what one process replayed
+    total: int
+    results: list[Replayed]
+    events: int
+    configs: frozenset[str | None]
+    unrecorded: int
 
 
 def run_replay(
@@ -55,9 +77,11 @@ def run_replay(
     keep_all: bool = False,
     progress: Callable[[int, int], None] | None = None,
     parallel: bool | None = None,
+    config_from_log: bool = False,
 ) -> ReplayRun:
     """Replay the decisions selected like `select_decisions` does. `parallel`: None decides by itself, True
-    forks whenever the selection is a log range, only the differences are wanted and `os.fork` exists."""
+    forks whenever the selection is a log range, only the differences are wanted and `os.fork` exists.
+    `config_from_log`: each decision under the configuration recorded when it was made (see above)."""
     store = SqliteStore(path)
     try:
         last = store.last_seq()
@@ -73,38 +97,82 @@ def run_replay(
             and end - start >= PARALLEL_MIN_EVENTS
         )
     if not (parallel and splittable and end > start and hasattr(os, "fork")):
-        return _serial(path, new_view, request_id, from_seq, to_seq, keep_all, progress)
+        selection = _Selection(new_view, config_from_log, request_id, from_seq, to_seq)
+        return _serial(path, selection, keep_all, progress)
     split = start + int((end - start) * CHILD_SHARE)
-    return _forked(path, new_view, (start, split), (split + 1, end), progress)
+    head = _Selection(new_view, config_from_log, None, start, split)
+    tail = _Selection(new_view, config_from_log, None, split + 1, end)
+    return _forked(path, head, tail, progress)
+
+
+@dataclass(frozen=True)
+class _Selection:
+    new_view: Callable[[], RoutingView]
+    config_from_log: bool
+    request_id: str | None
+    from_seq: int | None
+    to_seq: int | None
+
+    def groups(self, store: SqliteStore) -> list[Group]:
+        where = {"request_id": self.request_id, "from_seq": self.from_seq, "to_seq": self.to_seq}
+        if not self.config_from_log:
+            return [(self.new_view, select_decisions(store, **where), None)]  # type: ignore[arg-type]
+        targets, configs = select_with_configs(store, **where)  # type: ignore[arg-type]
+        groups: list[Group] = [
+            ((lambda c=config: view_of(c)), some, config.hash)
+            if config is not None
+            else (self.new_view, some, None)
+            for config, some in by_config(targets, configs)
+        ]
+        return groups or [(self.new_view, [], None)]
 
 
 def _serial(
-    path: Path,
-    new_view: Callable[[], RoutingView],
-    request_id: str | None,
-    from_seq: int | None,
-    to_seq: int | None,
-    keep_all: bool,
-    progress: Callable[[int, int], None] | None,
+    path: Path, selection: _Selection, keep_all: bool, progress: Callable[[int, int], None] | None
 ) -> ReplayRun:
     store = SqliteStore(path)
     try:
-        targets = select_decisions(store, request_id=request_id, from_seq=from_seq, to_seq=to_seq)
-        total, results, events = _replay_part(store, new_view, targets, keep_all, progress)
+        part = _replay_part(store, selection, keep_all, progress)
     finally:
         store.close()
-    return ReplayRun(total, results, events, 1)
+    return ReplayRun(part.total, part.results, part.events, 1, _count(part.configs), part.unrecorded)
 
 
 def _replay_part(
     store: SqliteStore,
-    new_view: Callable[[], RoutingView],
-    targets: list[tuple[int, RouteDecided]],
+    selection: _Selection,
     keep_all: bool,
     progress: Callable[[int, int], None] | None,
-) -> tuple[int, list[Replayed], int]:
-    results = [r for r in replay(store, new_view(), targets, progress=progress) if keep_all or not r.matches]
-    return len(targets), results, max((t[1].view_seq for t in targets), default=0)
+) -> _Part:
+    """Replay each group on its own fresh view (one fold of the log each); results in replay order."""
+    groups = selection.groups(store)
+    needed = [max((t[1].view_seq for t in targets), default=0) for _, targets, _ in groups]
+    results: list[Replayed] = []
+    done = 0
+    for (new_view, targets, _), upto in zip(groups, needed, strict=True):
+        report = progress
+        if progress is not None and len(groups) > 1:  # one bar across every pass
+
+            def report(seq: int, _total: int, before: int = done) -> None:
+                progress(before + seq, sum(needed))
+
+        results += [
+            r for r in replay(store, new_view(), targets, progress=report) if keep_all or not r.matches
+        ]
+        done += upto
+    if len(groups) > 1:
+        results.sort(key=lambda r: replay_order(r.seq, r.recorded))
+    return _Part(
+        total=sum(len(targets) for _, targets, _ in groups),
+        results=results,
+        events=max(needed, default=0),
+        configs=frozenset(key for _, targets, key in groups if targets),
+        unrecorded=sum(len(t) for _, t, key in groups if key is None) if selection.config_from_log else 0,
+    )
+
+
+def _count(configs: frozenset[str | None]) -> int:
+    return max(1, len(configs))
 
 
 # What the child sends back per decision that differs: (seq, recomputed choice, named model unknown).
@@ -112,11 +180,7 @@ _Changed = tuple[int, tuple[str | None, str | None], bool]
 
 
 def _forked(
-    path: Path,
-    new_view: Callable[[], RoutingView],
-    head: tuple[int, int],
-    tail: tuple[int, int],
-    progress: Callable[[int, int], None] | None,
+    path: Path, head: _Selection, tail: _Selection, progress: Callable[[int, int], None] | None
 ) -> ReplayRun:
     sys.stdout.flush()
     sys.stderr.flush()
@@ -135,12 +199,12 @@ def _forked(
             try:
                 store = SqliteStore(path)
                 try:
-                    targets = select_decisions(store, from_seq=head[0], to_seq=head[1])
-                    total, results, events = _replay_part(store, new_view, targets, False, parent_alive)
+                    part = _replay_part(store, head, False, parent_alive)
                 finally:
                     store.close()
-                changed: list[_Changed] = [(r.seq, r.recomputed, r.unknown_model) for r in results]
-                payload = pickle.dumps(("ok", (total, changed, events)))
+                changed: list[_Changed] = [(r.seq, r.recomputed, r.unknown_model) for r in part.results]
+                answer = (part.total, changed, part.events, part.configs, part.unrecorded)
+                payload = pickle.dumps(("ok", answer))
             except BaseException:  # the parent raises it with this traceback
                 payload = pickle.dumps(("error", traceback.format_exc()))
             with os.fdopen(write_end, "wb") as pipe:
@@ -152,8 +216,8 @@ def _forked(
         with os.fdopen(read_end, "rb") as pipe:
             store = SqliteStore(path)
             try:
-                targets = select_decisions(store, from_seq=tail[0], to_seq=tail[1])
-                total, results, events = _replay_part(store, new_view, targets, False, progress)
+                part = _replay_part(store, tail, False, progress)
+                results = part.results
                 payload = pipe.read()
                 _, status = os.waitpid(pid, 0)
                 reaped = True
@@ -162,9 +226,9 @@ def _forked(
                 outcome, value = pickle.loads(payload)
                 if outcome != "ok":
                     raise RuntimeError(f"the replay worker process failed:\n{value}")
-                child_total, child_changed, child_events = value
+                child_total, child_changed, child_events, child_configs, child_unrecorded = value
                 if child_changed:
-                    records = dict(select_decisions(store, from_seq=head[0], to_seq=head[1]))
+                    records = dict(select_decisions(store, from_seq=head.from_seq, to_seq=head.to_seq))
                     results += [
                         Replayed(seq, records[seq], None, False, recomputed, unknown)
                         for seq, recomputed, unknown in child_changed
@@ -172,7 +236,14 @@ def _forked(
             finally:
                 store.close()
         merged = sorted(results, key=lambda r: replay_order(r.seq, r.recorded))
-        return ReplayRun(total + child_total, merged, max(events, child_events), 2)
+        return ReplayRun(
+            part.total + child_total,
+            merged,
+            max(part.events, child_events),
+            2,
+            _count(part.configs | child_configs),
+            part.unrecorded + child_unrecorded,
+        )
     finally:
         if not reaped:  # interrupted or failed before the child was waited for
             os.kill(pid, signal.SIGKILL)

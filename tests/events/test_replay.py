@@ -15,15 +15,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from events.catalog import ALIASES, VIRTUAL_MODELS, CatalogModel
+from events.config_applied import record_config, view_of
 from events.decide import Decision, UnknownModel, decide
 from events.policy import RoutingPolicy
 from events.quotas import Limits
-from events.replay import Replayed, replay, select_decisions
+from events.replay import Replayed, by_config, replay, select_decisions, select_with_configs
 from events.store import Entry, MemoryStore
 from events.types import (
     AttemptFailed,
     AttemptStarted,
     AttemptSucceeded,
+    ConfigApplied,
     Event,
     KeyAdded,
     KeyChecked,
@@ -39,7 +41,7 @@ from events.types import (
     SessionPinned,
     StreamStalled,
 )
-from events.view import RoutingView, rebuild
+from events.view import RoutingView, SessionPolicy, rebuild
 
 T0 = 1_750_000_000.0
 
@@ -415,12 +417,21 @@ ROUTES = (
 )
 
 
-def simulate(seed: int, requests: int, policy: RoutingPolicy | None = None) -> MemoryStore:
+def simulate(
+    seed: int,
+    requests: int,
+    policy: RoutingPolicy | None = None,
+    *,
+    store: MemoryStore | None = None,
+    models: Sequence[CatalogModel] = CATALOG,
+) -> MemoryStore:
     """A gateway in miniature: decisions on a live view that lags the log by a batch, each recorded as
-    RouteDecided with the view's position, followed by the attempt it chose and its outcome."""
+    RouteDecided with the view's position, followed by the attempt it chose and its outcome. Given a
+    `store`, a (re)start on it: the view is built from `policy` and `models` and folds the whole log first."""
     rng = random.Random(seed)
-    store = MemoryStore()
-    live = new_view(policy)
+    store = store if store is not None else MemoryStore()
+    live = new_view(policy, models)
+    rebuild(store, live)
     unpublished: list[Entry] = []
 
     def append(*events: Event) -> None:
@@ -430,9 +441,14 @@ def simulate(seed: int, requests: int, policy: RoutingPolicy | None = None) -> M
         live.apply_all(unpublished)
         unpublished.clear()
 
-    append(*(key_added(k, p) for k, p in KEYS))
-    publish()
-    now = T0
+    if live.health.keys:  # a restart, two hours on, after the operator put every key back
+        now = max(e.ts for _, e in store.read_after(0)) + 7200.0
+        append(*(KeyEnabled(ts=now, key_id=k) for k, _ in KEYS))
+        publish()
+    else:
+        append(*(key_added(k, p) for k, p in KEYS))
+        publish()
+        now = T0
     for r in range(requests):
         now += rng.choice([0.001, 0.5, 2.0, 5.0, 30.0, 90.0])
         if rng.random() < 0.6:
@@ -799,3 +815,107 @@ def test_replayed_reports_what_it_recomputed() -> None:
     assert isinstance(first, Replayed)
     assert first.decision is not None
     assert first.recomputed == (first.decision.chosen_ref, first.decision.chosen_key)
+
+
+# -- Across configuration changes: each decision under the configuration recorded before it
+
+# Another catalog (the intelligence ranks reversed, a model dropped) and policy, as after an edited config.
+CATALOG_B = tuple(replace(m, intelligence_rank=10 - m.intelligence_rank) for m in CATALOG if m.id != "flash")
+POLICY_B = RoutingPolicy(rate_limit_cooldown_s=1.0, transient_cooldown_s=0.001, speed_weight=0.9)
+
+
+def recorded(policy: RoutingPolicy, models: Sequence[CatalogModel], ts: float = T0) -> ConfigApplied:
+    return record_config(
+        ts=ts,
+        models=models,
+        policy=policy,
+        sessions=SessionPolicy(),
+        platforms={m.platform for m in CATALOG},
+        rolling_day_platforms=ROLLING,
+    )
+
+
+def simulate_runs(
+    seed: int, runs: Sequence[tuple[RoutingPolicy, Sequence[CatalogModel]]], requests: int
+) -> MemoryStore:
+    """Gateway runs on one log, each started with its configuration (recorded when it changed)."""
+    store = MemoryStore()
+    last = None
+    for i, (policy, models) in enumerate(runs):
+        record = recorded(policy, models)
+        if record.hash != last:
+            store.append([record])
+            last = record.hash
+        simulate(seed + i, requests, policy, store=store, models=models)
+    return store
+
+
+def test_a_recorded_configuration_builds_the_view_the_gateway_built() -> None:
+    for policy, models in ((RoutingPolicy(), CATALOG), (POLICY_B, CATALOG_B)):
+        record = recorded(policy, models)
+        view = view_of(msgspec.json.decode(msgspec.json.encode(record), type=ConfigApplied))
+        assert view.catalog.models() == tuple(models)
+        assert view.policy == policy
+        assert view.quotas._rolling == ROLLING
+        assert view.session_policy == SessionPolicy()
+    assert recorded(RoutingPolicy(), CATALOG).hash == recorded(RoutingPolicy(), CATALOG, ts=T0 + 99).hash
+    assert recorded(RoutingPolicy(), CATALOG).hash != recorded(RoutingPolicy(decay_days=6.0), CATALOG).hash
+
+
+def test_by_config_groups_decisions_by_the_last_configuration_before_each() -> None:
+    a, b = recorded(RoutingPolicy(), CATALOG), recorded(POLICY_B, CATALOG_B)
+
+    def decision(seq: int) -> tuple[int, RouteDecided]:
+        return seq, RouteDecided(
+            ts=T0,
+            attempt=1,
+            seed=seq,
+            view_seq=seq - 1,
+            now=T0,
+            input=RouteInput(mode="auto"),
+            candidates=(),
+            excluded=(),
+            chosen_ref=None,
+            chosen_key=None,
+        )
+
+    targets = [decision(s) for s in (2, 3, 6, 9, 12, 13)]
+    groups = by_config(targets, [(4, a), (8, b), (11, a)])
+    assert [(c.hash if c else None, [s for s, _ in t]) for c, t in groups] == [
+        (None, [2, 3]),
+        (a.hash, [6, 12, 13]),
+        (b.hash, [9]),
+    ]
+    assert by_config(targets, []) == [(None, targets)]
+    assert by_config([], [(4, a)]) == []
+
+
+def test_a_log_written_under_a_then_b_then_a_replays_each_decision_under_its_configuration() -> None:
+    runs = [
+        (RoutingPolicy(), CATALOG),
+        (POLICY_B, CATALOG_B),
+        (RoutingPolicy(), CATALOG),
+        (RoutingPolicy(), CATALOG),
+    ]
+    store = simulate_runs(21, runs, 60)
+    targets, configs = select_with_configs(store)
+    assert targets == decisions(store)
+    assert len(configs) == 3  # the fourth run changed nothing: not recorded again
+    groups = by_config(targets, configs)
+    assert [c.hash for c, _ in groups if c is not None] == [configs[0][1].hash, configs[1][1].hash]
+    assert sum(len(t) for _, t in groups) == len(targets)
+    for config, some in groups:
+        assert config is not None
+        results = list(replay(store, view_of(config), some))
+        assert all(r.matches for r in results), [r.seq for r in results if not r.matches]
+    # Under one configuration for all (a what-if), the other's decisions do not all reproduce.
+    assert not all(r.matches for r in replay(store, new_view(), targets))
+    # A range that starts after a configuration was recorded still knows it.
+    middle = configs[1][0] + 5
+    some, known = select_with_configs(store, from_seq=middle, to_seq=middle + 200)
+    assert some == select_decisions(store, from_seq=middle, to_seq=middle + 200)
+    assert known == [c for c in configs if c[0] < some[-1][0]]
+    rid = targets[-1][1].request_id
+    by_request, known = select_with_configs(store, request_id=rid)
+    assert by_request == select_decisions(store, request_id=rid)
+    assert known == configs

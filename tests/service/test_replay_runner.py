@@ -17,14 +17,14 @@ from events.policy import RoutingPolicy
 from events.replay import Replayed, replay, replay_order, select_decisions
 from events.sqlite_store import SqliteStore
 from events.store import MemoryStore
-from events.types import RouteDecided
+from events.types import ConfigApplied, RouteDecided
 from events.view import RoutingView
 from service import replay_runner
 from service.replay_runner import CHILD_SHARE, ReplayRun, run_replay
 
 # The simulated gateway of the replay tests (a live view lagging the log, decisions recorded as it decides).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "events"))
-from test_replay import new_view, simulate
+from test_replay import CATALOG, CATALOG_B, POLICY_B, new_view, recorded, simulate, simulate_runs
 
 WHAT_IFS: dict[str, Callable[[], RoutingView]] = {
     "rate-limit cooldown 1 s": lambda: new_view(RoutingPolicy(rate_limit_cooldown_s=1.0)),
@@ -197,3 +197,57 @@ def test_forcing_parallel_keeps_the_selection(logged: tuple[Path, MemoryStore], 
     serial = run_replay(path, new_view, parallel=False, **selection)
     forked = run_replay(path, new_view, parallel=True, **selection)
     assert (forked.total, len(forked.results)) == (serial.total, len(serial.results))
+
+
+# -- Configurations from the log
+
+RUNS = [(RoutingPolicy(), CATALOG), (POLICY_B, CATALOG_B), (RoutingPolicy(), CATALOG)]
+
+
+@pytest.fixture(scope="module")
+def logged_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, MemoryStore]:
+    """Three gateway runs on one log, under configurations A, B and A again (each recorded at its start)."""
+    memory = simulate_runs(4, RUNS, 120)
+    path = tmp_path_factory.mktemp("replay-runs") / "log.db"
+    with closing(SqliteStore(path)) as store:
+        store.append([e for _, e in memory.read_after(0)])
+    return path, memory
+
+
+@pytest.mark.parametrize(("from_seq", "to_seq"), [(None, None), (None, 300), (200, None), (350, 700)])
+def test_forked_and_serial_replays_take_each_configuration_from_the_log(
+    logged_runs: tuple[Path, MemoryStore], from_seq: int | None, to_seq: int | None
+) -> None:
+    path, memory = logged_runs
+    expected = select_decisions(memory, from_seq=from_seq, to_seq=to_seq)
+    configs = [s for s, e in memory.read_after(0) if isinstance(e, ConfigApplied)]
+    assert len(configs) == 3 and configs[0] == 1
+    split = 1 + int((memory.last_seq() - 1) * CHILD_SHARE)
+    assert configs[1] < split < configs[2]  # the parent's part starts under a configuration the child's holds
+    for parallel in (False, True):
+        run = run_replay(
+            path, new_view, from_seq=from_seq, to_seq=to_seq, parallel=parallel, config_from_log=True
+        )
+        assert (run.total, run.results, run.unrecorded) == (len(expected), [], 0)
+        assert run.processes == (2 if parallel else 1)
+    whole = run_replay(path, new_view, parallel=False, config_from_log=True)
+    assert whole.configs == 2
+    # The same log under one configuration (a what-if): B's decisions change, forked or not alike.
+    serial, forked = (run_replay(path, new_view, parallel=p) for p in (False, True))
+    assert serial.results and summary(forked.results) == summary(serial.results)
+    assert (serial.configs, forked.configs) == (1, 1)
+
+
+def test_decisions_older_than_any_recorded_configuration_replay_under_the_given_one(tmp_path: Path) -> None:
+    memory = simulate(8, 60)  # an older gateway: it recorded no configuration
+    old = len(select_decisions(memory))
+    memory.append([recorded(POLICY_B, CATALOG_B)])
+    simulate(9, 60, POLICY_B, store=memory, models=CATALOG_B)
+    path = tmp_path / "log.db"
+    with closing(SqliteStore(path)) as store:
+        store.append([e for _, e in memory.read_after(0)])
+    total = len(select_decisions(memory))
+    for parallel in (False, True):
+        run = run_replay(path, new_view, parallel=parallel, config_from_log=True)
+        assert (run.total, run.results, run.unrecorded, run.configs) == (total, [], old, 2)
+    assert 0 < old < total
