@@ -25,7 +25,6 @@ from events.view import SessionPolicy, rebuild
 from service import __version__
 from service.app import create_app
 from service.config import Config
-from service.upstream import HttpUpstream, PlatformEndpoint
 from service.secrets import (
     CredentialStore,
     TokenCheck,
@@ -35,6 +34,7 @@ from service.secrets import (
     load_master_key,
     normalise_token,
 )
+from service.upstream import HttpUpstream, PlatformEndpoint
 
 DB_NAME = "switchboard.db"
 GRACE_S = 10.0
@@ -85,7 +85,9 @@ def routing_settings(config: Config, keys: list[tuple[str, str, str, str]] | Non
         sessions=SessionPolicy(
             protection={p.name: p.protection for p in config.platforms.values()},
             single_flight=frozenset(
-                p.name for p in config.platforms.values() if p.single_flight and p.protection == "provider-ban"
+                p.name
+                for p in config.platforms.values()
+                if p.single_flight and p.protection == "provider-ban"
             ),
             pin_ttl_s=config.sessions.pin_ttl_s,
             max_sessions=config.sessions.max_sessions,
@@ -224,5 +226,6 @@ async def check_keys(
 
 def _endpoints(config: Config) -> dict[str, PlatformEndpoint]:
     return {
-        p.name: PlatformEndpoint(p.name, p.base_url, dict(p.headers), p.kind) for p in config.platforms.values()
+        p.name: PlatformEndpoint(p.name, p.base_url, dict(p.headers), p.kind)
+        for p in config.platforms.values()
     }

@@ -5,7 +5,8 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from service.app import BadRequest, parse_chat_request
+from service.chat_completions import parse_chat_request
+from service.edge import BadRequest
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 

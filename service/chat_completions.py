@@ -1,0 +1,234 @@
+"""The chat-completions protocol (`POST /v1/chat/completions`): parse the client's body into the neutral
+request, render the runner's neutral results as OpenAI chat completions (a JSON body, or SSE frames with
+`data: [DONE]`), following the commit contract for streams."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+import trio
+from quart import Response
+
+from actors.request import ChatRequest
+from actors.sse import DONE, KEEPALIVE, error_frame, frame
+from actors.stream import Routed, StreamEnd, StreamItem
+from actors.supervisor import Runtime
+from events.attempts import Failure
+from events.frames import Chunk
+from service.edge import BadRequest, error_response, failure_response, one_line, routing_headers
+
+GATEWAY_FIELDS = ("models", "fallback")  # ours: never forwarded to a provider
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_encode = msgspec.json.encode
+_decode = msgspec.json.decode
+
+
+async def handle(runtime: Runtime, raw: bytes, request_id: str, session_header: str | None) -> Response:
+    try:
+        req = parse_chat_request(raw, request_id, session_header)
+    except BadRequest as exc:
+        return error_response(400, str(exc), "invalid_request_error", exc.code, param=exc.param)
+    if not req.stream:
+        result = await runtime.requests.complete(req)
+        if isinstance(result, Failure):
+            return failure_response(result)
+        return Response(result.body, content_type="application/json", headers=routing_headers(result))
+    return await _stream_response(runtime, req)
+
+
+def _routed_comment(routed: Routed) -> bytes:
+    """A stream committed by a keep-alive has sent its headers before the model was known: the routing
+    reaches the client as an SSE comment before the first data frame (clients ignore comments)."""
+    lines = [f": routed-via {routed.routed_via}", f": fallback-attempts {routed.attempts - 1}"]
+    if routed.skipped:
+        lines.append(": skipped-models " + one_line(routed.skipped))
+    return "\n".join(lines).encode() + b"\n\n"
+
+
+def render_chat(item: StreamItem) -> bytes | None:
+    """A neutral stream item as chat-completions SSE (None: nothing to write for it)."""
+    if isinstance(item, Chunk):
+        return frame(item.raw)
+    if isinstance(item, StreamEnd):
+        return DONE
+    if isinstance(item, Failure):
+        # Headers are out: a failure, before or after content, is an error event, then the end.
+        return error_frame(item.message, item.type, item.code) + DONE
+    return None
+
+
+async def _stream_response(runtime: Runtime, req: ChatRequest) -> Response:
+    """Commit contract: wait for the first content (or the first keepalive tick), then send headers."""
+    handle = await runtime.requests.open_stream(req)
+    keepalive_s = runtime.requests.keepalive_s
+    first: list[bytes] = []
+    headers = dict(SSE_HEADERS)
+    try:
+        with trio.move_on_after(keepalive_s):
+            item = await handle.items.receive()
+            if isinstance(item, Failure):
+                handle.close(client_gone=False)
+                return failure_response(item)
+            assert isinstance(item, Routed)
+            headers.update(routing_headers(item))
+        if not headers.get("X-Routed-Via"):
+            first.append(KEEPALIVE)  # committed by the keepalive tick: the model is not known yet
+    except trio.EndOfChannel:
+        handle.close(client_gone=False)
+        return error_response(502, "The stream ended before it started.", "upstream_error", None)
+    except BaseException:
+        handle.close(client_gone=True)
+        raise
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            for chunk in first:
+                yield chunk
+            while True:
+                item: StreamItem | None = None
+                try:
+                    try:
+                        # While chunks flow they are already waiting: no keepalive timer at all.
+                        item = handle.items.receive_nowait()
+                    except trio.WouldBlock:
+                        with trio.move_on_after(keepalive_s):
+                            item = await handle.items.receive()
+                except trio.EndOfChannel:
+                    return
+                if item is None:
+                    yield KEEPALIVE
+                elif isinstance(item, Routed):
+                    yield _routed_comment(item)
+                else:
+                    out = render_chat(item)
+                    if out is not None:
+                        yield out
+                    if isinstance(item, Failure):
+                        return
+        finally:
+            handle.close(client_gone=True)
+
+    response = Response(body(), status=200, headers=headers)
+    response.timeout = None
+    return response
+
+
+def parse_chat_request(raw: bytes, request_id: str, session_header: str | None = None) -> ChatRequest:
+    """Validate what we must understand; pass everything else through untouched."""
+    if not raw.strip():
+        raise BadRequest(
+            "The request body is empty; send a JSON object with 'model' and 'messages'.", code="invalid_json"
+        )
+    try:
+        body = _decode(raw)
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"The request body is not valid JSON: {exc}.", code="invalid_json") from None
+    except RecursionError:
+        raise BadRequest("The request body is nested too deeply.", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise BadRequest("The request body must be a JSON object.", code="invalid_json")
+    messages = body.get("messages")
+    if messages is None:
+        raise BadRequest(
+            "'messages' is required: a non-empty list of chat messages.",
+            "messages",
+            "missing_required_parameter",
+        )
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("'messages' must be a non-empty list of chat messages.", "messages", "invalid_type")
+    for i, message in enumerate(messages):
+        _check_message(i, message)
+    model = body.get("model", "auto")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("'model' must be a model id string (or 'auto').", "model", "invalid_type")
+    models = body.get("models")
+    requested: tuple[str, ...] = (model,)
+    if models is not None:
+        if not isinstance(models, list) or not models or not all(isinstance(m, str) and m for m in models):
+            raise BadRequest(
+                "'models' must be a non-empty list of model id strings.", "models", "invalid_type"
+            )
+        requested = (model, *models)  # a virtual `model` gives the mode, concrete ones are tried first
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise BadRequest("'stream' must be true or false.", "stream", "invalid_type")
+    fallback = body.get("fallback", True)
+    if not isinstance(fallback, bool):
+        raise BadRequest("'fallback' must be true or false.", "fallback", "invalid_type")
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = body.get(name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise BadRequest(f"'{name}' must be a positive integer.", name, "invalid_type")
+    for name in GATEWAY_FIELDS:
+        body.pop(name, None)
+    if session_header is not None and not session_header.strip():
+        raise BadRequest("'X-Session-Id' must not be empty.", code="invalid_session_id")
+    return ChatRequest(
+        request_id=request_id,
+        body=body,
+        requested=requested,
+        stream=stream,
+        est_tokens=estimate_tokens(messages),
+        use_chain=fallback,
+        session_header=session_header,
+    )
+
+
+def _check_message(i: int, message: Any) -> None:
+    """The parts of a message the gateway reads (for routing and session keys) must have their types."""
+    where = f"messages[{i}]"
+    if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+        raise BadRequest(f"'{where}' must be an object with a string 'role'.", where, "invalid_type")
+    content = message.get("content")
+    if isinstance(content, list):
+        for j, part in enumerate(content):
+            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                raise BadRequest(
+                    f"'{where}.content[{j}]' must be an object with a string 'type'.",
+                    f"{where}.content[{j}]",
+                    "invalid_type",
+                )
+            if part["type"] == "text" and not isinstance(part.get("text"), str):
+                raise BadRequest(
+                    f"'{where}.content[{j}].text' must be a string.",
+                    f"{where}.content[{j}].text",
+                    "invalid_type",
+                )
+    elif content is not None and not isinstance(content, str):
+        raise BadRequest(
+            f"'{where}.content' must be a string, an array of content parts, or null.",
+            f"{where}.content",
+            "invalid_type",
+        )
+    calls = message.get("tool_calls")
+    if calls is not None:
+        if not isinstance(calls, list):
+            raise BadRequest(f"'{where}.tool_calls' must be an array.", f"{where}.tool_calls", "invalid_type")
+        for j, call in enumerate(calls):
+            if not isinstance(call, dict) or not isinstance(call.get("function", {}), dict):
+                raise BadRequest(
+                    f"'{where}.tool_calls[{j}]' must be an object whose 'function' is an object.",
+                    f"{where}.tool_calls[{j}]",
+                    "invalid_type",
+                )
+
+
+def estimate_tokens(messages: list[Any]) -> int:
+    """About four characters a token for text; a flat allowance per image (a data URL is not its size)."""
+    chars, images = 0, 0
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str):
+            chars += len(content)
+        elif isinstance(content, list):
+            for part in content:
+                if isinstance(part, dict):
+                    if part.get("type") == "text":
+                        chars += len(str(part.get("text", "")))
+                    else:
+                        images += 1
+        for call in message.get("tool_calls") or ():
+            chars += len(_encode(call))
+    return chars // 4 + 4 * len(messages) + 1000 * images
