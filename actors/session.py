@@ -77,12 +77,12 @@ class _ClearPin:
 class _Admit:
     platform: str
     session: str | None
+    token: object  # names this admission, for its release
 
 
 @dataclass(frozen=True)
 class _Release:
-    platform: str
-    session: str | None
+    token: object
 
 
 _Ask = _Protect | _Register | _ClearPin | _Admit
@@ -105,6 +105,7 @@ class SessionActor:
         self._now = now
         self._send, self._recv = trio.open_memory_channel[tuple[_Ask, Reply[Any]] | _Release](math.inf)
         self._held: dict[str, dict[str | None, int]] = {}  # single-flight platform -> session -> attempts
+        self._admissions: dict[object, tuple[str, str | None]] = {}  # token -> (platform, session)
         self._turns = self._bans = self._cleared = self._admitted = self._refused = 0
 
     # ---- asks (each a round trip through the inbox) ---------------------------------------------------
@@ -150,12 +151,15 @@ class SessionActor:
         if platform is None or not self.single_flight(platform):
             yield True
             return
-        ok: bool = await self._ask(_Admit(platform, session))
+        token = object()
         try:
+            ok: bool = await self._ask(_Admit(platform, session, token))
             yield ok
         finally:
-            if ok:
-                self._send.send_nowait(_Release(platform, session))  # unbounded: never blocks
+            # Always, even when the ask itself was cancelled (the actor may have admitted it after the asker
+            # left). The release follows the ask on the same channel, so it is never handled first; the
+            # actor ignores the release of a refusal. Unbounded: never blocks.
+            self._send.send_nowait(_Release(token))
 
     def single_flight(self, platform: str) -> bool:
         p = self._policy
@@ -249,11 +253,16 @@ class SessionActor:
             self._refused += 1
             return False
         sessions[ask.session] = sessions.get(ask.session, 0) + 1
+        self._admissions[ask.token] = (ask.platform, ask.session)
         self._admitted += 1
         return True
 
     def _release(self, release: _Release) -> None:
-        sessions = self._held[release.platform]
-        sessions[release.session] -= 1
-        if not sessions[release.session]:
-            del sessions[release.session]
+        held = self._admissions.pop(release.token, None)
+        if held is None:
+            return  # refused, not held
+        platform, session = held
+        sessions = self._held[platform]
+        sessions[session] -= 1
+        if not sessions[session]:
+            del sessions[session]

@@ -205,8 +205,9 @@ def final_failure(
         for t in tried
     ]
     # Models the mode's pool leaves out are counted, not listed: listed first, they crowded out the reasons.
-    pool, skipped = split_pool(excluded)
-    parts += [f"{e.ref}: skipped, {e.reason}" for e in skipped[:MAX_LISTED] if e.code != ExclusionCode.TRIED]
+    pool, others = split_pool(excluded)
+    skipped = [e for e in others if e.code != ExclusionCode.TRIED]  # tried ones are listed above
+    parts += [f"{e.ref}: skipped, {e.reason}" for e in skipped[:MAX_LISTED]]
     if len(skipped) > MAX_LISTED:
         parts.append(f"... and {len(skipped) - MAX_LISTED} more models skipped")
     if no_key:

@@ -62,9 +62,13 @@ def completion_as_chunk(completion: dict[str, Any]) -> Chunk:
     """A whole answer where a stream was asked for: one chunk carrying the whole message and its finish."""
     choice = completion["choices"][0]
     message = {k: v for k, v in (choice.get("message") or {}).items() if v is not None}
-    for call in message.get("tool_calls") or ():
-        if isinstance(call, dict):
-            call.setdefault("index", 0)
+    calls = message.get("tool_calls")
+    if isinstance(calls, list):
+        # A delta's tool calls are told apart by `index` (clients accumulate by it); copies, so the
+        # completion stays as it was.
+        message["tool_calls"] = [
+            {"index": i, **call} if isinstance(call, dict) else call for i, call in enumerate(calls)
+        ]
     obj = {
         **{k: completion.get(k) for k in ("id", "created", "model")},
         "object": "chat.completion.chunk",

@@ -16,7 +16,7 @@ import msgspec
 from events import taxonomy
 from events.failures import FailureKind
 from events.frames import Chunk, normalise_message
-from events.outcomes import Answered, Failed, Usage
+from events.outcomes import Answered, Failed, Usage, count
 from events.sessions import message_text
 
 _encode = msgspec.json.encode
@@ -60,8 +60,8 @@ def truncated(finish_reason: Any, client_max_tokens: int | None, usage: Any) -> 
         return False
     if client_max_tokens is None:
         return True
-    got = usage.get("completion_tokens") if isinstance(usage, dict) else None
-    return isinstance(got, int) and got < client_max_tokens
+    got = count(usage.get("completion_tokens")) if isinstance(usage, dict) else None
+    return got is not None and got < client_max_tokens
 
 
 def judge_completion(payload: Any, client_max_tokens: int | None) -> Answered | Failed:
@@ -144,7 +144,8 @@ class StreamJudge:
             return Failed(
                 FailureKind.CONNECT, "the stream ended before the answer finished", after_content=True
             )
-        if truncated(self._finish, self._max_tokens, None):
+        reported = {"completion_tokens": self.usage.output_reported} if self.usage.output_reported else None
+        if truncated(self._finish, self._max_tokens, reported):
             # Delivered as the provider sent it (finish_reason says so); a model fault all the same.
             return Failed(
                 FailureKind.TRUNCATED,

@@ -26,14 +26,15 @@ class Usage:
         """The provider's `usage`, when its values are counts (anything else would poison the log)."""
         if not isinstance(usage, dict):
             return
-        prompt, completion = _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
+        prompt, completion = count(usage.get("prompt_tokens")), count(usage.get("completion_tokens"))
         if prompt:
             self.input_tokens = prompt
         if completion:
             self.output_reported = completion
 
 
-def _count(value: object) -> int | None:
+def count(value: object) -> int | None:
+    """`value` if it is a token count (a non-negative int, not a bool), else None."""
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 

@@ -445,12 +445,6 @@ async def test_a_platform_that_is_not_single_flight_never_asks(platform: str) ->
     assert actor.statistics() == SessionStatistics(0, 0, 0, 0, 0, 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="admitted(): a task cancelled while its admission ask waits in the actor's inbox never releases "
-    "it (the actor admits after the asker left, and only `ok` seen by the asker triggers _Release), so the "
-    "single-flight platform stays held by that session for good",
-)
 async def test_an_admission_asked_by_a_task_cancelled_before_the_answer_is_not_held(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -182,11 +182,6 @@ def test_a_tool_call_keeps_the_index_it_has() -> None:
     assert chunk.obj["choices"][0]["delta"]["tool_calls"][0]["index"] == 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="completion_as_chunk gives every tool call without an index the index 0: a streaming client "
-    "(the openai SDK accumulates deltas by index) merges two calls into one",
-)
 def test_two_tool_calls_of_a_whole_answer_keep_distinct_indexes() -> None:
     calls = [
         {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}},
@@ -197,11 +192,6 @@ def test_two_tool_calls_of_a_whole_answer_keep_distinct_indexes() -> None:
     assert indexes == [0, 1]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="completion_as_chunk writes `index` into the completion's own tool-call dicts (the delta "
-    "copies only the message's top level)",
-)
 def test_completion_as_chunk_leaves_the_completion_as_it_was() -> None:
     calls = [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
     completion = _completion({"role": "assistant", "content": None, "tool_calls": calls})
