@@ -27,7 +27,9 @@ class Call:
 
     @property
     def client_max_tokens(self) -> int | None:
-        value = self.body.get("max_completion_tokens", self.body.get("max_tokens"))
+        value = self.body.get("max_completion_tokens")
+        if value is None:  # absent or null: the older name may still be set
+            value = self.body.get("max_tokens")
         return value if isinstance(value, int) else None
 
     def for_model(self, model_id: str) -> dict[str, Any]:

@@ -24,6 +24,10 @@ def test_max_tokens_is_the_client_limit() -> None:
     assert Call({"max_tokens": 300}, stream=False).client_max_tokens == 300
 
 
+def test_a_null_max_completion_tokens_leaves_max_tokens_in_force() -> None:
+    assert Call({"max_tokens": 300, "max_completion_tokens": None}, stream=False).client_max_tokens == 300
+
+
 def test_max_completion_tokens_wins_over_max_tokens() -> None:
     assert Call({"max_tokens": 300, "max_completion_tokens": 50}, stream=True).client_max_tokens == 50
 
