@@ -1,39 +1,74 @@
-"""The `switchboard` command line: serve, keys, models, log."""
+"""The `switchboard` command line: serve, keys, models, sessions, replay, log.
+
+The read-only commands (and `replay`) take the configuration the gateway last started with from the log
+(`ConfigApplied`), so they tell the truth without the config file; a log written before the gateway
+recorded its configuration falls back to the file (or the defaults). `replay --config F` is a what-if.
+"""
 
 from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Collection, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+import msgspec
 import trio
 
 from actors.model_health import usable_keys
+from events.config_applied import last_config, view_of
 from events.op_stats import OperationalStats
 from events.replay import Replayed
 from events.sqlite_store import SqliteStore
-from events.types import KeyAdded, KeyDisabled, KeyEnabled, ModelUpdated, encode_event, event_type
+from events.store import Entry
+from events.types import (
+    EVENT_TYPES,
+    ConfigApplied,
+    Event,
+    KeyAdded,
+    KeyDisabled,
+    KeyEnabled,
+    ModelUpdated,
+    RouteDecided,
+    encode_event,
+    event_tag,
+    event_type,
+)
 from events.view import POOL_REASON, RoutingView, rebuild, split_pool
+from service import __version__
 from service.config import Config, ConfigError, load_config
 from service.replay_runner import run_replay
 from service.secrets import SecretsError, Vault, key_label, load_master_key
-from service.server import DB_NAME, check_keys, routing_settings, run_gateway
+from service.server import DB_NAME, ServeError, check_keys, routing_settings, run_gateway
+
+# Set by scripts/switchboard, which runs from the checkout: the directory the command was typed in, against
+# which relative --config and --data-dir paths are resolved.
+CALLER_DIR_ENV = "SWITCHBOARD_CALLER_DIR"
+EVENT_TAGS = tuple(sorted(event_tag(t) for t in EVENT_TYPES))
+
+
+def _given_path(value: str) -> Path:
+    """A path from the command line, relative to where the command was typed."""
+    path = Path(value).expanduser()
+    caller = os.environ.get(CALLER_DIR_ENV, "").strip()
+    return Path(caller) / path if caller and not path.is_absolute() else path
 
 
 def _config(args: argparse.Namespace) -> Config:
-    config = load_config(Path(args.config) if args.config else None)
+    config = load_config(_given_path(args.config) if args.config else None)
     overrides = {}
     if getattr(args, "host", None):
         overrides["host"] = args.host
     if getattr(args, "port", None) is not None:
         overrides["port"] = args.port
     if getattr(args, "data_dir", None):
-        overrides["data_dir"] = Path(args.data_dir)
+        overrides["data_dir"] = _given_path(args.data_dir)
     return replace(config, **overrides) if overrides else config
 
 
@@ -42,10 +77,26 @@ def _store(config: Config) -> SqliteStore:
 
 
 def _projections(store: SqliteStore, config: Config) -> tuple[RoutingView, OperationalStats]:
-    settings = routing_settings(config)
-    view, stats = settings.new_view(), OperationalStats()
+    """The projections under the configuration the gateway last started with (else the file's)."""
+    recorded = last_config(store)
+    if recorded is not None:
+        view, stats = view_of(recorded), OperationalStats()
+    else:
+        settings = routing_settings(config)
+        view, stats = settings.new_view(), OperationalStats()
     rebuild(store, view, also=(stats.apply,))
     return view, stats
+
+
+def _recorded(config: Config) -> ConfigApplied | None:
+    """The configuration the gateway last started with on this data dir, without creating a log."""
+    if not (config.data_dir / DB_NAME).exists():
+        return None
+    store = _store(config)
+    try:
+        return last_config(store)
+    finally:
+        store.close()
 
 
 def _read_view(config: Config) -> tuple[RoutingView, OperationalStats]:
@@ -59,14 +110,20 @@ def _read_view(config: Config) -> tuple[RoutingView, OperationalStats]:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     config = _config(args)
-    trio.run(run_gateway, config)
+    try:
+        trio.run(run_gateway, config)
+    except ServeError as exc:  # the data dir is taken, the port is in use: one line, nothing logged
+        print(f"switchboard: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
 def cmd_keys_add(args: argparse.Namespace) -> int:
     config = _config(args)
-    if args.platform not in config.platforms:
-        known = ", ".join(sorted(config.platforms))
+    recorded = _recorded(config)
+    platforms = set(config.platforms) | set(recorded.platforms if recorded is not None else ())
+    if args.platform not in platforms:
+        known = ", ".join(sorted(platforms))
         print(f"error: unknown platform '{args.platform}'. Known platforms: {known}", file=sys.stderr)
         return 2
     # Never from argv: it would end up in shell history and in `ps`.
@@ -239,14 +296,24 @@ def cmd_sessions(args: argparse.Namespace) -> int:
 
 
 def cmd_log_tail(args: argparse.Namespace) -> int:
+    types: set[str] | None = None
+    if args.type:
+        types = {t.strip() for t in args.type.split(",") if t.strip()}
+        unknown = sorted(types - set(EVENT_TAGS))
+        if unknown:
+            print(
+                f"error: unknown event type {', '.join(repr(t) for t in unknown)}; "
+                f"known types: {', '.join(EVENT_TAGS)}",
+                file=sys.stderr,
+            )
+            return 2
     config = _config(args)
     store = _store(config)
+    show = _print_json if args.json else _print_line
     try:
-        last = store.last_seq()
-        start = max(0, last - args.n)
-        seq = start
-        for seq, event in store.read_after(start):
-            _print_event(seq, event, args.type)
+        upto = store.last_seq()
+        for seq, event in _last_events(store, args.n, types, upto):
+            show(seq, event)
         if not args.follow:
             return 0
         version = store.data_version()
@@ -255,13 +322,91 @@ def cmd_log_tail(args: argparse.Namespace) -> int:
             if store.data_version() == version:
                 continue
             version = store.data_version()
-            for entry_seq, event in store.read_after(seq):
-                _print_event(entry_seq, event, args.type)
-                seq = entry_seq
+            seen, upto = upto, store.last_seq()
+            # Only what was committed up to `upto`: a later event is read on the next round, exactly once.
+            for seq, event in store.read_after(seen, None, types):
+                if seq <= upto:
+                    show(seq, event)
     except KeyboardInterrupt:
         return 0
     finally:
         store.close()
+
+
+def _last_events(store: SqliteStore, n: int, types: Collection[str] | None, upto: int) -> list[Entry]:
+    """The last `n` events up to seq `upto`, of the given types only (filtered before counting)."""
+    if n <= 0:
+        return []
+    if types is None:
+        return [e for e in store.read_after(max(0, upto - n)) if e[0] <= upto][-n:]
+    last: deque[Entry] = deque(maxlen=n)
+    seq = 0
+    while entries := store.read_after(seq, 5000, types):
+        last.extend(e for e in entries if e[0] <= upto)
+        seq = entries[-1][0]
+        if seq >= upto:
+            break
+    return list(last)
+
+
+def _print_json(seq: int, event: Event) -> None:
+    print(f'{{"seq":{seq},"event":{encode_event(event).decode()}}}', flush=True)
+
+
+def _print_line(seq: int, event: Event) -> None:
+    print(event_line(seq, event), flush=True)
+
+
+def event_line(seq: int, event: Event) -> str:
+    """One line per event: seq, local time, type, request id, the fields that say what happened."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event.ts)) + f".{int(event.ts % 1 * 1000):03d}"
+    line = f"{seq:>7}  {stamp}  {event_type(event):<19}  {event.request_id or '-':<28}  {_key_fields(event)}"
+    return line.rstrip()
+
+
+def _key_fields(event: Event) -> str:
+    if isinstance(event, RouteDecided):
+        chosen = f"chose {event.chosen_ref} key={event.chosen_key}" if event.chosen_ref else "chose nothing"
+        parts = [
+            f"attempt={event.attempt}",
+            f"mode={event.input.mode}",
+            chosen,
+            f"candidates={event.candidates_total or len(event.candidates)}",
+            f"excluded={len(event.excluded) + len(event.pool_excluded)}",
+        ]
+        if event.pin_used:
+            parts.append("pin_used=true")
+        if event.pin_cleared:
+            parts.append(f"pin_cleared={_show(event.pin_cleared)}")
+        return " ".join(parts)
+    if isinstance(event, ConfigApplied):
+        return (
+            f"hash={event.hash[:12]} models={len(event.models)} platforms={len(event.platforms)} "
+            f"max_attempts={event.max_attempts}"
+        )
+    parts = []
+    skip = {"ts", "request_id"}
+    platform, model = getattr(event, "platform", None), getattr(event, "model", None)
+    if isinstance(platform, str) and isinstance(model, str):
+        parts.append(f"{platform}/{model}")
+        skip |= {"platform", "model"}
+    for f in msgspec.structs.fields(event):  # type: ignore[arg-type]
+        value = getattr(event, f.name)
+        if f.name in skip or value is None or value in ("", ()) or value == f.default:
+            continue
+        parts.append(f"{f.name}={_show(value)}")
+    return " ".join(parts)
+
+
+def _show(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{round(value, 3):.10g}"
+    if isinstance(value, tuple):
+        return ",".join(_show(v) for v in value)
+    text = str(value)
+    return json.dumps(text, ensure_ascii=False) if not text or any(c in text for c in ' ="') else text
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -276,13 +421,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     run = run_replay(
         path,
-        routing_settings(config).new_view,
+        routing_settings(config).new_view,  # a what-if; without --config, for decisions the log has no
+        # configuration for (logs older than ConfigApplied): the defaults
         request_id=args.request,
         from_seq=args.from_seq,
         to_seq=args.to_seq,
         keep_all=args.explain,
         progress=_progress_bar if show_progress else None,
         parallel=None if args.processes is None else args.processes == 2,
+        config_from_log=not args.config,
     )
     elapsed = time.perf_counter() - started
     if show_progress:
@@ -294,10 +441,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
     for r in run.results:
         print(explain(r) if args.explain else _change_line(r))
     total = run.total
+    if run.unrecorded:
+        print(
+            f"note: {run.unrecorded} of {total} decisions predate the configuration this log records (an "
+            "older gateway wrote them): replayed under the default configuration; pass the --config they "
+            "ran with to replay them under it (a what-if for the others)"
+        )
     rate = f"{run.events / elapsed:,.0f} events/s" if elapsed > 0 else ""
     summary = (
         f"{total - len(changed)} of {total} decisions reproduced "
         f"({100 * (total - len(changed)) / total:.1f}%); {run.events} events folded, {rate}"
+        + (f"; under {run.configs} recorded configurations" if run.configs > 1 and not args.config else "")
         + (f" ({run.processes} processes)" if run.processes > 1 else "")
     )
     if changed and args.config:
@@ -381,12 +535,6 @@ def explain(r: Replayed) -> str:
     return "\n".join(lines)
 
 
-def _print_event(seq: int, event: object, only: str | None) -> None:
-    if only and event_type(event) != only:  # type: ignore[arg-type]
-        return
-    print(f'{{"seq":{seq},"event":{encode_event(event).decode()}}}', flush=True)  # type: ignore[arg-type]
-
-
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
@@ -395,6 +543,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="switchboard", description="OpenAI-compatible LLM gateway")
+    parser.add_argument("--version", action="version", version=f"switchboard {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -435,12 +584,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     log = sub.add_parser("log", help="the event log").add_subparsers(dest="action", required=True)
-    tail = common(log.add_parser("tail", help="print recent events as JSON lines"))
-    tail.add_argument("-n", type=int, default=20, help="how many past events (default 20)")
+    tail = common(log.add_parser("tail", help="print recent events, one line each (or JSON lines)"))
+    tail.add_argument("-n", type=int, default=20, help="how many past events (default 20), after --type")
     tail.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
-    tail.add_argument("--type", help="only events of this type, e.g. attempt_failed")
+    tail.add_argument(
+        "--type", help="only events of this type (or comma-separated types), e.g. attempt_failed"
+    )
+    tail.add_argument("--json", action="store_true", help='JSON lines: {"seq": N, "event": {...}}')
     tail.set_defaults(func=cmd_log_tail)
-    rp = common(sub.add_parser("replay", help="re-run recorded routing decisions and compare (or what-if)"))
+    rp = sub.add_parser("replay", help="re-run recorded routing decisions and compare (or what-if)")
+    rp.add_argument(
+        "--config",
+        help="what-if: re-decide every decision under this file's configuration (default: each under the "
+        "configuration the log recorded when it was made)",
+    )
+    rp.add_argument("--data-dir", help="where the log lives (default ./data, or the --config file's)")
     rp.add_argument("--request", help="only the decisions of this request id (X-Request-Id)")
     rp.add_argument("--from", dest="from_seq", type=int, help="first log seq")
     rp.add_argument("--to", dest="to_seq", type=int, help="last log seq")

@@ -1,17 +1,31 @@
-"""Wiring: from a Config to a running gateway (store, secrets, keys, adapter, actors, HTTP server)."""
+"""Wiring: from a Config to a running gateway (store, secrets, keys, adapter, actors, HTTP server).
+
+Start order, so that a start which cannot serve leaves no trace: take the data dir's lock (one gateway per
+data dir: a second one would append to the log the first is folding), bind the listening socket, and only
+then touch the log (the supervisor rebuilds, records the config and keys, accepts traffic). Tokens the
+gateway generates for itself are stored and printed once it is really listening.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import difflib
+import errno
+import fcntl
 import os
+import socket
 import sys
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TextIO
 
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
+from hypercorn.config import Sockets
+from hypercorn.trio.run import worker_serve
+from hypercorn.utils import wrap_app
 
 from actors.key_checker import check_key
 from actors.request import Deadlines
@@ -24,11 +38,13 @@ from events.types import KeyChecked
 from events.view import SessionPolicy, rebuild
 from service import __version__
 from service.app import create_app
-from service.config import Config
+from service.config import Config, env_var_for
 from service.secrets import (
     CredentialStore,
     TokenCheck,
     Vault,
+    generate_token,
+    hash_token,
     key_id_for,
     key_label,
     load_master_key,
@@ -37,7 +53,65 @@ from service.secrets import (
 from service.upstream import HttpUpstream, PlatformEndpoint
 
 DB_NAME = "switchboard.db"
+LOCK_NAME = "switchboard.lock"  # held by the serving gateway (flock), with its pid in it
 GRACE_S = 10.0
+BACKLOG = 1024
+
+
+class ServeError(Exception):
+    """The gateway cannot start; the message is one line for the operator."""
+
+
+@contextlib.contextmanager
+def data_dir_lock(data_dir: Path) -> Iterator[None]:
+    """Hold `data_dir/switchboard.lock` exclusively for as long as the gateway runs (the kernel releases it
+    when the process dies, however it dies). Raises ServeError naming the holder's pid if another has it."""
+    path = data_dir / LOCK_NAME
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            raise ServeError(
+                f"another gateway (pid {holder}) is serving the data dir {data_dir} (it holds {path}); "
+                "stop it first, or give this one another data dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)  # no stale pid for the next reader; the lock goes with the descriptor
+    finally:
+        os.close(fd)
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A bound, listening TCP socket for hypercorn, or ServeError saying why not on one line."""
+    bare = host.replace("[", "").replace("]", "")
+    where = f"[{bare}]:{port}" if ":" in bare else f"{bare}:{port}"
+    sock = socket.socket(socket.AF_INET6 if ":" in bare else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((bare, port))
+        sock.listen(BACKLOG)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            reason = (
+                "address already in use (another gateway? pick another port with [server] port or "
+                "SWITCHBOARD_PORT)"
+            )
+        elif exc.errno == errno.EACCES:
+            reason = "permission denied (ports below 1024 need privileges; pick another port)"
+        else:
+            reason = (exc.strerror or str(exc)).lower()
+        raise ServeError(f"cannot listen on {where}: {reason}") from None
+    return sock
 
 
 @dataclass
@@ -79,6 +153,7 @@ def routing_settings(config: Config, keys: list[tuple[str, str, str, str]] | Non
         max_attempts=config.routing.max_attempts,
         policy=config.routing.policy,
         version=__version__,
+        platforms=frozenset(config.platforms),
         rolling_day_platforms=frozenset(
             p.name for p in config.platforms.values() if p.quota_day == "rolling"
         ),
@@ -115,11 +190,26 @@ def collect_keys(
     return known, secrets
 
 
-def gateway_tokens(
-    config: Config, credentials: CredentialStore, out: TextIO
-) -> tuple[TokenCheck, TokenCheck]:
-    """Configured tokens win; with none configured, the gateway makes its own once and prints them once."""
+@dataclass
+class Tokens:
+    gateway: TokenCheck
+    admin: TokenCheck
+    # Minted for this first start, (kind, token): stored and printed by `announce` once listening, so a
+    # start that fails never keeps a token nobody was shown.
+    minted: list[tuple[str, str]] = field(default_factory=list)
+
+    def announce(self, credentials: CredentialStore, out: TextIO) -> None:
+        for kind, token in self.minted:
+            credentials.add(kind, hash_token(token))
+            what = "gateway API key" if kind == "gateway" else "admin token"
+            print(f"Generated {what} (shown once, stored hashed): {token}", file=out, flush=True)
+        self.minted = []
+
+
+def gateway_tokens(config: Config, credentials: CredentialStore) -> Tokens:
+    """Configured tokens win; with none configured (or stored), the gateway makes its own (see Tokens)."""
     checks = []
+    minted = []
     for kind, configured, prefix in (
         ("gateway", list(config.api_keys), "sk-sb-"),
         ("admin", [config.admin_token] if config.admin_token else [], "sb-admin-"),
@@ -127,12 +217,46 @@ def gateway_tokens(
         if configured:
             checks.append(TokenCheck(normalise_token(t) for t in configured))
             continue
-        generated = credentials.ensure(kind, prefix)
-        if generated is not None:
-            what = "gateway API key" if kind == "gateway" else "admin token"
-            print(f"Generated {what} (shown once, stored hashed): {generated}", file=out, flush=True)
-        checks.append(TokenCheck(credentials.hashes(kind)))
-    return checks[0], checks[1]
+        hashes = credentials.hashes(kind)
+        if not hashes:  # one gateway per data dir (its lock): nobody else can be minting one now
+            token = generate_token(prefix)
+            minted.append((kind, token))
+            hashes = [hash_token(token)]
+        checks.append(TokenCheck(hashes))
+    return Tokens(checks[0], checks[1], minted)
+
+
+async def startup_summary(runtime: Runtime, config: Config, env: Mapping[str, str]) -> list[str]:
+    """What an operator checks first: which platforms have keys, how many models can be used, and
+    `*_API_KEY` variables that name no platform (a typo such as GROK_API_KEY is otherwise silent)."""
+    lines = []
+    keys: dict[str, list[str]] = {}
+    for view in await runtime.health.keys():
+        keys.setdefault(view.info.platform, []).append(view.info.status)
+    availability = await runtime.health.models()
+    enabled = [a for a in availability if a.model.enabled]
+    usable = sum(1 for a in enabled if a.usable_keys)
+    if keys:
+        parts = []
+        for platform in sorted(keys):
+            statuses = keys[platform]
+            unusable = len(statuses) - statuses.count("ok")
+            parts.append(f"{platform} {len(statuses)}" + (f" ({unusable} not ok)" if unusable else ""))
+        lines.append(f"provider keys: {', '.join(parts)}; {usable} of {len(enabled)} models usable")
+    else:
+        example = next(iter(sorted(config.platforms)), "groq")
+        lines.append(
+            f"no provider keys yet: every request gets 503 until one is added (set "
+            f"{env_var_for(example)}, or run 'switchboard keys add {example}'); 0 of {len(enabled)} "
+            "models usable"
+        )
+    known = {p.env_var for p in config.platforms.values()}
+    for name in sorted(env):
+        if name.endswith("_API_KEY") and name not in known and env[name].strip():
+            close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
+            hint = f"did you mean {close[0]}?" if close else "platform keys are named like GROQ_API_KEY"
+            lines.append(f"warning: {name} is set but matches no platform ({hint})")
+    return lines
 
 
 async def run_gateway(
@@ -144,17 +268,32 @@ async def run_gateway(
     store: LogStore | None = None,
     on_listening: Callable[[str, Runtime], None] | None = None,
 ) -> None:
-    """Run until SIGINT/SIGTERM (or `runtime.shutting_down`), then shut down gracefully."""
+    """Run until SIGINT/SIGTERM (or `runtime.shutting_down`), then shut down gracefully. Raises ServeError
+    (having appended nothing to the log) when the data dir is taken or the address cannot be listened on."""
     env = os.environ if env is None else env
     data_dir = config.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
+    with data_dir_lock(data_dir), contextlib.closing(listen_socket(config.host, config.port)) as sock:
+        await _run_locked(config, env, out, handle_signals, store, on_listening, sock)
+
+
+async def _run_locked(
+    config: Config,
+    env: Mapping[str, str],
+    out: TextIO,
+    handle_signals: bool,
+    store: LogStore | None,
+    on_listening: Callable[[str, Runtime], None] | None,
+    sock: socket.socket,
+) -> None:
+    data_dir = config.data_dir
     db_path = data_dir / DB_NAME
     master_key = load_master_key(data_dir, env)
     store = store or SqliteStore(db_path)
     vault = Vault(db_path, master_key)
     credentials = CredentialStore(db_path)
     try:
-        gateway_check, _admin_check = gateway_tokens(config, credentials, out)
+        tokens = gateway_tokens(config, credentials)
         keys, secrets = collect_keys(config, master_key, vault)
         keyring = Keyring(secrets, vault)
         upstream = HttpUpstream(_endpoints(config), keyring.secret_for)
@@ -162,20 +301,27 @@ async def run_gateway(
 
         async def serve_http(runtime: Runtime) -> None:
             hc = HypercornConfig()
-            hc.bind = [f"{config.host}:{config.port}"]
             hc.graceful_timeout = GRACE_S
             hc.accesslog = None
             hc.errorlog = "-"
             hc.keep_alive_timeout = 75
-            app = create_app(runtime, gateway_check)
+            app = wrap_app(create_app(runtime, tokens.gateway), hc.wsgi_max_body_size, "asgi")
+            sockets = Sockets(secure_sockets=[], insecure_sockets=[sock], quic_sockets=[])
             async with trio.open_nursery() as nursery:
                 binds = await nursery.start(
-                    lambda task_status: serve(
-                        app, hc, shutdown_trigger=runtime.shutting_down.wait, task_status=task_status
+                    lambda task_status: worker_serve(
+                        app,
+                        hc,
+                        sockets=sockets,
+                        shutdown_trigger=runtime.shutting_down.wait,
+                        task_status=task_status,
                     )
                 )
                 url = binds[0]
+                tokens.announce(credentials, out)
                 print(f"switchboard listening on {url}", file=out, flush=True)
+                for line in await startup_summary(runtime, config, env):
+                    print(line, file=out, flush=True)
                 if on_listening is not None:
                     on_listening(url, runtime)
 

@@ -1,13 +1,18 @@
-"""Across restarts and shutdowns: what the log remembers, what it must not contain, and first-start tokens."""
+"""Across restarts and shutdowns: what the log remembers, what it must not contain, first-start tokens, and
+a start that cannot serve (its data dir taken, its port in use) leaving no trace."""
 
 from __future__ import annotations
 
 import io
+import os
 import re
+import socket
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 from custom_gateway import gateway_from, model_toml, platform_toml, read_log, server_toml, settled
 from fault_upstream import UpstreamState
@@ -23,8 +28,9 @@ from events.types import (
     ServiceStopped,
 )
 from service import cli
-from service.secrets import key_id_for
-from service.server import DB_NAME
+from service.config import load_config
+from service.secrets import CredentialStore, key_id_for
+from service.server import DB_NAME, ServeError, run_gateway
 
 AUTH = {"Authorization": f"Bearer {GATEWAY_KEY}"}
 HELLO = {"messages": [{"role": "user", "content": "hi"}]}
@@ -203,3 +209,141 @@ async def test_a_key_removed_from_the_config_is_removed_from_routing(tmp_path):
     assert health["keys"] == 1
     removed = [e for e in read_log(tmp_path / "data") if isinstance(e, KeyRemoved)]
     assert [e.key_id for e in removed] == [gone]
+
+
+# ---- a start that cannot serve -------------------------------------------------------------------------
+
+
+def occupied_port() -> socket.socket:
+    """A socket listening on a free local port, as another program would."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock
+
+
+async def test_second_serve_on_same_data_dir_appends_nothing(tmp_path):
+    """The bug: a second `serve` on a running gateway's data dir (its port in use) appended key_removed for
+    keys its own config lacked before it failed to bind; the running gateway folded them and answered 503
+    to everything until restarted. Now the second start refuses on the data dir's lock, naming the holder."""
+    with trio.fail_after(20):
+        async with running_gateway(tmp_path, ["ok"], keys=("up-1", "up-2")) as gw:
+            assert (await chat(gw.url, {"model": "ok", **HELLO})).status_code == 200
+            await settled(gw)
+            before = read_log(gw.data_dir)
+            # The same data dir and port, a config without up-2 (the old code logged it as removed).
+            second = tmp_path / "second.toml"
+            second.write_text(config_text(gw.upstream_url, gw.data_dir, ["ok"], keys=("up-1",)))
+            port = int(gw.url.rsplit(":", 1)[1])
+            config = replace(load_config(second, env={}), port=port)
+            output = io.StringIO()
+            with pytest.raises(ServeError) as refused:
+                await run_gateway(config, env=SECRET_ENV, out=output, handle_signals=False)
+            await settled(gw)
+            assert read_log(gw.data_dir) == before
+            statuses = [(await chat(gw.url, {"model": "ok", **HELLO})).status_code for _ in range(4)]
+            async with httpx.AsyncClient(base_url=gw.url) as client:
+                health = (await client.get("/healthz")).json()
+    message = str(refused.value)
+    assert f"another gateway (pid {os.getpid()}) is serving the data dir {gw.data_dir}" in message
+    assert "\n" not in message
+    assert output.getvalue() == ""
+    assert statuses == [200] * 4
+    assert (health["status"], health["keys"], health["keys_ok"]) == ("ok", 2, 2)
+    assert not any(isinstance(e, KeyRemoved) for e in read_log(gw.data_dir))
+
+
+async def test_a_port_in_use_appends_nothing_and_the_data_dir_is_free_again(tmp_path):
+    data_dir = tmp_path / "data"
+    path = tmp_path / "switchboard.toml"
+    path.write_text(config_text("http://127.0.0.1:9/v1", data_dir, ["ok"]))
+    with occupied_port() as taken:
+        config = replace(load_config(path, env={}), port=taken.getsockname()[1])
+        output = io.StringIO()
+        with (
+            trio.fail_after(10),
+            pytest.raises(ServeError, match=r"cannot listen on 127\.0\.0\.1:\d+: address already in use"),
+        ):
+            await run_gateway(config, env=SECRET_ENV, out=output, handle_signals=False)
+    assert output.getvalue() == ""
+    assert read_log(data_dir) == []  # not even service_started
+    # The failed start released the lock: the next one starts.
+    with trio.fail_after(20):
+        async with running_gateway(tmp_path, ["ok"]) as gw:
+            assert (await chat(gw.url, {"model": "ok", **HELLO})).status_code == 200
+
+
+async def test_generated_credentials_are_printed_only_once_listening(tmp_path):
+    """The bug: the generated tokens were printed (and stored) before the port was bound, so a start that
+    failed to bind had used up the one showing of a token that only its hash remembers."""
+    data_dir = tmp_path / "data"
+    path = tmp_path / "failing.toml"
+    path.write_text(tokens_config("http://127.0.0.1:9/v1", data_dir))
+    with occupied_port() as taken:
+        config = replace(load_config(path, env={}), port=taken.getsockname()[1])
+        output = io.StringIO()
+        with pytest.raises(ServeError), trio.fail_after(10):
+            await run_gateway(config, env=SECRET_ENV, out=output, handle_signals=False)
+    assert "Generated" not in output.getvalue()
+    credentials = CredentialStore(data_dir / DB_NAME)
+    try:
+        assert credentials.hashes("gateway") == credentials.hashes("admin") == []
+    finally:
+        credentials.close()
+
+    with trio.fail_after(20):
+        async with gateway_from(tmp_path, tokens_config) as gw:
+            lines = gw.output.getvalue().splitlines()
+            [token] = GENERATED.findall(gw.output.getvalue())
+            assert (await chat(gw.url, {"model": "ok", **HELLO}, token=token)).status_code == 200
+    # Shown once the server listens, just before it says so.
+    listening = next(i for i, line in enumerate(lines) if line.startswith("switchboard listening on "))
+    assert [i for i, line in enumerate(lines) if line.startswith("Generated")] == [
+        listening - 2,
+        listening - 1,
+    ]
+
+
+def summary_config(url: str, data_dir: Path) -> str:
+    return (
+        server_toml(data_dir, gateway_key=GATEWAY_KEY)
+        + platform_toml("local", url, ("up-1", "up-2"))
+        + platform_toml("spare", url, ())
+        + model_toml("local", "ok", 1)
+        + model_toml("local", "echo", 2)
+        + model_toml("spare", "ok", 3)
+    )
+
+
+async def test_the_start_summary_names_keyed_platforms_usable_models_and_mistyped_key_variables(tmp_path):
+    env = {**SECRET_ENV, "LOCL_API_KEY": "sk-typo-1234", "OTHER_API_KEY": "x", "EMPTY_API_KEY": ""}
+    with trio.fail_after(20):
+        async with gateway_from(tmp_path, summary_config, env=env) as gw:
+            lines = gw.output.getvalue().splitlines()
+    after = lines[next(i for i, line in enumerate(lines) if "listening on" in line) + 1 :]
+    assert after == [
+        "provider keys: local 2; 2 of 3 models usable",
+        "warning: LOCL_API_KEY is set but matches no platform (did you mean LOCAL_API_KEY?)",
+        "warning: OTHER_API_KEY is set but matches no platform (platform keys are named like GROQ_API_KEY)",
+    ]
+    assert "sk-typo-1234" not in gw.output.getvalue()
+
+
+async def test_healthz_is_degraded_while_no_key_is_usable(tmp_path):
+    with trio.fail_after(20):
+        async with running_gateway(tmp_path, ["ok"], keys=()) as gw:
+            async with httpx.AsyncClient(base_url=gw.url) as client:
+                resp = await client.get("/healthz")
+            assert "no provider keys yet" in gw.output.getvalue()
+        async with running_gateway(tmp_path, ["ok"], keys=("up-1",)) as gw2:
+            gw2.upstream.key_behaviours["up-1"] = "auth"
+            assert (await chat(gw2.url, {"model": "ok", **HELLO})).status_code != 200
+            await settled(gw2)
+            async with httpx.AsyncClient(base_url=gw2.url) as client:
+                invalid = (await client.get("/healthz")).json()
+    assert resp.status_code == 200
+    body = resp.json()
+    assert (body["status"], body["keys"], body["keys_ok"]) == ("degraded", 0, 0)
+    assert "no provider keys" in body["reason"]
+    assert (invalid["status"], invalid["keys"], invalid["keys_ok"]) == ("degraded", 1, 0)
+    assert "1 invalid" in invalid["reason"]

@@ -113,3 +113,43 @@ async def test_an_actor_crash_takes_the_process_down_with_its_traceback(tmp_path
         nursery.cancel_scope.cancel()
     assert code != 0
     assert b"Traceback" in stderr and b"no such table: events" in stderr
+
+
+async def test_a_second_serve_on_the_data_dir_refuses_naming_the_first_and_appends_nothing(tmp_path):
+    async with trio.open_nursery() as nursery:
+        upstream_url = await nursery.start(serve_upstream, UpstreamState())
+        process, url = await start_gateway(tmp_path, upstream_url, ["ok"])
+        try:
+            before = log_events(tmp_path)
+            # Its own config says port 0: only the data dir's lock can stop it (else it would serve on).
+            with trio.fail_after(20):
+                second = await trio.run_process(
+                    [*SWITCHBOARD, "serve", "--config", str(tmp_path / "switchboard.toml")],
+                    capture_stdout=True,
+                    capture_stderr=True,
+                    check=False,
+                    cwd=ROOT,
+                    env={**os.environ, **SECRET_ENV},
+                )
+            after = log_events(tmp_path)
+            async with httpx.AsyncClient(
+                base_url=url, headers={"Authorization": f"Bearer {GATEWAY_KEY}"}, timeout=10
+            ) as client:
+                resp = await client.post(
+                    "/v1/chat/completions",
+                    json={"model": "local/ok", "messages": [{"role": "user", "content": "hi"}]},
+                )
+            process.send_signal(signal.SIGTERM)
+            with trio.fail_after(15):
+                assert await process.wait() == 0
+        finally:
+            if process.returncode is None:  # the test failed: leave no gateway behind
+                process.kill()
+                await process.wait()
+        nursery.cancel_scope.cancel()
+    assert second.returncode == 1
+    assert second.stdout == b""
+    [line] = second.stderr.decode().splitlines()
+    assert line.startswith(f"switchboard: another gateway (pid {process.pid}) is serving the data dir ")
+    assert after == before
+    assert resp.status_code == 200

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import os
 import random
+import shutil
+import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -16,12 +21,14 @@ from events.decide import decide
 from events.policy import RoutingPolicy
 from events.replay import Replayed
 from events.sqlite_store import SqliteStore
-from events.types import AttemptFailed, KeyAdded, KeyInvalidated, RouteInput
+from events.types import AttemptFailed, KeyAdded, KeyDisabled, KeyInvalidated, RouteDecided, RouteInput
 from events.view import POOL_REASON, RoutingView
-from service import cli
+from service import __version__, cli, server
 from service.secrets import Vault, key_id_for
 from service.server import DB_NAME
 
+ROOT = Path(__file__).resolve().parents[2]
+T = 1_750_000_000.0
 MASTER_HEX = "cd" * 32
 SECRET = "sk-cli-provider-secret-4321"
 
@@ -231,13 +238,13 @@ def test_log_tail_prints_the_last_events_as_json_lines(setup, monkeypatch, capsy
     assert run("keys", "disable", key_id, config=config) == 0
     capsys.readouterr()
 
-    assert run("log", "tail", "-n", "2", config=config) == 0
+    assert run("log", "tail", "-n", "2", "--json", config=config) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["seq"] for line in lines] == [3, 4]
     assert [line["event"]["type"] for line in lines] == ["key_added", "key_disabled"]
     assert lines[1]["event"]["key_id"] == key_id
 
-    assert run("log", "tail", "-n", "100", "--type", "key_added", config=config) == 0
+    assert run("log", "tail", "-n", "100", "--type", "key_added", "--json", config=config) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["seq"] for line in lines] == [1, 2, 3]
     out = "".join(json.dumps(line) for line in lines)
@@ -304,3 +311,190 @@ def test_explain_lists_the_models_the_pool_left_out_on_one_line():
         text = cli.explain(replayed)
         assert f"    {POOL_REASON}: local/s1, local/s2" in text.splitlines()
         assert text.count("local/s1") == 1
+
+
+# ---- serve: a start that cannot serve says so on one line ------------------------------------------------
+
+
+def test_serve_on_a_port_in_use_prints_one_line_and_exits_1(setup, capsys):
+    config, data_dir = setup
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert cli.main(["serve", "--config", str(config), "--port", str(port)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""  # no generated token shown for a gateway that never listened
+    assert captured.err.splitlines() == [
+        f"switchboard: cannot listen on 127.0.0.1:{port}: address already in use (another gateway? pick "
+        "another port with [server] port or SWITCHBOARD_PORT)"
+    ]
+    assert not (data_dir / DB_NAME).exists() or SqliteStore(data_dir / DB_NAME).last_seq() == 0
+
+
+def test_serve_on_a_data_dir_another_gateway_holds_refuses_naming_it(setup, capsys):
+    config, data_dir = setup
+    with server.data_dir_lock(data_dir):  # as a running gateway holds it
+        assert cli.main(["serve", "--config", str(config), "--port", "0"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1
+    assert err[0].startswith(f"switchboard: another gateway (pid {os.getpid()}) is serving the data dir ")
+    assert (data_dir / server.LOCK_NAME).read_text() == ""  # released, no stale pid
+    assert not (data_dir / DB_NAME).exists()
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"switchboard {__version__}"
+
+
+# ---- paths as typed ------------------------------------------------------------------------------------
+
+
+def test_relative_paths_resolve_against_the_callers_directory(setup, tmp_path, monkeypatch, capsys):
+    """scripts/switchboard runs from the checkout; it passes the directory the command was typed in."""
+    _, data_dir = setup
+    elsewhere = tmp_path / "checkout"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setenv(cli.CALLER_DIR_ENV, str(tmp_path))
+    assert add_key(monkeypatch, Path("switchboard.toml")) == 0  # relative: tmp_path/switchboard.toml
+    capsys.readouterr()
+    assert cli.main(["keys", "list", "--config", "switchboard.toml", "--data-dir", "data"]) == 0
+    assert "local" in capsys.readouterr().out
+    assert (data_dir / DB_NAME).exists()
+    assert not (elsewhere / "data").exists()
+    monkeypatch.delenv(cli.CALLER_DIR_ENV)  # without the wrapper: the working directory, as any command
+    assert cli.main(["models", "--config", "switchboard.toml"]) == 2
+    assert "switchboard.toml: config file not found" in capsys.readouterr().err
+
+
+def fake_checkout(root: Path) -> Path:
+    """scripts/switchboard and its bootstrap in a checkout whose installed `switchboard` reports how it
+    was run (where, with which arguments), so the wrapper is tested without installing anything."""
+    (root / "scripts").mkdir(parents=True)
+    for name in ("switchboard", "_bootstrap.sh"):
+        shutil.copy2(ROOT / "scripts" / name, root / "scripts" / name)
+    (root / "pyproject.toml").write_text("[project]\n")
+    (root / "constraints.txt").write_text("")
+    digest = hashlib.sha256(b"[project]\n").hexdigest()[:16]
+    bin_dir = root / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "python").symlink_to(sys.executable)
+    (root / ".venv" / f".installed-base-{digest}").touch()
+    fake = bin_dir / "switchboard"
+    fake.write_text('#!/bin/sh\necho "cwd=$PWD caller=$SWITCHBOARD_CALLER_DIR args=$*"\n')
+    fake.chmod(0o755)
+    return root
+
+
+def test_the_wrapper_runs_the_installed_cli_from_the_checkout_with_the_callers_directory(tmp_path):
+    checkout = fake_checkout(tmp_path / "checkout")
+    here = tmp_path / "somewhere"
+    here.mkdir()
+    done = subprocess.run(
+        [str(checkout / "scripts" / "switchboard"), "models", "--config", "my.toml"],
+        cwd=here,
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != cli.CALLER_DIR_ENV},
+        check=True,
+    )
+    assert done.stdout.strip() == f"cwd={checkout} caller={here} args=models --config my.toml"
+
+
+# ---- log tail --------------------------------------------------------------------------------------------
+
+
+def test_log_tail_filters_by_type_before_counting(setup, monkeypatch, capsys):
+    config, data_dir = setup
+    store = SqliteStore(data_dir / DB_NAME)
+    try:
+        store.append(
+            [
+                KeyAdded(ts=T, key_id=f"local.k{n}", platform="local", label="…k", source="vault")
+                for n in range(3)
+            ]
+        )
+        store.append([KeyDisabled(ts=T + n, key_id="local.k0", reason="test") for n in range(5)])
+    finally:
+        store.close()
+    assert run("log", "tail", "-n", "2", "--type", "key_added", "--json", config=config) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(line["seq"], line["event"]["key_id"]) for line in lines] == [(2, "local.k1"), (3, "local.k2")]
+    assert run("log", "tail", "-n", "3", "--type", "key_added,key_disabled", "--json", config=config) == 0
+    assert [json.loads(line)["seq"] for line in capsys.readouterr().out.splitlines()] == [6, 7, 8]
+
+
+def test_log_tail_refuses_an_unknown_type_listing_the_known_ones(setup, capsys):
+    config, _ = setup
+    assert run("log", "tail", "--type", "attempt_faild", config=config) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    err = captured.err.strip()
+    assert err.startswith("error: unknown event type 'attempt_faild'; known types: ")
+    known = err.split("known types: ", 1)[1].split(", ")
+    assert {"attempt_failed", "route_decided", "config_applied", "key_added"} <= set(known)
+    assert known == sorted(known)
+
+
+def test_log_tail_prints_one_readable_line_per_event(setup, monkeypatch, capsys):
+    config, data_dir = setup
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    route = RouteInput(mode="auto", requested=("auto",))
+    store = SqliteStore(data_dir / DB_NAME)
+    try:
+        store.append(
+            [
+                AttemptFailed(
+                    ts=T + 0.25,
+                    request_id="req_0123456789abcdef01234567",
+                    attempt=2,
+                    platform="local",
+                    model="ok",
+                    key_id="local.k1",
+                    kind="rate_limited",
+                    status=429,
+                    message="slow down please",
+                    retry_after_s=20.0,
+                ),
+                RouteDecided(
+                    ts=T,
+                    request_id="req_0123456789abcdef01234567",
+                    attempt=1,
+                    seed=7,
+                    view_seq=3,
+                    now=T,
+                    input=route,
+                    candidates=(),
+                    excluded=(),
+                    chosen_ref="local/ok",
+                    chosen_key="local.k1",
+                    candidates_total=2,
+                ),
+                KeyAdded(ts=T, key_id="local.k1", platform="local", label="…4321", source="env"),
+            ]
+        )
+    finally:
+        store.close()
+    try:
+        assert run("log", "tail", config=config) == 0
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    lines = capsys.readouterr().out.splitlines()
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(T))
+    assert [line.split()[:4] for line in lines] == [
+        ["1", stamp.split()[0], stamp.split()[1] + ".250", "attempt_failed"],
+        ["2", stamp.split()[0], stamp.split()[1] + ".000", "route_decided"],
+        ["3", stamp.split()[0], stamp.split()[1] + ".000", "key_added"],
+    ]
+    assert lines[0].endswith(
+        "req_0123456789abcdef01234567  local/ok attempt=2 key_id=local.k1 kind=rate_limited status=429 "
+        'message="slow down please" retry_after_s=20'
+    )
+    assert lines[1].endswith("attempt=1 mode=auto chose local/ok key=local.k1 candidates=2 excluded=0")
+    assert lines[2].split()[4:] == ["-", "key_id=local.k1", "platform=local", "label=…4321", "source=env"]
