@@ -627,6 +627,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, SecretsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `switchboard log tail | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
 
 
 if __name__ == "__main__":

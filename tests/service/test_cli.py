@@ -498,3 +498,25 @@ def test_log_tail_prints_one_readable_line_per_event(setup, monkeypatch, capsys)
     )
     assert lines[1].endswith("attempt=1 mode=auto chose local/ok key=local.k1 candidates=2 excluded=0")
     assert lines[2].split()[4:] == ["-", "key_id=local.k1", "platform=local", "label=…4321", "source=env"]
+
+
+def test_replay_says_how_many_decisions_predate_the_recorded_configuration(setup, capsys):
+    sys.path.insert(0, str(ROOT / "tests" / "events"))
+    from test_replay import CATALOG, recorded, select_decisions, simulate
+
+    _, data_dir = setup
+    memory = simulate(8, 30)  # written by a gateway that recorded no configuration
+    old = len(select_decisions(memory))
+    memory.append([recorded(RoutingPolicy(), CATALOG)])
+    simulate(9, 30, store=memory)
+    total = len(select_decisions(memory))
+    store = SqliteStore(data_dir / DB_NAME)
+    try:
+        store.append([e for _, e in memory.read_after(0)])
+    finally:
+        store.close()
+    # The old decisions replay under the defaults (the built-in catalog): they do not reproduce.
+    assert cli.main(["replay", "--data-dir", str(data_dir), "--processes", "1"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert f"note: {old} of {total} decisions predate the configuration this log records" in lines[-2]
+    assert lines[-1].startswith(f"{total - old} of {total} decisions reproduced")
