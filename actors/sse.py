@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 
 import msgspec
@@ -12,7 +12,7 @@ DONE = b"data: [DONE]\n\n"
 _encode = msgspec.json.encode
 
 
-async def data_frames(chunks: AsyncGenerator[bytes]) -> AsyncIterator[bytes]:
+async def data_frames(chunks: AsyncGenerator[bytes]) -> AsyncGenerator[bytes]:
     """Yield the payload of each `data:` event (multi-line data joined by newlines); comments and other
     fields are dropped. Accepts LF and CRLF line endings and frames split across chunks at any byte."""
     buffer = b""

@@ -62,9 +62,18 @@ class ProviderAdapter(Protocol):
 
 
 class UpstreamResponse(Protocol):
-    status: int
-    headers: Mapping[str, str]  # lower-case names
-    adapter: ProviderAdapter  # how to read it
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """Looked up by lower-case names."""
+        ...
+
+    @property
+    def adapter(self) -> ProviderAdapter:
+        """How to read it: the platform's adapter."""
+        ...
 
     def chunks(self) -> AsyncGenerator[bytes]:
         """The body as it arrives. Raises TransportFailure if the connection breaks."""

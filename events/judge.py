@@ -199,5 +199,6 @@ class StreamJudge:
             if not isinstance(fn, dict) or not isinstance(index, int):
                 continue
             parts = self._tool_calls.setdefault(index, [""])
-            parts[0] += fn.get("name") if isinstance(fn.get("name"), str) else ""
-            parts.append(fn.get("arguments") if isinstance(fn.get("arguments"), str) else "")
+            name, arguments = fn.get("name"), fn.get("arguments")
+            parts[0] += name if isinstance(name, str) else ""
+            parts.append(arguments if isinstance(arguments, str) else "")

@@ -192,7 +192,7 @@ class Quotas:
                 continue
             if isinstance(window, _CalendarDay):
                 return (window.day + 1) * DAY
-            freed = 0
+            freed = 0.0
             for entry in window.entries:
                 freed += entry[field_index]
                 if freed >= excess:

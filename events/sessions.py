@@ -112,9 +112,9 @@ class Sessions:
                 state.pin = (event.platform, event.model, event.key_id)
                 state.pin_used_at = event.ts
             case SessionPinCleared():
-                state = self._sessions.get(event.session)
-                if state is not None:
-                    state.pin = None
+                cleared = self._sessions.get(event.session)
+                if cleared is not None:
+                    cleared.pin = None
             case SessionBanned():
                 self._touch(event.session, event.ts).bans[event.platform] = event.reason
             case _:

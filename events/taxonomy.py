@@ -59,8 +59,8 @@ def wrapped_error(payload: Any) -> tuple[int, Mapping[str, Any]] | None:
         error = {"message": str(error)}
     code = error.get("code", error.get("status"))
     try:
-        status = int(code)
-    except (TypeError, ValueError):
+        status = int(code) if isinstance(code, int | float | str) else 502
+    except ValueError:
         status = 502
     if not 400 <= status <= 599:
         status = 502

@@ -6,6 +6,7 @@ Schema evolution: new fields get defaults; a field's type never changes; a tag i
 
 from __future__ import annotations
 
+import typing
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -26,20 +27,20 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", gc=Fals
     request_id: str | None = None
 
 
-class ServiceStarted(Event, tag="service_started"):
+class ServiceStarted(Event, tag="service_started", frozen=True):
     """The gateway started and rebuilt its projections from `events_replayed` events."""
 
     version: str
     events_replayed: int = 0
 
 
-class ServiceStopped(Event, tag="service_stopped"):
+class ServiceStopped(Event, tag="service_stopped", frozen=True):
     """The gateway shut down gracefully after flushing the log."""
 
     reason: str = "signal"
 
 
-class RequestReceived(Event, tag="request_received"):
+class RequestReceived(Event, tag="request_received", frozen=True):
     """A client asked for a completion; `model` is what it asked for (a virtual or concrete model)."""
 
     model: str
@@ -49,7 +50,7 @@ class RequestReceived(Event, tag="request_received"):
     requested_models: tuple[str, ...] = ()
 
 
-class AttemptStarted(Event, tag="attempt_started"):
+class AttemptStarted(Event, tag="attempt_started", frozen=True):
     """One upstream call began, on one model with one key, holding `reserved_tokens` of its quotas."""
 
     attempt: int
@@ -60,7 +61,7 @@ class AttemptStarted(Event, tag="attempt_started"):
     session: str | None = None  # the conversation's session key, for single-flight platforms
 
 
-class AttemptSucceeded(Event, tag="attempt_succeeded"):
+class AttemptSucceeded(Event, tag="attempt_succeeded", frozen=True):
     """An upstream call answered in full. Times in milliseconds; tokens from usage or estimated."""
 
     attempt: int
@@ -75,7 +76,7 @@ class AttemptSucceeded(Event, tag="attempt_succeeded"):
     exhausted_for_s: float | None = None  # x-ratelimit-remaining said 0: the key is spent for this long
 
 
-class AttemptFailed(Event, tag="attempt_failed"):
+class AttemptFailed(Event, tag="attempt_failed", frozen=True):
     """An upstream call failed; `kind` follows the error taxonomy, `message` is short and secret-free."""
 
     attempt: int
@@ -90,7 +91,7 @@ class AttemptFailed(Event, tag="attempt_failed"):
     mid_stream: bool = False
 
 
-class StreamStalled(Event, tag="stream_stalled"):
+class StreamStalled(Event, tag="stream_stalled", frozen=True):
     """An upstream went silent: before its first byte (`pre`) or after content began (`mid`)."""
 
     platform: str
@@ -100,7 +101,7 @@ class StreamStalled(Event, tag="stream_stalled"):
     silent_s: float
 
 
-class ClientDisconnected(Event, tag="client_disconnected"):
+class ClientDisconnected(Event, tag="client_disconnected", frozen=True):
     """The client went away; the attempt in flight was cancelled. Not a model failure."""
 
     platform: str | None = None
@@ -108,7 +109,7 @@ class ClientDisconnected(Event, tag="client_disconnected"):
     content_forwarded: bool = False
 
 
-class RequestCompleted(Event, tag="request_completed"):
+class RequestCompleted(Event, tag="request_completed", frozen=True):
     """The request ended: `outcome` ok, error or client_abort, after `attempts` upstream calls."""
 
     outcome: Literal["ok", "error", "client_abort"]
@@ -120,7 +121,7 @@ class RequestCompleted(Event, tag="request_completed"):
     error: str | None = None
 
 
-class KeyAdded(Event, tag="key_added"):
+class KeyAdded(Event, tag="key_added", frozen=True):
     """A provider key became known. `source` is config, env or vault (encrypted in the data dir)."""
 
     key_id: str
@@ -129,27 +130,27 @@ class KeyAdded(Event, tag="key_added"):
     source: Literal["config", "env", "vault"]
 
 
-class KeyRemoved(Event, tag="key_removed"):
+class KeyRemoved(Event, tag="key_removed", frozen=True):
     """A key the log knew is no longer configured (config, environment or vault) at start."""
 
     key_id: str
     reason: str = "no longer configured"
 
 
-class KeyDisabled(Event, tag="key_disabled"):
+class KeyDisabled(Event, tag="key_disabled", frozen=True):
     """An operator took a key out of rotation."""
 
     key_id: str
     reason: str = ""
 
 
-class KeyEnabled(Event, tag="key_enabled"):
+class KeyEnabled(Event, tag="key_enabled", frozen=True):
     """An operator (or a passing health check) put a key back into rotation."""
 
     key_id: str
 
 
-class KeyInvalidated(Event, tag="key_invalidated"):
+class KeyInvalidated(Event, tag="key_invalidated", frozen=True):
     """The provider rejected a key (401/403). Persisted: it stays invalid across restarts."""
 
     key_id: str
@@ -157,7 +158,7 @@ class KeyInvalidated(Event, tag="key_invalidated"):
     message: str = ""
 
 
-class KeyChecked(Event, tag="key_checked"):
+class KeyChecked(Event, tag="key_checked", frozen=True):
     """A health check called the provider with a key: `ok` (2xx), else the status it got (None: no answer)."""
 
     key_id: str
@@ -222,7 +223,7 @@ class RouteInput(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     use_pin: bool = False  # pins apply: auto-smart, or the client sent X-Session-Id
 
 
-class RouteDecided(Event, tag="route_decided"):
+class RouteDecided(Event, tag="route_decided", frozen=True):
     """Why an attempt went where it went: the seed and view position to replay it, the scored candidates
     (best first, at most the first few), the exclusions (models without any key only counted, models the
     mode's pool leaves out only named: they share one reason), the choice."""
@@ -244,7 +245,7 @@ class RouteDecided(Event, tag="route_decided"):
     not_admitted: str | None = None  # the choice was not tried: why (a single-flight platform was busy)
 
 
-class SessionPinned(Event, tag="session_pinned"):
+class SessionPinned(Event, tag="session_pinned", frozen=True):
     """A successful turn pinned the conversation to a model and key (also: the session was used now)."""
 
     session: str
@@ -253,14 +254,14 @@ class SessionPinned(Event, tag="session_pinned"):
     key_id: str
 
 
-class SessionPinCleared(Event, tag="session_pin_cleared"):
+class SessionPinCleared(Event, tag="session_pin_cleared", frozen=True):
     """The session's pin was dropped (its model cooling, its key unusable, its platform banned, ...)."""
 
     session: str
     reason: str
 
 
-class SessionBanned(Event, tag="session_banned"):
+class SessionBanned(Event, tag="session_banned", frozen=True):
     """Thread protection banned a platform for this session (provider-ban)."""
 
     session: str
@@ -268,7 +269,7 @@ class SessionBanned(Event, tag="session_banned"):
     reason: str
 
 
-class ModelUpdated(Event, tag="model_updated"):
+class ModelUpdated(Event, tag="model_updated", frozen=True):
     """An operator changed a model's catalog entry. Unset fields keep their current value."""
 
     platform: str
@@ -278,7 +279,7 @@ class ModelUpdated(Event, tag="model_updated"):
     pool: str | None = None
 
 
-class ConfigApplied(Event, tag="config_applied"):
+class ConfigApplied(Event, tag="config_applied", frozen=True):
     """The configuration routing decisions depend on, in force from here to the next `config_applied`: the
     catalog's models (limits included), the routing and session policies, the platforms and which count
     their daily quota over the last 24 h, the timeouts and the attempt budget. Plain values, as
@@ -320,7 +321,7 @@ AnyEvent = (
     | ConfigApplied
 )
 
-EVENT_TYPES: tuple[type[Event], ...] = AnyEvent.__args__  # type: ignore[attr-defined]
+EVENT_TYPES: tuple[type[Event], ...] = typing.get_args(AnyEvent)
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(AnyEvent)
@@ -332,7 +333,8 @@ def encode_event(event: Event) -> bytes:
 
 
 def decode_event(data: bytes | str) -> AnyEvent:
-    return _decoder.decode(data)
+    event: AnyEvent = _decoder.decode(data)
+    return event
 
 
 def event_tag(cls: type[Event]) -> str:

@@ -134,7 +134,7 @@ def create_app(runtime: Runtime, gateway_tokens: TokenCheck) -> QuartTrio:
 
     @app.post("/v1/chat/completions")
     async def chat_completions() -> Response:
-        raw = await request.get_data(as_text=False)
+        raw = await request.get_data(cache=False, as_text=False, parse_form_data=False)
         request_id: str = request.request_id  # type: ignore[attr-defined]  # set by assign_request_id
         return await chat.handle(runtime, raw, request_id, request.headers.get("X-Session-Id"))
 

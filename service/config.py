@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 from itertools import pairwise
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal, Union, cast, get_args, get_origin, get_type_hints
 
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
@@ -227,7 +227,7 @@ class _Table(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     pass
 
 
-class Timeouts(_Table):
+class Timeouts(_Table, frozen=True):
     first_byte_s: Seconds = 45.0  # an attempt with no first byte by then is abandoned (falls over)
     stall_s: Seconds = 45.0  # silence this long after the first byte ends the attempt
     keepalive_s: Seconds = 15.0  # a streaming client hears ": keep-alive" after this much silence
@@ -235,7 +235,7 @@ class Timeouts(_Table):
     transient_cooldown_s: Seconds = RoutingPolicy.transient_cooldown_s
 
 
-class Sessions(_Table):
+class Sessions(_Table, frozen=True):
     """`[sessions]`: the session table (pins, bans) and thread protection timing."""
 
     pin_ttl_s: Seconds = SessionPolicy.pin_ttl_s  # a pin expires after this long without use
@@ -293,26 +293,26 @@ RoutingTable = msgspec.defstruct(
 )
 
 
-class _Server(_Table):
+class _Server(_Table, frozen=True):
     host: Text = "127.0.0.1"
     port: Port = 8080  # 0 picks a free port
     data_dir: Text | None = None
 
 
-class _Gateway(_Table):
+class _Gateway(_Table, frozen=True):
     api_keys: Annotated[tuple[Token, ...], _STRINGS] = ()
 
 
-class _Admin(_Table):
+class _Admin(_Table, frozen=True):
     token: Token | None = None
 
 
-class _Catalog(_Table):
+class _Catalog(_Table, frozen=True):
     builtin: Flag = True
 
 
 # `[[platforms]]` and `[[models]]` entries override only what they give: UNSET marks the rest.
-class _PlatformEntry(_Table):
+class _PlatformEntry(_Table, frozen=True):
     name: PlatformName
     kind: KindField | UnsetType = UNSET
     base_url: Url | UnsetType = UNSET
@@ -324,7 +324,7 @@ class _PlatformEntry(_Table):
     single_flight: Flag | UnsetType = UNSET
 
 
-class _ModelEntry(_Table):
+class _ModelEntry(_Table, frozen=True):
     platform: Text
     id: Text
     pool: PoolField | UnsetType = UNSET
@@ -339,7 +339,7 @@ class _ModelEntry(_Table):
     speed_rank: Count | UnsetType = UNSET
 
 
-class ConfigFile(_Table):
+class ConfigFile(_Table, frozen=True):
     server: _Server = msgspec.field(default_factory=_Server)
     gateway: _Gateway = msgspec.field(default_factory=_Gateway)
     admin: _Admin = msgspec.field(default_factory=_Admin)
@@ -481,7 +481,8 @@ class _Source:
 
     def given(self, table: str) -> dict[str, Any]:
         """The keys the file sets in `[table]` (call after the schema accepted the file)."""
-        return self.raw.get(table, {})
+        given: dict[str, Any] = self.raw.get(table, {})
+        return given
 
 
 def _merge_platforms(
@@ -550,14 +551,16 @@ def _merge_models(
 def _routing(source: _Source, file: ConfigFile) -> Routing:
     """`[routing]` -> Routing, with [timeouts] transient_cooldown_s and the TTFB thresholds' order."""
     given = source.given("routing")
-    values = {name: getattr(file.routing, name) for name in RoutingPolicy.names()}
+    # RoutingTable is made at import (msgspec.defstruct), so its fields are read by name.
+    table: dict[str, Any] = msgspec.structs.asdict(file.routing)
+    values = {name: table[name] for name in RoutingPolicy.names()}
     if "transient_cooldown_s" in source.given("timeouts"):
         if "transient_cooldown_s" in given:
-            other = source.locator.line_of(("timeouts", "transient_cooldown_s"))
+            line = source.locator.line_of(("timeouts", "transient_cooldown_s"))
             raise source.error(
                 ("routing", "transient_cooldown_s"),
                 "also set as timeouts.transient_cooldown_s"
-                + (f" (line {other})" if other is not None else "")
+                + (f" (line {line})" if line is not None else "")
                 + "; use one of the two",
             )
         values["transient_cooldown_s"] = file.timeouts.transient_cooldown_s
@@ -573,7 +576,7 @@ def _routing(source: _Source, file: ConfigFile) -> Routing:
             f"expected a value {relation} {other} ({values[other]:g}{note}; {rule} must hold), "
             f"found {_describe(given[blamed])}",
         )
-    return Routing(max_attempts=file.routing.max_attempts, policy=RoutingPolicy(**values))
+    return Routing(max_attempts=table["max_attempts"], policy=RoutingPolicy(**values))
 
 
 def _protection_env(
@@ -587,7 +590,7 @@ def _protection_env(
     value = env.get(PROTECTION_ENV, "")
     levels = ", ".join(f'"{p}"' for p in PROTECTIONS)
     chosen: dict[str, str] = {}  # platform -> the entry that set it
-    overrides: dict[str, str] = {}
+    overrides: dict[str, Protection] = {}
     for part in value.split(","):
         entry = part.strip()
         if not entry:
@@ -613,7 +616,7 @@ def _protection_env(
                 key=f"env {PROTECTION_ENV}",
             )
         chosen[name] = entry
-        overrides[name] = level
+        overrides[name] = cast(Protection, level)  # checked against PROTECTIONS above
     if not overrides:
         return platforms
     # A level set here brings its single-flight default with it.
@@ -852,7 +855,7 @@ def _unquote(part: str) -> str:
         return part[1:-1]
     if part.startswith('"'):
         try:
-            return json.loads(part)
+            return str(json.loads(part))
         except json.JSONDecodeError:  # a TOML escape that JSON lacks (\U0001F600): near enough
             return part[1:-1]
     return part

@@ -15,6 +15,7 @@ import itertools
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
+from typing import cast
 
 import httpx
 
@@ -46,7 +47,9 @@ class _Response:
 
     async def chunks(self) -> AsyncGenerator[bytes]:
         try:
-            async with aclosing(self._resp.aiter_bytes()) as body:
+            # (httpx types it as an iterator; it is an async generator, which aclosing needs)
+            body_gen = cast(AsyncGenerator[bytes], self._resp.aiter_bytes())
+            async with aclosing(body_gen) as body:
                 async for chunk in body:
                     yield chunk
         except httpx.HTTPError as exc:  # transport errors, and a body that does not decode (bad gzip)
