@@ -128,7 +128,8 @@ class LogWriter:
         self._batches += 1
         self._largest = max(self._largest, len(events))
         if seqs[0] == self._published + 1:
-            entries: list[Entry] = list(zip(seqs, events, strict=True))  # type: ignore[arg-type]
+            # (The batch holds members of AnyEvent, typed by their base class.)
+            entries: list[Entry] = list(zip(seqs, events, strict=True))  # type: ignore[arg-type]  # see above
         else:
             # Another process appended in between: publish its events too, in log order.
             entries = self._store.read_after(self._published)

@@ -24,4 +24,4 @@ class Reply(Generic[T]):
 
     async def wait(self) -> T:
         await self._done.wait()
-        return self._value  # type: ignore[return-value]
+        return self._value  # type: ignore[return-value]  # send() set it before the event fired

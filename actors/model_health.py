@@ -11,6 +11,7 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import trio
 
@@ -90,13 +91,13 @@ class ModelHealth:
         result = await self._ask(DecideAsk(route, seed))
         if isinstance(result, UnknownModel):
             raise result
-        return result  # type: ignore[return-value]
+        return cast(Decided, result)  # _answer answers a DecideAsk with a Decided or an UnknownModel
 
     async def models(self) -> list[ModelAvailability]:
-        return await self._ask(ModelsAsk())  # type: ignore[return-value]
+        return cast(list[ModelAvailability], await self._ask(ModelsAsk()))
 
     async def keys(self) -> list[KeyView]:
-        return await self._ask(KeysAsk())  # type: ignore[return-value]
+        return cast(list[KeyView], await self._ask(KeysAsk()))
 
     async def _ask(self, ask: Ask) -> object:
         reply: Reply[object] = Reply()

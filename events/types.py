@@ -338,7 +338,7 @@ def decode_event(data: bytes | str) -> AnyEvent:
 
 
 def event_tag(cls: type[Event]) -> str:
-    return cls.__struct_config__.tag  # type: ignore[return-value]
+    return cls.__struct_config__.tag  # type: ignore[return-value]  # every event class has a str tag
 
 
 def event_type(event: Event) -> str:

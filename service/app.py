@@ -33,7 +33,7 @@ def create_app(runtime: Runtime, gateway_tokens: TokenCheck) -> QuartTrio:
 
     @app.before_request
     async def assign_request_id() -> Response | None:
-        request.request_id = "req_" + uuid.uuid4().hex[:24]  # type: ignore[attr-defined]
+        request.request_id = "req_" + uuid.uuid4().hex[:24]  # type: ignore[attr-defined]  # ours, per request
         if request.path.startswith("/v1"):
             auth = request.headers.get("Authorization", "")
             scheme, _, token = auth.partition(" ")

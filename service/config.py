@@ -344,7 +344,7 @@ class ConfigFile(_Table, frozen=True):
     gateway: _Gateway = msgspec.field(default_factory=_Gateway)
     admin: _Admin = msgspec.field(default_factory=_Admin)
     timeouts: Timeouts = msgspec.field(default_factory=Timeouts)
-    routing: RoutingTable = msgspec.field(default_factory=RoutingTable)  # type: ignore[valid-type]
+    routing: RoutingTable = msgspec.field(default_factory=RoutingTable)  # type: ignore[valid-type]  # defstruct
     sessions: Sessions = msgspec.field(default_factory=Sessions)
     catalog: _Catalog = msgspec.field(default_factory=_Catalog)
     platforms: Annotated[list[_PlatformEntry], Meta(description="an array of tables ([[platforms]])")] = []
