@@ -244,7 +244,7 @@ async def startup_summary(runtime: Runtime, config: Config, env: Mapping[str, st
             parts.append(f"{platform} {len(statuses)}" + (f" ({unusable} not ok)" if unusable else ""))
         lines.append(f"provider keys: {', '.join(parts)}; {usable} of {len(enabled)} models usable")
     else:
-        example = next(iter(sorted(config.platforms)), "groq")
+        example = "groq" if "groq" in config.platforms else next(iter(sorted(config.platforms)), "groq")
         lines.append(
             f"no provider keys yet: every request gets 503 until one is added (set "
             f"{env_var_for(example)}, or run 'switchboard keys add {example}'); 0 of {len(enabled)} "
