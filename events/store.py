@@ -7,7 +7,7 @@ Stores are synchronous: every call is short, and the log writer batches appends 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from typing import Protocol
 
 from events.types import AnyEvent, Event, decode_event, encode_event, event_type
@@ -82,27 +82,3 @@ class MemoryStore:
 
     def close(self) -> None:
         pass
-
-
-async def tail(
-    store: LogStore,
-    after: int,
-    sleep: Callable[[float], Awaitable[None]],
-    poll_s: float = 0.005,
-    batch: int = 1000,
-) -> AsyncIterator[Entry]:
-    """Yield every event after `after`, then wait for more, forever.
-
-    `sleep` is injected (trio.sleep in the runtime) so this module stays free of an event loop.
-    """
-    version = store.data_version()
-    while True:
-        entries = store.read_after(after, batch)
-        for entry in entries:
-            yield entry
-        if entries:
-            after = entries[-1][0]
-            continue
-        while store.data_version() == version:
-            await sleep(poll_s)
-        version = store.data_version()

@@ -21,7 +21,6 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from secrets import token_urlsafe
-from typing import Protocol
 
 import apsw
 from cryptography.exceptions import InvalidTag
@@ -162,16 +161,6 @@ def _check_put(platform: str, secret: str) -> None:
         raise SecretsError(f"empty key for platform {platform}")
 
 
-class VaultLike(Protocol):
-    """What Vault and MemoryVault share, for code that takes either."""
-
-    def put(self, platform: str, secret: str) -> tuple[str, bool]: ...
-    def get(self, key_id: str) -> str: ...
-    def items(self) -> list[tuple[str, str, str]]: ...
-    def remove(self, key_id: str) -> bool: ...
-    def close(self) -> None: ...
-
-
 def _connect(db_path: Path) -> apsw.Connection:
     db_path.parent.mkdir(parents=True, exist_ok=True)
     conn = apsw.Connection(str(db_path))
@@ -310,15 +299,6 @@ def _check_hash(token_hash: str) -> str:
     if not _HASH.fullmatch(token_hash):
         raise SecretsError("a stored credential must be a hash of the form sha256:<64 hex characters>")
     return token_hash.lower()
-
-
-class CredentialsLike(Protocol):
-    """What CredentialStore and MemoryCredentialStore share, for code that takes either."""
-
-    def hashes(self, kind: str) -> list[str]: ...
-    def ensure(self, kind: str, prefix: str) -> str | None: ...
-    def add(self, kind: str, token_hash: str) -> None: ...
-    def close(self) -> None: ...
 
 
 class CredentialStore:

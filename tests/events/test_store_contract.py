@@ -5,19 +5,18 @@ from __future__ import annotations
 import math
 import tempfile
 from collections.abc import Iterator
-from contextlib import aclosing, closing
+from contextlib import closing
 from pathlib import Path
 
 import apsw
 import pytest
-import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from events import sqlite_store
 from events import store as memory_store
 from events.sqlite_store import MIGRATIONS, SchemaVersionError, SqliteStore
-from events.store import Entry, LogStore, MemoryStore, tail
+from events.store import Entry, LogStore, MemoryStore
 from events.types import (
     AttemptFailed,
     AttemptStarted,
@@ -288,47 +287,6 @@ class StoreContract:
         assert store.append(events[5:]) == list(range(6, len(events) + 1))
         assert store.read_after(0) == writer.read_after(0) == entries(1, events)
         assert writer.last_seq() == len(events)
-
-    async def test_tail_yields_old_then_new_events_from_another_writer(
-        self, store: LogStore, writer: LogStore, autojump_clock: trio.abc.Clock
-    ) -> None:
-        old, new = sample_events("r1", ts=1.0), sample_events("r2", ts=2.0)
-        store.append(old)
-        received: list[Entry] = []
-        caught_up = trio.Event()
-
-        async def write_while_tailing() -> None:
-            await caught_up.wait()
-            await trio.sleep(0.1)  # let the reader go back to polling
-            writer.append(new[:4])
-            await trio.sleep(0.1)
-            writer.append(new[4:])
-
-        with trio.fail_after(10):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(write_while_tailing)
-                async with aclosing(tail(store, 0, trio.sleep)) as entries_:
-                    async for entry in entries_:
-                        received.append(entry)
-                        if len(received) == len(old):
-                            caught_up.set()
-                        if len(received) == len(old) + len(new):
-                            break
-        assert received == entries(1, old + new)
-
-    async def test_tail_starts_after_position_and_pages_through_a_backlog(
-        self, store: LogStore, autojump_clock: trio.abc.Clock
-    ) -> None:
-        events = sample_events()
-        store.append(events)
-        received: list[Entry] = []
-        with trio.fail_after(10):
-            async with aclosing(tail(store, 2, trio.sleep, batch=2)) as entries_:
-                async for entry in entries_:
-                    received.append(entry)
-                    if len(received) == len(events) - 2:
-                        break
-        assert received == entries(3, events[2:])
 
     @settings(
         max_examples=40,
