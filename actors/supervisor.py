@@ -32,7 +32,15 @@ from events.config_applied import record_config
 from events.op_stats import OperationalStats
 from events.policy import RoutingPolicy
 from events.store import LogStore
-from events.types import ConfigApplied, Event, KeyAdded, KeyRemoved, ServiceStarted, ServiceStopped
+from events.types import (
+    ConfigApplied,
+    Event,
+    KeyAdded,
+    KeyRemoved,
+    KeySource,
+    ServiceStarted,
+    ServiceStopped,
+)
 from events.view import RoutingView, SessionPolicy, rebuild
 
 
@@ -52,7 +60,7 @@ class Runtime:
 @dataclass(frozen=True)
 class Settings:
     models: Sequence[CatalogModel]
-    keys: Sequence[tuple[str, str, str, str]]  # (key_id, platform, label, source) known at start
+    keys: Sequence[tuple[str, str, str, KeySource]]  # (key_id, platform, label, source) known at start
     deadlines: Deadlines
     max_attempts: int
     policy: RoutingPolicy
@@ -143,7 +151,7 @@ async def run_service(
                 if key_id not in known_keys:
                     await log.append_durable(
                         KeyAdded(ts=clock.now(), key_id=key_id, platform=platform, label=label, source=source)
-                    )  # type: ignore[arg-type]
+                    )
             await log.append_durable(
                 ServiceStarted(ts=clock.now(), version=settings.version, events_replayed=replayed)
             )

@@ -19,7 +19,7 @@ import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
@@ -28,6 +28,11 @@ from events.policy import RoutingPolicy
 from events.store import Entry, LogStore
 from events.types import ConfigApplied, event_tag
 from events.view import RoutingView, SessionPolicy
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 CONFIG_TAG = event_tag(ConfigApplied)
 _CONFIG_TYPES = frozenset({CONFIG_TAG})
@@ -105,7 +110,8 @@ def recorded_configs(store: LogStore, upto: int | None = None, batch: int = 1000
 def last_config(store: LogStore) -> ConfigApplied | None:
     """The configuration the gateway last started with, if it recorded one (older logs did not)."""
     configs = recorded_configs(store)
-    return configs[-1][1] if configs else None  # type: ignore[return-value]
+    last = configs[-1][1] if configs else None
+    return last if isinstance(last, ConfigApplied) else None
 
 
 # ---- dataclasses <-> plain values ----------------------------------------------------------------------
@@ -124,7 +130,7 @@ def plain(value: object) -> Any:
     return value
 
 
-def build(cls: type, data: Mapping[str, Any]) -> Any:
+def build(cls: type[T], data: Mapping[str, Any]) -> T:
     """`cls` from plain values: the fields it knows, each converted back by its type hint."""
     hints = _hints(cls)
     known = {f.name for f in dataclasses.fields(cls) if f.init}
@@ -146,7 +152,7 @@ def _convert(hint: Any, value: Any) -> Any:
                 return _convert(arm, value)
         return value
     if dataclasses.is_dataclass(hint) and isinstance(value, Mapping):
-        return build(hint, value)  # type: ignore[arg-type]
+        return build(hint, value)  # type: ignore[arg-type]  # is_dataclass admits instances too
     if origin in (frozenset, set) or hint in (frozenset, set):
         return frozenset(value)
     if origin is tuple or hint is tuple:

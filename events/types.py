@@ -121,13 +121,16 @@ class RequestCompleted(Event, tag="request_completed", frozen=True):
     error: str | None = None
 
 
+KeySource = Literal["config", "env", "vault"]
+
+
 class KeyAdded(Event, tag="key_added", frozen=True):
     """A provider key became known. `source` is config, env or vault (encrypted in the data dir)."""
 
     key_id: str
     platform: str
     label: str
-    source: Literal["config", "env", "vault"]
+    source: KeySource
 
 
 class KeyRemoved(Event, tag="key_removed", frozen=True):

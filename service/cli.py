@@ -390,7 +390,7 @@ def _key_fields(event: Event) -> str:
     if isinstance(platform, str) and isinstance(model, str):
         parts.append(f"{platform}/{model}")
         skip |= {"platform", "model"}
-    for f in msgspec.structs.fields(event):  # type: ignore[arg-type]
+    for f in msgspec.structs.fields(event):
         value = getattr(event, f.name)
         if f.name in skip or value is None or value in ("", ()) or value == f.default:
             continue
@@ -623,7 +623,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     try:
-        return args.func(args)
+        status: int = args.func(args)
+        return status
     except (ConfigError, SecretsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -20,6 +20,7 @@ any record); without, `new_view` for every decision (a what-if, or a log of the 
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import signal
@@ -29,6 +30,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from events.config_applied import view_of
 from events.replay import Replayed, by_config, replay, replay_order, select_decisions, select_with_configs
@@ -114,12 +116,16 @@ class _Selection:
     to_seq: int | None
 
     def groups(self, store: SqliteStore) -> list[Group]:
-        where = {"request_id": self.request_id, "from_seq": self.from_seq, "to_seq": self.to_seq}
+        where: dict[str, Any] = {
+            "request_id": self.request_id,
+            "from_seq": self.from_seq,
+            "to_seq": self.to_seq,
+        }
         if not self.config_from_log:
-            return [(self.new_view, select_decisions(store, **where), None)]  # type: ignore[arg-type]
-        targets, configs = select_with_configs(store, **where)  # type: ignore[arg-type]
+            return [(self.new_view, select_decisions(store, **where), None)]
+        targets, configs = select_with_configs(store, **where)
         groups: list[Group] = [
-            ((lambda c=config: view_of(c)), some, config.hash)
+            (functools.partial(view_of, config), some, config.hash)
             if config is not None
             else (self.new_view, some, None)
             for config, some in by_config(targets, configs)
@@ -207,8 +213,8 @@ def _forked(
                 payload = pickle.dumps(("ok", answer))
             except BaseException:  # the parent raises it with this traceback
                 payload = pickle.dumps(("error", traceback.format_exc()))
-            with os.fdopen(write_end, "wb") as pipe:
-                pipe.write(payload)
+            with os.fdopen(write_end, "wb") as sink:
+                sink.write(payload)
         finally:
             os._exit(0)
     try:

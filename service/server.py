@@ -34,7 +34,7 @@ from events.catalog import CatalogModel
 from events.key_health import KeyInfo
 from events.sqlite_store import SqliteStore
 from events.store import LogStore
-from events.types import KeyChecked
+from events.types import KeyChecked, KeySource
 from events.view import SessionPolicy, rebuild
 from service import __version__
 from service.app import create_app
@@ -132,7 +132,7 @@ def catalog_models(config: Config) -> list[CatalogModel]:
     return [m.catalog_model() for m in config.models if m.platform in config.platforms]
 
 
-def routing_settings(config: Config, keys: list[tuple[str, str, str, str]] | None = None) -> Settings:
+def routing_settings(config: Config, keys: list[tuple[str, str, str, KeySource]] | None = None) -> Settings:
     """Everything the runtime (and a replay) needs from the config."""
     t = config.timeouts
     deadlines = Deadlines(
@@ -173,11 +173,13 @@ def routing_settings(config: Config, keys: list[tuple[str, str, str, str]] | Non
 
 def collect_keys(
     config: Config, master_key: bytes, vault: Vault
-) -> tuple[list[tuple[str, str, str, str]], dict[str, str]]:
+) -> tuple[list[tuple[str, str, str, KeySource]], dict[str, str]]:
     """Every key the gateway knows at start: (key_id, platform, label, source) and the secrets by id."""
-    known: list[tuple[str, str, str, str]] = []
+    known: list[tuple[str, str, str, KeySource]] = []
     secrets: dict[str, str] = {}
-    sources = [(p.name, k, "config") for p in config.platforms.values() for k in p.keys]
+    sources: list[tuple[str, str, KeySource]] = [
+        (p.name, k, "config") for p in config.platforms.values() for k in p.keys
+    ]
     sources += [(name, k, "env") for name, keys in config.env_keys.items() for k in keys]
     for platform, secret, source in sources:
         key_id = key_id_for(master_key, platform, secret)
