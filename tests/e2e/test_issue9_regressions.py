@@ -26,7 +26,7 @@ import trio
 import trio.testing
 from custom_gateway import gateway_from, platform_toml, read_log, server_toml, settled
 from fault_upstream import UpstreamState
-from harness import GATEWAY_KEY, SECRET_ENV
+from harness import GATEWAY_KEY
 
 from events.types import (
     AttemptFailed,
@@ -38,29 +38,15 @@ from events.types import (
     SessionPinned,
 )
 
-pytestmark = pytest.mark.filterwarnings(
-    r"ignore:Async generator '(openai\._streaming|httpx2|httpcore2)\.:ResourceWarning"
-)
+pytestmark = [
+    pytest.mark.filterwarnings(
+        r"ignore:Async generator '(openai\._streaming|httpx2|httpcore2)\.:ResourceWarning"
+    ),
+    pytest.mark.usefixtures("clean_env"),
+]
 
 AUTH = {"Authorization": f"Bearer {GATEWAY_KEY}"}
 CHAT = "/v1/chat/completions"
-
-
-@pytest.fixture
-def clock() -> trio.testing.MockClock:
-    return trio.testing.MockClock(autojump_threshold=0.002)
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SWITCHBOARD_SECRET_KEY", SECRET_ENV["SWITCHBOARD_SECRET_KEY"])
-    for name in (
-        "THREAD_PROTECTION_PLATFORMS",
-        "SWITCHBOARD_DATA_DIR",
-        "SWITCHBOARD_PORT",
-        "SWITCHBOARD_HOST",
-    ):
-        monkeypatch.delenv(name, raising=False)
 
 
 # ---- config -----------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import trio
 from custom_gateway import gateway_from, read_log, settled
-from harness import GATEWAY_KEY, SECRET_ENV, config_text
+from harness import GATEWAY_KEY, config_text
 
 from events.types import ConfigApplied, RouteDecided
 from service import cli
@@ -27,12 +27,7 @@ MODELS_A = ["ok", "echo"]
 MODELS_B = ["echo", "ok", "fail:503"]
 ROUTING_B = "\n[routing]\nrate_limit_cooldown_s = 5\n"
 
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SWITCHBOARD_SECRET_KEY", SECRET_ENV["SWITCHBOARD_SECRET_KEY"])
-    for name in ("THREAD_PROTECTION_PLATFORMS", "LOCAL_API_KEY", "SWITCHBOARD_DATA_DIR", "SWITCHBOARD_PORT"):
-        monkeypatch.delenv(name, raising=False)
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 def config_a(url: str, data_dir: Path) -> str:

@@ -29,24 +29,7 @@ AUTH = {"Authorization": f"Bearer {GATEWAY_KEY}"}
 MASTER = bytes.fromhex(SECRET_ENV["SWITCHBOARD_SECRET_KEY"])
 HI = [{"role": "user", "content": "hi"}]
 
-
-@pytest.fixture
-def clock() -> trio.testing.MockClock:
-    return trio.testing.MockClock(autojump_threshold=0.002)
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The CLI reads os.environ: the master key the gateway used, and nothing that changes routing."""
-    monkeypatch.setenv("SWITCHBOARD_SECRET_KEY", SECRET_ENV["SWITCHBOARD_SECRET_KEY"])
-    for name in (
-        "THREAD_PROTECTION_PLATFORMS",
-        "LOCAL_API_KEY",
-        "SWITCHBOARD_DATA_DIR",
-        "SWITCHBOARD_PORT",
-        "SWITCHBOARD_HOST",
-    ):
-        monkeypatch.delenv(name, raising=False)
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 def key_id(secret: str, platform: str = "local") -> str:

@@ -23,11 +23,6 @@ AUTH = {"Authorization": f"Bearer {GATEWAY_KEY}"}
 FAST = "first_byte_s = 5\nstall_s = 5\nkeepalive_s = 2"
 
 
-@pytest.fixture
-def clock() -> trio.testing.MockClock:
-    return trio.testing.MockClock(autojump_threshold=0.002)
-
-
 def body(models: list[str], stream: bool = True, **extra: object) -> dict[str, object]:
     """The request names its models, so they are tried in this order (then the chain)."""
     return {
