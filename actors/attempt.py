@@ -11,7 +11,7 @@ connection: a stalled attempt really hangs up.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, replace
 from typing import TypedDict
@@ -60,8 +60,8 @@ class _Ids(TypedDict):
 
 
 class Attempt:
-    """Runs one attempt. `emit` hands items to the client's stream; `routed` is emitted right before the
-    first content, so the client learns where the answer comes from before it sees any of it."""
+    """Runs one attempt. `emit` hands items to the client's stream; `routed` (streams only) is emitted right
+    before the first content, so the client learns where the answer comes from before it sees any of it."""
 
     def __init__(
         self, spec: AttemptSpec, upstream: Upstream, log: LogWriter, now: Callable[[], float]
@@ -74,13 +74,13 @@ class Attempt:
         self._start = trio.current_time()
         self._first: float | None = None
         self._last: float | None = None
-        self._headers: dict[str, str] = {}
+        self._headers: Mapping[str, str] = {}
 
     @property
     def content_sent(self) -> bool:
         return self.judge is not None and self.judge.sent
 
-    async def run(self, emit: Emit, routed: Routed) -> Outcome:
+    async def run(self, emit: Emit, routed: Routed | None) -> Outcome:
         s, call = self.spec, self.spec.call
         base: _Ids = {
             "request_id": s.request_id,
@@ -109,14 +109,14 @@ class Attempt:
                     await self._record(ClientGone(self.content_sent), base)
         return out
 
-    async def _call(self, emit: Emit, routed: Routed) -> Outcome:
+    async def _call(self, emit: Emit, routed: Routed | None) -> Outcome:
         s = self.spec
         deadline = trio.CancelScope(deadline=trio.current_time() + s.first_byte_s)
         out: Outcome
         try:
             with deadline:
                 async with self._upstream.open(s.call) as resp:
-                    self._headers = dict(resp.headers)
+                    self._headers = resp.headers
                     adapter = resp.adapter
                     json_answer = "json" in resp.headers.get("content-type", "")
                     if resp.status != 200 or self.judge is None or json_answer:
@@ -146,8 +146,8 @@ class Attempt:
                 deadline.deadline = trio.current_time() + self.spec.stall_s
         return bytes(raw)
 
-    async def _send_whole(self, answer: Answered, emit: Emit, routed: Routed) -> None:
-        assert self.judge is not None and answer.body is not None
+    async def _send_whole(self, answer: Answered, emit: Emit, routed: Routed | None) -> None:
+        assert self.judge is not None and answer.body is not None and routed is not None
         chunk = completion_as_chunk(_decode(answer.body))
         self.judge.whole(answer, chunk)
         await emit(routed)
@@ -160,10 +160,10 @@ class Attempt:
         adapter: ProviderAdapter,
         deadline: trio.CancelScope,
         emit: Emit,
-        routed: Routed,
+        routed: Routed | None,
     ) -> Outcome:
         judge, stall_s = self.judge, self.spec.stall_s
-        assert judge is not None
+        assert judge is not None and routed is not None  # streams only
         done = False
         async with aclosing(data_frames(chunks)) as frames:
             async for payload in frames:

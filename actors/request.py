@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
 import msgspec
@@ -58,7 +59,7 @@ class ChatRequest:
     use_chain: bool = True
     session_header: str | None = None  # X-Session-Id, as the client sent it
 
-    @property
+    @cached_property
     def call(self) -> Call:
         return Call(self.body, self.stream)
 
@@ -278,7 +279,8 @@ class RequestActor:
             keep_reply=conv.pins and conv.session is None,
         )
         attempt = Attempt(spec, self._upstream, self._log, self._now)
-        out = await attempt.run(emit, Routed(model.ref, number, loop.skipped(model.ref)))
+        routed = Routed(model.ref, number, loop.skipped(model.ref)) if req.stream else None
+        out = await attempt.run(emit, routed)
         assert not isinstance(out, ClientGone)  # a client that left cancels the attempt instead
         if isinstance(out, Answered):
             if conv.pins:

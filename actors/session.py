@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,6 +98,9 @@ class SessionStatistics:
     admissions_held: int
 
 
+_ADMITTED = nullcontext(True)  # reusable: it holds nothing
+
+
 class SessionActor:
     def __init__(self, log: LogWriter, policy: SessionPolicy, now: Callable[[], float]) -> None:
         self._log = log
@@ -144,13 +147,15 @@ class SessionActor:
         if conversation.session and not conversation.pin_cleared:
             await self._ask(_ClearPin(conversation, reason))
 
-    @asynccontextmanager
-    async def admitted(self, platform: str | None, session: str | None) -> AsyncIterator[bool]:
+    def admitted(self, platform: str | None, session: str | None) -> AbstractAsyncContextManager[bool]:
         """Whether an attempt on `platform` may go ahead, held for the scope (single-flight platforms;
-        None, no platform at all, is always admitted)."""
+        None, no platform at all, is always admitted, with no round trip)."""
         if platform is None or not self.single_flight(platform):
-            yield True
-            return
+            return _ADMITTED
+        return self._admission(platform, session)
+
+    @asynccontextmanager
+    async def _admission(self, platform: str, session: str | None) -> AsyncIterator[bool]:
         token = object()
         try:
             ok: bool = await self._ask(_Admit(platform, session, token))
