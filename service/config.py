@@ -503,12 +503,14 @@ def _merge_platforms(
             given["base_url"] = given["base_url"].rstrip("/")  # adapters append "/chat/completions"
         if name in platforms:
             platforms[name] = replace(platforms[name], **given)
-        elif missing := [k for k in ("kind", "base_url") if k not in given]:
+        elif missing := [k for k in ("base_url",) if k not in given]:
             why = "not a built-in platform" if builtin else "the built-in catalog is off"
             raise source.error(
                 at, f"expected {' and '.join(missing)} for new platform {_show(name)} ({why}), found none"
             )
         else:
+            # A new platform speaks OpenAI's API unless it says otherwise (most providers do).
+            given.setdefault("kind", "openai")
             platforms[name] = PlatformConfig(display_name=name, env_var=env_var_for(name), **given)
     return platforms
 

@@ -304,12 +304,19 @@ id = "llama-3.3-70b-versatile"
     assert config.env_keys == {}
 
 
-def test_builtin_false_name_needs_kind_and_base_url(tmp_path: Path) -> None:
+def test_builtin_false_name_needs_a_base_url(tmp_path: Path) -> None:
     err = error_for(tmp_path, '[catalog]\nbuiltin = false\n\n[[platforms]]\nname = "groq"\n')
     assert err.line == 4
     assert err.key == "[[platforms]][1]"
-    assert "kind and base_url" in err.message
+    assert "expected base_url for new platform" in err.message  # kind defaults to openai (issue 9)
     assert "built-in catalog is off" in err.message
+
+
+def test_a_new_platform_speaks_openai_unless_it_says_otherwise(tmp_path: Path) -> None:
+    config = load_config(
+        write(tmp_path, '[[platforms]]\nname = "lab"\nbase_url = "https://lab.test/v1"\n'), {}
+    )
+    assert config.platforms["lab"].kind == "openai"
 
 
 def test_relative_data_dir_is_resolved_against_the_config_folder(tmp_path: Path, monkeypatch) -> None:
