@@ -166,7 +166,7 @@ class RequestActor:
                     requested_models=req.requested,
                 )
             )
-            result = await self._loop(req, emit, progress, handle)
+            result = await self._loop(req, emit, progress)
         except (trio.Cancelled, trio.BrokenResourceError):
             if handle is None or handle.client_gone:
                 with trio.CancelScope(shield=True), trio.move_on_after(1.0):
@@ -181,9 +181,7 @@ class RequestActor:
             await self._completed(req, "ok", 200, result.attempts, latency, result.routed_via)
         return result
 
-    async def _loop(
-        self, req: ChatRequest, emit: Emit, progress: _Progress, handle: StreamHandle | None
-    ) -> Completion | Failure:
+    async def _loop(self, req: ChatRequest, emit: Emit, progress: _Progress) -> Completion | Failure:
         """Decide, try, learn, decide again: each attempt gets its own recorded decision, which knows what
         this request already tried and what it must now avoid."""
         # As decide reads it: the last virtual name the request gives.
