@@ -11,7 +11,7 @@ connection: a stalled attempt really hangs up.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, replace
 from typing import TypedDict
@@ -25,7 +25,7 @@ from actors.sse import data_frames
 from actors.stream import END, Emit, Routed
 from actors.upstream import ProviderAdapter, TransportFailure, Upstream, UpstreamCall
 from events import taxonomy
-from events.failures import FailureKind
+from events.failures import FailureKind, traits
 from events.frames import completion_as_chunk
 from events.judge import StreamJudge, judge_completion
 from events.outcomes import Answered, ClientGone, Failed, Outcome, Stalled
@@ -59,9 +59,16 @@ class _Ids(TypedDict):
     key_id: str
 
 
+Settle = Callable[[Outcome], Awaitable[None]]
+
+
 class Attempt:
     """Runs one attempt. `emit` hands items to the client's stream; `routed` (streams only) is emitted right
-    before the first content, so the client learns where the answer comes from before it sees any of it."""
+    before the first content, so the client learns where the answer comes from before it sees any of it.
+
+    `settle` is called exactly once with the final outcome (not for a client that went away), after the end
+    event is recorded and, for a stream the client can finish, before its END: a turn's pin or a ban is
+    committed before the client can send the next turn."""
 
     def __init__(
         self, spec: AttemptSpec, upstream: Upstream, log: LogWriter, now: Callable[[], float]
@@ -75,38 +82,55 @@ class Attempt:
         self._first: float | None = None
         self._last: float | None = None
         self._headers: Mapping[str, str] = {}
+        self._ended = False  # the end event is recorded
+        self._settled = False
 
     @property
     def content_sent(self) -> bool:
         return self.judge is not None and self.judge.sent
 
-    async def run(self, emit: Emit, routed: Routed | None) -> Outcome:
+    async def run(self, emit: Emit, routed: Routed | None, settle: Settle) -> Outcome:
         s, call = self.spec, self.spec.call
-        base: _Ids = {
+        self._base: _Ids = {
             "request_id": s.request_id,
             "attempt": s.attempt,
             "platform": call.platform,
             "model": call.model,
             "key_id": call.key_id,
         }
+        self._settle = settle
         await self._log.append(
-            AttemptStarted(ts=self._now(), reserved_tokens=s.reserved_tokens, session=s.session, **base)
+            AttemptStarted(ts=self._now(), reserved_tokens=s.reserved_tokens, session=s.session, **self._base)
         )
-        ended = False
         try:
             out = await self._call(emit, routed)
-            if isinstance(out, Failed):
-                # Provider error text can echo the key (some 401s quote part of it): scrubbed before it goes
-                # anywhere (events, the client's error).
-                out = replace(out, message=self._upstream.redact(call.key_id, out.message))
-                if out.kind == FailureKind.AUTH and out.status == 403:
-                    out = await self._check_forbidden(out)
-            await self._record(out, base)
-            ended = True
-        finally:
-            if not ended:
+            return out if self._settled else await self._conclude(out)
+        except BaseException as exc:
+            if not self._ended:
+                # A client that went away cancels us (or stops reading); anything else is a gateway bug, which
+                # propagates, recorded as such rather than blamed on the client.
+                gone = isinstance(exc, trio.Cancelled | trio.BrokenResourceError)
+                end: Outcome = (
+                    ClientGone(self.content_sent)
+                    if gone
+                    else Failed(FailureKind.INTERNAL, f"gateway error: {type(exc).__name__}")
+                )
                 with trio.CancelScope(shield=True), trio.move_on_after(1.0):
-                    await self._record(ClientGone(self.content_sent), base)
+                    await self._record(end)
+            raise
+
+    async def _conclude(self, out: Outcome) -> Outcome:
+        """The outcome is final: scrub it, check a 403's key, record it, settle it."""
+        call = self.spec.call
+        if isinstance(out, Failed):
+            # Provider error text can echo the key (some 401s quote part of it): scrubbed before it goes
+            # anywhere (events, the client's error).
+            out = replace(out, message=self._upstream.redact(call.key_id, out.message))
+            if out.kind == FailureKind.AUTH and out.status == 403:
+                out = await self._check_forbidden(out)
+        await self._record(out)
+        self._settled = True
+        await self._settle(out)
         return out
 
     async def _call(self, emit: Emit, routed: Routed | None) -> Outcome:
@@ -128,7 +152,7 @@ class Attempt:
                             out = judge_completion(adapter.completion(raw), s.client_max_tokens)
                         if self.judge is not None and isinstance(out, Answered) and out.body is not None:
                             deadline.deadline = math.inf
-                            await self._send_whole(out, emit, routed)
+                            out = await self._send_whole(out, emit, routed)
                     else:
                         out = await self._relay(resp.chunks(), adapter, deadline, emit, routed)
         except TransportFailure as exc:
@@ -146,13 +170,15 @@ class Attempt:
                 deadline.deadline = trio.current_time() + self.spec.stall_s
         return bytes(raw)
 
-    async def _send_whole(self, answer: Answered, emit: Emit, routed: Routed | None) -> None:
+    async def _send_whole(self, answer: Answered, emit: Emit, routed: Routed | None) -> Outcome:
         assert self.judge is not None and answer.body is not None and routed is not None
         chunk = completion_as_chunk(_decode(answer.body))
         self.judge.whole(answer, chunk)
         await emit(routed)
         await emit(chunk)
+        out = await self._conclude(answer)
         await emit(END)
+        return out
 
     async def _relay(
         self,
@@ -173,11 +199,17 @@ class Attempt:
                     done = True
                     if judge.sent:
                         deadline.deadline = math.inf
+                        out = await self._conclude(judge.end(True))
                         await emit(END)
-                        # Let the body end (usually one more read): the connection goes back to the pool.
+                        # The answer is settled. Let the body end (usually one more read) so the connection
+                        # goes back to the pool; how it ends changes nothing now.
                         with trio.move_on_after(DRAIN_S):
-                            async for _ in frames:
+                            try:
+                                async for _ in frames:
+                                    pass
+                            except TransportFailure:
                                 pass
+                        return out
                     break
                 first = not judge.sent
                 verdict = judge.feed(adapter.frame(payload))
@@ -194,13 +226,20 @@ class Attempt:
                 deadline.deadline = trio.current_time() + stall_s
         out = judge.end(done)
         deadline.deadline = math.inf
-        if not done and (isinstance(out, Answered) or out.delivered):
+        if isinstance(out, Answered) or out.delivered:
+            out = await self._conclude(out)
             await emit(END)
         return out
 
     async def _stalled(self) -> Stalled:
         s, mid = self.spec, self.content_sent
-        silent = trio.current_time() - (self._last or self._start)
+        silent = round(trio.current_time() - (self._last or self._start), 3)
+        if self._first is None:
+            what, limit = "sent no first byte", s.first_byte_s
+        else:
+            what, limit = "stopped sending", s.stall_s
+        ref = f"{s.call.platform}/{s.call.model}"
+        stalled = Stalled("mid" if mid else "pre", f"{ref} {what} within {limit:g}s", silent)
         await self._log.append(
             StreamStalled(
                 ts=self._now(),
@@ -208,16 +247,11 @@ class Attempt:
                 platform=s.call.platform,
                 model=s.call.model,
                 key_id=s.call.key_id,
-                phase="mid" if mid else "pre",
-                silent_s=round(silent, 3),
+                phase=stalled.phase,
+                silent_s=stalled.silent_s,
             )
         )
-        if self._first is None:
-            what, limit = "sent no first byte", s.first_byte_s
-        else:
-            what, limit = "stopped sending", s.stall_s
-        ref = f"{s.call.platform}/{s.call.model}"
-        return Stalled("mid" if mid else "pre", f"{ref} {what} within {limit:g}s", round(silent, 3))
+        return stalled
 
     async def _check_forbidden(self, out: Failed) -> Failed:
         """403s are often about a model or the content, not the key: the key is checked before it is
@@ -233,8 +267,9 @@ class Attempt:
             out, kind=FailureKind.FORBIDDEN, message=f"{out.message} ({said}: this model is cooled)"
         )
 
-    async def _record(self, out: Outcome, base: _Ids) -> None:
-        now, latency = self._now(), (trio.current_time() - self._start) * 1000
+    async def _record(self, out: Outcome) -> None:
+        """The attempt's one end event (`_ended` once it is queued), and a bad key's invalidation."""
+        now, latency, base = self._now(), (trio.current_time() - self._start) * 1000, self._base
         match out:
             case Answered(usage=usage):
                 await self._log.append(
@@ -249,6 +284,7 @@ class Attempt:
                         **base,
                     )
                 )
+                self._ended = True
             case ClientGone(after_content=mid):
                 await self._log.append(
                     AttemptFailed(
@@ -260,6 +296,7 @@ class Attempt:
                         **base,
                     )
                 )
+                self._ended = True
             case Failed() | Stalled():
                 await self._log.append(
                     AttemptFailed(
@@ -273,17 +310,19 @@ class Attempt:
                         **base,
                     )
                 )
-                if out.kind == FailureKind.AUTH and out.status is not None:
-                    # Durable: this request's next decision must not pick the key for another model.
-                    await self._log.append_durable(
-                        KeyInvalidated(
-                            ts=now,
-                            request_id=self.spec.request_id,
-                            key_id=self.spec.call.key_id,
-                            status=out.status,
-                            message=out.message,
-                        )
+                self._ended = True
+                if traits(out.kind).scope == "key" and out.status is not None:
+                    # Durable: this request's next decision must not pick the key for another model. Shielded:
+                    # a client leaving now must not keep a bad key in rotation.
+                    invalidated = KeyInvalidated(
+                        ts=now,
+                        request_id=self.spec.request_id,
+                        key_id=self.spec.call.key_id,
+                        status=out.status,
+                        message=out.message,
                     )
+                    with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                        await self._log.append_durable(invalidated)
 
     def _byte(self) -> None:
         self._last = trio.current_time()

@@ -39,7 +39,7 @@ async def check_key(
         try:
             status = await upstream.check_key(platform, key_id)
         except TransportFailure as exc:
-            message = str(exc)
+            message = upstream.redact(key_id, str(exc))
     if scope.cancelled_caught:
         message = f"no answer within {timeout_s:g}s"
     ok = status is not None and 200 <= status < 300

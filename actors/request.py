@@ -32,7 +32,8 @@ from events.attempts import AttemptLoop, Completion, Failure
 from events.catalog import ALIASES, VIRTUAL_MODELS, CatalogModel
 from events.decide import UnknownModel
 from events.frames import Call, reply_text
-from events.outcomes import Answered, ClientGone
+from events.outcomes import Answered, Failed, Outcome, Stalled
+from events.sessions import NO_ACTION
 from events.types import ClientDisconnected, RequestCompleted, RequestReceived, RouteInput
 
 
@@ -172,6 +173,13 @@ class RequestActor:
                 with trio.CancelScope(shield=True), trio.move_on_after(1.0):
                     await self._record_disconnect(req, progress, started, handle)
             raise
+        except Exception as exc:
+            # A bug met by this request (the traceback goes to the log above us): it still has an end.
+            with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                latency = (trio.current_time() - started) * 1000
+                error = f"gateway error: {type(exc).__name__}"
+                await self._completed(req, "error", 500, progress.attempts, latency, "", error)
+            raise
         finally:
             self._in_flight -= 1
         latency = (trio.current_time() - started) * 1000
@@ -246,7 +254,12 @@ class RequestActor:
                 )
             if result is not None:
                 return result
-        return loop.finish(self._now())
+        result = loop.finish(self._now())
+        if isinstance(result, Completion) and result.body:
+            # A truncated answer, the best there was: a first turn's bans go under the key it leads to.
+            body = result.body
+            await self._sessions.keep_bans(conv, lambda: reply_text(msgspec.json.decode(body)))
+        return result
 
     async def _attempt(
         self,
@@ -277,20 +290,32 @@ class RequestActor:
             keep_reply=conv.pins and conv.session is None,
         )
         attempt = Attempt(spec, self._upstream, self._log, self._now)
+        protection = NO_ACTION
+
+        async def settle(out: Outcome) -> None:
+            """The session side of the outcome, before a stream's client can send its next turn."""
+            nonlocal protection
+            if isinstance(out, Answered):
+                await self._sessions.register_turn(conv, model, key_id, lambda: self._reply(attempt, out))
+            elif isinstance(out, Failed | Stalled):
+                # Every failure goes through protection, before or after content.
+                protection = await self._sessions.protect(conv, model, out.kind, out.after_content, pin_used)
+                if out.delivered:  # the client has the answer: a first turn's bans go under its next key
+                    await self._sessions.keep_bans(conv, lambda: self._reply(attempt, out))
+
         routed = Routed(model.ref, number, loop.skipped(model.ref)) if req.stream else None
-        out = await attempt.run(emit, routed)
-        assert not isinstance(out, ClientGone)  # a client that left cancels the attempt instead
+        out = await attempt.run(emit, routed, settle)
         if isinstance(out, Answered):
-            if conv.pins:
-                if attempt.judge is not None:
-                    text = attempt.judge.reply_text
-                else:
-                    text = reply_text(msgspec.json.decode(out.body)) if out.body else None
-                await self._sessions.register_turn(conv, model, key_id, text)
             return loop.answered(model, out.body or b"")
-        # Every failure goes through protection, before or after content.
-        protection = await self._sessions.protect(conv, model, out.kind, out.after_content, pin_used)
+        assert isinstance(out, Failed | Stalled)  # a client that left cancels the attempt instead
         return loop.failed(model, key_id, out, protection)
+
+    @staticmethod
+    def _reply(attempt: Attempt, out: Answered | Failed | Stalled) -> str | None:
+        """The reply the client got, which keys a first turn's session."""
+        if attempt.judge is not None:
+            return attempt.judge.reply_text
+        return reply_text(msgspec.json.decode(out.body)) if out.body else None
 
     async def _completed(
         self,

@@ -62,8 +62,7 @@ class _Protect:
 @dataclass(frozen=True)
 class _Register:
     conversation: Conversation
-    model: CatalogModel
-    key_id: str
+    pin: tuple[CatalogModel, str] | None  # (model, key) to pin; None: only write a first turn's bans
     reply_text: str | None
 
 
@@ -136,11 +135,19 @@ class SessionActor:
         return result
 
     async def register_turn(
-        self, conversation: Conversation, model: CatalogModel, key_id: str, reply_text: str | None
+        self, conversation: Conversation, model: CatalogModel, key_id: str, reply: Callable[[], str | None]
     ) -> None:
-        """A successful turn pins the conversation under the key its next turn will have."""
+        """A successful turn pins the conversation under the key its next turn will have (a first turn's is
+        derived from `reply()`, the reply the client got, read only then)."""
         if conversation.pins:
-            await self._ask(_Register(conversation, model, key_id, reply_text))
+            text = reply() if conversation.session is None else None
+            await self._ask(_Register(conversation, (model, key_id), text))
+
+    async def keep_bans(self, conversation: Conversation, reply: Callable[[], str | None]) -> None:
+        """A first turn the client got an answer to without a pin (a truncated one): its bans are written
+        under the key its next turn will have, so that turn still avoids the platforms that failed."""
+        if conversation.pins and conversation.session is None and conversation.banned:
+            await self._ask(_Register(conversation, None, reply()))
 
     async def pin_cleared(self, conversation: Conversation, reason: str) -> None:
         """A decision could not use the session's pin: drop it (once per request)."""
@@ -223,17 +230,20 @@ class SessionActor:
                         return None, []
                     session = derived_session(conv.system, conv.first_user, ask.reply_text)
                     events += [self._ban(conv, session, p, why) for p, why in conv.banned]
-                self._turns += 1
-                events.append(
-                    SessionPinned(
-                        ts=now,
-                        request_id=conv.request_id,
-                        session=session,
-                        platform=ask.model.platform,
-                        model=ask.model.id,
-                        key_id=ask.key_id,
+                    conv.banned.clear()
+                if ask.pin is not None:
+                    model, key_id = ask.pin
+                    self._turns += 1
+                    events.append(
+                        SessionPinned(
+                            ts=now,
+                            request_id=conv.request_id,
+                            session=session,
+                            platform=model.platform,
+                            model=model.id,
+                            key_id=key_id,
+                        )
                     )
-                )
                 return None, events
             case _ClearPin():
                 return None, self._clear(conv, ask.reason)

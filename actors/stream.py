@@ -8,6 +8,7 @@ handler's `return Response(...)`; the edge closes the handle when its client goe
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -87,7 +88,12 @@ async def produce(
         elif isinstance(item, Chunk):
             handle.content_sent = True
         with trio.move_on_after(CONSUMER_GONE_S) as waited:
-            await send.send(item)
+            try:
+                await send.send(item)
+            except trio.BrokenResourceError:
+                if item is END:
+                    return  # the client has the whole answer and left: what is left is bookkeeping
+                raise
         if waited.cancelled_caught:
             handle.client_gone = True
             raise trio.BrokenResourceError("the client stopped reading")
@@ -114,5 +120,7 @@ async def produce(
                     "server_error",
                     "internal_error",
                 )
-            if isinstance(result, Failure):
-                await send.send(result)
+            if isinstance(result, Failure) and not handle.answered:  # (after END there is nothing to say)
+                # A client that is gone, or stopped reading, misses it: the failure is in the log.
+                with trio.move_on_after(CONSUMER_GONE_S), contextlib.suppress(trio.BrokenResourceError):
+                    await send.send(result)

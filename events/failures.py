@@ -27,6 +27,7 @@ class FailureKind(StrEnum):
     STALL_PRE = "stall_pre"  # no first byte in time
     STALL_MID = "stall_mid"  # silence after content began
     CLIENT_ABORT = "client_abort"  # the client went away: nobody's fault upstream
+    INTERNAL = "internal"  # the gateway failed on this attempt (a bug, in its log): nobody's fault upstream
 
 
 Scope = Literal["none", "key", "key_model", "model"]
@@ -86,6 +87,7 @@ TRAITS: dict[str, Traits] = {
     FailureKind.CLIENT_ABORT: _T(
         model_fault=False, transient=False, scope="none", retry="no", protected=False
     ),
+    FailureKind.INTERNAL: _T(model_fault=False, transient=False, scope="none", retry="no", protected=False),
 }
 UNKNOWN = Traits(model_fault=False, transient=False, scope="none", retry="yes", protected=False)
 

@@ -1212,3 +1212,77 @@ async def test_a_named_model_that_cannot_be_used_is_reported_not_replaced_silent
         handle = await gw.actor.open_stream(gw.request("local/a", "alt/x", stream=True))
         routed = (await collect(handle))[0][1]
         assert routed == Routed("alt/x", 1, ("local/a (its platform has no API key)",))
+
+
+# ---- regressions found by review (each failed before its fix) ----------------------------------------------
+
+
+async def test_a_connection_that_breaks_after_done_leaves_the_answer_delivered(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # It added an error event and a second [DONE] after the first, and logged a delivered answer as a failure.
+    body = (
+        *answer("Hello", " world"),
+        Broken("peer closed connection without sending complete message body"),
+    )
+    async with running({"local/a": sse_reply(*body)}) as gw:
+        handle = await gw.actor.open_stream(gw.request("local/a", stream=True))
+        items = items_of(await collect(handle))
+        await gw.settle()
+        assert items.count(DONE_FRAME) == 1 and items[-1] == DONE_FRAME
+        assert not error_payloads(items) and content_of(items) == "Hello world"
+        assert only(gw.events(AttemptSucceeded)).model == "a" and gw.events(AttemptFailed) == []
+        assert [(e.outcome, e.status) for e in gw.events(RequestCompleted)] == [("ok", 200)]
+
+
+async def test_a_client_leaving_while_a_key_is_invalidated_leaves_one_end_event_and_the_invalidation(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with running({"local/a": error_reply(401, "bad key"), "alt/x": OK_BODY}) as gw:
+        req = gw.request("local/a", "alt/x")
+        scope = trio.CancelScope()
+        append = gw.log.append
+
+        async def append_then_leave(event: Event) -> None:
+            await append(event)
+            if isinstance(event, AttemptFailed) and event.kind == "auth":
+                scope.cancel()  # the client goes away right after the end event was queued
+
+        gw.log.append = append_then_leave  # type: ignore[method-assign]
+        with scope:
+            await gw.actor.complete(req)
+        gw.log.append = append  # type: ignore[method-assign]
+        await gw.settle()
+        assert [e.kind for e in gw.events(AttemptFailed, req.request_id)] == ["auth"]
+        assert only(gw.events(KeyInvalidated)).key_id == "k1"
+
+
+async def test_a_streamed_turn_is_pinned_before_the_client_has_its_done(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # The pin was written after the upstream's body ended (up to DRAIN_S later): an agent sending its next
+    # turn at [DONE] was routed without it.
+    slow_end = sse_reply(*answer("Hello"), 0.4)
+    async with running({"local/b": slow_end}) as gw:
+        turn = in_session(gw, "thread-3", "local/b", stream=True)
+        handle = await gw.actor.open_stream(turn)
+        async for item in handle.items:
+            if isinstance(item, StreamEnd):
+                break
+        assert only(gw.events(SessionPinned, turn.request_id)).model == "b"  # already committed
+        handle.close(client_gone=True)
+        await trio.sleep(1)
+
+
+async def test_a_first_turns_ban_survives_a_delivered_truncation(autojump_clock: trio.abc.Clock) -> None:
+    # Without X-Session-Id, a first turn's bans waited for a pin that a truncated answer never makes.
+    policy = SessionPolicy(protection={"local": "provider-ban"})
+    cut = sse_reply(*answer("Once", " upon", finish="length"))
+    async with running({"local/a": cut}, session_policy=policy) as gw:
+        handle = await gw.actor.open_stream(gw.request("auto-smart", "local/a", stream=True))
+        assert content_of(items_of(await collect(handle))) == "Once upon"
+        await gw.settle()
+        ban = only(gw.events(SessionBanned))
+        assert (ban.platform, ban.reason) == ("local", "provider-ban: mid-stream truncated")
+        reply = ban.session
+        assert reply.startswith("c-") and gw.events(SessionPinned) == []

@@ -145,7 +145,7 @@ async def test_protection_without_pins_needs_no_round_trip() -> None:
     conv = actor.conversation("r1", FIRST_TURN, None, "auto")
     with trio.fail_after(1):
         assert await actor.protect(conv, LONGCAT, "server_error", False, False) is NO_ACTION
-        await actor.register_turn(conv, LONGCAT, "l1", "Hello")
+        await actor.register_turn(conv, LONGCAT, "l1", lambda: "Hello")
         await actor.pin_cleared(conv, "cooling")  # no session: nothing to clear
 
 
@@ -250,7 +250,7 @@ async def test_a_first_turns_ban_is_written_with_the_derived_key_when_the_turn_r
         action = await h.actor.protect(conv, LONGCAT, "stall_pre", False, False)
         assert action.ban_platform
         assert h.session_events() == []  # no key yet: the ban waits for the reply
-        await h.actor.register_turn(conv, GROQ, "g1", "Hello!")
+        await h.actor.register_turn(conv, GROQ, "g1", lambda: "Hello!")
         key = derived_session("You are terse.", "hi", "Hello!")
         events = h.session_events()
         assert [type(e) for e in events] == [SessionBanned, SessionPinned]
@@ -282,7 +282,7 @@ async def test_a_first_turn_that_never_answers_writes_no_ban() -> None:
 
 async def test_a_successful_turn_pins_the_session() -> None:
     async with running() as h:
-        await h.actor.register_turn(header_conversation(h.actor), GROQ, "g2", "whatever")
+        await h.actor.register_turn(header_conversation(h.actor), GROQ, "g2", lambda: "whatever")
         (pin,) = h.events(SessionPinned)
         assert (pin.request_id, pin.session, pin.platform, pin.model, pin.key_id) == (
             "r1",
@@ -297,7 +297,7 @@ async def test_a_successful_turn_pins_the_session() -> None:
 async def test_a_later_auto_smart_turn_pins_its_derived_key() -> None:
     async with running() as h:
         conv = h.actor.conversation("r2", second_turn("Hello!"), None, "auto-smart")
-        await h.actor.register_turn(conv, GROQ, "g1", "Something else")  # the key is known already
+        await h.actor.register_turn(conv, GROQ, "g1", lambda: "Something else")  # the key is known already
         (pin,) = h.events(SessionPinned)
         assert pin.session == derived_session("You are terse.", "hi", "Hello!")
 
@@ -305,7 +305,7 @@ async def test_a_later_auto_smart_turn_pins_its_derived_key() -> None:
 async def test_a_first_turn_without_a_reply_text_pins_nothing() -> None:
     async with running() as h:
         conv = h.actor.conversation("r1", FIRST_TURN, None, "auto-smart")
-        await h.actor.register_turn(conv, GROQ, "g1", None)
+        await h.actor.register_turn(conv, GROQ, "g1", lambda: None)
         assert h.session_events() == []
         assert (await statistics(h.actor)).turns_registered == 0
 
@@ -313,7 +313,7 @@ async def test_a_first_turn_without_a_reply_text_pins_nothing() -> None:
 async def test_a_tool_call_reply_pins_the_key_its_next_turn_will_have() -> None:
     async with running() as h:
         conv = h.actor.conversation("r1", FIRST_TURN, None, "auto-smart")
-        await h.actor.register_turn(conv, GROQ, "g1", 'tools:f:{"a":1}')
+        await h.actor.register_turn(conv, GROQ, "g1", lambda: 'tools:f:{"a":1}')
         following = [
             SYSTEM,
             USER,
@@ -475,9 +475,9 @@ async def test_statistics_count_what_the_actor_did() -> None:
         conv = header_conversation(h.actor)
         await h.actor.protect(conv, LONGCAT, "server_error", False, True)  # a ban and a cleared pin
         await h.actor.protect(conv, GROQ, "connect", False, True)  # model-skip: the pin is cleared already
-        await h.actor.register_turn(conv, OWL, "o1", "Hi")
+        await h.actor.register_turn(conv, OWL, "o1", lambda: "Hi")
         first = h.actor.conversation("r2", FIRST_TURN, None, "auto-smart")
-        await h.actor.register_turn(first, OWL, "o1", "Hi")
+        await h.actor.register_turn(first, OWL, "o1", lambda: "Hi")
         async with h.actor.admitted("longcat", "s1"):
             async with h.actor.admitted("longcat", "s2"):
                 pass
@@ -492,7 +492,7 @@ async def test_only_session_events_are_written(autojump_clock: trio.testing.Mock
     async with running() as h:
         conv = header_conversation(h.actor)
         await h.actor.protect(conv, LONGCAT, "server_error", False, True)
-        await h.actor.register_turn(conv, GROQ, "g1", "x")
+        await h.actor.register_turn(conv, GROQ, "g1", lambda: "x")
         await trio.sleep(1)  # a batch window later: nothing else arrives
         assert [type(e) for _, e in h.store.read_after(0)] == [
             SessionBanned,
