@@ -130,7 +130,7 @@ class AttemptLoop:
             )
         if out.kind == FailureKind.TRUNCATED and out.body is not None:
             self._fallback = (out.body, model.ref)
-        if out.kind == FailureKind.BAD_REQUEST and self._bad_request is None:
+        if traits(out.kind).retry == "limited" and self._bad_request is None:  # one more try elsewhere
             self._bad_request = len(self.tried) - 1
         return None
 
@@ -162,10 +162,11 @@ def learn(
     """What the next decision of this request must avoid after a failed attempt."""
     changes: dict[str, Any] = {"tried": (*route.tried, (key_id, model.ref))}
     skip_models = list(route.skip_models)
-    if out.kind == FailureKind.MODEL_MISSING:
-        skip_models.append((model.ref, "the provider said the model does not exist"))
-    elif traits(out.kind).skips_model:
-        skip_models.append((model.ref, out.message))
+    if traits(out.kind).skips_model:
+        missing = out.kind == FailureKind.MODEL_MISSING
+        skip_models.append(
+            (model.ref, "the provider said the model does not exist" if missing else out.message)
+        )
     if protection.skip_model:
         skip_models.append((model.ref, protection.reason))
     if len(skip_models) > len(route.skip_models):
@@ -206,7 +207,14 @@ def final_failure(
     ]
     # Models the mode's pool leaves out are counted, not listed: listed first, they crowded out the reasons.
     pool, others = split_pool(excluded)
-    skipped = [e for e in others if e.code != ExclusionCode.TRIED]  # tried ones are listed above
+    # Tried models are listed above with what they did; their own "tried" and "skipped after failing here"
+    # exclusions would only say it again.
+    tried_refs = {t.ref for t in tried}
+    skipped = [
+        e
+        for e in others
+        if e.code != ExclusionCode.TRIED and not (e.code == ExclusionCode.SKIPPED and e.ref in tried_refs)
+    ]
     parts += [f"{e.ref}: skipped, {e.reason}" for e in skipped[:MAX_LISTED]]
     if len(skipped) > MAX_LISTED:
         parts.append(f"... and {len(skipped) - MAX_LISTED} more models skipped")
@@ -245,7 +253,7 @@ def final_failure(
     if kinds == {FailureKind.STALL_PRE}:
         return Failure(
             504,
-            f"Every attempt timed out before its first byte: {detail}",
+            f"Every attempt timed out before it sent an answer: {detail}",
             "timeout_error",
             "stream_timeout",
             attempts=attempts,

@@ -475,6 +475,17 @@ def _pick_key(
             )
             continue
         until = view.health.cooling_until(key_id, m.id, now)
+        forbidden = view.health.forbidden_until(key_id, m.id, now) if until is not None else None
+        if forbidden is not None:
+            excluded.append(
+                Excluded(
+                    ref=m.ref,
+                    reason=f"key {key_id} may not use this model (403) for {forbidden - now:.0f}s",
+                    until=forbidden,
+                    code=ExclusionCode.FORBIDDEN,
+                )
+            )
+            continue
         if until is not None:
             excluded.append(
                 Excluded(

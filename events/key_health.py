@@ -55,7 +55,8 @@ class KeyHealth:
         self.keys: dict[str, KeyInfo] = {}
         self._by_platform: dict[str, list[str]] = {}
         self.platforms_version = 0  # changes when a platform gets its first key
-        self._cooling: dict[tuple[str, str], float] = {}
+        self._cooling: dict[tuple[str, str], float] = {}  # (key, model) -> until: 429s, spent quotas
+        self._forbidden: dict[tuple[str, str], float] = {}  # (key, model) -> until: 403s of a working key
 
     def apply(self, event: Event) -> None:
         match event:
@@ -102,7 +103,9 @@ class KeyHealth:
                 self._cool(event.key_id, event.model, event.ts + wait)
             case AttemptFailed(kind=FailureKind.FORBIDDEN):
                 # A 403 for a key that works elsewhere: this key may not use this model (or this content).
-                self._cool(event.key_id, event.model, event.ts + self.key_forbidden_cooldown_s)
+                slot = (event.key_id, event.model)
+                until = event.ts + self.key_forbidden_cooldown_s
+                self._forbidden[slot] = max(self._forbidden.get(slot, 0.0), until)
             case AttemptSucceeded(exhausted_for_s=wait) if wait is not None:
                 # The provider said this was the last request (x-ratelimit-remaining: 0) until its reset.
                 self._cool(event.key_id, event.model, event.ts + wait)
@@ -115,9 +118,16 @@ class KeyHealth:
         self._cooling[slot] = max(self._cooling.get(slot, 0.0), until)
 
     def cooling_until(self, key_id: str, model: str, now: float) -> float | None:
+        """Until when the key may not be used for the model (rate-limited or forbidden), if it may not now."""
         # A pure read: deleting expired entries here would make the fold of a late event (stamped before
-        # this read's `now`) differ from a rebuild's. The map is bounded by keys x models.
-        until = self._cooling.get((key_id, model))
+        # this read's `now`) differ from a rebuild's. The maps are bounded by keys x models.
+        slot = (key_id, model)
+        until = max(self._cooling.get(slot, 0.0), self._forbidden.get(slot, 0.0))
+        return until if until > now else None
+
+    def forbidden_until(self, key_id: str, model: str, now: float) -> float | None:
+        """Until when the key is kept off the model because the provider forbade it (403), if it is now."""
+        until = self._forbidden.get((key_id, model))
         return until if until is not None and until > now else None
 
     def has_keys(self, platform: str) -> bool:

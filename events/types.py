@@ -196,7 +196,8 @@ class ExclusionCode(StrEnum):
     PROVIDER_BAN_WINDOW = "provider_ban_window"  # the session just used another model of the platform
     SINGLE_FLIGHT = "single_flight"  # the platform is busy with another session
     KEY_UNUSABLE = "key_unusable"  # the key is invalid or disabled
-    RATE_LIMITED = "rate_limited"  # the key is cooling for this model after a 429 (or a 403)
+    RATE_LIMITED = "rate_limited"  # the key is cooling for this model after a 429 (or a spent quota)
+    FORBIDDEN = "forbidden"  # the provider forbade this key this model (a 403 for a key that works)
     TRIED = "tried"  # this request already tried the key for this model
     QUOTA = "quota"  # the key is over one of the model's limits
 

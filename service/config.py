@@ -108,6 +108,8 @@ class PlatformConfig:
     # Provider-ban platforms only: while one session has a request in flight here, other sessions skip it.
     # Not given, it follows the protection level: on for provider-ban, as the seed guarded LongCat threads.
     single_flight: bool | None = None  # None: set to the level's default at once (never None after)
+    # The file set single_flight itself: a protection level given later (the environment) leaves it alone.
+    single_flight_given: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.single_flight is None:
@@ -501,6 +503,10 @@ def _merge_platforms(
         given = _given(entry)
         if "base_url" in given:
             given["base_url"] = given["base_url"].rstrip("/")  # adapters append "/chat/completions"
+        if "single_flight" in given:
+            given["single_flight_given"] = True
+        elif "protection" in given:
+            given["single_flight"] = None  # the new level's default
         if name in platforms:
             platforms[name] = replace(platforms[name], **given)
         elif missing := [k for k in ("base_url",) if k not in given]:
@@ -623,7 +629,11 @@ def _protection_env(
         return platforms
     # A level set here brings its single-flight default with it.
     return {
-        n: replace(p, protection=overrides[n], single_flight=None) if n in overrides else p
+        n: replace(
+            p, protection=overrides[n], single_flight=p.single_flight if p.single_flight_given else None
+        )
+        if n in overrides
+        else p
         for n, p in platforms.items()
     }
 

@@ -159,6 +159,18 @@ def _check_put(platform: str, secret: str) -> None:
         raise SecretsError("a provider key needs a platform name")
     if not secret:
         raise SecretsError(f"empty key for platform {platform}")
+    check_key_text(platform, secret, "the key given")
+
+
+def check_key_text(platform: str, secret: str, where: str) -> None:
+    """A key travels in an HTTP header: visible ASCII only. A pasted zero-width space or line break would
+    fail every request sent with it (and could leak the key into an error message)."""
+    bad = next((i for i, c in enumerate(secret) if not "!" <= c <= "~"), None)
+    if bad is not None:
+        raise SecretsError(
+            f"{where} for platform {platform} has a character a provider cannot receive in a header "
+            f"(character {bad + 1}: a space, a line break or a non-ASCII character); copy the key again"
+        )
 
 
 def _connect(db_path: Path) -> apsw.Connection:

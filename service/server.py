@@ -43,6 +43,7 @@ from service.secrets import (
     CredentialStore,
     TokenCheck,
     Vault,
+    check_key_text,
     generate_token,
     hash_token,
     key_id_for,
@@ -182,6 +183,12 @@ def collect_keys(
     ]
     sources += [(name, k, "env") for name, keys in config.env_keys.items() for k in keys]
     for platform, secret, source in sources:
+        where = (
+            f"a key in {config.path or 'the config'}"
+            if source == "config"
+            else (f"a key in ${config.platforms[platform].env_var}")
+        )
+        check_key_text(platform, secret, where)
         key_id = key_id_for(master_key, platform, secret)
         if key_id not in secrets:
             secrets[key_id] = secret

@@ -12,6 +12,7 @@ that connection (httpcore cannot reuse it), which is how a cancelled attempt han
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
@@ -136,7 +137,11 @@ REDACT_PIECE = 8  # any run of this many characters of a secret is hidden
 def redact(secret: str, text: str) -> str:
     """Hide the secret and every piece of it at least REDACT_PIECE long (providers quote keys partly)."""
     if len(secret) < REDACT_PIECE:
-        return text.replace(secret, "[redacted]") if secret else text
+        # Too short to hunt for pieces: the whole secret where it stands as a word of its own (replacing
+        # every occurrence of a 1-character key would mangle every message).
+        if not secret:
+            return text
+        return re.sub(rf"(?<![\w-]){re.escape(secret)}(?![\w-])", "[redacted]", text)
     for start in range(len(secret) - REDACT_PIECE + 1):
         piece = secret[start : start + REDACT_PIECE]
         while piece in text:

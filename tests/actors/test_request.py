@@ -1163,6 +1163,10 @@ async def test_a_403_with_a_working_key_cools_only_that_key_for_that_model(
         assert isinstance(later, Completion) and later.routed_via == "local/b"
         assert gw.view.health.cooling_until("k1", "a", gw.now()) is not None
         assert gw.view.health.cooling_until("k1", "b", gw.now()) is None
+        # Named alone, the model is not "rate-limited" (a 429 a client would retry): the key is forbidden.
+        alone = await gw.actor.complete(gw.request("local/a"))
+        assert isinstance(alone, Failure) and (alone.status, alone.code) == (503, "no_available_model")
+        assert "key k1 may not use this model (403)" in alone.message
 
 
 async def test_a_403_whose_key_check_fails_invalidates_the_key(autojump_clock: trio.abc.Clock) -> None:

@@ -714,7 +714,7 @@ def test_every_attempt_stalled_before_content_is_a_504_stream_timeout() -> None:
         2,
     )
     assert failure.message == (
-        "Every attempt timed out before its first byte: "
+        "Every attempt timed out before it sent an answer: "
         "groq/llama (key k-llama): stall_pre groq/llama sent no first byte within 5s; "
         "cerebras/qwen (key k-qwen): stall_pre cerebras/qwen sent no first byte within 5s"
     )
@@ -797,3 +797,13 @@ def test_tried_exclusions_neither_take_a_listing_slot_nor_count_as_skipped() -> 
 
 def test_the_failure_carries_the_attempt_count() -> None:
     assert final_failure([tried("groq/llama", "connect")], [], 0, None, 4, NOW).attempts == 4
+
+
+def test_a_tried_model_is_not_listed_again_as_skipped_after_its_own_failure() -> None:
+    skip = Excluded(
+        ref="groq/llama",
+        reason="skipped for this request: groq/llama stopped sending within 5s",
+        code=ExclusionCode.SKIPPED,
+    )
+    failure = final_failure([tried("groq/llama", "server_error", 500)], [skip], 0, None, 1, NOW)
+    assert "skipped" not in failure.message

@@ -60,3 +60,14 @@ def test_provider_text_loses_the_key_and_any_piece_of_it() -> None:
     assert secret not in cleaned and "gsk_ABCDEFGH" not in cleaned
     assert cleaned.startswith("Invalid API key [redacted];")
     assert redact(secret, "nothing to hide") == "nothing to hide"
+
+
+def test_a_short_secret_is_hidden_as_a_word_without_mangling_the_rest() -> None:
+    # A 1-character key was replaced inside every word: "incomplete chun[redacted]ed read".
+    from service.upstream import redact
+
+    assert (
+        redact("k", "incomplete chunked read; key k rejected")
+        == "incomplete chunked read; key [redacted] rejected"
+    )
+    assert redact("sk-1", "bad key sk-1, not ask-12") == "bad key [redacted], not ask-12"

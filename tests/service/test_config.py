@@ -538,15 +538,26 @@ single_flight = false
 [[platforms]]
 name = "groq"
 single_flight = true
+
+[[platforms]]
+name = "nvidia"
+protection = "provider-ban"
+
+[[platforms]]
+name = "mistral"
+single_flight = false
 """
-    config = load_config(write(tmp_path, text), {"THREAD_PROTECTION_PLATFORMS": "cerebras:provider-ban"})
+    env = {"THREAD_PROTECTION_PLATFORMS": "cerebras:provider-ban, mistral:provider-ban"}
+    config = load_config(write(tmp_path, text), env)
     assert config.platforms["lab"].single_flight is True
     assert config.platforms["longcat"].single_flight is False  # said so
     assert config.platforms["cerebras"].single_flight is True  # the level set by the environment brings it
-    assert config.platforms["mistral"].single_flight is False  # model-skip
+    assert config.platforms["nvidia"].single_flight is True  # a file's level brings its default too
+    assert config.platforms["mistral"].single_flight is False  # said so: the environment's level keeps it
+    assert config.platforms["sambanova"].single_flight is False  # model-skip
     settings = routing_settings(config)
     # Only provider-ban platforms can be single-flight (groq says true, but is model-skip).
-    assert settings.sessions.single_flight == {"lab", "cerebras"}
+    assert settings.sessions.single_flight == {"lab", "cerebras", "nvidia"}
 
 
 def test_sessions_table(tmp_path: Path) -> None:

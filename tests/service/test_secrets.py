@@ -351,3 +351,20 @@ def test_memory_credential_store_ensure() -> None:
     assert store.ensure("admin", "sb-admin-") is None
     assert store.hashes("admin") == [hash_token(token)]
     assert store.hashes("gateway") == []
+
+
+@pytest.mark.parametrize("bad", ["up-1\u200b", "sk live", "sk-1\nX-Evil: 1", "clé"])
+def test_a_key_that_cannot_travel_in_a_header_is_refused_without_being_quoted(
+    bad: str, tmp_path: Path
+) -> None:
+    # A pasted zero-width space failed every request routed to the key with a 500.
+    from service.config import load_config
+    from service.server import collect_keys
+
+    with pytest.raises(SecretsError) as caught:
+        MemoryVault(MASTER).put("groq", bad)
+    assert "cannot receive in a header" in str(caught.value) and bad not in str(caught.value)
+    config = load_config(None, {"GROQ_API_KEY": bad})
+    with pytest.raises(SecretsError) as at_start:
+        collect_keys(config, MASTER, MemoryVault(MASTER))  # type: ignore[arg-type]
+    assert "$GROQ_API_KEY" in str(at_start.value) and bad not in str(at_start.value)
