@@ -7,7 +7,6 @@ shape `{"error": {"message", "type", "code"}}` and every response carries `X-Req
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import msgspec
@@ -18,34 +17,41 @@ from werkzeug.exceptions import HTTPException
 from actors.supervisor import Runtime
 from events.catalog import ALIASES, VIRTUAL_MODELS
 from service import chat_completions as chat
-from service.edge import CLOSE, error_response
+from service.edge import (
+    BODY_TIMEOUT_S,
+    CLOSE,
+    MAX_BODY_BYTES,
+    authorized,
+    error_response,
+    new_request_id,
+    quart_response,
+    too_large,
+    unauthorized,
+)
+from service.fast_route import ASGIApp, ChatRoute
 from service.secrets import TokenCheck
 
-MAX_BODY_BYTES = 32 * 1024 * 1024  # images arrive inline as data URLs
 _encode = msgspec.json.encode
 
 
-def create_app(runtime: Runtime, gateway_tokens: TokenCheck) -> QuartTrio:
+def create_app(runtime: Runtime, gateway_tokens: TokenCheck) -> ASGIApp:
+    """The gateway's ASGI app: the chat route served directly (service/fast_route.py), the rest by Quart."""
+    return ChatRoute(_quart_app(runtime, gateway_tokens), runtime, gateway_tokens)
+
+
+def _quart_app(runtime: Runtime, gateway_tokens: TokenCheck) -> QuartTrio:
     app = QuartTrio("switchboard")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config["RESPONSE_TIMEOUT"] = None  # streams end when they end; our deadlines bound them
-    app.config["BODY_TIMEOUT"] = 60
+    app.config["BODY_TIMEOUT"] = BODY_TIMEOUT_S
 
     @app.before_request
     async def assign_request_id() -> Response | None:
-        request.request_id = "req_" + uuid.uuid4().hex[:24]  # type: ignore[attr-defined]  # ours, per request
-        if request.path.startswith("/v1"):
-            auth = request.headers.get("Authorization", "")
-            scheme, _, token = auth.partition(" ")
-            if scheme.lower() != "bearer" or not gateway_tokens.ok(token.strip()):
-                return error_response(
-                    401,
-                    "Invalid or missing API key. Send your gateway key as 'Authorization: Bearer <key>' "
-                    "(printed when the gateway first started; see README, Troubleshooting).",
-                    "invalid_request_error",
-                    "invalid_api_key",
-                    headers=dict(CLOSE),
-                )
+        request.request_id = new_request_id()  # type: ignore[attr-defined]  # ours, per request
+        if request.path.startswith("/v1") and not authorized(
+            gateway_tokens, request.headers.get("Authorization", "")
+        ):
+            return quart_response(unauthorized())
         return None
 
     @app.after_request
@@ -59,13 +65,7 @@ def create_app(runtime: Runtime, gateway_tokens: TokenCheck) -> QuartTrio:
         # it from waiting forever behind the unread body.
         status = exc.code or 500
         if status == 413:
-            return error_response(
-                413,
-                f"The request body is larger than {MAX_BODY_BYTES // (1024 * 1024)} MB.",
-                "invalid_request_error",
-                "request_too_large",
-                headers=dict(CLOSE),
-            )
+            return quart_response(too_large())
         if status == 404:
             return error_response(
                 404,
@@ -136,7 +136,8 @@ def create_app(runtime: Runtime, gateway_tokens: TokenCheck) -> QuartTrio:
     async def chat_completions() -> Response:
         raw = await request.get_data(cache=False, as_text=False, parse_form_data=False)
         request_id: str = request.request_id  # type: ignore[attr-defined]  # set by assign_request_id
-        return await chat.handle(runtime, raw, request_id, request.headers.get("X-Session-Id"))
+        answer = await chat.handle(runtime, raw, request_id, request.headers.get("X-Session-Id"))
+        return quart_response(answer)
 
     return app
 

@@ -4,12 +4,11 @@ request, render the runner's neutral results as OpenAI chat completions (a JSON 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import msgspec
 import trio
-from quart import Response
 
 from actors.request import ChatRequest
 from actors.sse import DONE, KEEPALIVE, error_frame, frame
@@ -17,24 +16,24 @@ from actors.stream import Routed, StreamEnd, StreamItem
 from actors.supervisor import Runtime
 from events.attempts import Failure
 from events.frames import Chunk
-from service.edge import BadRequest, error_response, failure_response, one_line, routing_headers
+from service.edge import Answer, BadRequest, error_answer, failure_answer, one_line, routing_headers
 
 GATEWAY_FIELDS = ("models", "fallback")  # ours: never forwarded to a provider
-SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _encode = msgspec.json.encode
 _decode = msgspec.json.decode
 
 
-async def handle(runtime: Runtime, raw: bytes, request_id: str, session_header: str | None) -> Response:
+async def handle(runtime: Runtime, raw: bytes, request_id: str, session_header: str | None) -> Answer:
     try:
         req = parse_chat_request(raw, request_id, session_header)
     except BadRequest as exc:
-        return error_response(400, str(exc), "invalid_request_error", exc.code, param=exc.param)
+        return error_answer(400, str(exc), "invalid_request_error", exc.code, param=exc.param)
     if not req.stream:
         result = await runtime.requests.complete(req)
         if isinstance(result, Failure):
-            return failure_response(result)
-        return Response(result.body, content_type="application/json", headers=routing_headers(result))
+            return failure_answer(result)
+        return Answer(200, result.body, routing_headers(result))
     return await _stream_response(runtime, req)
 
 
@@ -59,7 +58,7 @@ def render_chat(item: StreamItem) -> bytes | None:
     return None
 
 
-async def _stream_response(runtime: Runtime, req: ChatRequest) -> Response:
+async def _stream_response(runtime: Runtime, req: ChatRequest) -> Answer:
     """Commit contract: wait for the first content (or the first keepalive tick), then send headers."""
     handle = await runtime.requests.open_stream(req)
     keepalive_s = runtime.requests.keepalive_s
@@ -70,19 +69,19 @@ async def _stream_response(runtime: Runtime, req: ChatRequest) -> Response:
             item = await handle.items.receive()
             if isinstance(item, Failure):
                 handle.close(client_gone=False)
-                return failure_response(item)
+                return failure_answer(item)
             assert isinstance(item, Routed)
             headers.update(routing_headers(item))
         if not headers.get("X-Routed-Via"):
             first.append(KEEPALIVE)  # committed by the keepalive tick: the model is not known yet
     except trio.EndOfChannel:
         handle.close(client_gone=False)
-        return error_response(502, "The stream ended before it started.", "upstream_error", None)
+        return error_answer(502, "The stream ended before it started.", "upstream_error", None)
     except BaseException:
         handle.close(client_gone=True)
         raise
 
-    async def body() -> AsyncIterator[bytes]:
+    async def body() -> AsyncGenerator[bytes]:
         try:
             for chunk in first:
                 yield chunk
@@ -110,9 +109,7 @@ async def _stream_response(runtime: Runtime, req: ChatRequest) -> Response:
         finally:
             handle.close(client_gone=True)
 
-    response = Response(body(), status=200, headers=headers)
-    response.timeout = None
-    return response
+    return Answer(200, body(), headers, "text/event-stream")
 
 
 def parse_chat_request(raw: bytes, request_id: str, session_header: str | None = None) -> ChatRequest:

@@ -1,16 +1,56 @@
-"""What every client protocol's HTTP edge shares: the error it raises for a malformed request, OpenAI-shaped
-error responses, and the routing headers (`X-Routed-Via`, `X-Fallback-Attempts`, `X-Skipped-Models`)."""
+"""What every client protocol's HTTP edge shares: the error it raises for a malformed request, the answer a
+protocol handler gives (status, headers, a body or a stream of chunks), OpenAI-shaped errors, and the
+routing headers (`X-Routed-Via`, `X-Fallback-Attempts`, `X-Skipped-Models`)."""
 
 from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
 
 import msgspec
 from quart import Response
 
 from actors.stream import Routed
 from events.attempts import Completion, Failure
+from service.secrets import TokenCheck
 
 _encode = msgspec.json.encode
 CLOSE = {"Connection": "close"}
+
+
+MAX_BODY_BYTES = 32 * 1024 * 1024  # images arrive inline as data URLs
+BODY_TIMEOUT_S = 60.0
+
+
+def new_request_id() -> str:
+    return "req_" + uuid.uuid4().hex[:24]
+
+
+def authorized(tokens: TokenCheck, authorization: str) -> bool:
+    scheme, _, token = authorization.partition(" ")
+    return scheme.lower() == "bearer" and tokens.ok(token.strip())
+
+
+def unauthorized() -> Answer:
+    return error_answer(
+        401,
+        "Invalid or missing API key. Send your gateway key as 'Authorization: Bearer <key>' "
+        "(printed when the gateway first started; see README, Troubleshooting).",
+        "invalid_request_error",
+        "invalid_api_key",
+        headers=dict(CLOSE),
+    )
+
+
+def too_large() -> Answer:
+    return error_answer(
+        413,
+        f"The request body is larger than {MAX_BODY_BYTES // (1024 * 1024)} MB.",
+        "invalid_request_error",
+        "request_too_large",
+        headers=dict(CLOSE),
+    )
 
 
 class BadRequest(Exception):
@@ -18,6 +58,29 @@ class BadRequest(Exception):
         super().__init__(message)
         self.param = param
         self.code = code
+
+
+@dataclass
+class Answer:
+    """What a protocol handler answers, served by whichever HTTP layer called it: a whole body, or chunks
+    (a stream, each chunk sent as it comes)."""
+
+    status: int
+    body: bytes | AsyncGenerator[bytes]
+    headers: dict[str, str] = field(default_factory=dict)
+    content_type: str = "application/json"
+
+
+def error_answer(
+    status: int,
+    message: str,
+    type_: str,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+    param: str | None = None,
+) -> Answer:
+    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    return Answer(status, _encode(body), headers or {})
 
 
 def error_response(
@@ -28,8 +91,16 @@ def error_response(
     headers: dict[str, str] | None = None,
     param: str | None = None,
 ) -> Response:
-    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
-    return Response(_encode(body), status=status, content_type="application/json", headers=headers or {})
+    return quart_response(error_answer(status, message, type_, code, headers, param))
+
+
+def quart_response(answer: Answer) -> Response:
+    response = Response(
+        answer.body, status=answer.status, content_type=answer.content_type, headers=answer.headers
+    )
+    if not isinstance(answer.body, bytes):
+        response.timeout = None  # streams end when they end; our deadlines bound them
+    return response
 
 
 MAX_SKIPPED_HEADER = 1000  # characters of X-Skipped-Models
@@ -48,8 +119,8 @@ def one_line(parts: tuple[str, ...]) -> str:
     return "".join(c if " " <= c <= "~" else "?" for c in text)
 
 
-def failure_response(failure: Failure) -> Response:
+def failure_answer(failure: Failure) -> Answer:
     headers = {"X-Fallback-Attempts": str(max(failure.attempts - 1, 0))}
     if failure.retry_after_s is not None:
         headers["Retry-After"] = str(max(1, round(failure.retry_after_s)))
-    return error_response(failure.status, failure.message, failure.type, failure.code, headers)
+    return error_answer(failure.status, failure.message, failure.type, failure.code, headers)
