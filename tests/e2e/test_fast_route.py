@@ -1,0 +1,80 @@
+"""The chat route on raw ASGI (service/fast_route.py) keeps what Quart gave it: bounds on the body's size and
+time, an answer to a bug, and nothing logged for a client that leaves before its body arrived."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+import trio
+from custom_gateway import read_log
+from harness import GATEWAY_KEY, running_gateway
+
+from service import chat_completions
+
+AUTH = {"Authorization": f"Bearer {GATEWAY_KEY}"}
+HELLO = {"model": "ok", "messages": [{"role": "user", "content": "hi"}]}
+
+
+async def test_a_body_without_a_length_is_still_bounded(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr("service.fast_route.MAX_BODY_BYTES", 1000)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(20):
+            yield b"x" * 100  # chunked: no content-length to refuse it by
+
+    with trio.fail_after(20):
+        async with running_gateway(tmp_path, ["ok"]) as gw:
+            async with httpx.AsyncClient(base_url=gw.url, headers=AUTH, timeout=10) as client:
+                resp = await client.post("/v1/chat/completions", content=chunks())
+                after = await client.post("/v1/chat/completions", json=HELLO)
+    assert resp.status_code == 413 and resp.json()["error"]["code"] == "request_too_large"
+    assert resp.headers["connection"] == "close" and resp.headers["x-request-id"].startswith("req_")
+    assert after.status_code == 200
+
+
+async def test_a_body_that_never_arrives_is_a_408_and_logs_nothing(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr("service.fast_route.BODY_TIMEOUT_S", 0.3)
+    with trio.fail_after(20):
+        async with running_gateway(tmp_path, ["ok"]) as gw:
+            where = urlsplit(gw.url)
+            stream = await trio.open_tcp_stream(where.hostname or "127.0.0.1", where.port or 80)
+            async with stream:
+                await stream.send_all(
+                    b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                    + f"Authorization: Bearer {GATEWAY_KEY}\r\n".encode()
+                    + b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"model"'
+                )
+                answer = b""
+                while b"request_timeout" not in answer:  # the whole answer, before hanging up
+                    answer += await stream.receive_some(4096)
+            data_dir = gw.data_dir
+    assert answer.startswith(b"HTTP/1.1 408") and b"x-request-id: req_" in answer.lower()
+    assert [e for e in read_log(data_dir) if type(e).__name__ == "RequestReceived"] == []
+
+
+async def test_a_bug_on_the_chat_route_is_a_500_with_its_request_id(tmp_path, monkeypatch) -> None:
+    async def broken(*args: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(chat_completions, "handle", broken)
+    with trio.fail_after(20):
+        async with running_gateway(tmp_path, ["ok"]) as gw:
+            async with httpx.AsyncClient(base_url=gw.url, headers=AUTH, timeout=10) as client:
+                resp = await client.post("/v1/chat/completions", json=HELLO)
+                alive = await client.get("/healthz")
+    assert resp.status_code == 500
+    error = resp.json()["error"]
+    assert error["code"] == "internal_error" and resp.headers["x-request-id"] in error["message"]
+    assert alive.status_code == 200
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT"])
+async def test_other_methods_on_the_chat_path_are_still_405(tmp_path, method: str) -> None:
+    with trio.fail_after(20):
+        async with running_gateway(tmp_path, ["ok"]) as gw:
+            async with httpx.AsyncClient(base_url=gw.url, headers=AUTH, timeout=10) as client:
+                resp = await client.request(method, "/v1/chat/completions")
+    assert resp.status_code == 405 and resp.json()["error"]["code"] == "method_not_allowed"
