@@ -22,7 +22,7 @@ from service.edge import (
     CLOSE,
     MAX_BODY_BYTES,
     authorized,
-    error_response,
+    error_answer,
     new_request_id,
     quart_response,
     too_large,
@@ -67,23 +67,29 @@ def _quart_app(runtime: Runtime, gateway_tokens: TokenCheck) -> QuartTrio:
         if status == 413:
             return quart_response(too_large())
         if status == 404:
-            return error_response(
-                404,
-                f"Unknown path {request.path}. This gateway serves /v1/chat/completions and /v1/models.",
-                "invalid_request_error",
-                "not_found",
-                headers=dict(CLOSE),
+            return quart_response(
+                error_answer(
+                    404,
+                    f"Unknown path {request.path}. This gateway serves /v1/chat/completions and /v1/models.",
+                    "invalid_request_error",
+                    "not_found",
+                    headers=dict(CLOSE),
+                )
             )
         if status == 405:
-            return error_response(
-                405,
-                f"Method {request.method} is not allowed on {request.path}.",
-                "invalid_request_error",
-                "method_not_allowed",
-                headers=dict(CLOSE),
+            return quart_response(
+                error_answer(
+                    405,
+                    f"Method {request.method} is not allowed on {request.path}.",
+                    "invalid_request_error",
+                    "method_not_allowed",
+                    headers=dict(CLOSE),
+                )
             )
-        return error_response(
-            status, exc.description or exc.name, "invalid_request_error", None, headers=dict(CLOSE)
+        return quart_response(
+            error_answer(
+                status, exc.description or exc.name, "invalid_request_error", None, headers=dict(CLOSE)
+            )
         )
 
     @app.get("/healthz")
@@ -124,12 +130,14 @@ def _quart_app(runtime: Runtime, gateway_tokens: TokenCheck) -> QuartTrio:
             m = avail.model
             if m.enabled and model_id in (m.ref, m.id):
                 return Response(_encode(_model_object(m.ref, m.platform)), content_type="application/json")
-        return error_response(
-            404,
-            f"The model '{model_id}' does not exist or is disabled.",
-            "invalid_request_error",
-            "model_not_found",
-            param="model",
+        return quart_response(
+            error_answer(
+                404,
+                f"The model '{model_id}' does not exist or is disabled.",
+                "invalid_request_error",
+                "model_not_found",
+                param="model",
+            )
         )
 
     @app.post("/v1/chat/completions")

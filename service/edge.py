@@ -83,17 +83,6 @@ def error_answer(
     return Answer(status, _encode(body), headers or {})
 
 
-def error_response(
-    status: int,
-    message: str,
-    type_: str,
-    code: str | None = None,
-    headers: dict[str, str] | None = None,
-    param: str | None = None,
-) -> Response:
-    return quart_response(error_answer(status, message, type_, code, headers, param))
-
-
 def quart_response(answer: Answer) -> Response:
     response = Response(
         answer.body, status=answer.status, content_type=answer.content_type, headers=answer.headers
