@@ -124,6 +124,11 @@ def parse_chat_request(raw: bytes, request_id: str, session_header: str | None =
         raise BadRequest(f"The request body is not valid JSON: {exc}.", code="invalid_json") from None
     except RecursionError:
         raise BadRequest("The request body is nested too deeply.", code="invalid_json") from None
+    except UnicodeDecodeError as exc:  # msgspec checks a string's UTF-8 as it decodes it
+        raise BadRequest(
+            f"The request body is not valid UTF-8 (byte {exc.start}); JSON must be UTF-8.",
+            code="invalid_json",
+        ) from None
     if not isinstance(body, dict):
         raise BadRequest("The request body must be a JSON object.", code="invalid_json")
     messages = body.get("messages")

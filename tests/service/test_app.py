@@ -71,3 +71,10 @@ def test_a_short_secret_is_hidden_as_a_word_without_mangling_the_rest() -> None:
         == "incomplete chunked read; key [redacted] rejected"
     )
     assert redact("sk-1", "bad key sk-1, not ask-12") == "bad key [redacted], not ask-12"
+
+
+def test_invalid_utf8_inside_a_string_is_a_400_not_a_500() -> None:
+    raw = b'{"messages": [{"role": "user", "content": "\xff\xfe"}]}'
+    with pytest.raises(BadRequest, match="not valid UTF-8") as caught:
+        parse_chat_request(raw, "r1")
+    assert caught.value.code == "invalid_json"
