@@ -19,6 +19,8 @@ from events.frames import Chunk
 from service.edge import Answer, BadRequest, error_answer, failure_answer, one_line, routing_headers
 
 GATEWAY_FIELDS = ("models", "fallback")  # ours: never forwarded to a provider
+MAX_MODEL_NAME = 256  # characters of a model id a client may send
+MAX_MODELS = 32  # ids in a request's `models`
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _encode = msgspec.json.encode
 _decode = msgspec.json.decode
@@ -145,12 +147,24 @@ def parse_chat_request(raw: bytes, request_id: str, session_header: str | None =
     model = body.get("model", "auto")
     if not isinstance(model, str) or not model:
         raise BadRequest("'model' must be a model id string (or 'auto').", "model", "invalid_type")
+    if len(model) > MAX_MODEL_NAME:  # names are stored in the log and echoed in errors: bounded
+        raise BadRequest(
+            f"'model' is {len(model)} characters long; model ids are at most {MAX_MODEL_NAME}.",
+            "model",
+            "invalid_value",
+        )
     models = body.get("models")
     requested: tuple[str, ...] = (model,)
     if models is not None:
         if not isinstance(models, list) or not models or not all(isinstance(m, str) and m for m in models):
             raise BadRequest(
                 "'models' must be a non-empty list of model id strings.", "models", "invalid_type"
+            )
+        if len(models) > MAX_MODELS or any(len(m) > MAX_MODEL_NAME for m in models):
+            raise BadRequest(
+                f"'models' lists at most {MAX_MODELS} model ids of at most {MAX_MODEL_NAME} characters each.",
+                "models",
+                "invalid_value",
             )
         requested = (model, *models)  # a virtual `model` gives the mode, concrete ones are tried first
     stream = body.get("stream", False)

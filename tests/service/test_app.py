@@ -78,3 +78,19 @@ def test_invalid_utf8_inside_a_string_is_a_400_not_a_500() -> None:
     with pytest.raises(BadRequest, match="not valid UTF-8") as caught:
         parse_chat_request(raw, "r1")
     assert caught.value.code == "invalid_json"
+
+
+def test_model_names_stored_in_the_log_are_bounded() -> None:
+    # A 20 MB `model` was stored in the log and echoed back whole.
+    with pytest.raises(BadRequest, match="at most 256") as caught:
+        parse_chat_request(
+            b'{"model": "' + b"m" * 300 + b'", "messages": [{"role": "user", "content": "hi"}]}', "r"
+        )
+    assert (caught.value.param, caught.value.code) == ("model", "invalid_value")
+    many = b'{"models": [' + b",".join([b'"m"'] * 33) + b'], "messages": [{"role": "user", "content": "hi"}]}'
+    with pytest.raises(BadRequest, match="at most 32 model ids"):
+        parse_chat_request(many, "r")
+    ok = parse_chat_request(
+        b'{"model": "' + b"m" * 256 + b'", "messages": [{"role": "user", "content": "x"}]}', "r"
+    )
+    assert ok.requested == ("m" * 256,)
