@@ -62,6 +62,15 @@ class _Ids(TypedDict):
 Settle = Callable[[Outcome], Awaitable[None]]
 
 
+def client_left(exc: BaseException) -> bool:
+    """Whether `exc` is a cancellation or a closed stream, the ways a client's leaving reaches a task; also
+    when it comes grouped (trio's nurseries, e.g. the one a TCP connect runs in, raise groups)."""
+    gone = (trio.Cancelled, trio.BrokenResourceError)
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(gone)[1] is None
+    return isinstance(exc, gone)
+
+
 class Attempt:
     """Runs one attempt. `emit` hands items to the client's stream; `routed` (streams only) is emitted right
     before the first content, so the client learns where the answer comes from before it sees any of it.
@@ -109,10 +118,9 @@ class Attempt:
             if not self._ended:
                 # A client that went away cancels us (or stops reading); anything else is a gateway bug, which
                 # propagates, recorded as such rather than blamed on the client.
-                gone = isinstance(exc, trio.Cancelled | trio.BrokenResourceError)
                 end: Outcome = (
                     ClientGone(self.content_sent)
-                    if gone
+                    if client_left(exc)
                     else Failed(FailureKind.INTERNAL, f"gateway error: {type(exc).__name__}")
                 )
                 with trio.CancelScope(shield=True), trio.move_on_after(1.0):

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import msgspec
 import trio
 
-from actors.attempt import Attempt, AttemptSpec
+from actors.attempt import Attempt, AttemptSpec, client_left
 from actors.log_writer import LogWriter
 from actors.model_health import ModelHealth
 from actors.session import Conversation, SessionActor
@@ -168,17 +168,15 @@ class RequestActor:
                 )
             )
             result = await self._loop(req, emit, progress)
-        except (trio.Cancelled, trio.BrokenResourceError):
-            if handle is None or handle.client_gone:
-                with trio.CancelScope(shield=True), trio.move_on_after(1.0):
-                    await self._record_disconnect(req, progress, started, handle)
-            raise
-        except Exception as exc:
-            # A bug met by this request (the traceback goes to the log above us): it still has an end.
+        except BaseException as exc:
             with trio.CancelScope(shield=True), trio.move_on_after(1.0):
-                latency = (trio.current_time() - started) * 1000
-                error = f"gateway error: {type(exc).__name__}"
-                await self._completed(req, "error", 500, progress.attempts, latency, "", error)
+                if not client_left(exc):
+                    # A bug met by this request (the traceback goes to the log above us): it still has an end.
+                    latency = (trio.current_time() - started) * 1000
+                    error = f"gateway error: {type(exc).__name__}"
+                    await self._completed(req, "error", 500, progress.attempts, latency, "", error)
+                elif handle is None or handle.client_gone:
+                    await self._record_disconnect(req, progress, started, handle)
             raise
         finally:
             self._in_flight -= 1

@@ -92,7 +92,9 @@ async def produce(
                 await send.send(item)
             except trio.BrokenResourceError:
                 if item is END:
-                    return  # the client has the whole answer and left: what is left is bookkeeping
+                    # The client left as the answer ended (what it had not read yet, it misses): the answer
+                    # was produced whole, and what is left is bookkeeping.
+                    return
                 raise
         if waited.cancelled_caught:
             handle.client_gone = True

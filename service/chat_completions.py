@@ -106,12 +106,13 @@ async def _stream_response(runtime: Runtime, req: ChatRequest) -> Answer:
                     out = render_chat(item)
                     if out is not None:
                         yield out
-                    if isinstance(item, Failure):
-                        return
+                    if isinstance(item, Failure | StreamEnd):
+                        return  # the client's answer is whole: the runner's bookkeeping goes on alone
         finally:
             handle.close(client_gone=True)
 
-    return Answer(200, body(), headers, "text/event-stream")
+    # `close` too: a generator that never started would not run its `finally`.
+    return Answer(200, body(), headers, "text/event-stream", lambda: handle.close(client_gone=True))
 
 
 def parse_chat_request(raw: bytes, request_id: str, session_header: str | None = None) -> ChatRequest:

@@ -5,7 +5,7 @@ routing headers (`X-Routed-Via`, `X-Fallback-Attempts`, `X-Skipped-Models`)."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 
 import msgspec
@@ -69,6 +69,7 @@ class Answer:
     body: bytes | AsyncGenerator[bytes]
     headers: dict[str, str] = field(default_factory=dict)
     content_type: str = "application/json"
+    close: Callable[[], None] | None = None  # run once the answer is sent or abandoned, on every path
 
 
 def error_answer(

@@ -64,7 +64,9 @@ class ChatRoute:
 
     async def _chat(self, scope: HTTPScope, receive: Receive, send: Send) -> None:
         request_id = new_request_id()
-        headers: dict[bytes, bytes] = dict(scope["headers"])  # ASGI names are lower-case
+        headers: dict[bytes, bytes] = {}
+        for name, value in scope["headers"]:  # ASGI names are lower-case; the first of a repeat wins
+            headers.setdefault(name, value)
         if not authorized(self._tokens, headers.get(b"authorization", b"").decode("latin-1")):
             await _answer(send, request_id, unauthorized())
             return
@@ -73,41 +75,43 @@ class ChatRoute:
             await _answer(send, request_id, too_large())
             return
         body = bytearray()
+        early: Answer | None = None  # decided while reading, sent after (never inside the time bound)
         with trio.move_on_after(BODY_TIMEOUT_S) as waited:
             while True:
                 message = await receive()
                 if message["type"] == "http.disconnect":
                     return
-                if message["type"] == "http.request":
-                    body += message["body"]
+                if message["type"] != "http.request":
+                    continue
+                body += message.get("body", b"")
                 if len(body) > MAX_BODY_BYTES:
-                    await _answer(send, request_id, too_large())
-                    return
-                if message["type"] == "http.request" and not message["more_body"]:
+                    early = too_large()
+                    break
+                if not message.get("more_body", False):
                     break
         if waited.cancelled_caught:
-            timeout = error_answer(
+            early = error_answer(
                 408,
                 f"The request body did not arrive within {BODY_TIMEOUT_S:g} s.",
                 "invalid_request_error",
                 "request_timeout",
                 headers=dict(CLOSE),
             )
-            await _answer(send, request_id, timeout)
+        if early is not None:
+            await _answer(send, request_id, early)
             return
         session = headers.get(b"x-session-id")
         session_id = session.decode("latin-1") if session is not None else None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
-            started = False
+            sent = _Sent()
             try:
                 answer = await chat.handle(self._runtime, bytes(body), request_id, session_id)
-                started = True
-                await _answer(send, request_id, answer)
+                await _answer(send, request_id, answer, sent)
             except Exception:
                 # A bug met by this request: loud in the log, a 500 for this client (as Quart answers one).
                 logger.exception("request %s failed", request_id)
-                if not started:
+                if not sent.started:
                     failed = error_answer(
                         500,
                         f"The gateway failed on this request (see its log, request id {request_id}).",
@@ -126,31 +130,40 @@ async def _cancel_on_disconnect(receive: Receive, scope: trio.CancelScope) -> No
             return
 
 
-async def _answer(send: Send, request_id: str, answer: Answer) -> None:
-    headers = [
-        (b"content-type", answer.content_type.encode()),
-        (b"x-request-id", request_id.encode()),
-        *(
-            (name.lower().encode("latin-1"), value.encode("latin-1"))
-            for name, value in answer.headers.items()
-        ),
-    ]
-    if isinstance(answer.body, bytes):
-        headers.append((b"content-length", str(len(answer.body)).encode()))
-    start: HTTPResponseStartEvent = {
-        "type": "http.response.start",
-        "status": answer.status,
-        "headers": headers,
-        "trailers": False,
-    }
-    await send(start)
-    if isinstance(answer.body, bytes):
-        await send(_body(answer.body, more=False))
-        return
-    async with aclosing(answer.body) as chunks:
-        async for chunk in chunks:
-            await send(_body(chunk, more=True))
-    await send(_body(b"", more=False))
+class _Sent:
+    started = False  # the response's start went out: a failure now can only cut it short
+
+
+async def _answer(send: Send, request_id: str, answer: Answer, sent: _Sent | None = None) -> None:
+    """Send the answer; its `close` runs on every path (a stream's handle, even if its body never ran)."""
+    try:
+        headers = [
+            (b"content-type", answer.content_type.encode()),
+            (b"x-request-id", request_id.encode()),
+            # UTF-8, as Quart sends header values (a model id may be any text).
+            *((name.lower().encode(), value.encode()) for name, value in answer.headers.items()),
+        ]
+        if isinstance(answer.body, bytes):
+            headers.append((b"content-length", str(len(answer.body)).encode()))
+        start: HTTPResponseStartEvent = {
+            "type": "http.response.start",
+            "status": answer.status,
+            "headers": headers,
+            "trailers": False,
+        }
+        await send(start)
+        if sent is not None:
+            sent.started = True
+        if isinstance(answer.body, bytes):
+            await send(_body(answer.body, more=False))
+            return
+        async with aclosing(answer.body) as chunks:
+            async for chunk in chunks:
+                await send(_body(chunk, more=True))
+        await send(_body(b"", more=False))
+    finally:
+        if answer.close is not None:
+            answer.close()
 
 
 def _body(data: bytes, *, more: bool) -> HTTPResponseBodyEvent:

@@ -23,7 +23,7 @@ import pytest
 import trio
 import trio.lowlevel
 
-from actors.attempt import DRAIN_S
+from actors.attempt import DRAIN_S, client_left
 from actors.clock import WallClock
 from actors.log_writer import LogWriter
 from actors.model_health import ModelHealth
@@ -1290,3 +1290,21 @@ async def test_a_first_turns_ban_survives_a_delivered_truncation(autojump_clock:
         assert (ban.platform, ban.reason) == ("local", "provider-ban: mid-stream truncated")
         reply = ban.session
         assert reply.startswith("c-") and gw.events(SessionPinned) == []
+
+
+async def test_a_grouped_cancellation_is_a_client_that_left() -> None:
+    # A client leaving during the upstream's TCP connect (which runs in a nursery) reached the attempt as a
+    # group: it was recorded as a gateway bug, and the request got no end.
+    caught: list[BaseException] = []
+    with trio.CancelScope() as scope:
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trio.sleep_forever)
+                scope.cancel()
+                await trio.sleep_forever()
+        except BaseException as exc:
+            caught.append(exc)
+            raise
+    assert caught and client_left(caught[0])
+    assert not client_left(BaseExceptionGroup("bug", [ValueError("x")]))
+    assert not client_left(ValueError("x"))

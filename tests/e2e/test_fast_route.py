@@ -78,3 +78,44 @@ async def test_other_methods_on_the_chat_path_are_still_405(tmp_path, method: st
             async with httpx.AsyncClient(base_url=gw.url, headers=AUTH, timeout=10) as client:
                 resp = await client.request(method, "/v1/chat/completions")
     assert resp.status_code == 405 and resp.json()["error"]["code"] == "method_not_allowed"
+
+
+async def test_a_model_id_outside_latin1_is_answered_with_its_route(tmp_path) -> None:
+    # The raw route encoded header values as latin-1: a model "m€" gave a bare 500 (logged as a success).
+    with trio.fail_after(20):
+        async with running_gateway(tmp_path, ["m€"]) as gw:
+            async with httpx.AsyncClient(base_url=gw.url, headers=AUTH, timeout=10) as client:
+                for stream in (False, True):
+                    body = {**HELLO, "model": "local/m€", "stream": stream}
+                    resp = await client.post("/v1/chat/completions", json=body)
+                    assert resp.status_code == 200, resp.text
+                    assert resp.headers["x-routed-via"] == "local/m€"  # sent as UTF-8, as Quart did
+                    assert resp.headers["x-request-id"].startswith("req_")
+
+
+async def test_a_streams_handle_is_closed_even_if_its_body_never_ran() -> None:
+    # aclose() on a generator that never started skips its `finally`: the stream's producer went on.
+    from service.edge import Answer
+    from service.fast_route import _answer
+
+    closed: list[bool] = []
+
+    async def body():  # type: ignore[no-untyped-def]
+        yield b"never"
+
+    async def send(message: object) -> None:
+        raise OSError("the connection is gone")
+
+    answer = Answer(200, body(), {}, "text/event-stream", lambda: closed.append(True))
+    with pytest.raises(OSError):
+        await _answer(send, "req_x", answer)
+    assert closed == [True]
+
+
+async def test_the_first_of_repeated_auth_headers_counts(tmp_path) -> None:
+    with trio.fail_after(20):
+        async with running_gateway(tmp_path, ["ok"]) as gw:
+            async with httpx.AsyncClient(base_url=gw.url, timeout=10) as client:
+                headers = [("Authorization", "Bearer wrong"), ("Authorization", f"Bearer {GATEWAY_KEY}")]
+                resp = await client.post("/v1/chat/completions", json=HELLO, headers=headers)
+    assert resp.status_code == 401  # as under Quart
