@@ -152,21 +152,21 @@ class RequestActor:
     async def _run(
         self, req: ChatRequest, emit: Emit, progress: _Progress, handle: StreamHandle | None
     ) -> Completion | Failure:
+        started = trio.current_time()
+        received = RequestReceived(
+            ts=self._now(),
+            request_id=req.request_id,
+            model=",".join(req.requested),
+            stream=req.stream,
+            messages=len(req.body.get("messages", ())),
+            est_input_tokens=req.est_tokens,
+            requested_models=req.requested,
+        )
+        with trio.CancelScope(shield=True):  # every request that gets an end event has its start
+            await self._log.append(received)
         self._requests += 1
         self._in_flight += 1
-        started = trio.current_time()
         try:
-            await self._log.append(
-                RequestReceived(
-                    ts=self._now(),
-                    request_id=req.request_id,
-                    model=",".join(req.requested),
-                    stream=req.stream,
-                    messages=len(req.body.get("messages", ())),
-                    est_input_tokens=req.est_tokens,
-                    requested_models=req.requested,
-                )
-            )
             result = await self._loop(req, emit, progress)
         except BaseException as exc:
             with trio.CancelScope(shield=True), trio.move_on_after(1.0):

@@ -55,6 +55,7 @@ class Runtime:
     key_checker: KeyChecker
     clock: WallClock
     shutting_down: trio.Event
+    unclean_previous_start: float | None = None  # the last run was killed or crashed: when it had started
 
 
 @dataclass(frozen=True)
@@ -104,9 +105,13 @@ async def run_service(
     stats_p = OperationalStats()
     recorded: list[str] = []  # the hash of the last configuration the log recorded
 
+    lifecycle: list[ServiceStarted | ServiceStopped] = []  # the last start or stop in the log
+
     def note_config(event: Event) -> None:
         if type(event) is ConfigApplied:
             recorded[:] = [event.hash]
+        elif isinstance(event, ServiceStarted | ServiceStopped):
+            lifecycle[:] = [event]
 
     replayed = rebuild(store, view, also=(stats_p.apply, note_config))
     known_keys = set(view.health.keys)
@@ -128,7 +133,9 @@ async def run_service(
     )
     key_checker = KeyChecker(health, upstream, log, clock.now, interval_s=settings.key_check_interval_s)
     shutting_down = trio.Event()
-    runtime = Runtime(log, health, stats, requests, key_checker, clock, shutting_down)
+    # A start with no stop after it: that run was killed or crashed (a hard kill loses at most one batch).
+    unclean = lifecycle[0].ts if lifecycle and isinstance(lifecycle[0], ServiceStarted) else None
+    runtime = Runtime(log, health, stats, requests, key_checker, clock, shutting_down, unclean)
 
     async with trio.open_nursery() as outer:
         await outer.start(log.run)
@@ -153,7 +160,12 @@ async def run_service(
                         KeyAdded(ts=clock.now(), key_id=key_id, platform=platform, label=label, source=source)
                     )
             await log.append_durable(
-                ServiceStarted(ts=clock.now(), version=settings.version, events_replayed=replayed)
+                ServiceStarted(
+                    ts=clock.now(),
+                    version=settings.version,
+                    events_replayed=replayed,
+                    unclean_previous_start=unclean,
+                )
             )
             task_status.started(runtime)
             await serve_http(runtime)

@@ -32,6 +32,8 @@ class ServiceStarted(Event, tag="service_started", frozen=True):
 
     version: str
     events_replayed: int = 0
+    # The run before this one ended without `service_stopped` (killed or crashed): when it had started.
+    unclean_previous_start: float | None = None
 
 
 class ServiceStopped(Event, tag="service_stopped", frozen=True):

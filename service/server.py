@@ -239,6 +239,12 @@ async def startup_summary(runtime: Runtime, config: Config, env: Mapping[str, st
     """What an operator checks first: which platforms have keys, how many models can be used, and
     `*_API_KEY` variables that name no platform (a typo such as GROK_API_KEY is otherwise silent)."""
     lines = []
+    if runtime.unclean_previous_start is not None:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(runtime.unclean_previous_start))
+        lines.append(
+            f"warning: the last run (started {when}) did not stop cleanly (killed or crashed); "
+            "at most its last few milliseconds of request events are missing from the log"
+        )
     keys: dict[str, list[str]] = {}
     for view in await runtime.health.keys():
         keys.setdefault(view.info.platform, []).append(view.info.status)

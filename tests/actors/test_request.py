@@ -1308,3 +1308,16 @@ async def test_a_grouped_cancellation_is_a_client_that_left() -> None:
     assert caught and client_left(caught[0])
     assert not client_left(BaseExceptionGroup("bug", [ValueError("x")]))
     assert not client_left(ValueError("x"))
+
+
+async def test_a_client_gone_before_the_first_append_still_leaves_the_requests_start(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # From issue 10's list: completion events without a request_received when the client left that early.
+    async with running({"local/a": OK_BODY}) as gw:
+        req = gw.request("local/a")
+        with trio.CancelScope() as scope:
+            scope.cancel()  # gone before the request's first await
+            await gw.actor.complete(req)
+        await gw.settle()
+        assert gw.kinds(req.request_id) == ["RequestReceived", "ClientDisconnected", "RequestCompleted"]

@@ -347,3 +347,24 @@ async def test_healthz_is_degraded_while_no_key_is_usable(tmp_path):
     assert "no provider keys" in body["reason"]
     assert (invalid["status"], invalid["keys"], invalid["keys_ok"]) == ("degraded", 1, 0)
     assert "1 invalid" in invalid["reason"]
+
+
+async def test_a_run_that_did_not_stop_cleanly_is_said_at_the_next_start(tmp_path) -> None:
+    # From issue 10's list: a kill -9 left no trace that the last run crashed.
+    from events.sqlite_store import SqliteStore
+    from events.types import ServiceStarted
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    store = SqliteStore(data_dir / DB_NAME)
+    store.append([ServiceStarted(ts=1_700_000_000.0, version="0.0.1")])  # and never a service_stopped
+    store.close()
+    with trio.fail_after(20):
+        async with running_gateway(tmp_path, ["ok"], data_dir=data_dir) as gw:
+            output = gw.output.getvalue()
+    assert "did not stop cleanly (killed or crashed)" in output
+    starts = [e for e in read_log(data_dir) if isinstance(e, ServiceStarted)]
+    assert starts[-1].unclean_previous_start == 1_700_000_000.0
+    with trio.fail_after(20):  # that run stopped cleanly: the next start says nothing
+        async with running_gateway(tmp_path, ["ok"], data_dir=data_dir) as gw:
+            assert "did not stop cleanly" not in gw.output.getvalue()
