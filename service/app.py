@@ -21,10 +21,12 @@ from service.edge import (
     BODY_TIMEOUT_S,
     CLOSE,
     MAX_BODY_BYTES,
+    AuthThrottle,
     authorized,
     error_answer,
     new_request_id,
     quart_response,
+    throttled,
     too_large,
     unauthorized,
 )
@@ -35,11 +37,13 @@ _encode = msgspec.json.encode
 
 
 def create_app(runtime: Runtime, gateway_tokens: TokenCheck) -> ASGIApp:
-    """The gateway's ASGI app: the chat route served directly (service/fast_route.py), the rest by Quart."""
-    return ChatRoute(_quart_app(runtime, gateway_tokens), runtime, gateway_tokens)
+    """The gateway's ASGI app: the chat route served directly (service/fast_route.py), the rest by Quart;
+    both refuse an address that keeps sending invalid keys."""
+    throttle = AuthThrottle()
+    return ChatRoute(_quart_app(runtime, gateway_tokens, throttle), runtime, gateway_tokens, throttle)
 
 
-def _quart_app(runtime: Runtime, gateway_tokens: TokenCheck) -> QuartTrio:
+def _quart_app(runtime: Runtime, gateway_tokens: TokenCheck, throttle: AuthThrottle) -> QuartTrio:
     app = QuartTrio("switchboard")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config["RESPONSE_TIMEOUT"] = None  # streams end when they end; our deadlines bound them
@@ -48,9 +52,14 @@ def _quart_app(runtime: Runtime, gateway_tokens: TokenCheck) -> QuartTrio:
     @app.before_request
     async def assign_request_id() -> Response | None:
         request.request_id = new_request_id()  # type: ignore[attr-defined]  # ours, per request
-        if request.path.startswith("/v1") and not authorized(
-            gateway_tokens, request.headers.get("Authorization", "")
-        ):
+        if not request.path.startswith("/v1"):
+            return None
+        address = request.remote_addr or "unknown"
+        wait = throttle.blocked_for(address)
+        if wait is not None:
+            return quart_response(throttled(wait))
+        if not authorized(gateway_tokens, request.headers.get("Authorization", "")):
+            throttle.failed(address)
             return quart_response(unauthorized())
         return None
 

@@ -4,7 +4,11 @@ routing headers (`X-Routed-Via`, `X-Fallback-Attempts`, `X-Skipped-Models`)."""
 
 from __future__ import annotations
 
+import logging
+import math
+import time
 import uuid
+from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 
@@ -16,6 +20,7 @@ from events.attempts import Completion, Failure
 from service.secrets import TokenCheck
 
 _encode = msgspec.json.encode
+logger = logging.getLogger("switchboard.http")
 CLOSE = {"Connection": "close"}
 
 
@@ -30,6 +35,59 @@ def new_request_id() -> str:
 def authorized(tokens: TokenCheck, authorization: str) -> bool:
     scheme, _, token = authorization.partition(" ")
     return scheme.lower() == "bearer" and tokens.ok(token.strip())
+
+
+class AuthThrottle:
+    """Failed key attempts per client address. More than `limit` within `window_s` and that address is
+    refused (429 with Retry-After) until its oldest failure in the window is `window_s` old: guessing keys
+    costs a minute per `limit` guesses. One log line per burst; at most `max_addresses` are remembered."""
+
+    def __init__(
+        self,
+        limit: int = 20,
+        window_s: float = 60.0,
+        max_addresses: int = 10_000,
+        now: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limit, self.window_s, self.max_addresses, self._now = limit, window_s, max_addresses, now
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def blocked_for(self, address: str) -> float | None:
+        """Seconds the address must wait before its next attempt, or None."""
+        failures = self._failures.get(address)
+        if failures is None or len(failures) <= self.limit:
+            return None
+        wait = failures[0] + self.window_s - self._now()
+        return wait if wait > 0 else None
+
+    def failed(self, address: str) -> None:
+        now = self._now()
+        failures = self._failures.get(address)
+        if failures is None:
+            failures = self._failures[address] = deque(maxlen=self.limit + 1)
+            while len(self._failures) > self.max_addresses:
+                self._failures.popitem(last=False)
+        self._failures.move_to_end(address)
+        while failures and failures[0] <= now - self.window_s:
+            failures.popleft()
+        failures.append(now)
+        if len(failures) == self.limit + 1:
+            logger.warning(
+                "%d failed API key attempts from %s within %gs: refusing it for a while",
+                len(failures),
+                address,
+                self.window_s,
+            )
+
+
+def throttled(wait_s: float) -> Answer:
+    return error_answer(
+        429,
+        "Too many requests with an invalid API key from this address; wait before trying again.",
+        "rate_limit_error",
+        "too_many_failed_attempts",
+        headers={"Retry-After": str(max(1, math.ceil(wait_s))), **CLOSE},
+    )
 
 
 def unauthorized() -> Answer:

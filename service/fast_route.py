@@ -34,9 +34,11 @@ from service.edge import (
     CLOSE,
     MAX_BODY_BYTES,
     Answer,
+    AuthThrottle,
     authorized,
     error_answer,
     new_request_id,
+    throttled,
     too_large,
     unauthorized,
 )
@@ -51,10 +53,13 @@ logger = logging.getLogger("switchboard.http")
 
 
 class ChatRoute:
-    def __init__(self, fallback: ASGIApp, runtime: Runtime, tokens: TokenCheck) -> None:
+    def __init__(
+        self, fallback: ASGIApp, runtime: Runtime, tokens: TokenCheck, throttle: AuthThrottle
+    ) -> None:
         self._fallback = fallback
         self._runtime = runtime
         self._tokens = tokens
+        self._throttle = throttle
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == CHAT_PATH and scope["method"] == "POST":
@@ -67,7 +72,14 @@ class ChatRoute:
         headers: dict[bytes, bytes] = {}
         for name, value in scope["headers"]:  # ASGI names are lower-case; the first of a repeat wins
             headers.setdefault(name, value)
+        client = scope.get("client")
+        address = client[0] if client else "unknown"
+        wait = self._throttle.blocked_for(address)
+        if wait is not None:
+            await _answer(send, request_id, throttled(wait))
+            return
         if not authorized(self._tokens, headers.get(b"authorization", b"").decode("latin-1")):
+            self._throttle.failed(address)
             await _answer(send, request_id, unauthorized())
             return
         length = headers.get(b"content-length", b"")

@@ -119,3 +119,21 @@ async def test_the_first_of_repeated_auth_headers_counts(tmp_path) -> None:
                 headers = [("Authorization", "Bearer wrong"), ("Authorization", f"Bearer {GATEWAY_KEY}")]
                 resp = await client.post("/v1/chat/completions", json=HELLO, headers=headers)
     assert resp.status_code == 401  # as under Quart
+
+
+async def test_an_address_guessing_keys_is_refused_with_429(tmp_path, monkeypatch) -> None:
+    # From issue 10's list: failed gateway-key attempts were unthrottled (1,300/s).
+    with trio.fail_after(20):
+        async with running_gateway(tmp_path, ["ok"]) as gw:
+            async with httpx.AsyncClient(base_url=gw.url, timeout=10) as client:
+                wrong = {"Authorization": "Bearer sk-guess"}
+                statuses = [
+                    (await client.post("/v1/chat/completions", json=HELLO, headers=wrong)).status_code
+                    for _ in range(21)
+                ]
+                refused = await client.post("/v1/chat/completions", json=HELLO, headers=AUTH)
+                models = await client.get("/v1/models", headers=AUTH)  # the Quart side refuses too
+    assert statuses == [401] * 21
+    assert refused.status_code == 429 and int(refused.headers["retry-after"]) > 0
+    assert refused.json()["error"]["code"] == "too_many_failed_attempts"
+    assert models.status_code == 429
