@@ -44,7 +44,7 @@ from events.view import POOL_REASON, RoutingView, rebuild, split_pool
 from service import __version__
 from service.config import Config, ConfigError, load_config
 from service.replay_runner import run_replay
-from service.secrets import SecretsError, Vault, key_label, load_master_key
+from service.secrets import SecretsError, key_label, open_vault
 from service.server import DB_NAME, ServeError, check_keys, routing_settings, run_gateway
 
 # Set by scripts/switchboard, which runs from the checkout: the directory the command was typed in, against
@@ -133,8 +133,7 @@ def cmd_keys_add(args: argparse.Namespace) -> int:
         print("error: no key on standard input", file=sys.stderr)
         return 2
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    master = load_master_key(config.data_dir, os.environ)
-    vault = Vault(config.data_dir / DB_NAME, master)
+    _, vault = open_vault(config.data_dir, config.data_dir / DB_NAME, os.environ)
     store = _store(config)
     try:
         key_id, created = vault.put(args.platform, secret)

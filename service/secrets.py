@@ -42,6 +42,40 @@ class SecretsError(Exception):
 # --- the master key ---------------------------------------------------------------------------------------
 
 
+class MasterKeyMismatch(SecretsError):
+    """The master key is not the one the data dir was written with."""
+
+
+def open_vault(data_dir: Path, db_path: Path, env: Mapping[str, str]) -> tuple[bytes, Vault]:
+    """The master key and the vault, checked against each other. A master key that does not match the data
+    dir stops here with what happened and how to recover; a missing master.key is never replaced by a new
+    one for a data dir that was written with the old one."""
+    key_file = data_dir / KEY_FILE
+    from_env = bool(env.get(ENV_VAR, "").strip())
+    existed = key_file.exists()
+    master_key = load_master_key(data_dir, env)
+    vault = Vault(db_path, master_key)
+    if vault.matches_master_key():
+        return master_key, vault
+    vault.close()
+    if from_env:
+        raise MasterKeyMismatch(
+            f"{ENV_VAR} is not the master key {db_path} was written with: set it back to that key "
+            f"(or unset it to use {key_file}); with another key the stored provider keys cannot be "
+            "decrypted and every key's history is orphaned"
+        )
+    if not existed:
+        key_file.unlink(missing_ok=True)  # the one just made: it must not stand in for the lost one
+        raise MasterKeyMismatch(
+            f"{key_file} is missing, but {db_path} was written with it: restore it from a backup (or "
+            f"set {ENV_VAR} to it); to start over without the stored keys, move {db_path} away"
+        )
+    raise MasterKeyMismatch(
+        f"{key_file} is not the master key {db_path} was written with: restore the original from a "
+        f"backup (or set {ENV_VAR} to it); to start over without the stored keys, move {db_path} away"
+    )
+
+
 def load_master_key(data_dir: Path, env: Mapping[str, str]) -> bytes:
     """The 32-byte AES key: from the environment if set, else from `data_dir/master.key`, created if missing.
 
@@ -195,6 +229,20 @@ class Vault:
             "CREATE TABLE IF NOT EXISTS vault(key_id TEXT PRIMARY KEY, platform TEXT NOT NULL, "
             "label TEXT NOT NULL, nonce BLOB NOT NULL, ciphertext BLOB NOT NULL, created REAL NOT NULL)"
         )
+        # A check value of the master key (never the key): the data dir knows which key it was written with.
+        # Key ids are derived from the master key too, so a different key orphans every key's history even
+        # when the vault is empty.
+        self._conn.execute(
+            "CREATE TABLE IF NOT EXISTS vault_check(id INTEGER PRIMARY KEY CHECK (id = 1), "
+            "value BLOB NOT NULL)"
+        )
+
+    def matches_master_key(self) -> bool:
+        """Whether this data dir was written with this master key (the first call records that it was)."""
+        check = hmac.new(self._master_key, b"switchboard master key check", hashlib.sha256).digest()
+        self._conn.execute("INSERT OR IGNORE INTO vault_check(id, value) VALUES (1, ?)", (check,))
+        row = self._conn.execute("SELECT value FROM vault_check WHERE id = 1").fetchone()
+        return row is not None and hmac.compare_digest(row[0], check)
 
     def put(self, platform: str, secret: str) -> tuple[str, bool]:
         """Store a key; returns (key_id, created). The same secret again is a no-op (created False)."""

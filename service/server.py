@@ -48,8 +48,8 @@ from service.secrets import (
     hash_token,
     key_id_for,
     key_label,
-    load_master_key,
     normalise_token,
+    open_vault,
 )
 from service.upstream import HttpUpstream, PlatformEndpoint
 
@@ -303,9 +303,8 @@ async def _run_locked(
 ) -> None:
     data_dir = config.data_dir
     db_path = data_dir / DB_NAME
-    master_key = load_master_key(data_dir, env)
+    master_key, vault = open_vault(data_dir, db_path, env)
     store = store or SqliteStore(db_path)
-    vault = Vault(db_path, master_key)
     credentials = CredentialStore(db_path)
     try:
         tokens = gateway_tokens(config, credentials)
@@ -358,8 +357,8 @@ async def check_keys(
     gateway picks them up: a key that works again is usable at once)."""
     env = os.environ if env is None else env
     db_path = config.data_dir / DB_NAME
-    master_key = load_master_key(config.data_dir, env)
-    store, vault = SqliteStore(db_path), Vault(db_path, master_key)
+    master_key, vault = open_vault(config.data_dir, db_path, env)
+    store = SqliteStore(db_path)
     try:
         keys, secrets = collect_keys(config, master_key, vault)
         view = routing_settings(config, keys).new_view()

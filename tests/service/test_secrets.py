@@ -368,3 +368,30 @@ def test_a_key_that_cannot_travel_in_a_header_is_refused_without_being_quoted(
     with pytest.raises(SecretsError) as at_start:
         collect_keys(config, MASTER, MemoryVault(MASTER))  # type: ignore[arg-type]
     assert "$GROQ_API_KEY" in str(at_start.value) and bad not in str(at_start.value)
+
+
+def test_a_missing_master_key_is_not_replaced_for_a_data_dir_written_with_it(tmp_path: Path) -> None:
+    # From issue 10's list: a deleted master.key was replaced by a new one without a word; stored keys then
+    # failed as 500s and config keys got new ids that orphaned their history.
+    from service.secrets import KEY_FILE, MasterKeyMismatch, open_vault
+
+    db = tmp_path / "switchboard.db"
+    _, vault = open_vault(tmp_path, db, {})
+    vault.put("groq", SECRET)
+    vault.close()
+    original = (tmp_path / KEY_FILE).read_bytes()
+    (tmp_path / KEY_FILE).unlink()
+    with pytest.raises(MasterKeyMismatch, match=r"master\.key is missing, but .* was written with it") as err:
+        open_vault(tmp_path, db, {})
+    assert "restore it from a backup" in str(err.value)
+    assert not (tmp_path / KEY_FILE).exists()  # no new key stands in for the lost one
+    (tmp_path / KEY_FILE).write_text(os.urandom(32).hex())
+    (tmp_path / KEY_FILE).chmod(0o600)
+    with pytest.raises(MasterKeyMismatch, match="is not the master key"):
+        open_vault(tmp_path, db, {})
+    with pytest.raises(MasterKeyMismatch, match="SWITCHBOARD_SECRET_KEY is not the master key"):
+        open_vault(tmp_path, db, {"SWITCHBOARD_SECRET_KEY": WRONG.hex()})
+    (tmp_path / KEY_FILE).write_bytes(original)
+    _, vault = open_vault(tmp_path, db, {})  # the original is back: all is well
+    assert [p for _, p, _ in vault.items()] == ["groq"]
+    vault.close()
