@@ -59,19 +59,44 @@ class SchemaVersionError(RuntimeError):
     """The file was written by a newer switchboard; this build must not guess at its schema."""
 
 
+class StoreDamaged(RuntimeError):
+    """The log file cannot be used as it is; the message names it and says what to do."""
+
+
+_RESTORE = "restore it from a backup, or move it away to start a new, empty log"
+
+
 class SqliteStore:
     """The `LogStore` on SQLite: one append-only `events` table, `seq` is the rowid."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = apsw.Connection(str(self.path))
+        if self.path.exists() and self.path.stat().st_size == 0:
+            # SQLite would take an empty file for a new database: a log that was there would be lost unseen.
+            raise StoreDamaged(f"{self.path} is empty (0 bytes), so its events are gone: {_RESTORE}")
+        try:
+            self._db = apsw.Connection(str(self.path))
+        except apsw.CantOpenError:
+            raise StoreDamaged(
+                f"{self.path} cannot be opened: check that it and its directory exist and are readable"
+            ) from None
         try:
             # Busy timeout first: the pragmas and migrations below may meet another process's lock.
             self._db.set_busy_timeout(BUSY_TIMEOUT_MS)
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = NORMAL")
             self._migrate()
+        except (apsw.NotADBError, apsw.CorruptError):
+            self._db.close()
+            raise StoreDamaged(
+                f"{self.path} is not a readable SQLite database (damaged or truncated): {_RESTORE}"
+            ) from None
+        except (apsw.ReadOnlyError, apsw.CantOpenError, apsw.PermissionsError):
+            self._db.close()
+            raise StoreDamaged(
+                f"{self.path} cannot be written (a read-only file or directory): make both writable"
+            ) from None
         except BaseException:
             self._db.close()
             raise

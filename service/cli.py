@@ -25,7 +25,7 @@ from actors.model_health import usable_keys
 from events.config_applied import last_config, view_of
 from events.op_stats import OperationalStats
 from events.replay import Replayed
-from events.sqlite_store import SqliteStore
+from events.sqlite_store import SchemaVersionError, SqliteStore, StoreDamaged
 from events.store import Entry
 from events.types import (
     EVENT_TYPES,
@@ -624,7 +624,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         status: int = args.func(args)
         return status
-    except (ConfigError, SecretsError) as exc:
+    except (ConfigError, SecretsError, StoreDamaged, SchemaVersionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `switchboard log tail | head`: the reader has what it wanted

@@ -303,8 +303,14 @@ async def _run_locked(
 ) -> None:
     data_dir = config.data_dir
     db_path = data_dir / DB_NAME
-    master_key, vault = open_vault(data_dir, db_path, env)
-    store = store or SqliteStore(db_path)
+    store = store or SqliteStore(
+        db_path
+    )  # first: a damaged log file stops the start before anything opens it
+    try:
+        master_key, vault = open_vault(data_dir, db_path, env)
+    except BaseException:
+        store.close()
+        raise
     credentials = CredentialStore(db_path)
     try:
         tokens = gateway_tokens(config, credentials)

@@ -442,3 +442,29 @@ class TestSqliteStore(StoreContract):
         assert store.read_request("r1") == []
         # The failed transaction is closed: the next batch commits and takes the next seqs.
         assert store.append(sample_events("r2")[:3]) == [3, 4, 5]
+
+
+@pytest.mark.parametrize(
+    ("damage", "said"),
+    [
+        (lambda p: p.write_bytes(b""), "is empty (0 bytes)"),
+        (lambda p: p.write_bytes(b"this is not a database at all" * 100), "not a readable SQLite database"),
+        (lambda p: p.write_bytes(p.read_bytes()[:1500]), "not a readable SQLite database"),
+    ],
+    ids=["zero-length", "garbage", "truncated"],
+)
+def test_a_damaged_log_file_stops_with_one_line_naming_it(tmp_path: Path, damage, said: str) -> None:  # type: ignore[no-untyped-def]
+    # From issue 10's list: a zero-length file started a fresh log without a word; others gave tracebacks.
+    from events.sqlite_store import StoreDamaged
+
+    path = tmp_path / "switchboard.db"
+    store = SqliteStore(path)
+    store.append(sample_events())
+    store.close()
+    for extra in ("-wal", "-shm"):
+        (tmp_path / f"switchboard.db{extra}").unlink(missing_ok=True)
+    damage(path)
+    with pytest.raises(StoreDamaged) as err:
+        SqliteStore(path).close()
+    message = str(err.value)
+    assert str(path) in message and said in message and "\n" not in message
