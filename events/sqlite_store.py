@@ -12,9 +12,11 @@ it runs on the trio thread, and a thread hop would ignore cancellation (STYLE.md
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import quote
 
 import apsw
 
@@ -65,16 +67,25 @@ class StoreDamaged(RuntimeError):
 
 _RESTORE = "restore it from a backup, or move it away to start a new, empty log"
 
+# Rows a compaction deletes per transaction: a serving gateway waits for the write lock at most this long.
+COMPACT_BATCH = 20_000
+
 
 class SqliteStore:
     """The `LogStore` on SQLite: one append-only `events` table, `seq` is the rowid."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
+        """`read_only`: for commands that only read. The file is opened without write access, so a read-only
+        file, directory or medium can be read; a missing file reads as an empty log and is not created."""
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.read_only = read_only
         if self.path.exists() and self.path.stat().st_size == 0:
             # SQLite would take an empty file for a new database: a log that was there would be lost unseen.
             raise StoreDamaged(f"{self.path} is empty (0 bytes), so its events are gone: {_RESTORE}")
+        if read_only:
+            self._db = self._open_read_only()
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._db = apsw.Connection(str(self.path))
         except apsw.CantOpenError:
@@ -101,6 +112,56 @@ class SqliteStore:
             self._db.close()
             raise
 
+    def _open_read_only(self) -> apsw.Connection:
+        if not self.path.exists():
+            db = apsw.Connection(":memory:")  # nothing to read, and nothing to create on disk
+            for migration in MIGRATIONS:
+                db.execute(migration)
+            db.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
+            return db
+        uri = f"file:{quote(str(self.path.resolve()))}?mode=ro"
+        try:
+            return self._checked(apsw.Connection(uri, flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI))
+        except (apsw.ReadOnlyError, apsw.CantOpenError):
+            # A WAL database needs its -shm index, which a read-only directory (or medium) cannot hold.
+            pass
+        shm, wal = (self.path.with_name(self.path.name + suffix) for suffix in ("-shm", "-wal"))
+        if shm.exists():
+            raise StoreDamaged(
+                f"{self.path} cannot be read: its {shm.name} index is not readable; make it readable"
+            )
+        if wal.exists() and wal.stat().st_size > 0:
+            # Immutable mode ignores the WAL: the events committed there would be missing without a word.
+            raise StoreDamaged(
+                f"{self.path} cannot be read where it is: its {wal.name} holds committed events that SQLite "
+                "can only read beside a writable -shm; copy the database and its -wal to a writable directory"
+            )
+        # No -shm means no connection has the log open in WAL mode, so nothing writes to it while we read:
+        # the one case where `immutable=1` (no locks, no -shm) is safe.
+        try:
+            return self._checked(
+                apsw.Connection(uri + "&immutable=1", flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
+            )
+        except (apsw.ReadOnlyError, apsw.CantOpenError, apsw.PermissionsError):
+            raise StoreDamaged(f"{self.path} cannot be opened: check that it is readable") from None
+
+    def _checked(self, db: apsw.Connection) -> apsw.Connection:
+        """`db` once it has read the schema version (the first read that can fail); closed if it fails."""
+        try:
+            db.set_busy_timeout(BUSY_TIMEOUT_MS)
+            version = self._check_version(db)
+            if version == 0:
+                raise StoreDamaged(f"{self.path} holds no switchboard event log: {_RESTORE}")
+            return db
+        except (apsw.NotADBError, apsw.CorruptError):
+            db.close()
+            raise StoreDamaged(
+                f"{self.path} is not a readable SQLite database (damaged or truncated): {_RESTORE}"
+            ) from None
+        except BaseException:
+            db.close()
+            raise
+
     def _migrate(self) -> None:
         if self._check_version() == len(MIGRATIONS):
             return
@@ -110,8 +171,8 @@ class SqliteStore:
                 self._db.execute(MIGRATIONS[version])
                 self._db.execute(f"PRAGMA user_version = {version + 1}")
 
-    def _check_version(self) -> int:
-        version = int(self._db.execute("PRAGMA user_version").get)
+    def _check_version(self, db: apsw.Connection | None = None) -> int:
+        version = int((db or self._db).execute("PRAGMA user_version").get)
         if version > len(MIGRATIONS):
             raise SchemaVersionError(
                 f"{self.path} has event log schema version {version}, but this build knows versions up to "
@@ -147,6 +208,93 @@ class SqliteStore:
                 (seq, *wanted, -1 if limit is None else limit),
             )
         return [(s, decode_event(data)) for s, data in rows]
+
+    def read_raw_after(
+        self, seq: int, limit: int, types: Collection[str] | None = None, upto: int | None = None
+    ) -> list[tuple[int, bytes]]:
+        """Like `read_after` (`upto`: no seq above it), as the stored JSON: for output that needs no event."""
+        top = -1 if upto is None else upto
+        if types is None:
+            rows = self._db.execute(
+                "SELECT seq, data FROM events WHERE seq > ? AND (? < 0 OR seq <= ?) ORDER BY seq LIMIT ?",
+                (seq, top, top, limit),
+            )
+        else:
+            wanted = sorted(types)
+            rows = self._db.execute(
+                "SELECT seq, data FROM events WHERE seq > ? AND (? < 0 OR seq <= ?) AND +type IN "
+                f"({', '.join('?' * len(wanted))}) ORDER BY seq LIMIT ?",
+                (seq, top, top, *wanted, limit),
+            )
+        return [(s, bytes(data)) for s, data in rows]
+
+    def seq_before_last(self, n: int, upto: int, types: Collection[str] | None = None) -> int:
+        """The seq after which the last `n` events up to `upto` (of `types`, if given) begin: 0 when there
+        are fewer. Walks the rowid backwards, holding nothing (seqs have gaps after a compaction)."""
+        if n <= 0:
+            return upto
+        wanted = sorted(types) if types is not None else []
+        where = f" AND +type IN ({', '.join('?' * len(wanted))})" if types is not None else ""
+        found = self._db.execute(
+            f"SELECT seq FROM events WHERE seq <= ?{where} ORDER BY seq DESC LIMIT 1 OFFSET ?",
+            (upto, *wanted, n - 1),
+        ).get
+        return found - 1 if isinstance(found, int) else 0
+
+    def first_seq_at(self, ts: float) -> int:
+        """The first seq of an event stamped at or after `ts` (one past the last seq when there is none)."""
+        found = self._db.execute("SELECT min(seq) FROM events WHERE ts >= ?", (ts,)).get
+        return int(found) if found is not None else self.last_seq() + 1
+
+    def count_by_type(self, before: int, types: Collection[str]) -> Counter[str]:
+        """How many events of each of `types` have a seq below `before`."""
+        wanted = sorted(types)
+        rows = self._db.execute(
+            f"SELECT type, count(*) FROM events WHERE seq < ? AND type IN ({', '.join('?' * len(wanted))}) "
+            "GROUP BY type",
+            (before, *wanted),
+        )
+        return Counter({str(t): int(c) for t, c in rows})
+
+    def delete_before(
+        self, before: int, types: Collection[str], batch: int = COMPACT_BATCH
+    ) -> Iterator[Counter[str]]:
+        """Delete the events of `types` with a seq below `before`, one short `BEGIN IMMEDIATE` transaction per
+        `batch` rows of the log (so a gateway appending meanwhile waits for one batch at most); yields what
+        each transaction deleted, by type. The seqs of the rest never change."""
+        wanted = sorted(types)
+        # `+type`: by rowid range, not by the (type, ts) index, which would walk every batch's type again.
+        where = f"seq > ? AND seq <= ? AND +type IN ({', '.join('?' * len(wanted))})"
+        lo = 0
+        while lo < before - 1:
+            hi = min(lo + batch, before - 1)
+            with _immediate(self._db):
+                window = (lo, hi, *wanted)
+                rows = self._db.execute(
+                    f"SELECT type, count(*) FROM events WHERE {where} GROUP BY type", window
+                )
+                counts = Counter({str(t): int(c) for t, c in rows})
+                self._db.execute(f"DELETE FROM events WHERE {where}", window)
+            yield counts
+            lo = hi
+
+    def file_bytes(self) -> int:
+        """The bytes the log takes on disk: the database and its write-ahead log."""
+        return sum(
+            p.stat().st_size for p in (self.path, self.path.with_name(self.path.name + "-wal")) if p.exists()
+        )
+
+    def free_bytes(self) -> int:
+        """Bytes of free pages inside the file: deleted rows' space, reused by the next appends."""
+        pages = int(self._db.execute("PRAGMA freelist_count").get)
+        return pages * int(self._db.execute("PRAGMA page_size").get)
+
+    def vacuum(self) -> None:
+        """Rewrite the file without its free pages, giving the space back to the system. It holds the write
+        lock for the whole rewrite and needs free disk space the size of the log: never beside a gateway."""
+        self._db.execute("VACUUM")
+        # In WAL mode the rewritten file first lands in the -wal: fold it in and cut the -wal to nothing.
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def read_request(self, request_id: str) -> list[Entry]:
         rows = self._db.execute(

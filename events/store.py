@@ -7,7 +7,7 @@ Stores are synchronous: every call is short, and the log writer batches appends 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import Protocol
 
 from events.types import AnyEvent, Event, decode_event, encode_event, event_type
@@ -40,6 +40,30 @@ class LogStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+# Events read at once by the paged readers: bounds what a reader of the whole log holds.
+PAGE = 5000
+
+
+def iter_after(
+    store: LogStore,
+    seq: int,
+    types: Collection[str] | None = None,
+    upto: int | None = None,
+    page: int = PAGE,
+) -> Iterator[Entry]:
+    """Every event after `seq` (up to seq `upto` inclusive, of `types` if given), read `page` at a time: a
+    reader of the whole log holds one page, never the log."""
+    while True:
+        entries = store.read_after(seq, page, types)
+        for entry in entries:
+            if upto is not None and entry[0] > upto:
+                return
+            yield entry
+        if len(entries) < page:
+            return
+        seq = entries[-1][0]
 
 
 class MemoryStore:

@@ -13,9 +13,10 @@ import json
 import os
 import sys
 import time
-from collections import deque
-from collections.abc import Collection, Sequence
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
@@ -25,8 +26,9 @@ from actors.model_health import usable_keys
 from events.config_applied import last_config, view_of
 from events.op_stats import OperationalStats
 from events.replay import Replayed
+from events.retention import REMOVABLE
 from events.sqlite_store import SchemaVersionError, SqliteStore, StoreDamaged
-from events.store import Entry
+from events.store import PAGE, iter_after
 from events.types import (
     EVENT_TYPES,
     ConfigApplied,
@@ -45,7 +47,15 @@ from service import __version__
 from service.config import Config, ConfigError, load_config
 from service.replay_runner import run_replay
 from service.secrets import SecretsError, key_label, open_vault
-from service.server import DB_NAME, ServeError, check_keys, routing_settings, run_gateway
+from service.server import (
+    DB_NAME,
+    LOCK_NAME,
+    ServeError,
+    check_keys,
+    data_dir_lock,
+    routing_settings,
+    run_gateway,
+)
 
 # Set by scripts/switchboard, which runs from the checkout: the directory the command was typed in, against
 # which relative --config and --data-dir paths are resolved.
@@ -72,8 +82,9 @@ def _config(args: argparse.Namespace) -> Config:
     return replace(config, **overrides) if overrides else config
 
 
-def _store(config: Config) -> SqliteStore:
-    return SqliteStore(config.data_dir / DB_NAME)
+def _store(config: Config, *, read_only: bool = False) -> SqliteStore:
+    """The log; `read_only` for commands that only read (they then work on a read-only copy too)."""
+    return SqliteStore(config.data_dir / DB_NAME, read_only=read_only)
 
 
 def _projections(store: SqliteStore, config: Config) -> tuple[RoutingView, OperationalStats]:
@@ -92,7 +103,7 @@ def _recorded(config: Config) -> ConfigApplied | None:
     """The configuration the gateway last started with on this data dir, without creating a log."""
     if not (config.data_dir / DB_NAME).exists():
         return None
-    store = _store(config)
+    store = _store(config, read_only=True)
     try:
         return last_config(store)
     finally:
@@ -101,7 +112,7 @@ def _recorded(config: Config) -> ConfigApplied | None:
 
 def _read_view(config: Config) -> tuple[RoutingView, OperationalStats]:
     """The projections as of now, for commands that only read."""
-    store = _store(config)
+    store = _store(config, read_only=True)
     try:
         return _projections(store, config)
     finally:
@@ -233,7 +244,7 @@ def cmd_keys_check(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     config = _config(args)
-    store = _store(config)
+    store = _store(config, read_only=args.action == "list")
     try:
         view, stats = _projections(store, config)
         if args.action in ("enable", "disable"):
@@ -294,25 +305,34 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     return 0
 
 
+class UsageError(Exception):
+    """A command line that cannot be carried out as given; the message says what to give instead."""
+
+
+def _event_types(value: str | None) -> set[str] | None:
+    """The event types named in a comma-separated list (None: every type)."""
+    if not value:
+        return None
+    types = {t.strip() for t in value.split(",") if t.strip()}
+    unknown = sorted(types - set(EVENT_TAGS))
+    if unknown:
+        raise UsageError(
+            f"unknown event type {', '.join(repr(t) for t in unknown)}; known types: {', '.join(EVENT_TAGS)}"
+        )
+    return types
+
+
 def cmd_log_tail(args: argparse.Namespace) -> int:
-    types: set[str] | None = None
-    if args.type:
-        types = {t.strip() for t in args.type.split(",") if t.strip()}
-        unknown = sorted(types - set(EVENT_TAGS))
-        if unknown:
-            print(
-                f"error: unknown event type {', '.join(repr(t) for t in unknown)}; "
-                f"known types: {', '.join(EVENT_TAGS)}",
-                file=sys.stderr,
-            )
-            return 2
+    types = _event_types(args.type)
     config = _config(args)
-    store = _store(config)
+    store = _store(config, read_only=True)
     show = _print_json if args.json else _print_line
     try:
         upto = store.last_seq()
-        for seq, event in _last_events(store, args.n, types, upto):
+        # Where the last n begin, then a page at a time: however large n is, one page is held.
+        for seq, event in iter_after(store, store.seq_before_last(args.n, upto, types), types, upto):
             show(seq, event)
+        sys.stdout.flush()
         if not args.follow:
             return 0
         version = store.data_version()
@@ -323,37 +343,110 @@ def cmd_log_tail(args: argparse.Namespace) -> int:
             version = store.data_version()
             seen, upto = upto, store.last_seq()
             # Only what was committed up to `upto`: a later event is read on the next round, exactly once.
-            for seq, event in store.read_after(seen, None, types):
-                if seq <= upto:
-                    show(seq, event)
+            for seq, event in iter_after(store, seen, types, upto):
+                show(seq, event)
+            sys.stdout.flush()
     except KeyboardInterrupt:
         return 0
     finally:
         store.close()
 
 
-def _last_events(store: SqliteStore, n: int, types: Collection[str] | None, upto: int) -> list[Entry]:
-    """The last `n` events up to seq `upto`, of the given types only (filtered before counting)."""
-    if n <= 0:
-        return []
-    if types is None:
-        return [e for e in store.read_after(max(0, upto - n)) if e[0] <= upto][-n:]
-    last: deque[Entry] = deque(maxlen=n)
-    seq = 0
-    while entries := store.read_after(seq, 5000, types):
-        last.extend(e for e in entries if e[0] <= upto)
-        seq = entries[-1][0]
-        if seq >= upto:
-            break
-    return list(last)
+def cmd_log_export(args: argparse.Namespace) -> int:
+    """Every event (after --since, or from --after on, of --types) as JSON lines, a page at a time."""
+    types = _event_types(args.types)
+    config = _config(args)
+    store = _store(config, read_only=True)
+    out = sys.stdout.buffer
+    try:
+        seq = args.since or 0
+        if args.after is not None:
+            seq = max(seq, store.first_seq_at(_moment(args.after, "--after")) - 1)
+        upto = store.last_seq()  # what a gateway appends meanwhile waits for the next export
+        while rows := store.read_raw_after(seq, PAGE, types, upto):
+            # The stored JSON is the event with its type first: the seq goes in front, nothing is decoded.
+            out.write(b"".join(b'{"seq":%d,%s\n' % (s, data[1:]) for s, data in rows))
+            seq = rows[-1][0]
+        out.flush()
+    finally:
+        store.close()
+    return 0
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _moment(value: str, option: str) -> float:
+    """A point in time from a duration ago (`30d`, `12h`, `90m`, `2w`) or an ISO date or time (UTC unless it
+    names its zone)."""
+    text = value.strip()
+    if text[:-1].isdigit() and text[-1:] in _UNITS:
+        return time.time() - int(text[:-1]) * _UNITS[text[-1]]
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(
+            f"{option} {value!r} is neither a duration (30d, 12h, 90m, 2w) nor a date (2026-11-01, "
+            "2026-11-01T12:00)"
+        ) from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def cmd_log_compact(args: argparse.Namespace) -> int:
+    """Remove what no projection folds and replay does not need from before the cutoff (events/retention.py);
+    then give the space back (VACUUM) when no gateway holds the data dir."""
+    config = _config(args)
+    path = config.data_dir / DB_NAME
+    if not path.exists():
+        raise UsageError(f"no log at {path}: nothing to compact (check --data-dir)")
+    store = _store(config, read_only=args.dry_run)
+    try:
+        cutoff = args.before.strip()
+        before = int(cutoff) if cutoff.isdigit() else store.first_seq_at(_moment(cutoff, "--before"))
+        where = f"before seq {before:,}" + ("" if cutoff.isdigit() else f" (older than {cutoff})")
+        if args.dry_run:
+            removed = store.count_by_type(before, REMOVABLE)
+            _removal_report(f"would remove {removed.total():,} events {where}", removed)
+            return 0
+        size = store.file_bytes()
+        removed = Counter[str]()
+        for batch in store.delete_before(before, REMOVABLE):
+            removed += batch
+        _removal_report(f"removed {removed.total():,} events {where}", removed)
+        try:
+            with data_dir_lock(config.data_dir):
+                store.vacuum()
+        except ServeError:
+            # VACUUM rewrites the whole file under the write lock: a serving gateway's appends would wait for
+            # it past their busy timeout. The deleted rows' pages stay in the file and new events reuse them.
+            print(
+                f"file: {size:,} bytes, {store.free_bytes():,} of them now free pages that new events "
+                f"reuse; not shrunk, as a gateway holds {config.data_dir / LOCK_NAME}: stop it and run "
+                "this again to give the space back (VACUUM)"
+            )
+            return 0
+        print(f"file: {size:,} -> {store.file_bytes():,} bytes (VACUUM)")
+    finally:
+        store.close()
+    return 0
+
+
+def _removal_report(headline: str, removed: Counter[str]) -> None:
+    print(headline + (":" if removed else ""))
+    for tag, count in sorted(removed.items(), key=lambda kv: (-kv[1], kv[0])):
+        print(f"  {tag:<20} {count:>12,}")
+    print(
+        "kept: every configuration, lifecycle, key, model and session event, and every event a "
+        "projection folds"
+    )
 
 
 def _print_json(seq: int, event: Event) -> None:
-    print(f'{{"seq":{seq},"event":{encode_event(event).decode()}}}', flush=True)
+    print(f'{{"seq":{seq},"event":{encode_event(event).decode()}}}')
 
 
 def _print_line(seq: int, event: Event) -> None:
-    print(event_line(seq, event), flush=True)
+    print(event_line(seq, event))
 
 
 def event_line(seq: int, event: Event) -> str:
@@ -412,7 +505,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     """Replay recorded decisions under the live config (or a what-if config) and compare."""
     config = _config(args)
     path = config.data_dir / DB_NAME
-    store = _store(config)  # creates an empty log where there is none yet, like every command
+    store = _store(config, read_only=True)
     try:
         show_progress = sys.stderr.isatty() and store.last_seq() > 50_000
     finally:
@@ -591,6 +684,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tail.add_argument("--json", action="store_true", help='JSON lines: {"seq": N, "event": {...}}')
     tail.set_defaults(func=cmd_log_tail)
+    export = common(log.add_parser("export", help="every event as JSON lines (seq, ts, type, fields)"))
+    since = export.add_mutually_exclusive_group()
+    since.add_argument("--since", type=int, metavar="SEQ", help="only events after this seq (to resume)")
+    since.add_argument(
+        "--after", metavar="WHEN", help="only events from then on: a duration ago (30d, 12h) or a date"
+    )
+    export.add_argument("--types", help="only events of these types, comma-separated")
+    export.set_defaults(func=cmd_log_export)
+    compact = common(
+        log.add_parser(
+            "compact",
+            help="remove old per-request and decision records no projection needs, and shrink the file",
+        )
+    )
+    compact.add_argument(
+        "--before",
+        required=True,
+        metavar="WHEN",
+        help="the cutoff: a duration ago (30d), a date (2026-11-01, UTC), or a log seq (events below it)",
+    )
+    compact.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    compact.set_defaults(func=cmd_log_compact)
     rp = sub.add_parser("replay", help="re-run recorded routing decisions and compare (or what-if)")
     rp.add_argument(
         "--config",
@@ -624,7 +739,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         status: int = args.func(args)
         return status
-    except (ConfigError, SecretsError, StoreDamaged, SchemaVersionError) as exc:
+    except (ConfigError, SecretsError, StoreDamaged, SchemaVersionError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `switchboard log tail | head`: the reader has what it wanted
