@@ -15,13 +15,17 @@ configuration and folded from seq 0, one pass per distinct configuration.
 from __future__ import annotations
 
 import bisect
+import heapq
 import random
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
+
+import msgspec
 
 from events.config_applied import CONFIG_TAG, recorded_configs
 from events.decide import Decision, UnknownModel, decide
-from events.store import Entry, LogStore
+from events.store import PAGE, Entry, LogStore, iter_after
 from events.types import ConfigApplied, RouteDecided, event_tag
 from events.view import RoutingView
 
@@ -114,42 +118,128 @@ def by_config(targets: Targets, configs: list[Entry]) -> list[tuple[ConfigApplie
     return list(groups.values())
 
 
+class DecisionScan(NamedTuple):
+    """What a replay must know before it starts streaming decisions (events/replay.py `replay_stream`)."""
+
+    decisions: int
+    lag: int  # the most any decision's seq exceeds its view position: how far ahead to read decisions
+    last_needed: int  # the highest view position a decision was made at: the fold stops there
+    per_view: dict[int, int]  # decisions by the index of the view they replay on
+
+
+class _Position(msgspec.Struct, gc=False):  # the two fields of a decision record a scan reads
+    view_seq: int
+
+
+_position = msgspec.json.Decoder(_Position)
+
+
+def scan_decisions(
+    store: LogStore,
+    *,
+    from_seq: int | None = None,
+    to_seq: int | None = None,
+    which: Callable[[int], int] = lambda _seq: 0,
+    batch: int = PAGE,
+) -> DecisionScan:
+    """One pass over the decision records of a range, decoding only their view position and holding none."""
+    count, lag, last, per_view = 0, 0, 0, Counter[int]()  # lag 0 at least: see replay_stream
+    seq = (from_seq or 1) - 1
+    while rows := store.read_raw_after(seq, batch, _DECISIONS, to_seq):
+        for s, data in rows:
+            view_seq = _position.decode(data).view_seq
+            count += 1
+            lag, last = max(lag, s - view_seq), max(last, view_seq)
+            per_view[which(s)] += 1
+        seq = rows[-1][0]
+    return DecisionScan(count, lag, last, dict(per_view))
+
+
+def iter_decisions(
+    store: LogStore, *, from_seq: int | None = None, to_seq: int | None = None
+) -> Iterator[tuple[int, RouteDecided]]:
+    """The decision records of a range in log order, a page at a time."""
+    for s, e in iter_after(store, (from_seq or 1) - 1, _DECISIONS, to_seq):
+        if isinstance(e, RouteDecided):
+            yield s, e
+
+
 def replay(
     store: LogStore,
     view: RoutingView,
     targets: list[tuple[int, RouteDecided]],
     *,
     progress: Callable[[int, int], None] | None = None,
-    batch: int = 5000,
+    batch: int = PAGE,
 ) -> Iterator[Replayed]:
-    """Yield the replay of each target, in order of the view position it was decided on. `view` must be
-    fresh (nothing folded)."""
-    pending = sorted(targets, key=lambda t: replay_order(*t))
-    if not pending:
-        return
-    last_needed = pending[-1][1].view_seq
-    i, seq = 0, 0
-    while i < len(pending):
+    """Yield the replay of each target (any order), in order of the view position it was decided on.
+    `view` must be fresh (nothing folded)."""
+    ordered = sorted(targets, key=lambda t: t[0])
+    lag = max([0, *(s - d.view_seq for s, d in ordered)])
+    last_needed = max((d.view_seq for _, d in ordered), default=0)
+    yield from replay_stream(
+        store, [view], iter(ordered), lag=lag, last_needed=last_needed, progress=progress, batch=batch
+    )
+
+
+def replay_stream(
+    store: LogStore,
+    views: Sequence[RoutingView],
+    decisions: Iterator[tuple[int, RouteDecided]],
+    *,
+    lag: int,
+    last_needed: int,
+    which: Callable[[int], int] = lambda _seq: 0,
+    progress: Callable[[int, int], None] | None = None,
+    batch: int = PAGE,
+) -> Iterator[Replayed]:
+    """Yield the replay of each decision, in log order in `decisions`, in order of the view position it was
+    decided on, each on `views[which(seq)]` (every view is fresh and folds the same log, in one pass).
+
+    A decision is appended after it was made, at most `lag` seqs after its view position (`scan_decisions`
+    measures it), so once the decisions up to seq P + lag are read, every one made on a view before P is in
+    hand: decisions are held only for that window, never the whole log's."""
+    window: list[tuple[tuple[int, float, int], RouteDecided]] = []  # a heap in replay order
+    upcoming = next(decisions, None)
+
+    def read_upto(limit: float) -> None:
+        nonlocal upcoming
+        while upcoming is not None and upcoming[0] <= limit:
+            heapq.heappush(window, (replay_order(*upcoming), upcoming[1]))
+            upcoming = next(decisions, None)
+
+    def evaluate() -> Replayed:
+        (_, _, seq), recorded = heapq.heappop(window)
+        return _evaluate(views[which(seq)], seq, recorded)
+
+    seq = 0
+    while seq < last_needed:
         # Only what the view folds: the decisions, requests and completions are most of the log's bytes.
-        entries = store.read_after(seq, batch, RoutingView.FOLDED_TAGS) if seq < last_needed else []
+        entries = store.read_after(seq, batch, RoutingView.FOLDED_TAGS)
         if not entries:
-            while i < len(pending):  # every remaining decision saw all of the log we have
-                yield _evaluate(view, *pending[i])
-                i += 1
-            return
+            break
         seqs = [s for s, _ in entries]
+        read_upto(seqs[-1] + lag)
         done = 0
         # Fold in slices up to each decision's view position (a tight loop), evaluate it there.
-        while i < len(pending) and pending[i][1].view_seq < seqs[-1]:
-            upto = bisect.bisect_right(seqs, pending[i][1].view_seq, lo=done)
-            view.apply_all(entries[done:upto])
+        while window and window[0][0][0] < seqs[-1]:
+            upto = bisect.bisect_right(seqs, window[0][0][0], lo=done)
+            for view in views:
+                view.apply_all(entries[done:upto])
             done = upto
-            yield _evaluate(view, *pending[i])
-            i += 1
-        view.apply_all(entries[done:])
+            yield evaluate()
+        for view in views:
+            view.apply_all(entries[done:])
         seq = seqs[-1]
         if progress is not None:
             progress(seq, last_needed)
+    # Every decision left saw all of the log folded so far; in replay order still, as the window allows.
+    while upcoming is not None:
+        read_upto(upcoming[0])
+        while window and (upcoming is None or window[0][0][0] + lag < upcoming[0]):
+            yield evaluate()
+    while window:
+        yield evaluate()
 
 
 def replay_order(seq: int, recorded: RouteDecided) -> tuple[int, float, int]:

@@ -27,6 +27,13 @@ class LogStore(Protocol):
         whose type tag is in `types` when given (the others are not even decoded)."""
         ...
 
+    def read_raw_after(
+        self, seq: int, limit: int, types: Collection[str] | None = None, upto: int | None = None
+    ) -> list[tuple[int, bytes]]:
+        """What `read_after` reads (`upto`: no seq above it), as the stored JSON, not decoded: for readers
+        that need a field or two, or output that needs no event."""
+        ...
+
     def read_request(self, request_id: str) -> list[Entry]:
         """Every event of one request, in order."""
         ...
@@ -94,6 +101,14 @@ class MemoryStore:
         if limit is not None:
             rows = rows[:limit]
         return [(s, decode_event(data)) for s, data in rows]
+
+    def read_raw_after(
+        self, seq: int, limit: int, types: Collection[str] | None = None, upto: int | None = None
+    ) -> list[tuple[int, bytes]]:
+        rows = self._rows[max(seq, 0) : len(self._rows) if upto is None else max(upto, 0)]
+        if types is not None:
+            rows = [row for row in rows if self._types[row[0] - 1] in types]
+        return rows[:limit]
 
     def read_request(self, request_id: str) -> list[Entry]:
         return [(s, e) for s, e in self.read_after(0) if e.request_id == request_id]

@@ -511,6 +511,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     finally:
         store.close()
     started = time.perf_counter()
+
+    def show(r: Replayed) -> None:
+        print(explain(r) if args.explain else _change_line(r))
+
     run = run_replay(
         path,
         routing_settings(config).new_view,  # a what-if; without --config, for decisions the log has no
@@ -522,6 +526,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         progress=_progress_bar if show_progress else None,
         parallel=None if args.processes is None else args.processes == 2,
         config_from_log=not args.config,
+        on_result=show,
     )
     elapsed = time.perf_counter() - started
     if show_progress:
@@ -529,10 +534,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if not run.total:
         print("no recorded decisions match" + (f" request {args.request}" if args.request else ""))
         return 1 if args.request else 0
-    changed = [r for r in run.results if not r.matches]
-    for r in run.results:
-        print(explain(r) if args.explain else _change_line(r))
-    total = run.total
+    changed, total = run.changed, run.total
     if run.unrecorded:
         print(
             f"note: {run.unrecorded} of {total} decisions predate the configuration this log records (an "
@@ -541,14 +543,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
         )
     rate = f"{run.events / elapsed:,.0f} events/s" if elapsed > 0 else ""
     summary = (
-        f"{total - len(changed)} of {total} decisions reproduced "
-        f"({100 * (total - len(changed)) / total:.1f}%); {run.events} events folded, {rate}"
+        f"{total - changed} of {total} decisions reproduced "
+        f"({100 * (total - changed) / total:.1f}%); {run.events} events folded, {rate}"
         + (f"; under {run.configs} recorded configurations" if run.configs > 1 and not args.config else "")
         + (f" ({run.processes} processes)" if run.processes > 1 else "")
     )
     if changed and args.config:
         # Under another config differences are the point: what its routing settings would have done.
-        print(f"what-if under {args.config}: {len(changed)} of {total} decisions would change; {summary}")
+        print(f"what-if under {args.config}: {changed} of {total} decisions would change; {summary}")
         return 0
     print(summary)
     return 0 if not changed else 1

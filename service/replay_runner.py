@@ -2,10 +2,14 @@
 
 Replaying a range of the log is independent of replaying another: each needs only the view folded up to its
 decisions. So a long replay forks once: the child re-decides the decisions recorded in the first part of the
-log, the parent folds through that part (folding is cheap next to deciding) and re-decides the rest, and
-the child sends back how many it replayed and, for the ones that differ, what it chose instead (the parent
-reads their records itself: a what-if may change most decisions). The split is where both finish together:
-the parent folds the child's part too, so the child takes a little more than half of the decisions.
+log, the parent folds through that part (folding is cheap next to deciding) and re-decides the rest; each
+writes the decisions that differ to a temporary file as it goes (a what-if may change most of them), and
+the two files, each in replay order, are merged at the end. The split is where both finish together: the
+parent folds the child's part too, so the child takes a little more than half of the decisions.
+
+Memory stays flat whatever the log's length: decisions are read a page at a time and held only while they
+wait for the fold to reach their view (events/replay.py `replay_stream`), results go to the caller (or the
+file) as they come, and only counts are kept.
 
 No database connection is open across the fork (SQLite forbids carrying one into a child): the caller's
 store is not used, each process opens its own. The child stops if the parent goes away. Forking is skipped
@@ -14,28 +18,42 @@ has no fork), other threads running (a fork copies only the calling one), a rang
 PARALLEL_MIN_EVENTS, or when every result is wanted (`--explain` prints them all).
 
 Which configuration each decision is replayed under: with `config_from_log`, the one the gateway recorded
-(`ConfigApplied`) before making it (events/replay.py `by_config`; `new_view` only for decisions older than
-any record); without, `new_view` for every decision (a what-if, or a log of the caller's own making).
+(`ConfigApplied`) before making it (`new_view` only for decisions older than any record); without,
+`new_view` for every decision (a what-if, or a log of the caller's own making). One pass over the log
+folds a view per configuration used.
 """
 
 from __future__ import annotations
 
+import bisect
 import functools
+import heapq
 import os
 import pickle
 import signal
 import sys
+import tempfile
 import threading
 import traceback
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO
 
-from events.config_applied import view_of
-from events.replay import Replayed, by_config, replay, replay_order, select_decisions, select_with_configs
+import msgspec
+
+from events.config_applied import recorded_configs, view_of
+from events.replay import (
+    Replayed,
+    iter_decisions,
+    replay_order,
+    replay_stream,
+    scan_decisions,
+    select_decisions,
+)
 from events.sqlite_store import SqliteStore
-from events.types import RouteDecided
+from events.types import ConfigApplied, RouteDecided
 from events.view import RoutingView
 
 PARALLEL_MIN_EVENTS = 20_000  # below this a fork (~10 ms) is a large share of the replay
@@ -47,23 +65,22 @@ CHILD_SHARE = 0.6
 @dataclass(frozen=True)
 class ReplayRun:
     total: int  # decisions replayed
-    results: list[Replayed]  # every result (keep_all) or only those that differ, in replay order
+    changed: int  # of them, those that did not reproduce
     events: int  # the log position the last decision was made at: how much of the log was folded
     processes: int
     configs: int = 1  # distinct configurations the decisions were replayed under
     unrecorded: int = 0  # with config_from_log: decisions older than any recorded configuration
 
 
-Targets = list[tuple[int, RouteDecided]]
-# Decisions replayed on one kind of view: its factory, the decisions, and the configuration's hash (None:
-# `new_view`, the caller's).
-Group = tuple[Callable[[], RoutingView], Targets, str | None]
+# Where results go as they come, in replay order: every one (keep_all) or only those that differ. Nothing
+# is kept here (a log of millions of decisions replays in the memory of one page and one view).
+OnResult = Callable[[Replayed], None]
 
 
 @dataclass(frozen=True)
 class _Part:  # what one process replayed
     total: int
-    results: list[Replayed]
+    changed: int
     events: int
     configs: frozenset[str | None]
     unrecorded: int
@@ -80,15 +97,18 @@ def run_replay(
     progress: Callable[[int, int], None] | None = None,
     parallel: bool | None = None,
     config_from_log: bool = False,
+    on_result: OnResult | None = None,
 ) -> ReplayRun:
-    """Replay the decisions selected like `select_decisions` does. `parallel`: None decides by itself, True
-    forks whenever the selection is a log range, only the differences are wanted and `os.fork` exists.
-    `config_from_log`: each decision under the configuration recorded when it was made (see above)."""
-    store = SqliteStore(path)
+    """Replay the decisions of a request or a log range (default: all). `parallel`: None decides by itself,
+    True forks whenever the selection is a log range, only the differences are wanted and `os.fork` exists.
+    `config_from_log`: each decision under the configuration recorded when it was made (see above).
+    `on_result` gets each result wanted (every one with `keep_all`, else those that differ)."""
+    store = SqliteStore(path, read_only=True)
     try:
         last = store.last_seq()
     finally:
         store.close()
+    emit = on_result or (lambda _r: None)
     # Forking splits by log range: a selection by request, or every result kept, stays in one process.
     splittable = request_id is None and not keep_all
     start, end = from_seq or 1, last if to_seq is None else min(to_seq, last)
@@ -100,11 +120,11 @@ def run_replay(
         )
     if not (parallel and splittable and end > start and hasattr(os, "fork")):
         selection = _Selection(new_view, config_from_log, request_id, from_seq, to_seq)
-        return _serial(path, selection, keep_all, progress)
+        return _serial(path, selection, keep_all, progress, emit)
     split = start + int((end - start) * CHILD_SHARE)
     head = _Selection(new_view, config_from_log, None, start, split)
     tail = _Selection(new_view, config_from_log, None, split + 1, end)
-    return _forked(path, head, tail, progress)
+    return _forked(path, head, tail, progress, emit)
 
 
 @dataclass(frozen=True)
@@ -115,33 +135,20 @@ class _Selection:
     from_seq: int | None
     to_seq: int | None
 
-    def groups(self, store: SqliteStore) -> list[Group]:
-        where: dict[str, Any] = {
-            "request_id": self.request_id,
-            "from_seq": self.from_seq,
-            "to_seq": self.to_seq,
-        }
-        if not self.config_from_log:
-            return [(self.new_view, select_decisions(store, **where), None)]
-        targets, configs = select_with_configs(store, **where)
-        groups: list[Group] = [
-            (functools.partial(view_of, config), some, config.hash)
-            if config is not None
-            else (self.new_view, some, None)
-            for config, some in by_config(targets, configs)
-        ]
-        return groups or [(self.new_view, [], None)]
-
 
 def _serial(
-    path: Path, selection: _Selection, keep_all: bool, progress: Callable[[int, int], None] | None
+    path: Path,
+    selection: _Selection,
+    keep_all: bool,
+    progress: Callable[[int, int], None] | None,
+    emit: OnResult,
 ) -> ReplayRun:
-    store = SqliteStore(path)
+    store = SqliteStore(path, read_only=True)
     try:
-        part = _replay_part(store, selection, keep_all, progress)
+        part = _replay_part(store, selection, keep_all, progress, emit)
     finally:
         store.close()
-    return ReplayRun(part.total, part.results, part.events, 1, _count(part.configs), part.unrecorded)
+    return ReplayRun(part.total, part.changed, part.events, 1, _count(part.configs), part.unrecorded)
 
 
 def _replay_part(
@@ -149,31 +156,65 @@ def _replay_part(
     selection: _Selection,
     keep_all: bool,
     progress: Callable[[int, int], None] | None,
+    emit: OnResult,
 ) -> _Part:
-    """Replay each group on its own fresh view (one fold of the log each); results in replay order."""
-    groups = selection.groups(store)
-    needed = [max((t[1].view_seq for t in targets), default=0) for _, targets, _ in groups]
-    results: list[Replayed] = []
-    done = 0
-    for (new_view, targets, _), upto in zip(groups, needed, strict=True):
-        report = progress
-        if progress is not None and len(groups) > 1:  # one bar across every pass
+    """Replay the selection in one pass over the log: one fresh view per configuration the decisions were
+    made under, every view folding the same events; results in replay order."""
+    # The configurations in force (by hash, a configuration that came back is one view): the last recorded
+    # before each decision; None (`new_view`) before any, or for every decision without config_from_log.
+    configs = recorded_configs(store, upto=selection.to_seq) if selection.config_from_log else []
+    bounds = [s for s, _ in configs]
+    keys: list[str | None] = [None]
+    factories: list[Callable[[], RoutingView]] = [selection.new_view]
+    index: dict[str | None, int] = {None: 0}
+    of_config = [0]  # view index per entry of `configs`, after the one for "before any"
+    for _, config in configs:
+        assert isinstance(config, ConfigApplied)
+        if config.hash not in index:
+            index[config.hash] = len(keys)
+            keys.append(config.hash)
+            factories.append(functools.partial(view_of, config))
+        of_config.append(index[config.hash])
 
-            def report(seq: int, _total: int, before: int = done) -> None:
-                progress(before + seq, sum(needed))
+    def which(seq: int) -> int:
+        return of_config[bisect.bisect_left(bounds, seq)]
 
-        results += [
-            r for r in replay(store, new_view(), targets, progress=report) if keep_all or not r.matches
-        ]
-        done += upto
-    if len(groups) > 1:
-        results.sort(key=lambda r: replay_order(r.seq, r.recorded))
+    if selection.request_id is not None:
+        found = select_decisions(store, request_id=selection.request_id)
+        per_view = Counter(which(s) for s, _ in found)
+        lag = max([0, *(s - d.view_seq for s, d in found)])
+        last_needed = max((d.view_seq for _, d in found), default=0)
+        decisions: Iterator[tuple[int, RouteDecided]] = iter(found)
+        total = len(found)
+    else:
+        lo, hi = selection.from_seq, selection.to_seq
+        scan = scan_decisions(store, from_seq=lo, to_seq=hi, which=which)
+        per_view = Counter(scan.per_view)
+        lag, last_needed, total = scan.lag, scan.last_needed, scan.decisions
+        decisions = iter_decisions(store, from_seq=lo, to_seq=hi)
+    # A view only for the configurations some decision was made under: each costs a fold of the log.
+    used = sorted(per_view)
+    views = [factories[i] for i in used]
+    position = {i: n for n, i in enumerate(used)}
+    changed = 0
+    for r in replay_stream(
+        store,
+        [new() for new in views],
+        decisions,
+        lag=lag,
+        last_needed=last_needed,
+        which=lambda seq: position[which(seq)],
+        progress=progress,
+    ):
+        changed += not r.matches
+        if keep_all or not r.matches:
+            emit(r)
     return _Part(
-        total=sum(len(targets) for _, targets, _ in groups),
-        results=results,
-        events=max(needed, default=0),
-        configs=frozenset(key for _, targets, key in groups if targets),
-        unrecorded=sum(len(t) for _, t, key in groups if key is None) if selection.config_from_log else 0,
+        total=total,
+        changed=changed,
+        events=last_needed,
+        configs=frozenset(keys[i] for i in used),
+        unrecorded=per_view[0] if selection.config_from_log else 0,
     )
 
 
@@ -181,76 +222,104 @@ def _count(configs: frozenset[str | None]) -> int:
     return max(1, len(configs))
 
 
-# What the child sends back per decision that differs: (seq, recomputed choice, named model unknown).
-_Changed = tuple[int, tuple[str | None, str | None], bool]
+class _Changed(msgspec.Struct, array_like=True, gc=False):
+    """A decision that did not reproduce, as a forked replay writes it to its results file."""
+
+    seq: int
+    recorded: RouteDecided
+    recomputed: tuple[str | None, str | None]
+    unknown_model: bool
+
+
+_changed_decoder = msgspec.json.Decoder(_Changed)
+
+
+def _write_changed(sink: IO[bytes]) -> OnResult:
+    def write(r: Replayed) -> None:
+        sink.write(msgspec.json.encode(_Changed(r.seq, r.recorded, r.recomputed, r.unknown_model)) + b"\n")
+
+    return write
+
+
+def _read_changed(source: IO[bytes]) -> Iterator[Replayed]:
+    source.seek(0)
+    for line in source:
+        c = _changed_decoder.decode(line)
+        yield Replayed(c.seq, c.recorded, None, False, c.recomputed, c.unknown_model)
 
 
 def _forked(
-    path: Path, head: _Selection, tail: _Selection, progress: Callable[[int, int], None] | None
+    path: Path,
+    head: _Selection,
+    tail: _Selection,
+    progress: Callable[[int, int], None] | None,
+    emit: OnResult,
 ) -> ReplayRun:
+    """The child replays `head`, the parent `tail`; each writes the decisions that differ to its own
+    temporary file as they come, and the two files, each in replay order, are merged into `emit`."""
     sys.stdout.flush()
     sys.stderr.flush()
     parent = os.getpid()
     read_end, write_end = os.pipe()
     reaped = False
-    pid = os.fork()
-    if pid == 0:  # the child: never returns, whatever happens
-        try:
-            os.close(read_end)
-
-            def parent_alive(_done: int, _total: int) -> None:  # called once per batch of the log
-                if os.getppid() != parent:
-                    os._exit(1)  # the parent was killed: nobody wants the answer
-
+    with tempfile.TemporaryFile() as child_results, tempfile.TemporaryFile() as own_results:
+        pid = os.fork()
+        if pid == 0:  # the child: never returns, whatever happens
             try:
-                store = SqliteStore(path)
+                os.close(read_end)
+
+                def parent_alive(_done: int, _total: int) -> None:  # called once per batch of the log
+                    if os.getppid() != parent:
+                        os._exit(1)  # the parent was killed: nobody wants the answer
+
                 try:
-                    part = _replay_part(store, head, False, parent_alive)
+                    store = SqliteStore(path, read_only=True)
+                    try:
+                        part = _replay_part(store, head, False, parent_alive, _write_changed(child_results))
+                    finally:
+                        store.close()
+                    child_results.flush()
+                    answer = (part.total, part.changed, part.events, part.configs, part.unrecorded)
+                    payload = pickle.dumps(("ok", answer))
+                except BaseException:  # the parent raises it with this traceback
+                    payload = pickle.dumps(("error", traceback.format_exc()))
+                with os.fdopen(write_end, "wb") as sink:
+                    sink.write(payload)
+            finally:
+                os._exit(0)
+        try:
+            os.close(write_end)
+            with os.fdopen(read_end, "rb") as pipe:
+                store = SqliteStore(path, read_only=True)
+                try:
+                    part = _replay_part(store, tail, False, progress, _write_changed(own_results))
                 finally:
                     store.close()
-                changed: list[_Changed] = [(r.seq, r.recomputed, r.unknown_model) for r in part.results]
-                answer = (part.total, changed, part.events, part.configs, part.unrecorded)
-                payload = pickle.dumps(("ok", answer))
-            except BaseException:  # the parent raises it with this traceback
-                payload = pickle.dumps(("error", traceback.format_exc()))
-            with os.fdopen(write_end, "wb") as sink:
-                sink.write(payload)
-        finally:
-            os._exit(0)
-    try:
-        os.close(write_end)
-        with os.fdopen(read_end, "rb") as pipe:
-            store = SqliteStore(path)
-            try:
-                part = _replay_part(store, tail, False, progress)
-                results = part.results
                 payload = pipe.read()
                 _, status = os.waitpid(pid, 0)
                 reaped = True
-                if not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0) or not payload:
-                    raise RuntimeError(f"the replay worker process died (wait status {status})")
-                outcome, value = pickle.loads(payload)
-                if outcome != "ok":
-                    raise RuntimeError(f"the replay worker process failed:\n{value}")
-                child_total, child_changed, child_events, child_configs, child_unrecorded = value
-                if child_changed:
-                    records = dict(select_decisions(store, from_seq=head.from_seq, to_seq=head.to_seq))
-                    results += [
-                        Replayed(seq, records[seq], None, False, recomputed, unknown)
-                        for seq, recomputed, unknown in child_changed
-                    ]
-            finally:
-                store.close()
-        merged = sorted(results, key=lambda r: replay_order(r.seq, r.recorded))
-        return ReplayRun(
-            part.total + child_total,
-            merged,
-            max(part.events, child_events),
-            2,
-            _count(part.configs | child_configs),
-            part.unrecorded + child_unrecorded,
-        )
-    finally:
-        if not reaped:  # interrupted or failed before the child was waited for
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+            if not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0) or not payload:
+                raise RuntimeError(f"the replay worker process died (wait status {status})")
+            outcome, value = pickle.loads(payload)
+            if outcome != "ok":
+                raise RuntimeError(f"the replay worker process failed:\n{value}")
+            child_total, child_changed, child_events, child_configs, child_unrecorded = value
+            own_results.flush()
+            for r in heapq.merge(
+                _read_changed(child_results),
+                _read_changed(own_results),
+                key=lambda r: replay_order(r.seq, r.recorded),
+            ):
+                emit(r)
+            return ReplayRun(
+                part.total + child_total,
+                part.changed + child_changed,
+                max(part.events, child_events),
+                2,
+                _count(part.configs | child_configs),
+                part.unrecorded + child_unrecorded,
+            )
+        finally:
+            if not reaped:  # interrupted or failed before the child was waited for
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)

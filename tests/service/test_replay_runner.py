@@ -43,6 +43,15 @@ def logged(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, MemoryStore]
     return path, memory
 
 
+def replayed(
+    path: Path, new_view: Callable[[], RoutingView], **kw: object
+) -> tuple[ReplayRun, list[Replayed]]:
+    """`run_replay` and the results it passed on, in the order it passed them."""
+    results: list[Replayed] = []
+    run = run_replay(path, new_view, on_result=results.append, **kw)  # type: ignore[arg-type]
+    return run, results
+
+
 def no_child_left() -> bool:
     try:
         os.waitpid(-1, os.WNOHANG)
@@ -59,10 +68,12 @@ def test_forked_and_serial_replays_agree_on_a_log_that_reproduces(logged: tuple[
     path, memory = logged
     decisions = [(s, e) for s, e in memory.read_after(0) if isinstance(e, RouteDecided)]
     assert len(decisions) > 200
-    serial = run_replay(path, new_view, parallel=False)
-    forked = run_replay(path, new_view, parallel=True)
-    assert serial == ReplayRun(len(decisions), [], max(d.view_seq for _, d in decisions), 1)
-    assert forked == ReplayRun(serial.total, [], serial.events, 2)
+    (serial, serial_results), (forked, forked_results) = (
+        replayed(path, new_view, parallel=p) for p in (False, True)
+    )
+    assert serial == ReplayRun(len(decisions), 0, max(d.view_seq for _, d in decisions), 1)
+    assert forked == ReplayRun(serial.total, 0, serial.events, 2)
+    assert serial_results == forked_results == []
     assert no_child_left()
 
 
@@ -72,12 +83,12 @@ def test_forked_and_serial_replays_agree_on_a_range(
 ) -> None:
     path, memory = logged
     expected = select_decisions(memory, from_seq=from_seq, to_seq=to_seq)
-    runs = [run_replay(path, new_view, from_seq=from_seq, to_seq=to_seq, parallel=p) for p in (False, True)]
-    assert [(r.total, r.results, r.processes) for r in runs] == [
-        (len(expected), [], 1),
-        (len(expected), [], 2),
+    runs = [replayed(path, new_view, from_seq=from_seq, to_seq=to_seq, parallel=p) for p in (False, True)]
+    assert [(r.total, r.changed, results, r.processes) for r, results in runs] == [
+        (len(expected), 0, [], 1),
+        (len(expected), 0, [], 2),
     ]
-    assert runs[0].events == runs[1].events
+    assert runs[0][0].events == runs[1][0].events
     assert no_child_left()
 
 
@@ -87,23 +98,25 @@ def test_a_what_if_reports_the_same_changes_in_the_same_order_forked_or_not(
 ) -> None:
     path, memory = logged
     factory = WHAT_IFS[what_if]
-    serial = run_replay(path, factory, parallel=False)
-    forked = run_replay(path, factory, parallel=True)
+    serial, serial_results = replayed(path, factory, parallel=False)
+    forked, forked_results = replayed(path, factory, parallel=True)
     assert (forked.total, forked.events, forked.processes) == (serial.total, serial.events, 2)
-    assert summary(forked.results) == summary(serial.results)
-    assert [(r.recorded, r.unknown_model) for r in forked.results] == [
-        (r.recorded, r.unknown_model) for r in serial.results
+    assert forked.changed == serial.changed == len(serial_results)
+    assert summary(forked_results) == summary(serial_results)
+    assert [(r.recorded, r.unknown_model) for r in forked_results] == [
+        (r.recorded, r.unknown_model) for r in serial_results
     ]
-    # The child sends back only what it chose instead; the parent's own results keep their decisions.
+    # Both processes pass on what each chose instead, through a file: not the decision itself.
     split = 1 + int((memory.last_seq() - 1) * CHILD_SHARE)
-    assert all((r.decision is None) == (r.seq <= split) for r in forked.results if not r.unknown_model)
+    assert all(r.decision is None for r in forked_results)
+    assert all(r.decision is not None for r in serial_results if not r.unknown_model)
     # The changes are real, come from both processes' parts, and are in replay order, as a replay in memory
     # lists them.
     in_memory = [r for r in replay(memory, factory(), select_decisions(memory)) if not r.matches]
-    assert summary(forked.results) == summary(in_memory)
-    assert any(r.seq <= split for r in forked.results)
-    assert any(r.seq > split for r in forked.results)
-    orders = [replay_order(r.seq, r.recorded) for r in forked.results]
+    assert summary(forked_results) == summary(in_memory)
+    assert any(r.seq <= split for r in forked_results)
+    assert any(r.seq > split for r in forked_results)
+    orders = [replay_order(r.seq, r.recorded) for r in forked_results]
     assert orders == sorted(orders)
     assert no_child_left()
 
@@ -112,12 +125,12 @@ def test_keep_all_returns_every_result(logged: tuple[Path, MemoryStore]) -> None
     path, memory = logged
     total = len(select_decisions(memory))
     for parallel in (None, False):
-        run = run_replay(path, new_view, keep_all=True, parallel=parallel)
-        assert (run.total, len(run.results), run.processes) == (total, total, 1)
-        assert all(r.matches for r in run.results)
-    changed = run_replay(path, WHAT_IFS["transient cooldown 1 ms"], keep_all=True)
-    assert len(changed.results) == total
-    assert 0 < sum(not r.matches for r in changed.results) < total
+        run, results = replayed(path, new_view, keep_all=True, parallel=parallel)
+        assert (run.total, len(results), run.processes, run.changed) == (total, total, 1, 0)
+        assert all(r.matches for r in results)
+    changed, results = replayed(path, WHAT_IFS["transient cooldown 1 ms"], keep_all=True)
+    assert len(results) == total
+    assert 0 < sum(not r.matches for r in results) == changed.changed < total
 
 
 def test_a_failure_in_the_child_is_raised_in_the_parent_with_its_traceback(
@@ -194,9 +207,9 @@ def test_by_default_only_a_long_log_is_replayed_forked(
 )
 def test_forcing_parallel_keeps_the_selection(logged: tuple[Path, MemoryStore], selection: dict) -> None:
     path, _ = logged
-    serial = run_replay(path, new_view, parallel=False, **selection)
-    forked = run_replay(path, new_view, parallel=True, **selection)
-    assert (forked.total, len(forked.results)) == (serial.total, len(serial.results))
+    serial, serial_results = replayed(path, new_view, parallel=False, **selection)
+    forked, forked_results = replayed(path, new_view, parallel=True, **selection)
+    assert (forked.total, len(forked_results)) == (serial.total, len(serial_results))
 
 
 # -- Configurations from the log
@@ -225,16 +238,18 @@ def test_forked_and_serial_replays_take_each_configuration_from_the_log(
     split = 1 + int((memory.last_seq() - 1) * CHILD_SHARE)
     assert configs[1] < split < configs[2]  # the parent's part starts under a configuration the child's holds
     for parallel in (False, True):
-        run = run_replay(
+        run, results = replayed(
             path, new_view, from_seq=from_seq, to_seq=to_seq, parallel=parallel, config_from_log=True
         )
-        assert (run.total, run.results, run.unrecorded) == (len(expected), [], 0)
+        assert (run.total, results, run.unrecorded) == (len(expected), [], 0)
         assert run.processes == (2 if parallel else 1)
     whole = run_replay(path, new_view, parallel=False, config_from_log=True)
     assert whole.configs == 2
     # The same log under one configuration (a what-if): B's decisions change, forked or not alike.
-    serial, forked = (run_replay(path, new_view, parallel=p) for p in (False, True))
-    assert serial.results and summary(forked.results) == summary(serial.results)
+    (serial, serial_results), (forked, forked_results) = (
+        replayed(path, new_view, parallel=p) for p in (False, True)
+    )
+    assert serial_results and summary(forked_results) == summary(serial_results)
     assert (serial.configs, forked.configs) == (1, 1)
 
 
@@ -249,5 +264,5 @@ def test_decisions_older_than_any_recorded_configuration_replay_under_the_given_
     total = len(select_decisions(memory))
     for parallel in (False, True):
         run = run_replay(path, new_view, parallel=parallel, config_from_log=True)
-        assert (run.total, run.results, run.unrecorded, run.configs) == (total, [], old, 2)
+        assert (run.total, run.changed, run.unrecorded, run.configs) == (total, 0, old, 2)
     assert 0 < old < total
