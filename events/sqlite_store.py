@@ -95,6 +95,9 @@ class SqliteStore:
         try:
             # Busy timeout first: the pragmas and migrations below may meet another process's lock.
             self._db.set_busy_timeout(BUSY_TIMEOUT_MS)
+            if self._db.readonly("main"):
+                # SQLite opens a file it may not write read-only without a word; the first append would fail.
+                raise apsw.ReadOnlyError
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = NORMAL")
             self._migrate()
