@@ -2,19 +2,22 @@
 compare. Under the same config every decision must reproduce; under another config (a what-if) the
 differences are what that policy change would have done.
 
-One pass over the log: decisions are sorted by the view position they recorded (`view_seq`), and each is
-evaluated when the fold reaches that position, so the cost is one fold of the log plus one `decide` each.
+One pass over the log: decisions are taken in order of the view position they recorded (`view_seq`), and
+each is evaluated when the fold reaches that position, so the cost is one fold of the log plus one `decide`
+each. Decisions are read a page at a time alongside the fold and held only until it reaches them
+(`replay_stream`): a replay of millions of them holds a window of them, not the log.
 
 Across configuration changes: a gateway builds its view from its configuration at start and folds the whole
 log into it, from seq 0, whatever configuration the older events were written under. It records that
 configuration (`ConfigApplied`) when it changed, so each decision was made under the last one recorded
-before it. `by_config` groups the decisions so; each group is replayed on a view built from its
-configuration and folded from seq 0, one pass per distinct configuration.
+before it (`ConfigViews`). One pass over the log folds a view per configuration decisions were made under,
+each built from its configuration, and replays every decision on its own.
 """
 
 from __future__ import annotations
 
 import bisect
+import functools
 import heapq
 import random
 from collections import Counter
@@ -23,7 +26,7 @@ from typing import NamedTuple
 
 import msgspec
 
-from events.config_applied import CONFIG_TAG, recorded_configs
+from events.config_applied import view_of
 from events.decide import Decision, UnknownModel, decide
 from events.store import PAGE, Entry, LogStore, iter_after
 from events.types import ConfigApplied, RouteDecided, event_tag
@@ -42,7 +45,6 @@ class Replayed(NamedTuple):  # one per decision of a replay: a tuple is the chea
 
 
 _DECISIONS = frozenset({event_tag(RouteDecided)})
-_DECISIONS_AND_CONFIGS = _DECISIONS | {CONFIG_TAG}
 Targets = list[tuple[int, RouteDecided]]
 
 
@@ -70,52 +72,28 @@ def select_decisions(
         seq = entries[-1][0]
 
 
-def select_with_configs(
-    store: LogStore,
-    *,
-    request_id: str | None = None,
-    from_seq: int | None = None,
-    to_seq: int | None = None,
-    batch: int = 5000,
-) -> tuple[Targets, list[Entry]]:
-    """What `select_decisions` selects, and the `ConfigApplied` records that may be in force for them (every
-    one before the last selected decision). From the start of the log this is the same single pass."""
-    if request_id is not None or (from_seq or 1) > 1:
-        # (The configs before the range cost one more pass over the log, reading only their type.)
-        some = select_decisions(store, request_id=request_id, from_seq=from_seq, to_seq=to_seq, batch=batch)
-        return some, recorded_configs(store, upto=some[-1][0]) if some else []
-    targets: Targets = []
-    configs: list[Entry] = []
-    seq = 0
-    while True:
-        entries = store.read_after(seq, batch, _DECISIONS_AND_CONFIGS)
-        for s, e in entries:
-            if to_seq is not None and s > to_seq:
-                return targets, configs
-            if isinstance(e, RouteDecided):
-                targets.append((s, e))
-            else:
-                configs.append((s, e))
-        if not entries:
-            return targets, configs
-        seq = entries[-1][0]
+class ConfigViews:
+    """The configurations decisions were made under, as the views to replay them on: for the decision at a
+    seq, the last `ConfigApplied` before it (by hash: a configuration that came back, A, B, A, is one view),
+    or `new_view` before any (an older log). Index 0 is `new_view`."""
 
+    def __init__(self, configs: Sequence[Entry], new_view: Callable[[], RoutingView]) -> None:
+        self._bounds = [s for s, _ in configs]
+        self.keys: list[str | None] = [None]  # per index: the configuration's hash
+        self.factories: list[Callable[[], RoutingView]] = [new_view]
+        index: dict[str, int] = {}
+        self._of_config = [0]  # per entry of `configs` (after "before any"): its index
+        for _, config in configs:
+            assert isinstance(config, ConfigApplied)
+            if config.hash not in index:
+                index[config.hash] = len(self.keys)
+                self.keys.append(config.hash)
+                self.factories.append(functools.partial(view_of, config))
+            self._of_config.append(index[config.hash])
 
-def by_config(targets: Targets, configs: list[Entry]) -> list[tuple[ConfigApplied | None, Targets]]:
-    """The decisions (in log order) grouped by the configuration in force when each was made: the last
-    `ConfigApplied` before it, None before any (an older log). One group per distinct configuration (by
-    hash), in order of first use; a configuration that came back (A, B, A) is one group."""
-    seqs = [s for s, _ in targets]
-    groups: dict[str | None, tuple[ConfigApplied | None, Targets]] = {}
-    bounds: list[tuple[int, ConfigApplied | None]] = [(0, None)]
-    bounds += [(s, e) for s, e in configs if isinstance(e, ConfigApplied)]
-    for i, (begin, config) in enumerate(bounds):
-        lo = bisect.bisect_right(seqs, begin)
-        hi = bisect.bisect_right(seqs, bounds[i + 1][0]) if i + 1 < len(bounds) else len(seqs)
-        if lo < hi:
-            key = None if config is None else config.hash
-            groups.setdefault(key, (config, []))[1].extend(targets[lo:hi])
-    return list(groups.values())
+    def which(self, seq: int) -> int:
+        """The index of the view the decision at `seq` replays on."""
+        return self._of_config[bisect.bisect_left(self._bounds, seq)]
 
 
 class DecisionScan(NamedTuple):
@@ -155,6 +133,15 @@ def scan_decisions(
     return DecisionScan(count, lag, last, dict(per_view))
 
 
+def scan_targets(
+    targets: Sequence[tuple[int, RouteDecided]], which: Callable[[int], int] = lambda _s: 0
+) -> DecisionScan:
+    """What `scan_decisions` says of a log range, for decisions already in hand."""
+    per_view = Counter(which(s) for s, _ in targets)
+    lag = max([0, *(s - d.view_seq for s, d in targets)])
+    return DecisionScan(len(targets), lag, max((d.view_seq for _, d in targets), default=0), dict(per_view))
+
+
 def iter_decisions(
     store: LogStore, *, from_seq: int | None = None, to_seq: int | None = None
 ) -> Iterator[tuple[int, RouteDecided]]:
@@ -175,10 +162,15 @@ def replay(
     """Yield the replay of each target (any order), in order of the view position it was decided on.
     `view` must be fresh (nothing folded)."""
     ordered = sorted(targets, key=lambda t: t[0])
-    lag = max([0, *(s - d.view_seq for s, d in ordered)])
-    last_needed = max((d.view_seq for _, d in ordered), default=0)
+    scan = scan_targets(ordered)
     yield from replay_stream(
-        store, [view], iter(ordered), lag=lag, last_needed=last_needed, progress=progress, batch=batch
+        store,
+        [view],
+        iter(ordered),
+        lag=scan.lag,
+        last_needed=scan.last_needed,
+        progress=progress,
+        batch=batch,
     )
 
 

@@ -246,8 +246,9 @@ class SqliteStore:
 
     def first_seq_at(self, ts: float) -> int:
         """The first seq of an event stamped at or after `ts` (one past the last seq when there is none)."""
-        found = self._db.execute("SELECT min(seq) FROM events WHERE ts >= ?", (ts,)).get
-        return int(found) if found is not None else self.last_seq() + 1
+        # In seq order, stopping at the first: `min(seq)` with a condition would read the whole table.
+        found = self._db.execute("SELECT seq FROM events WHERE ts >= ? ORDER BY seq LIMIT 1", (ts,)).get
+        return found if isinstance(found, int) else self.last_seq() + 1
 
     def count_by_type(self, before: int, types: Collection[str]) -> Counter[str]:
         """How many events of each of `types` have a seq below `before`."""

@@ -513,6 +513,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     started = time.perf_counter()
 
     def show(r: Replayed) -> None:
+        if show_progress:
+            print("\r\033[K", end="", file=sys.stderr)  # the bar's line, drawn again after the next page
         print(explain(r) if args.explain else _change_line(r))
 
     run = run_replay(

@@ -25,8 +25,6 @@ folds a view per configuration used.
 
 from __future__ import annotations
 
-import bisect
-import functools
 import heapq
 import os
 import pickle
@@ -35,7 +33,6 @@ import sys
 import tempfile
 import threading
 import traceback
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,17 +40,19 @@ from typing import IO
 
 import msgspec
 
-from events.config_applied import recorded_configs, view_of
+from events.config_applied import recorded_configs
 from events.replay import (
+    ConfigViews,
     Replayed,
     iter_decisions,
     replay_order,
     replay_stream,
     scan_decisions,
+    scan_targets,
     select_decisions,
 )
 from events.sqlite_store import SqliteStore
-from events.types import ConfigApplied, RouteDecided
+from events.types import RouteDecided
 from events.view import RoutingView
 
 PARALLEL_MIN_EVENTS = 20_000  # below this a fork (~10 ms) is a large share of the replay
@@ -160,49 +159,27 @@ def _replay_part(
 ) -> _Part:
     """Replay the selection in one pass over the log: one fresh view per configuration the decisions were
     made under, every view folding the same events; results in replay order."""
-    # The configurations in force (by hash, a configuration that came back is one view): the last recorded
-    # before each decision; None (`new_view`) before any, or for every decision without config_from_log.
     configs = recorded_configs(store, upto=selection.to_seq) if selection.config_from_log else []
-    bounds = [s for s, _ in configs]
-    keys: list[str | None] = [None]
-    factories: list[Callable[[], RoutingView]] = [selection.new_view]
-    index: dict[str | None, int] = {None: 0}
-    of_config = [0]  # view index per entry of `configs`, after the one for "before any"
-    for _, config in configs:
-        assert isinstance(config, ConfigApplied)
-        if config.hash not in index:
-            index[config.hash] = len(keys)
-            keys.append(config.hash)
-            factories.append(functools.partial(view_of, config))
-        of_config.append(index[config.hash])
-
-    def which(seq: int) -> int:
-        return of_config[bisect.bisect_left(bounds, seq)]
-
-    if selection.request_id is not None:
+    views = ConfigViews(configs, selection.new_view)
+    which = views.which
+    if selection.request_id is not None:  # a request's few decisions
         found = select_decisions(store, request_id=selection.request_id)
-        per_view = Counter(which(s) for s, _ in found)
-        lag = max([0, *(s - d.view_seq for s, d in found)])
-        last_needed = max((d.view_seq for _, d in found), default=0)
+        scan = scan_targets(found, which)
         decisions: Iterator[tuple[int, RouteDecided]] = iter(found)
-        total = len(found)
     else:
         lo, hi = selection.from_seq, selection.to_seq
         scan = scan_decisions(store, from_seq=lo, to_seq=hi, which=which)
-        per_view = Counter(scan.per_view)
-        lag, last_needed, total = scan.lag, scan.last_needed, scan.decisions
         decisions = iter_decisions(store, from_seq=lo, to_seq=hi)
     # A view only for the configurations some decision was made under: each costs a fold of the log.
-    used = sorted(per_view)
-    views = [factories[i] for i in used]
+    used = sorted(scan.per_view)
     position = {i: n for n, i in enumerate(used)}
     changed = 0
     for r in replay_stream(
         store,
-        [new() for new in views],
+        [views.factories[i]() for i in used],
         decisions,
-        lag=lag,
-        last_needed=last_needed,
+        lag=scan.lag,
+        last_needed=scan.last_needed,
         which=lambda seq: position[which(seq)],
         progress=progress,
     ):
@@ -210,11 +187,11 @@ def _replay_part(
         if keep_all or not r.matches:
             emit(r)
     return _Part(
-        total=total,
+        total=scan.decisions,
         changed=changed,
-        events=last_needed,
-        configs=frozenset(keys[i] for i in used),
-        unrecorded=per_view[0] if selection.config_from_log else 0,
+        events=scan.last_needed,
+        configs=frozenset(views.keys[i] for i in used),
+        unrecorded=scan.per_view.get(0, 0) if selection.config_from_log else 0,
     )
 
 

@@ -15,11 +15,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from events.catalog import ALIASES, VIRTUAL_MODELS, CatalogModel
-from events.config_applied import record_config, view_of
+from events.config_applied import record_config, recorded_configs, view_of
 from events.decide import Decision, UnknownModel, decide
 from events.policy import RoutingPolicy
 from events.quotas import Limits
-from events.replay import Replayed, by_config, replay, select_decisions, select_with_configs
+from events.replay import (
+    ConfigViews,
+    Replayed,
+    iter_decisions,
+    replay,
+    replay_stream,
+    scan_decisions,
+    scan_targets,
+    select_decisions,
+)
 from events.store import Entry, MemoryStore
 from events.types import (
     AttemptFailed,
@@ -862,32 +871,21 @@ def test_a_recorded_configuration_builds_the_view_the_gateway_built() -> None:
     assert recorded(RoutingPolicy(), CATALOG).hash != recorded(RoutingPolicy(decay_days=6.0), CATALOG).hash
 
 
-def test_by_config_groups_decisions_by_the_last_configuration_before_each() -> None:
+def test_each_decision_replays_on_the_view_of_the_last_configuration_before_it() -> None:
     a, b = recorded(RoutingPolicy(), CATALOG), recorded(POLICY_B, CATALOG_B)
-
-    def decision(seq: int) -> tuple[int, RouteDecided]:
-        return seq, RouteDecided(
-            ts=T0,
-            attempt=1,
-            seed=seq,
-            view_seq=seq - 1,
-            now=T0,
-            input=RouteInput(mode="auto"),
-            candidates=(),
-            excluded=(),
-            chosen_ref=None,
-            chosen_key=None,
-        )
-
-    targets = [decision(s) for s in (2, 3, 6, 9, 12, 13)]
-    groups = by_config(targets, [(4, a), (8, b), (11, a)])
-    assert [(c.hash if c else None, [s for s, _ in t]) for c, t in groups] == [
-        (None, [2, 3]),
-        (a.hash, [6, 12, 13]),
-        (b.hash, [9]),
+    views = ConfigViews([(4, a), (8, b), (11, a)], new_view)
+    assert views.keys == [None, a.hash, b.hash]  # A came back: one view
+    assert [views.keys[views.which(s)] for s in (2, 3, 6, 9, 12, 13)] == [
+        None,
+        None,
+        a.hash,
+        b.hash,
+        a.hash,
+        a.hash,
     ]
-    assert by_config(targets, []) == [(None, targets)]
-    assert by_config([], [(4, a)]) == []
+    assert views.factories[0] is new_view
+    assert views.factories[2]().policy == POLICY_B
+    assert ConfigViews([], new_view).which(99) == 0
 
 
 def test_a_log_written_under_a_then_b_then_a_replays_each_decision_under_its_configuration() -> None:
@@ -898,24 +896,21 @@ def test_a_log_written_under_a_then_b_then_a_replays_each_decision_under_its_con
         (RoutingPolicy(), CATALOG),
     ]
     store = simulate_runs(21, runs, 60)
-    targets, configs = select_with_configs(store)
-    assert targets == decisions(store)
+    targets = decisions(store)
+    configs = recorded_configs(store)
     assert len(configs) == 3  # the fourth run changed nothing: not recorded again
-    groups = by_config(targets, configs)
-    assert [c.hash for c, _ in groups if c is not None] == [configs[0][1].hash, configs[1][1].hash]
-    assert sum(len(t) for _, t in groups) == len(targets)
-    for config, some in groups:
-        assert config is not None
-        results = list(replay(store, view_of(config), some))
-        assert all(r.matches for r in results), [r.seq for r in results if not r.matches]
+    views = ConfigViews(configs, new_view)
+    assert views.keys[1:] == [configs[0][1].hash, configs[1][1].hash]
+    scan = scan_decisions(store, which=views.which)
+    assert scan == scan_targets(targets, views.which)
+    assert sorted(scan.per_view) == [1, 2] and sum(scan.per_view.values()) == len(targets)
+    fresh = [views.factories[i]() for i in (0, 1, 2)]
+    results = list(
+        replay_stream(
+            store, fresh, iter_decisions(store), lag=scan.lag, last_needed=scan.last_needed, which=views.which
+        )
+    )
+    assert [r.seq for r in results] == [r.seq for r in replay(store, new_view(), targets)]  # in replay order
+    assert all(r.matches for r in results), [r.seq for r in results if not r.matches]
     # Under one configuration for all (a what-if), the other's decisions do not all reproduce.
     assert not all(r.matches for r in replay(store, new_view(), targets))
-    # A range that starts after a configuration was recorded still knows it.
-    middle = configs[1][0] + 5
-    some, known = select_with_configs(store, from_seq=middle, to_seq=middle + 200)
-    assert some == select_decisions(store, from_seq=middle, to_seq=middle + 200)
-    assert known == [c for c in configs if c[0] < some[-1][0]]
-    rid = targets[-1][1].request_id
-    by_request, known = select_with_configs(store, request_id=rid)
-    assert by_request == select_decisions(store, request_id=rid)
-    assert known == configs
