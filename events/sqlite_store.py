@@ -18,7 +18,7 @@ from pathlib import Path
 
 import apsw
 
-from events.store import Entry
+from events.store import Entry, StoreUnwritable
 from events.types import Event, decode_event, encode_event, event_type
 
 # Migration i takes the schema from user_version i to i + 1. Append only: a released entry never changes.
@@ -62,6 +62,19 @@ class SchemaVersionError(RuntimeError):
 class StoreDamaged(RuntimeError):
     """The log file cannot be used as it is; the message names it and says what to do."""
 
+
+# What a failed write means for an operator. Each may pass (space freed, permissions fixed, the other writer
+# done), so the writer holds the batch and retries; any other error is a bug and ends the process.
+_UNWRITABLE: dict[type[Exception], str] = {
+    apsw.FullError: "disk full",
+    apsw.IOError: "I/O error",
+    apsw.ReadOnlyError: "read-only",
+    apsw.PermissionsError: "permission denied",
+    apsw.CantOpenError: "cannot open the file",
+    apsw.BusyError: "locked by another process",
+    apsw.CorruptError: "damaged database",
+}
+_UNWRITABLE_TYPES = tuple(_UNWRITABLE)
 
 _RESTORE = "restore it from a backup, or move it away to start a new, empty log"
 
@@ -124,10 +137,13 @@ class SqliteStore:
             return []
         # Encode before taking the write lock: other processes wait for as short a time as possible.
         rows = [(e.ts, event_type(e), e.request_id, encode_event(e)) for e in events]
-        with _immediate(self._db):
-            self._db.executemany(_INSERT, rows)
-            # No other writer can run inside BEGIN IMMEDIATE, so the batch got consecutive rowids.
-            last = self._db.last_insert_rowid()
+        try:
+            with _immediate(self._db):
+                self._db.executemany(_INSERT, rows)
+                # No other writer can run inside BEGIN IMMEDIATE, so the batch got consecutive rowids.
+                last = self._db.last_insert_rowid()
+        except _UNWRITABLE_TYPES as exc:
+            raise StoreUnwritable(_UNWRITABLE.get(type(exc), type(exc).__name__)) from exc
         return list(range(last - len(rows) + 1, last + 1))
 
     def read_after(

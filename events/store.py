@@ -15,9 +15,20 @@ from events.types import AnyEvent, Event, decode_event, encode_event, event_type
 Entry = tuple[int, AnyEvent]
 
 
+class StoreUnwritable(Exception):
+    """The store cannot take a write now (disk full, read-only, an I/O error, another writer holding the
+    lock too long); nothing of the batch was written. It may pass: the writer holds the batch and retries.
+    `reason` is a few words for operators and `/healthz`."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class LogStore(Protocol):
     def append(self, events: Sequence[Event]) -> list[int]:
-        """Append a batch in one transaction; return the sequence number given to each event."""
+        """Append a batch in one transaction; return the sequence number given to each event. Raises
+        StoreUnwritable, having written none of it, when the store cannot be written now."""
         ...
 
     def read_after(

@@ -7,9 +7,11 @@ shape `{"error": {"message", "type", "code"}}` and every response carries `X-Req
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import msgspec
+import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
@@ -103,14 +105,18 @@ def _quart_app(runtime: Runtime, gateway_tokens: TokenCheck, throttle: AuthThrot
 
     @app.get("/healthz")
     async def healthz() -> Response:
-        # Always 200: the process is up and answering (a restart would not bring a key). "degraded" when no
-        # provider key is usable, so every chat request would get 503: for monitoring to alert on.
+        # 200 while requests can be served: "degraded" when no provider key is usable (every chat request
+        # gets 503, but a restart would not bring a key: for monitoring to alert on, not to restart on).
+        # 503 while the event log cannot be written: new requests are refused (README: the disk).
         stats = runtime.health.statistics()
+        log = runtime.log.statistics()
         body: dict[str, object] = {
             "status": "ok" if stats.keys_ok else "degraded",
             "keys": stats.keys,
             "keys_ok": stats.keys_ok,
             "models": stats.models,
+            "log": {"writable": True, "held_events": log.held, "last_seq": log.last_seq},
+            "tasks": _task_count(),
         }
         if not stats.keys_ok:
             body["reason"] = (
@@ -120,6 +126,23 @@ def _quart_app(runtime: Runtime, gateway_tokens: TokenCheck, throttle: AuthThrot
                 else "no provider keys: add one with 'switchboard keys add PLATFORM' or a <PLATFORM>_API_KEY "
                 "variable"
             )
+        outage = runtime.log.outage()
+        if outage is not None:
+            body["status"] = "log_unwritable"
+            body["reason"] = (
+                f"the event log cannot be written ({outage.reason}) since "
+                f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(outage.since))}: new requests get 503; "
+                "free space or fix the file's permissions, and writing resumes by itself"
+            )
+            body["log"] = {
+                "writable": False,
+                "reason": outage.reason,
+                "since": outage.since,
+                "held_events": outage.held,
+                "dropped_events": log.dropped,
+                "last_seq": log.last_seq,
+            }
+            return Response(_encode(body), status=503, content_type="application/json")
         return Response(_encode(body), content_type="application/json")
 
     @app.get("/v1/models")
@@ -157,6 +180,18 @@ def _quart_app(runtime: Runtime, gateway_tokens: TokenCheck, throttle: AuthThrot
         return quart_response(answer)
 
     return app
+
+
+def _task_count() -> int:
+    """Live trio tasks in this process: flat under steady load, back to the idle count after it (soak)."""
+    root = trio.lowlevel.current_root_task()
+    count, stack = 0, [root] if root is not None else []
+    while stack:
+        task = stack.pop()
+        count += 1
+        for nursery in task.child_nurseries:
+            stack.extend(nursery.child_tasks)
+    return count
 
 
 def _model_object(model_id: str, owner: str) -> dict[str, Any]:

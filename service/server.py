@@ -79,12 +79,16 @@ def data_dir_lock(data_dir: Path) -> Iterator[None]:
                 f"another gateway (pid {holder}) is serving the data dir {data_dir} (it holds {path}); "
                 "stop it first, or give this one another data dir"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        # The pid is for the message above; on a full disk it cannot be written, and the gateway must still
+        # start (README: the disk), so only the lock itself is required.
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         try:
             yield
         finally:
-            os.ftruncate(fd, 0)  # no stale pid for the next reader; the lock goes with the descriptor
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)  # no stale pid for the next reader; the lock goes with the descriptor
     finally:
         os.close(fd)
 
@@ -239,6 +243,12 @@ async def startup_summary(runtime: Runtime, config: Config, env: Mapping[str, st
     """What an operator checks first: which platforms have keys, how many models can be used, and
     `*_API_KEY` variables that name no platform (a typo such as GROK_API_KEY is otherwise silent)."""
     lines = []
+    outage = runtime.log.outage()
+    if outage is not None:
+        lines.append(
+            f"warning: the event log cannot be written ({outage.reason}): new requests get 503 until it can "
+            "(free space or fix permissions; writing resumes by itself, /healthz says when)"
+        )
     if runtime.unclean_previous_start is not None:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(runtime.unclean_previous_start))
         lines.append(
