@@ -110,6 +110,14 @@ class SqliteStore:
             raise StoreDamaged(
                 f"{self.path} cannot be written (a read-only file or directory): make both writable"
             ) from None
+        except (apsw.FullError, apsw.IOError) as exc:
+            # Opening in WAL mode writes the -shm index (and a migration the file): on a full disk that
+            # fails, and it may pass, so the caller decides whether to wait (service/server.py).
+            self._db.close()
+            reason = _UNWRITABLE[type(exc)]
+            raise StoreUnwritable(
+                reason, f"{self.path} cannot be opened ({reason}): is its file system full? Free some space"
+            ) from None
         except BaseException:
             self._db.close()
             raise

@@ -20,8 +20,8 @@ class StoreUnwritable(Exception):
     lock too long); nothing of the batch was written. It may pass: the writer holds the batch and retries.
     `reason` is a few words for operators and `/healthz`."""
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
+    def __init__(self, reason: str, message: str | None = None) -> None:
+        super().__init__(message or reason)
         self.reason = reason
 
 

@@ -26,7 +26,7 @@ from events.config_applied import last_config, view_of
 from events.op_stats import OperationalStats
 from events.replay import Replayed
 from events.sqlite_store import SchemaVersionError, SqliteStore, StoreDamaged
-from events.store import Entry
+from events.store import Entry, StoreUnwritable
 from events.types import (
     EVENT_TYPES,
     ConfigApplied,
@@ -624,7 +624,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         status: int = args.func(args)
         return status
-    except (ConfigError, SecretsError, StoreDamaged, SchemaVersionError) as exc:
+    except (ConfigError, SecretsError, StoreDamaged, StoreUnwritable, SchemaVersionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `switchboard log tail | head`: the reader has what it wanted

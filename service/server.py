@@ -33,7 +33,7 @@ from actors.supervisor import Runtime, Settings, run_service
 from events.catalog import CatalogModel
 from events.key_health import KeyInfo
 from events.sqlite_store import SqliteStore
-from events.store import LogStore
+from events.store import LogStore, StoreUnwritable
 from events.types import KeyChecked, KeySource
 from events.view import SessionPolicy, rebuild
 from service import __version__
@@ -313,9 +313,8 @@ async def _run_locked(
 ) -> None:
     data_dir = config.data_dir
     db_path = data_dir / DB_NAME
-    store = store or SqliteStore(
-        db_path
-    )  # first: a damaged log file stops the start before anything opens it
+    # First: a damaged log file stops the start before anything opens it.
+    store = store or await _open_log(db_path, out)
     try:
         master_key, vault = open_vault(data_dir, db_path, env)
     except BaseException:
@@ -364,6 +363,36 @@ async def _run_locked(
         credentials.close()
         vault.close()
         store.close()
+
+
+OPEN_RETRY_S = 2.0
+
+
+async def _open_log(db_path: Path, out: TextIO) -> SqliteStore:
+    """The log, once it can be opened: on a full disk (the -shm index cannot be made) the start waits and
+    retries instead of exiting, which under a supervisor would be a crash loop (README: the disk)."""
+    waiting_since: float | None = None
+    while True:
+        try:
+            store = SqliteStore(db_path)
+        except StoreUnwritable as exc:
+            if waiting_since is None:
+                waiting_since = time.monotonic()
+                print(
+                    f"warning: the event log {db_path} cannot be opened ({exc.reason}): waiting for space "
+                    f"(free some on its file system), retrying every {OPEN_RETRY_S:g}s",
+                    file=out,
+                    flush=True,
+                )
+            await trio.sleep(OPEN_RETRY_S)
+            continue
+        if waiting_since is not None:
+            print(
+                f"the event log opened after {time.monotonic() - waiting_since:.0f}s of waiting",
+                file=out,
+                flush=True,
+            )
+        return store
 
 
 async def check_keys(

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 from harness import GATEWAY_KEY, config_text, gateway_from
 
@@ -140,3 +141,33 @@ async def test_a_gateway_starts_on_a_full_disk_and_records_its_start_once_there_
     finally:
         store.close()
     assert lifecycle == [ServiceStarted, ServiceStopped, ServiceStarted, ServiceStopped]
+
+
+async def test_a_log_that_cannot_even_be_opened_is_waited_for_not_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On a full disk SQLite cannot make the WAL's -shm index, so the file cannot be opened at all.
+    from service import server
+
+    refusals = [2]
+
+    def opening(path: Path) -> SqliteStore:
+        if refusals[0]:
+            refusals[0] -= 1
+            raise StoreUnwritable("I/O error", f"{path} cannot be opened (I/O error)")
+        return SqliteStore(path)
+
+    monkeypatch.setattr(server, "SqliteStore", opening)
+    monkeypatch.setattr(server, "OPEN_RETRY_S", 0.05)
+
+    def config_for(url: str, data_dir: Path) -> str:
+        return config_text(url, data_dir, ["ok"])
+
+    with trio.fail_after(30):
+        async with gateway_from(tmp_path, config_for) as gw:
+            async with httpx.AsyncClient(base_url=gw.url, headers=AUTH, timeout=10) as client:
+                assert (await client.post("/v1/chat/completions", json=HELLO)).status_code == 200
+            out = gw.output.getvalue()
+    assert refusals == [0]
+    assert out.count("cannot be opened (I/O error): waiting for space") == 1, out
+    assert "the event log opened after" in out
