@@ -33,14 +33,21 @@ from events.op_stats import OperationalStats
 from events.policy import RoutingPolicy
 from events.store import LogStore
 from events.types import (
+    AttemptFailed,
+    AttemptStarted,
+    AttemptSucceeded,
     ConfigApplied,
     Event,
     KeyAdded,
     KeyRemoved,
     KeySource,
+    RequestCompleted,
+    RequestReceived,
     ServiceStarted,
     ServiceStopped,
+    event_tag,
 )
+from events.unclean import UNCLEAN_WINDOW, Unfinished, unfinished
 from events.view import RoutingView, SessionPolicy, rebuild
 
 
@@ -56,6 +63,7 @@ class Runtime:
     clock: WallClock
     shutting_down: trio.Event
     unclean_previous_start: float | None = None  # the last run was killed or crashed: when it had started
+    unfinished: Unfinished | None = None  # ... and what it left open
 
 
 @dataclass(frozen=True)
@@ -135,7 +143,8 @@ async def run_service(
     shutting_down = trio.Event()
     # A start with no stop after it: that run was killed or crashed (a hard kill loses at most one batch).
     unclean = lifecycle[0].ts if lifecycle and isinstance(lifecycle[0], ServiceStarted) else None
-    runtime = Runtime(log, health, stats, requests, key_checker, clock, shutting_down, unclean)
+    left_open = _unfinished(store) if unclean is not None else None
+    runtime = Runtime(log, health, stats, requests, key_checker, clock, shutting_down, unclean, left_open)
 
     async with trio.open_nursery() as outer:
         await outer.start(log.run)
@@ -165,6 +174,8 @@ async def run_service(
                     version=settings.version,
                     events_replayed=replayed,
                     unclean_previous_start=unclean,
+                    unfinished_requests=len(left_open.requests) if left_open else 0,
+                    unfinished_attempts=len(left_open.attempts) if left_open else 0,
                 )
             )
             task_status.started(runtime)
@@ -172,6 +183,25 @@ async def run_service(
             inner.cancel_scope.cancel()
         await log.append_durable(ServiceStopped(ts=clock.now()))
         log.close()
+
+
+_RUN_TAGS = frozenset(
+    event_tag(t)
+    for t in (
+        ServiceStarted,
+        RequestReceived,
+        RequestCompleted,
+        AttemptStarted,
+        AttemptSucceeded,
+        AttemptFailed,
+    )
+)
+
+
+def _unfinished(store: LogStore) -> Unfinished:
+    """What the unclean last run left open, from its last events only (events/unclean.py)."""
+    start = max(0, store.last_seq() - UNCLEAN_WINDOW)
+    return unfinished(store.read_after(start, types=_RUN_TAGS), from_run_start=start == 0)
 
 
 async def _watch_signals(shutting_down: trio.Event) -> None:

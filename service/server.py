@@ -251,9 +251,16 @@ async def startup_summary(runtime: Runtime, config: Config, env: Mapping[str, st
         )
     if runtime.unclean_previous_start is not None:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(runtime.unclean_previous_start))
+        left = runtime.unfinished
+        last = (
+            time.strftime("%H:%M:%S", time.localtime(left.last_event_ts))
+            if left is not None and left.last_event_ts is not None
+            else "?"
+        )
         lines.append(
-            f"warning: the last run (started {when}) did not stop cleanly (killed or crashed); "
-            "at most its last few milliseconds of request events are missing from the log"
+            f"warning: the last run (started {when}) did not stop cleanly (killed or crashed); its last "
+            f"event was written at {last}, and events of at most its last few milliseconds are missing; "
+            + (left.summary() if left is not None else "")
         )
     keys: dict[str, list[str]] = {}
     for view in await runtime.health.keys():
