@@ -411,6 +411,7 @@ def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> Conf
     except msgspec.ValidationError as err:
         raise _translate(source, err) from None
 
+    _check_token_strength(source, file)
     data_dir = DEFAULT_DATA_DIR
     if file.server.data_dir is not None:
         data_dir = Path(file.server.data_dir).expanduser()
@@ -447,6 +448,35 @@ def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> Conf
         models=models,
         env_keys=_env_keys(env, platforms),
     )
+
+
+MIN_TOKEN_CHARS = 20
+MIN_TOKEN_DISTINCT = 8
+_TOKEN_HINT = (
+    "use at least {n} random characters, e.g. from "
+    "python3 -c 'import secrets; print(\"sk-\" + secrets.token_urlsafe(24))', "
+    "or leave it out and the gateway generates one"
+)
+
+
+def _check_token_strength(source: _Source, file: ConfigFile) -> None:
+    """A gateway key or admin token anyone could guess is refused at start (a hash cannot be judged).
+    The message never shows the token, only its length."""
+    tokens: list[tuple[_KeyPath, str]] = [
+        (("gateway", "api_keys", i), t) for i, t in enumerate(file.gateway.api_keys)
+    ]
+    if file.admin.token is not None:
+        tokens.append((("admin", "token"), file.admin.token))
+    for at, token in tokens:
+        if token.lower().startswith("sha256:"):
+            continue
+        if len(token) < MIN_TOKEN_CHARS or len(set(token)) < MIN_TOKEN_DISTINCT:
+            what = f"{len(token)} characters" + (
+                f", {len(set(token))} different" if len(token) >= MIN_TOKEN_CHARS else ""
+            )
+            raise source.error(
+                at, f"too weak to guard the gateway ({what}): {_TOKEN_HINT.format(n=MIN_TOKEN_CHARS)}"
+            )
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from events.store import LogStore
 from service.config import load_config
 from service.server import DB_NAME, run_gateway
 
-GATEWAY_KEY = "sk-e2e-gateway"
+GATEWAY_KEY = "sk-e2e-gateway-0123456789"
 SECRET_ENV = {"SWITCHBOARD_SECRET_KEY": "ab" * 32}
 
 
@@ -52,7 +52,7 @@ data_dir = "{data_dir}"
 [gateway]
 api_keys = ["{GATEWAY_KEY}"]
 [admin]
-token = "admin-e2e"
+token = "admin-e2e-0123456789abc"
 [catalog]
 builtin = false
 [timeouts]
