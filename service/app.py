@@ -28,6 +28,7 @@ from service.edge import (
     error_answer,
     new_request_id,
     quart_response,
+    quoted,
     throttled,
     too_large,
     unauthorized,
@@ -81,7 +82,8 @@ def _quart_app(runtime: Runtime, gateway_tokens: TokenCheck, throttle: AuthThrot
             return quart_response(
                 error_answer(
                     404,
-                    f"Unknown path {request.path}. This gateway serves /v1/chat/completions and /v1/models.",
+                    f"Unknown path {quoted(request.path)}. "
+                    "This gateway serves /v1/chat/completions and /v1/models.",
                     "invalid_request_error",
                     "not_found",
                     headers=dict(CLOSE),
@@ -165,7 +167,7 @@ def _quart_app(runtime: Runtime, gateway_tokens: TokenCheck, throttle: AuthThrot
         return quart_response(
             error_answer(
                 404,
-                f"The model '{model_id}' does not exist or is disabled.",
+                f"The model '{quoted(model_id)}' does not exist or is disabled.",
                 "invalid_request_error",
                 "model_not_found",
                 param="model",
