@@ -69,7 +69,14 @@ def data_dir_lock(data_dir: Path) -> Iterator[None]:
     when the process dies, however it dies). Raises ServeError naming the holder's pid if another has it."""
     path = data_dir / LOCK_NAME
     data_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise ServeError(
+            f"the data dir {data_dir} cannot be written ({(exc.strerror or str(exc)).lower()}): make it "
+            "writable by this user, or give the gateway another one; a read-only copy can still be read "
+            "with the CLI's --data-dir"
+        ) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
