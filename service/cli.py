@@ -42,9 +42,10 @@ from events.types import (
 )
 from events.view import POOL_REASON, RoutingView, rebuild, split_pool
 from service import __version__
+from service.backup import BackupError, backup
 from service.config import Config, ConfigError, load_config
 from service.replay_runner import run_replay
-from service.secrets import SecretsError, key_label, open_vault
+from service.secrets import KEY_FILE, SecretsError, key_label, open_vault
 from service.server import DB_NAME, ServeError, check_keys, routing_settings, run_gateway
 
 # Set by scripts/switchboard, which runs from the checkout: the directory the command was typed in, against
@@ -115,6 +116,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ServeError as exc:  # the data dir is taken, the port is in use: one line, nothing logged
         print(f"switchboard: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    config = _config(args)
+    try:
+        done = backup(config.data_dir / DB_NAME, config.data_dir / KEY_FILE, _given_path(args.dest))
+    except BackupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    key = f"{done.master_key} and " if done.master_key else "no master.key (SWITCHBOARD_SECRET_KEY?) and "
+    print(
+        f"backed up {key}{done.database} ({done.events} events, {done.bytes / 1e6:.1f} MB) in "
+        f"{done.seconds:.1f}s; to restore, copy both into an empty data dir"
+    )
     return 0
 
 
@@ -554,6 +570,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.set_defaults(func=cmd_serve)
+
+    bk = common(sub.add_parser("backup", help="copy master.key and the log to DEST, safely while serving"))
+    bk.add_argument("dest", help="a new or empty directory")
+    bk.set_defaults(func=cmd_backup)
 
     keys = sub.add_parser("keys", help="provider keys").add_subparsers(dest="action", required=True)
     add = common(keys.add_parser("add", help="store a key (read from stdin), encrypted"))
