@@ -14,8 +14,10 @@ durable appends are never dropped), retries every `retry_s`, and reports the out
 (the request runner refuses new requests while it lasts, `/healthz` says so). Once a write succeeds the
 held events are committed and published in order, as if the outage had been a slow commit. Durable
 appends made during an outage return None at once: they are held, not yet committed, and a caller
-waiting for a disk that may never come back would wedge the requests behind it. What is still held when
-the writer stops is named in the log as lost.
+waiting for a disk that may never come back would wedge the requests behind it. Held events are not
+folded until they are committed: during an outage only requests already running route, on what was
+committed before it (a key invalidated meanwhile may be tried again by one of them, and fail again).
+What is still held when the writer stops is named in the log as lost.
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ class LogWriter:
         self._outage_reason = ""
         self._next_try = 0.0
         self._dropped = 0
+        self._chunk = max_batch * 8  # held events written per transaction when retrying
         self._subscribers: list[trio.MemorySendChannel[Any]] = []
         # From where the projections were rebuilt: what others appended since is published, not skipped.
         self._published = store.last_seq() if after is None else after
@@ -214,12 +217,14 @@ class LogWriter:
         self._next_try = trio.current_time() + self._retry_s
         total = len(self._held)
         while self._held:
-            batch = [self._held.popleft() for _ in range(min(len(self._held), self._max_batch * 8))]
+            batch = [self._held.popleft() for _ in range(min(len(self._held), self._chunk))]
             try:
                 await self._write(batch)
             except StoreUnwritable as exc:
                 self._held.extendleft(reversed(batch))
                 self._outage_reason = exc.reason
+                # A little room fits a small transaction before a big one: halve until one fits.
+                self._chunk = max(1, self._chunk // 2)
                 if final:
                     logger.error(
                         "the event log still cannot be written (%s): %d events held since the outage began "
@@ -239,6 +244,7 @@ class LogWriter:
         )
         self._outage_since = None
         self._dropped = 0
+        self._chunk = self._max_batch * 8
 
     async def _write(self, batch: list[Item]) -> None:
         """Append the batch in one transaction, publish it in log order, answer durable waiters."""
@@ -263,7 +269,11 @@ class LogWriter:
                 reply.send(seq)
 
     async def _publish_foreign(self) -> None:
-        version = self._store.data_version()
+        try:
+            version = self._store.data_version()
+        except StoreUnwritable:
+            return  # the next append will meet it and start the outage; a poll need not
+
         if version == self._version:
             return
         self._version = version

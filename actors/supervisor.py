@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import trio
 
@@ -200,8 +200,11 @@ _RUN_TAGS = frozenset(
 
 def _unfinished(store: LogStore) -> Unfinished:
     """What the unclean last run left open, from its last events only (events/unclean.py)."""
-    start = max(0, store.last_seq() - UNCLEAN_WINDOW)
-    return unfinished(store.read_after(start, types=_RUN_TAGS), from_run_start=start == 0)
+    last_seq = store.last_seq()
+    start = max(0, last_seq - UNCLEAN_WINDOW)
+    left = unfinished(store.read_after(start, types=_RUN_TAGS), from_run_start=start == 0)
+    last = store.read_after(last_seq - 1, 1)  # of any type: when the run last wrote anything
+    return replace(left, last_event_ts=last[0][1].ts) if last else left
 
 
 async def _watch_signals(shutting_down: trio.Event) -> None:

@@ -37,6 +37,7 @@ MIGRATIONS: list[str] = [
 ]
 
 BUSY_TIMEOUT_MS = 5000
+OUTAGE_BUSY_TIMEOUT_MS = 50
 
 _INSERT = "INSERT INTO events (ts, type, request_id, data) VALUES (?, ?, ?, ?)"
 
@@ -88,6 +89,8 @@ class SqliteStore:
         if self.path.exists() and self.path.stat().st_size == 0:
             # SQLite would take an empty file for a new database: a log that was there would be lost unseen.
             raise StoreDamaged(f"{self.path} is empty (0 bytes), so its events are gone: {_RESTORE}")
+        self._busy_lowered = False
+        existed = self.path.exists()
         try:
             self._db = apsw.Connection(str(self.path))
         except apsw.CantOpenError:
@@ -114,6 +117,11 @@ class SqliteStore:
             # Opening in WAL mode writes the -shm index (and a migration the file): on a full disk that
             # fails, and it may pass, so the caller decides whether to wait (service/server.py).
             self._db.close()
+            if not existed:
+                # A new log that could not be made leaves nothing behind: an empty file would be taken for
+                # a lost log at the next try.
+                for leftover in ("", "-wal", "-shm", "-journal"):
+                    Path(f"{self.path}{leftover}").unlink(missing_ok=True)
             reason = _UNWRITABLE[type(exc)]
             raise StoreUnwritable(
                 reason, f"{self.path} cannot be opened ({reason}): is its file system full? Free some space"
@@ -151,7 +159,15 @@ class SqliteStore:
                 # No other writer can run inside BEGIN IMMEDIATE, so the batch got consecutive rowids.
                 last = self._db.last_insert_rowid()
         except _UNWRITABLE_TYPES as exc:
+            if isinstance(exc, apsw.BusyError):
+                # Calls run on the event loop: once another process has held the lock for a whole busy
+                # timeout, each retry waits only briefly, or every retry would freeze the process.
+                self._db.set_busy_timeout(OUTAGE_BUSY_TIMEOUT_MS)
+                self._busy_lowered = True
             raise StoreUnwritable(_UNWRITABLE.get(type(exc), type(exc).__name__)) from exc
+        if self._busy_lowered:
+            self._db.set_busy_timeout(BUSY_TIMEOUT_MS)
+        self._busy_lowered = False
         return list(range(last - len(rows) + 1, last + 1))
 
     def read_after(
@@ -183,7 +199,10 @@ class SqliteStore:
 
     def data_version(self) -> int:
         # Changes only when another connection commits; this connection's own appends leave it alone.
-        return int(self._db.execute("PRAGMA data_version").get)
+        try:
+            return int(self._db.execute("PRAGMA data_version").get)
+        except _UNWRITABLE_TYPES as exc:  # read before each append: a failing disk is an outage there too
+            raise StoreUnwritable(_UNWRITABLE.get(type(exc), type(exc).__name__)) from exc
 
     def close(self) -> None:
         self._db.close()

@@ -107,45 +107,17 @@ def _quart_app(runtime: Runtime, gateway_tokens: TokenCheck, throttle: AuthThrot
 
     @app.get("/healthz")
     async def healthz() -> Response:
-        # 200 while requests can be served: "degraded" when no provider key is usable (every chat request
-        # gets 503, but a restart would not bring a key: for monitoring to alert on, not to restart on).
-        # 503 while the event log cannot be written: new requests are refused (README: the disk).
-        stats = runtime.health.statistics()
-        log = runtime.log.statistics()
-        body: dict[str, object] = {
-            "status": "ok" if stats.keys_ok else "degraded",
-            "keys": stats.keys,
-            "keys_ok": stats.keys_ok,
-            "models": stats.models,
-            "log": {"writable": True, "held_events": log.held, "last_seq": log.last_seq},
-            "tasks": _task_count(),
-        }
-        if not stats.keys_ok:
-            body["reason"] = (
-                f"no usable provider key ({stats.keys_invalid} invalid, {stats.keys_disabled} disabled): "
-                "add one with 'switchboard keys add PLATFORM' or a <PLATFORM>_API_KEY variable"
-                if stats.keys
-                else "no provider keys: add one with 'switchboard keys add PLATFORM' or a <PLATFORM>_API_KEY "
-                "variable"
-            )
-        outage = runtime.log.outage()
-        if outage is not None:
-            body["status"] = "log_unwritable"
-            body["reason"] = (
-                f"the event log cannot be written ({outage.reason}) since "
-                f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(outage.since))}: new requests get 503; "
-                "free space or fix the file's permissions, and writing resumes by itself"
-            )
-            body["log"] = {
-                "writable": False,
-                "reason": outage.reason,
-                "since": outage.since,
-                "held_events": outage.held,
-                "dropped_events": log.dropped,
-                "last_seq": log.last_seq,
-            }
-            return Response(_encode(body), status=503, content_type="application/json")
+        # Liveness: 200 while the process answers, whatever its state says; a restart brings no key and no
+        # disk space, and during a log outage it would lose the events held in memory.
+        body, _ = _health(runtime)
         return Response(_encode(body), content_type="application/json")
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        # Readiness: 503 while chat requests would all be refused (the log cannot be written, or no
+        # provider key is usable), so a load balancer sends them elsewhere.
+        body, ready = _health(runtime)
+        return Response(_encode(body), status=200 if ready else 503, content_type="application/json")
 
     @app.get("/v1/models")
     async def list_models() -> Response:
@@ -182,6 +154,45 @@ def _quart_app(runtime: Runtime, gateway_tokens: TokenCheck, throttle: AuthThrot
         return quart_response(answer)
 
     return app
+
+
+def _health(runtime: Runtime) -> tuple[dict[str, object], bool]:
+    """What /healthz and /readyz say: "ok"; "degraded" when no provider key is usable (every chat request
+    gets 503); "log_unwritable" while the event log cannot be written (new requests get 503). And whether
+    chat requests can be served now."""
+    stats = runtime.health.statistics()
+    body: dict[str, object] = {
+        "status": "ok" if stats.keys_ok else "degraded",
+        "keys": stats.keys,
+        "keys_ok": stats.keys_ok,
+        "models": stats.models,
+        "log": {"writable": True},
+        "tasks": _task_count(),
+    }
+    if not stats.keys_ok:
+        body["reason"] = (
+            f"no usable provider key ({stats.keys_invalid} invalid, {stats.keys_disabled} disabled): "
+            "add one with 'switchboard keys add PLATFORM' or a <PLATFORM>_API_KEY variable"
+            if stats.keys
+            else "no provider keys: add one with 'switchboard keys add PLATFORM' or a <PLATFORM>_API_KEY "
+            "variable"
+        )
+    outage = runtime.log.outage()
+    if outage is not None:
+        body["status"] = "log_unwritable"
+        body["reason"] = (
+            f"the event log cannot be written ({outage.reason}) since "
+            f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(outage.since))}: new requests get 503; "
+            "free space or fix the file's permissions, and writing resumes by itself"
+        )
+        body["log"] = {
+            "writable": False,
+            "reason": outage.reason,
+            "since": outage.since,
+            "held_events": outage.held,
+            "dropped_events": runtime.log.statistics().dropped,
+        }
+    return body, stats.keys_ok > 0 and outage is None
 
 
 def _task_count() -> int:

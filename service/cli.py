@@ -61,8 +61,8 @@ def _given_path(value: str) -> Path:
     return Path(caller) / path if caller and not path.is_absolute() else path
 
 
-def _config(args: argparse.Namespace) -> Config:
-    config = load_config(_given_path(args.config) if args.config else None)
+def _config(args: argparse.Namespace, *, serving: bool = False) -> Config:
+    config = load_config(_given_path(args.config) if args.config else None, serving=serving)
     overrides = {}
     if getattr(args, "host", None):
         overrides["host"] = args.host
@@ -110,7 +110,7 @@ def _read_view(config: Config) -> tuple[RoutingView, OperationalStats]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    config = _config(args)
+    config = _config(args, serving=True)
     try:
         trio.run(run_gateway, config)
     except ServeError as exc:  # the data dir is taken, the port is in use: one line, nothing logged

@@ -399,10 +399,11 @@ def load_builtin_catalog() -> tuple[str, dict[str, PlatformConfig], tuple[ModelC
     return catalog.version, {p.name: p for p in catalog.platforms}, tuple(catalog.models)
 
 
-def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> Config:
+def load_config(path: Path | None, env: Mapping[str, str] | None = None, *, serving: bool = False) -> Config:
     """Read `path` (None = no file, all defaults), merge it over the built-in catalog, apply `env`.
 
-    `env` defaults to `os.environ`; tests pass a dict.
+    `env` defaults to `os.environ`; tests pass a dict. `serving`: also refuse weak gateway keys and admin
+    tokens (only `serve` does: a weak key must not stop an operator reading the log or taking a backup).
     """
     env = os.environ if env is None else env
     source = _Source.read(path)
@@ -411,7 +412,8 @@ def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> Conf
     except msgspec.ValidationError as err:
         raise _translate(source, err) from None
 
-    _check_token_strength(source, file)
+    if serving:
+        _check_token_strength(source, file)
     data_dir = DEFAULT_DATA_DIR
     if file.server.data_dir is not None:
         data_dir = Path(file.server.data_dir).expanduser()
@@ -471,8 +473,10 @@ def _check_token_strength(source: _Source, file: ConfigFile) -> None:
         if token.lower().startswith("sha256:"):
             continue
         if len(token) < MIN_TOKEN_CHARS or len(set(token)) < MIN_TOKEN_DISTINCT:
-            what = f"{len(token)} characters" + (
-                f", {len(set(token))} different" if len(token) >= MIN_TOKEN_CHARS else ""
+            what = (
+                f"shorter than {MIN_TOKEN_CHARS} characters"
+                if len(token) < MIN_TOKEN_CHARS
+                else f"fewer than {MIN_TOKEN_DISTINCT} different characters"
             )
             raise source.error(
                 at, f"too weak to guard the gateway ({what}): {_TOKEN_HINT.format(n=MIN_TOKEN_CHARS)}"

@@ -19,8 +19,9 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, TypeVar
 
+import apsw
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
@@ -220,8 +221,18 @@ class Tokens:
 
     def announce(self, credentials: CredentialStore, out: TextIO) -> None:
         for kind, token in self.minted:
-            credentials.add(kind, hash_token(token))
             what = "gateway API key" if kind == "gateway" else "admin token"
+            try:
+                credentials.add(kind, hash_token(token))
+            except (apsw.FullError, apsw.IOError):
+                # A first start on a full disk: the token works for this run; the next start makes another.
+                print(
+                    f"Generated {what} for this run only (the disk is full, so it could not be stored): "
+                    f"{token}",
+                    file=out,
+                    flush=True,
+                )
+                continue
             print(f"Generated {what} (shown once, stored hashed): {token}", file=out, flush=True)
         self.minted = []
 
@@ -328,9 +339,13 @@ async def _run_locked(
     data_dir = config.data_dir
     db_path = data_dir / DB_NAME
     # First: a damaged log file stops the start before anything opens it.
-    store = store or await _open_log(db_path, out)
+    if store is None:
+        store = await _when_there_is_room(f"the event log {db_path}", lambda: SqliteStore(db_path), out)
     try:
-        master_key, vault = open_vault(data_dir, db_path, env)
+        # Its first start after an upgrade records the master key's check value: a write, too.
+        master_key, vault = await _when_there_is_room(
+            f"the vault in {db_path}", lambda: open_vault(data_dir, db_path, env), out
+        )
     except BaseException:
         store.close()
         raise
@@ -380,21 +395,24 @@ async def _run_locked(
 
 
 OPEN_RETRY_S = 2.0
+T = TypeVar("T")
 
 
-async def _open_log(db_path: Path, out: TextIO) -> SqliteStore:
-    """The log, once it can be opened: on a full disk (the -shm index cannot be made) the start waits and
-    retries instead of exiting, which under a supervisor would be a crash loop (README: the disk)."""
+async def _when_there_is_room(what: str, open_: Callable[[], T], out: TextIO) -> T:
+    """`open_()`, once it works: on a full disk (SQLite cannot make the WAL's -shm index, or a first write
+    fails) the start waits and retries instead of exiting, which under a supervisor would be a crash loop
+    (README: the disk)."""
     waiting_since: float | None = None
     while True:
         try:
-            store = SqliteStore(db_path)
-        except StoreUnwritable as exc:
+            opened = open_()
+        except (StoreUnwritable, apsw.FullError, apsw.IOError) as exc:
             if waiting_since is None:
                 waiting_since = time.monotonic()
+                reason = exc.reason if isinstance(exc, StoreUnwritable) else str(exc).split(":")[0].lower()
                 print(
-                    f"warning: the event log {db_path} cannot be opened ({exc.reason}): waiting for space "
-                    f"(free some on its file system), retrying every {OPEN_RETRY_S:g}s",
+                    f"warning: {what} cannot be opened ({reason}): waiting for space (free some on its "
+                    f"file system), retrying every {OPEN_RETRY_S:g}s",
                     file=out,
                     flush=True,
                 )
@@ -402,11 +420,11 @@ async def _open_log(db_path: Path, out: TextIO) -> SqliteStore:
             continue
         if waiting_since is not None:
             print(
-                f"the event log opened after {time.monotonic() - waiting_since:.0f}s of waiting",
+                f"{what} opened after {time.monotonic() - waiting_since:.0f}s of waiting",
                 file=out,
                 flush=True,
             )
-        return store
+        return opened
 
 
 async def check_keys(

@@ -3,6 +3,7 @@ that other writers append to the same log ("foreign" events)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -488,3 +489,90 @@ def test_sqlite_reports_a_full_disk_as_unwritable_and_takes_writes_again_when_th
         assert store.append(big) == list(range(2, 52))
     finally:
         store.close()
+
+
+class LittleRoom(MemoryStore):
+    """A disk with room for small transactions only, as just after a few KB were freed."""
+
+    def __init__(self, fits: int) -> None:
+        super().__init__()
+        self.fits = fits
+
+    def append(self, events: Sequence[Event]) -> list[int]:
+        if len(events) > self.fits:
+            raise StoreUnwritable("disk full")
+        return super().append(events)
+
+
+async def test_held_events_are_retried_in_smaller_transactions_until_one_fits(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    store = LittleRoom(fits=1000)
+    log = LogWriter(store, max_batch=5000)
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(log.run)
+            for n in range(1, 3001):
+                await log.append(ev(n))
+            await trio.sleep(0.01)
+            assert log.outage() is not None  # one batch of 3000 did not fit
+            store.fits = 700
+            await trio.sleep(30)
+            assert log.outage() is None
+            log.close()
+    assert [e for _, e in store.read_after(0)] == [ev(n) for n in range(1, 3001)]
+
+
+def test_a_log_locked_by_another_process_costs_one_busy_timeout_then_short_waits(tmp_path: Path) -> None:
+    import time
+
+    store = SqliteStore(tmp_path / "log.db")
+    other = SqliteStore(tmp_path / "log.db")
+    try:
+        store._db.set_busy_timeout(300)  # the first wait, shortened for the test
+        other._db.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StoreUnwritable, match="locked by another process"):
+            store.append([ev(1)])
+        started = time.monotonic()
+        for _ in range(5):
+            with pytest.raises(StoreUnwritable):
+                store.append([ev(1)])
+        assert time.monotonic() - started < 1.0  # five retries, not five busy timeouts
+        other._db.execute("COMMIT")
+        assert store.append([ev(1)]) == [1]
+    finally:
+        store.close()
+        other.close()
+
+
+def test_a_new_log_that_cannot_be_made_on_a_full_disk_leaves_no_file_behind(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    import os
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if (
+        os.geteuid() != 0
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], check=False, capture_output=True
+        ).returncode
+    ):
+        pytest.skip("needs root and the right to mount a tmpfs (a real full disk)")
+    request.addfinalizer(lambda: subprocess.run(["umount", "-l", str(disk)], check=False))
+    filler = disk / "filler"
+    with filler.open("wb") as out:
+        with contextlib.suppress(OSError):
+            while True:
+                out.write(b"\0" * 65536)
+                out.flush()
+    path = disk / "switchboard.db"
+    for _ in range(2):  # the second try must meet the same condition, not a 0-byte "damaged" file
+        with pytest.raises(StoreUnwritable):
+            SqliteStore(path)
+        assert sorted(p.name for p in disk.iterdir()) == ["filler"]
+    filler.unlink()
+    store = SqliteStore(path)
+    assert store.append([ev(1)]) == [1]
+    store.close()

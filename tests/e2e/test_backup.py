@@ -56,3 +56,48 @@ async def test_a_backup_taken_while_serving_restores_with_its_master_key(
             async with httpx.AsyncClient(base_url=restored.url, headers=AUTH, timeout=10) as client:
                 assert (await client.post("/v1/chat/completions", json=HELLO)).status_code == 200
     assert sum(isinstance(e, RequestCompleted) for e in read_log(dest)) >= 1
+
+
+def test_a_backup_of_a_large_log_finishes_while_another_writer_commits_all_the_time(tmp_path: Path) -> None:
+    import threading
+
+    from events.sqlite_store import SqliteStore
+    from events.types import KeyChecked
+    from service.backup import BackupDone, backup
+
+    db = tmp_path / "data" / "switchboard.db"
+    store = SqliteStore(db)
+    batch = [KeyChecked(ts=float(n), key_id=f"k{n}", ok=True, status=200) for n in range(2000)]
+    for _ in range(40):  # 80k events, tens of MB: many backup steps' worth of pages
+        store.append(batch)
+    stop = threading.Event()
+    commits = [0]
+
+    def writer() -> None:
+        other = SqliteStore(db)
+        try:
+            while not stop.is_set():
+                other.append(batch[:1])
+                commits[0] += 1
+        finally:
+            other.close()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    result: list[object] = []
+    copier = threading.Thread(
+        target=lambda: result.append(backup(db, tmp_path / "data" / "master.key", tmp_path / "copy"))
+    )
+    copier.start()
+    copier.join(60)  # a stepwise backup restarts at every commit and would never finish here
+    finished = not copier.is_alive()
+    stop.set()
+    thread.join()
+    copier.join()
+    store.close()
+    assert finished, "the backup did not finish beside a busy writer"
+    done = result[0]
+    assert isinstance(done, BackupDone)
+    assert commits[0] > 10  # the copy really ran beside a writer
+    assert done.master_key is None and done.events >= 80_000
+    assert sorted(p.name for p in (tmp_path / "copy").iterdir()) == ["switchboard.db"]

@@ -40,7 +40,7 @@ def write(tmp_path: Path, text: str) -> Path:
 def error_for(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> ConfigError:
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as info:
-        load_config(path, env or {})
+        load_config(path, env or {}, serving=True)
     return info.value
 
 
@@ -946,12 +946,12 @@ def test_every_routing_duration_is_checked(tmp_path: Path, name: str) -> None:
         (
             '[gateway]\napi_keys = ["sk-topsecret-1-0123456789", "topsecret"]\n',
             "gateway.api_keys[2]",
-            "too weak to guard the gateway (9 characters): use at least 20 random characters",
+            "too weak to guard the gateway (shorter than 20 characters): use at least 20 random characters",
         ),
         (
             '[admin]\ntoken = "topsecretttttttttttttttttt"\n',
             "admin.token",
-            "too weak to guard the gateway (26 characters, 7 different)",
+            "too weak to guard the gateway (fewer than 8 different characters)",
         ),
     ],
 )
@@ -1015,3 +1015,10 @@ def test_catalog_models_carry_the_config_models(tmp_path: Path) -> None:
     built_llama = next(m for m in built if m.ref == llama.ref)
     assert built_llama.limits == Limits(llama.rpm, llama.rpd, llama.tpm, llama.tpd)
     assert (built_llama.pool, built_llama.intelligence_rank) == (llama.pool, llama.intelligence_rank)
+
+
+def test_a_weak_gateway_key_stops_only_serve_so_the_log_can_still_be_read(tmp_path: Path) -> None:
+    path = write(tmp_path, '[gateway]\napi_keys = ["sk-my-key"]\n')
+    assert load_config(path, {}).api_keys == ("sk-my-key",)  # log tail, backup, keys list read on
+    with pytest.raises(ConfigError, match="too weak"):
+        load_config(path, {}, serving=True)
