@@ -14,6 +14,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import ClassVar
 
+import msgspec
+
 from events.failures import MODEL_FAULTS
 from events.types import AttemptFailed, AttemptSucceeded, Event
 
@@ -33,6 +35,8 @@ class _Decayed:
         self.sum_ts = 0.0
 
     def add(self, ts: float) -> None:
+        # Expired buckets leave here too, not only on reads: a rebuild over a long log reads nothing.
+        self.prune(ts)
         start = ts - ts % BUCKET_S
         if self.buckets and self.buckets[-1][0] == start:
             bucket = self.buckets[-1]
@@ -43,15 +47,52 @@ class _Decayed:
         self.n += 1
         self.sum_ts += ts
 
-    def value(self, now: float) -> float:
+    def prune(self, now: float) -> None:
         buckets = self.buckets
         while buckets and buckets[0][0] + BUCKET_S <= now - self.span:
             _, n, s = buckets.popleft()
             self.n -= n
             self.sum_ts -= s
+
+    def value(self, now: float) -> float:
+        self.prune(now)
         if self.n <= 0:
             return 0.0
         return max(0.0, self.n - (self.n * now - self.sum_ts) / self.span)
+
+
+Buckets = tuple[tuple[float, float, float], ...]  # (bucket start, n, sum_ts)
+
+
+class DecayedState(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    buckets: Buckets
+    n: float
+    sum_ts: float
+
+
+class ModelStatsState(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    ref: str
+    successes: DecayedState
+    total: DecayedState
+    tps: float | None
+    ttfb_ms: float | None
+
+
+class StatsState(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    models: tuple[ModelStatsState, ...]
+    max_tps: float | None
+
+
+def _export(d: _Decayed) -> DecayedState:
+    return DecayedState(tuple((start, n, s) for start, n, s in d.buckets), d.n, d.sum_ts)
+
+
+def _restore(span: float, state: DecayedState) -> _Decayed:
+    d = _Decayed(span)
+    d.buckets.extend([start, n, s] for start, n, s in state.buckets)
+    # The running sums as they were (not re-added): floats must come back bit for bit.
+    d.n, d.sum_ts = state.n, state.sum_ts
+    return d
 
 
 @dataclass
@@ -102,6 +143,24 @@ class Stats:
                 self._of(event.platform, event.model).decayed_total.add(event.ts)
             case _:
                 pass
+
+    def state(self) -> StatsState:
+        return StatsState(
+            tuple(
+                ModelStatsState(ref, _export(m.decayed_successes), _export(m.decayed_total), m.tps, m.ttfb_ms)
+                for ref, m in self.models.items()
+            ),
+            self.max_tps,
+        )
+
+    def restore(self, state: StatsState) -> None:
+        self.models = {
+            m.ref: ModelStats(
+                _restore(self.span, m.successes), _restore(self.span, m.total), m.tps, m.ttfb_ms
+            )
+            for m in state.models
+        }
+        self.max_tps = state.max_tps
 
     def decayed(self, ref: str, now: float) -> tuple[float, float]:
         """(successes, failures), recency-decayed."""

@@ -9,14 +9,16 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import msgspec
+
 from events.bound_order import BoundOrder
-from events.catalog import Catalog, CatalogModel
-from events.cooldowns import Cooldowns
-from events.key_health import KeyHealth
-from events.model_stats import Stats
+from events.catalog import Catalog, CatalogModel, CatalogState
+from events.cooldowns import Cooldowns, CooldownsState
+from events.key_health import KeyHealth, KeyHealthState
+from events.model_stats import Stats, StatsState
 from events.policy import RoutingPolicy
-from events.quotas import Quotas
-from events.sessions import InFlight, Sessions
+from events.quotas import Quotas, QuotasState
+from events.sessions import InFlight, InFlightState, Sessions, SessionsState
 from events.store import Entry, LogStore
 from events.types import EVENT_TYPES, AttemptSucceeded, Event, Excluded, ExclusionCode, event_tag
 
@@ -64,6 +66,19 @@ def split_pool(excluded: Iterable[Excluded]) -> tuple[list[str], list[Excluded]]
 # The view's projections in the order each event is folded into them: cooldowns after health (it reads the
 # keys' state including the same event).
 FOLD_ORDER = (Catalog, KeyHealth, Cooldowns, Quotas, Stats, Sessions, InFlight)
+
+
+class ViewState(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """Every projection's state at `seq` (events/snapshot.py stores it); caches are left out, they refill."""
+
+    seq: int
+    catalog: CatalogState
+    health: KeyHealthState
+    cooldowns: CooldownsState
+    quotas: QuotasState
+    stats: StatsState
+    sessions: SessionsState
+    in_flight: InFlightState
 
 
 class RoutingView:
@@ -123,6 +138,36 @@ class RoutingView:
             self.parts_cache.pop(ref, None)
             for _, order in self._orders.values():
                 order.touch(ref)
+
+    def state(self) -> ViewState:
+        """A copy of what the view has folded, sharing nothing mutable with it."""
+        return ViewState(
+            self.seq,
+            self.catalog.state(),
+            self.health.state(),
+            self.cooldowns.state(),
+            self.quotas.state(),
+            self.stats.state(),
+            self.sessions.state(),
+            self.in_flight.state(),
+        )
+
+    def restore(self, state: ViewState) -> None:
+        """Take over `state` (of a view built from the same configuration: events/snapshot.py checks it)."""
+        self.catalog.restore(state.catalog)
+        self.health.restore(state.health)
+        self.cooldowns.restore(state.cooldowns)
+        self.quotas.restore(state.quotas)
+        self.stats.restore(state.stats)
+        self.sessions.restore(state.sessions)
+        self.in_flight.restore(state.in_flight)
+        self.seq = state.seq
+        # Nothing derived from what the view held before may survive (the versions they key on restart).
+        self._ranked_version = self._parts_basis = -1
+        self.parts_cache.clear()
+        self._chains.clear()
+        self._chains_basis = (-1, -1)
+        self._orders.clear()
 
     def chain(self, mode: str) -> ChainIndex:
         basis = self.chains_basis
