@@ -47,7 +47,7 @@ from events.types import (
     ServiceStarted,
     ServiceStopped,
 )
-from events.view import RoutingView, SessionPolicy, rebuild
+from events.view import RoutingView, SessionPolicy, folded_tags, rebuild
 
 logger = logging.getLogger("switchboard.snapshot")
 
@@ -108,7 +108,7 @@ class Projections:
     notes: LogNotes
     config_hash: str  # of the configuration the view was built from
     snapshot_seq: int  # where the snapshot it started from was taken (0: none, folded from the start)
-    replayed: int  # events folded after it
+    replayed: int  # events folded after it (only the types some projection folds are read)
     seconds: float  # how long loading took
 
 
@@ -121,7 +121,12 @@ def load_projections(store: LogStore, settings: Settings) -> Projections:
     found, skipped = resume(store, view, config_hash, op_stats, notes)
     for line in skipped:
         logger.warning("%s", line)
-    replayed = rebuild(store, view, also=(op_stats.apply, notes.apply))
+    replayed = rebuild(
+        store,
+        view,
+        also=(op_stats.apply, notes.apply),
+        types=folded_tags(OperationalStats.FOLDS, LogNotes.FOLDS),
+    )
     seconds = time.perf_counter() - started
     if found is not None:
         logger.info(
@@ -149,8 +154,8 @@ async def run_service(
     loaded = load_projections(store, settings)
     view, stats_p, notes = loaded.view, loaded.op_stats, loaded.notes
     recorded, lifecycle = notes.config_hash, notes.lifecycle  # before the snapshotter folds more into them
-    # What the projections hold (a snapshot's share included): what ServiceStarted said before snapshots.
-    folded = view.seq if loaded.snapshot_seq else loaded.replayed
+    # The position the projections hold (a snapshot's share included): what ServiceStarted said before.
+    folded = view.seq
     known_keys = set(view.health.keys)
 
     log = LogWriter(store, after=view.seq)

@@ -6,7 +6,7 @@ process decided on (events committed later, even if appended before the decision
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
@@ -232,25 +232,41 @@ class RoutingView:
         return self._intelligence
 
 
+def folded_tags(*folds: frozenset[type[Event]]) -> frozenset[str]:
+    """The type tags the view folds and those of other projections' `FOLDS`: what a rebuild into them
+    needs to read."""
+    return RoutingView.FOLDED_TAGS | frozenset(event_tag(t) for f in folds for t in f)
+
+
 def rebuild(
     store: LogStore,
     view: RoutingView,
     upto: int | None = None,
     batch: int = 5000,
     also: Sequence[Callable[[Event], None]] = (),
+    types: Collection[str] | None = None,
 ) -> int:
     """Fold the log (after the view's position, up to seq `upto` inclusive) into `view`, and into each
-    of `also` (other projections) in the same pass; returns how many events were read."""
+    of `also` (other projections) in the same pass; returns how many events were read.
+
+    With `types` (`folded_tags(...)` of everything folded), only those events are read and decoded,
+    a fraction of the log's bytes (decision records are most of them); the view still ends at `upto`, the
+    log's end when None, as if it had read every event: the others change no projection."""
+    if types is not None and upto is None:
+        upto = store.last_seq()
     seq, count = view.seq, 0
     while True:
-        entries = store.read_after(seq, batch)
+        entries = store.read_after(seq, batch, types)
         if upto is not None:
             entries = [e for e in entries if e[0] <= upto]
         if not entries:
-            return count
+            break
         view.apply_all(entries)
         for apply in also:
             for _, event in entries:
                 apply(event)
         seq = entries[-1][0]
         count += len(entries)
+    if types is not None and upto is not None and upto > view.seq:
+        view.seq = upto
+    return count

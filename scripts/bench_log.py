@@ -38,6 +38,7 @@ from actors.request import Deadlines  # noqa: E402
 from actors.supervisor import Settings, load_projections  # noqa: E402
 from events import snapshot  # noqa: E402
 from events.catalog import CatalogModel  # noqa: E402
+from events.op_stats import OperationalStats  # noqa: E402
 from events.policy import RoutingPolicy  # noqa: E402
 from events.quotas import Limits  # noqa: E402
 from events.snapshot import LogNotes  # noqa: E402
@@ -64,7 +65,7 @@ from events.types import (  # noqa: E402
     encode_event,
     event_type,
 )
-from events.view import rebuild  # noqa: E402
+from events.view import folded_tags, rebuild  # noqa: E402
 from service.server import DB_NAME  # noqa: E402
 
 PLATFORMS = 8
@@ -277,10 +278,14 @@ def child_snapshot(data: Path, tail: int) -> None:
     store = SqliteStore(data / DB_NAME)
     s = settings()
     view, notes = s.new_view(), LogNotes()
-    from events.op_stats import OperationalStats
-
     op_stats = OperationalStats()
-    rebuild(store, view, upto=store.last_seq() - tail, also=(op_stats.apply, notes.apply))
+    rebuild(
+        store,
+        view,
+        upto=store.last_seq() - tail,
+        also=(op_stats.apply, notes.apply),
+        types=folded_tags(OperationalStats.FOLDS, LogNotes.FOLDS),
+    )
     started = time.perf_counter()
     taken = snapshot.take(view, op_stats, notes, s.config_record(0.0).hash, time.time())
     copied = time.perf_counter()
@@ -327,8 +332,8 @@ def measure(data: Path, label: str) -> None:
     me = [sys.executable, str(Path(__file__).resolve())]
     result, wall, rss = run([*me, "--child-start", str(data)])
     print(
-        f"  {label:<26} start-up {result['seconds']:6.2f}s (process {wall:5.2f}s, peak RSS {rss / 1024:5.0f} MB),"
-        f" {result['replayed']:,} events folded"
+        f"  {label:<26} start-up {result['seconds']:6.2f}s (process {wall:5.2f}s, "
+        f"peak RSS {rss / 1024:5.0f} MB), {result['replayed']:,} events folded"
     )
     cli = [sys.executable, "-m", "service.cli", "keys", "list", "--data-dir", str(data)]
     _, wall, rss = run(cli)
@@ -367,8 +372,9 @@ def main() -> None:
         for tail, label in ((args.tail, f"snapshot {args.tail:,} back"), (0, "snapshot at the end")):
             taken, _, _ = run([*me, "--child-snapshot", str(data), "--tail", str(tail)])
             print(
-                f"snapshot at seq {taken['seq']:,}: {int(taken['bytes']) / 2**20:.1f} MB; copy "  # type: ignore[call-overload]
-                f"{taken['copy_ms']:.0f} ms, encode {taken['encode_ms']:.0f} ms, write {taken['write_ms']:.0f} ms"
+                f"snapshot at seq {taken['seq']:,}: {int(taken['bytes']) / 2**20:.1f} MB; "  # type: ignore[call-overload]
+                f"copy {taken['copy_ms']:.0f} ms, encode {taken['encode_ms']:.0f} ms, "
+                f"write {taken['write_ms']:.0f} ms"
             )
             measure(data, label)
             clear_snapshots(data)

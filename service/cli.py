@@ -42,7 +42,7 @@ from events.types import (
     event_tag,
     event_type,
 )
-from events.view import POOL_REASON, RoutingView, rebuild, split_pool
+from events.view import POOL_REASON, RoutingView, folded_tags, rebuild, split_pool
 from service import __version__
 from service.config import Config, ConfigError, load_config
 from service.replay_runner import run_replay
@@ -92,7 +92,7 @@ def _projections(store: SqliteStore, config: Config) -> tuple[RoutingView, Opera
     _, skipped = resume(store, view, config_hash, stats)
     for line in skipped:
         snapshot_log.warning("%s", line)
-    rebuild(store, view, also=(stats.apply,))
+    rebuild(store, view, also=(stats.apply,), types=folded_tags(OperationalStats.FOLDS))
     return view, stats
 
 

@@ -24,7 +24,7 @@ from events.types import (
     ServiceStopped,
     SessionPinCleared,
 )
-from events.view import RoutingView, rebuild
+from events.view import RoutingView, folded_tags, rebuild
 
 HASH = "a" * 64
 
@@ -57,8 +57,9 @@ class Folded:
     def __init__(self) -> None:
         self.view, self.op_stats, self.notes = new_view(), OperationalStats(), LogNotes()
 
-    def fold(self, store: LogStore, upto: int | None = None) -> int:
-        return rebuild(store, self.view, upto=upto, also=(self.op_stats.apply, self.notes.apply))
+    def fold(self, store: LogStore, upto: int | None = None, *, only_folded: bool = False) -> int:
+        types = folded_tags(OperationalStats.FOLDS, LogNotes.FOLDS) if only_folded else None
+        return rebuild(store, self.view, upto=upto, also=(self.op_stats.apply, self.notes.apply), types=types)
 
     def encoded(self) -> tuple[bytes, bytes, bytes]:
         """A stable encoding of each projection's state: equal bytes, equal state."""
@@ -129,6 +130,24 @@ def test_a_snapshot_of_a_view_that_was_read_while_it_folded_reads_like_a_full_fo
     for later in (0.0, 30.0, 3600.0, 86400.0):
         assert observable(resumed.view, end + later) == observable(full.view, end + later)
     assert resumed.encoded()[1:] == full.encoded()[1:]
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32), n=st.integers(0, 160), cut=st.floats(0, 1))
+def test_a_rebuild_that_reads_only_the_folded_types_equals_one_that_reads_everything(
+    seed: int, n: int, cut: float
+) -> None:
+    store = store_of(history(seed, n))
+    at = round(cut * store.last_seq())
+    everything, folded_only = Folded(), Folded()
+    everything.fold(store, upto=at)
+    folded_only.fold(store, upto=at, only_folded=True)
+    assert folded_only.view.seq == everything.view.seq == at
+    assert folded_only.encoded() == everything.encoded()
+    everything.fold(store)
+    folded_only.fold(store, only_folded=True)
+    assert folded_only.view.seq == store.last_seq()
+    assert folded_only.encoded() == everything.encoded()
 
 
 def snapshot_at(store: LogStore, upto: int, config_hash: str = HASH) -> Snapshot:
