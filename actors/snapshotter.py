@@ -39,7 +39,7 @@ class SnapshotterStatistics:
     snapshots: int
     last_seq: int  # of the last snapshot written (or loaded at start)
     last_bytes: int
-    last_ms: float  # copying, encoding and writing it
+    last_ms: float  # from asking for the view's state to written (other tasks ran in between)
     failures: int
 
 
@@ -114,19 +114,25 @@ class Snapshotter:
             self._fold(await self._recv.receive())
         if self._seq != view.seq:  # cannot happen: every subscriber gets the same batches
             raise AssertionError(f"snapshot positions differ: view at {view.seq}, statistics at {self._seq}")
-        self._write(
-            Snapshot(
-                format=snapshot.FORMAT,
-                schema=snapshot.LOG_SCHEMA,
-                seq=view.seq,
-                config_hash=self._config_hash,
-                created=self._now(),
-                view=view,
-                op_stats=self._stats.state(),
-                notes=self._notes.state(),
-            ),
-            started,
+        taken = Snapshot(
+            format=snapshot.FORMAT,
+            schema=snapshot.LOG_SCHEMA,
+            seq=view.seq,
+            config_hash=self._config_hash,
+            created=self._now(),
+            view=view,
+            op_stats=self._stats.state(),
+            notes=self._notes.state(),
         )
+        encoding = snapshot.encoding(taken)
+        while True:  # a few ms at a time, letting requests run in between
+            try:
+                next(encoding)
+            except StopIteration as done:
+                data: bytes = done.value
+                break
+            await trio.lowlevel.checkpoint()
+        self._write(taken.seq, data, started)
 
     def final(self, view: RoutingView) -> None:
         """At shutdown, after the log writer's last commit and with every actor stopped: bring the view
@@ -139,20 +145,21 @@ class Snapshotter:
         if view.seq == self._saved_seq:
             return
         started = time.perf_counter()
-        self._write(snapshot.take(view, self._stats, self._notes, self._config_hash, self._now()), started)
+        taken = snapshot.take(view, self._stats, self._notes, self._config_hash, self._now())
+        self._write(taken.seq, snapshot.encode(taken), started)
 
-    def _write(self, taken: Snapshot, started: float) -> None:
+    def _write(self, seq: int, data: bytes, started: float) -> None:
         try:
-            size = snapshot.save(self._store, taken)
+            self._store.save_snapshot(seq, data, snapshot.KEEP)
         except apsw.Error as exc:
             self._failures += 1
             logger.warning(
                 "snapshot at seq %d not written (%s): the next start folds the log from an older one",
-                taken.seq,
+                seq,
                 exc,
             )
             return
         self._snapshots += 1
-        self._saved_seq = taken.seq
-        self._last_bytes = size
+        self._saved_seq = seq
+        self._last_bytes = len(data)
         self._last_ms = (time.perf_counter() - started) * 1000

@@ -61,7 +61,7 @@ class _Decayed:
         return max(0.0, self.n - (self.n * now - self.sum_ts) / self.span)
 
 
-Buckets = tuple[tuple[float, float, float], ...]  # (bucket start, n, sum_ts)
+Buckets = tuple[list[float], ...]  # [bucket start, n, sum_ts]
 
 
 class DecayedState(msgspec.Struct, array_like=True, frozen=True, gc=False):
@@ -84,14 +84,17 @@ class StatsState(msgspec.Struct, array_like=True, frozen=True, gc=False):
 
 
 def _export(d: _Decayed) -> DecayedState:
-    # map(tuple, ...) copies without a Python-level loop: a week of minute buckets per model, while the
-    # model-health actor waits.
-    return DecayedState(tuple(map(tuple, d.buckets)), d.n, d.sum_ts)  # type: ignore[arg-type]  # 3 floats
+    # A week of minute buckets per model, copied while the model-health actor waits: only the newest
+    # bucket is ever changed in place (`add`), so the others are shared, not copied.
+    buckets = tuple(d.buckets)
+    if buckets:
+        buckets = (*buckets[:-1], buckets[-1].copy())
+    return DecayedState(buckets, d.n, d.sum_ts)
 
 
 def _restore(span: float, state: DecayedState) -> _Decayed:
     d = _Decayed(span)
-    d.buckets.extend(map(list, state.buckets))
+    d.buckets.extend(map(list, state.buckets))  # never the exported lists themselves: they are shared
     # The running sums as they were (not re-added): floats must come back bit for bit.
     d.n, d.sum_ts = state.n, state.sum_ts
     return d
