@@ -124,14 +124,7 @@ class Snapshotter:
             op_stats=self._stats.state(),
             notes=self._notes.state(),
         )
-        encoding = snapshot.encoding(taken)
-        while True:  # a few ms at a time, letting requests run in between
-            try:
-                next(encoding)
-            except StopIteration as done:
-                data: bytes = done.value
-                break
-            await trio.lowlevel.checkpoint()
+        data = snapshot.encode(taken)
         self._write(taken.seq, data, started)
 
     def final(self, view: RoutingView) -> None:

@@ -13,7 +13,7 @@ Encoded with msgspec's MessagePack, projections as arrays (compact, fast); the h
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterable
+from collections.abc import Iterable
 from typing import ClassVar
 
 import msgspec
@@ -102,20 +102,6 @@ def encode(snapshot: Snapshot) -> bytes:
     return _encoder.encode(snapshot)
 
 
-def encoding(snapshot: Snapshot) -> Generator[None, None, bytes]:
-    """`encode(snapshot)` in slices, yielding between them; returns the same bytes. The bulk of a
-    snapshot is each model's week of decay buckets: encoded one model at a time, a task that drives this
-    can let the others run between models instead of holding the event loop for the whole encoding."""
-    stats = snapshot.view.stats
-    models = []
-    for m in stats.models:
-        models.append(msgspec.Raw(_encoder.encode(m)))
-        yield
-    # Raw bytes stand where each model's state was: encoded as they are, so the result is byte for byte.
-    view = msgspec.structs.replace(snapshot.view, stats=msgspec.structs.replace(stats, models=tuple(models)))
-    return _encoder.encode(msgspec.structs.replace(snapshot, view=view))
-
-
 def check(data: bytes, config_hash: str, last_seq: int) -> Snapshot | str:
     """The snapshot if it fits this log and this configuration, else why not (one line)."""
     try:
@@ -131,9 +117,11 @@ def check(data: bytes, config_hash: str, last_seq: int) -> Snapshot | str:
     if header.config_hash != config_hash:
         return f"it was made under another configuration ({header.config_hash[:12]}, now {config_hash[:12]})"
     try:
-        return _decoder.decode(data)
+        found = _decoder.decode(data)
     except msgspec.DecodeError as exc:
         return f"it does not decode ({exc})"
+    damaged = found.view.stats.damaged()
+    return found if damaged is None else f"it does not decode ({damaged})"
 
 
 def newest_fitting(

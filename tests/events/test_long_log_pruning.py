@@ -33,7 +33,7 @@ def test_quota_windows_and_decayed_stats_stay_bounded_over_a_long_fold() -> None
     assert len(slot.minute.entries) <= 2 * 30 + 2  # a minute of starts and successes
     assert len(slot.day.entries) <= 2 * 43_200 + 2  # type: ignore[union-attr]  # a rolling day's
     stats = view.stats.models["gemini/flash"]
-    assert len(stats.decayed_total.buckets) <= 12 * 60 + 2  # half a day of minute buckets
+    assert len(stats.decayed_total) <= 12 * 60 + 2  # half a day of minute buckets
 
     end = T0 + 2.0 * (HOURS * 3600 // 2 - 1)
     usage = view.quotas.usage("k", "gemini/flash", end)
