@@ -83,8 +83,9 @@ class ViewState(msgspec.Struct, array_like=True, frozen=True, gc=False):
 
 class RoutingView:
     # Events some projection of the view folds: a replay reads only these, which skips the bulk of the log
-    # (decision records are most of its bytes). A rebuild reads everything: it leaves the view at the log's
-    # last position, where the log writer goes on from.
+    # (decision records are most of its bytes). A rebuild leaves the view at the log's last position, where
+    # the log writer goes on from: it reads everything, or only these (and what the projections folded
+    # beside the view need: `folded_tags`) and then moves the position to the end itself.
     FOLDED_TAGS: frozenset[str] = frozenset(
         event_tag(t) for t in EVENT_TYPES if any(t in p.FOLDS for p in FOLD_ORDER)
     )
