@@ -111,7 +111,10 @@ class Snapshotter:
             # other): try again later rather than mix two positions.
             return
         while self._seq < view.seq:  # the batches the view folded and this inbox has (or is about to get)
-            self._fold(await self._recv.receive())
+            try:
+                self._fold(await self._recv.receive())
+            except trio.EndOfChannel:
+                return  # the log writer stopped: the shutdown snapshot (`final`) is the one to write
         if self._seq != view.seq:  # cannot happen: every subscriber gets the same batches
             raise AssertionError(f"snapshot positions differ: view at {view.seq}, statistics at {self._seq}")
         taken = Snapshot(
