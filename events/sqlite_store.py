@@ -12,6 +12,7 @@ it runs on the trio thread, and a thread hop would ignore cancellation (STYLE.md
 
 from __future__ import annotations
 
+import time
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +34,16 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX events_request_id ON events (request_id);
     CREATE INDEX events_type_ts ON events (type, ts);
+    """,
+    # Snapshots of the projections (events/snapshot.py): derived data, any of them may be dropped; a few rows,
+    # so no index.
+    """
+    CREATE TABLE snapshots (
+        id INTEGER PRIMARY KEY,
+        seq INTEGER NOT NULL,
+        created REAL NOT NULL,
+        data BLOB NOT NULL
+    );
     """,
 ]
 
@@ -188,6 +199,14 @@ class SqliteStore:
             )
         return [(s, decode_event(data)) for s, data in rows]
 
+    def last_of(self, tag: str) -> Entry | None:
+        # From the (type, ts) index: the rows of a rare type, however long the log.
+        row = self._db.execute(
+            "SELECT seq, data FROM events INDEXED BY events_type_ts WHERE type = ? ORDER BY seq DESC LIMIT 1",
+            (tag,),
+        ).fetchone()
+        return None if row is None else (row[0], decode_event(row[1]))
+
     def read_request(self, request_id: str) -> list[Entry]:
         rows = self._db.execute(
             "SELECT seq, data FROM events WHERE request_id = ? ORDER BY seq", (request_id,)
@@ -206,3 +225,22 @@ class SqliteStore:
 
     def close(self) -> None:
         self._db.close()
+
+    # ---- snapshots of the projections (events/snapshot.py encodes and checks them) ----------------------
+
+    def save_snapshot(self, seq: int, data: bytes, keep: int) -> None:
+        with _immediate(self._db):
+            self._db.execute(
+                "INSERT INTO snapshots (seq, created, data) VALUES (?, ?, ?)", (seq, time.time(), data)
+            )
+            self._db.execute(
+                "DELETE FROM snapshots WHERE id NOT IN "
+                "(SELECT id FROM snapshots ORDER BY seq DESC, id DESC LIMIT ?)",
+                (keep,),
+            )
+
+    def snapshots(self) -> Iterator[tuple[int, bytes]]:
+        # A file opened without migrating (read-only) may predate the table: it simply has none.
+        if self._db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'snapshots'").get:
+            # One row at a time, newest first: a reader that takes the first valid one decodes only it.
+            yield from self._db.execute("SELECT seq, data FROM snapshots ORDER BY seq DESC, id DESC")

@@ -7,7 +7,7 @@ Stores are synchronous: every call is short, and the log writer batches appends 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import Protocol
 
 from events.types import AnyEvent, Event, decode_event, encode_event, event_type
@@ -38,6 +38,10 @@ class LogStore(Protocol):
         whose type tag is in `types` when given (the others are not even decoded)."""
         ...
 
+    def last_of(self, tag: str) -> Entry | None:
+        """The last event whose type tag is `tag`, if any; cheap however long the log is."""
+        ...
+
     def read_request(self, request_id: str) -> list[Entry]:
         """Every event of one request, in order."""
         ...
@@ -50,6 +54,14 @@ class LogStore(Protocol):
         """A number that changes when another writer commits; cheap enough to poll every few ms."""
         ...
 
+    def save_snapshot(self, seq: int, data: bytes, keep: int) -> None:
+        """Store an encoded snapshot of the projections at `seq`; keep only the newest `keep` of them."""
+        ...
+
+    def snapshots(self) -> Iterator[tuple[int, bytes]]:
+        """The stored snapshots as (seq, data), newest first."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -60,6 +72,7 @@ class MemoryStore:
         self._rows: list[tuple[int, bytes]] = []
         self._types: list[str] = []
         self._version = 0
+        self._snapshots: list[tuple[int, bytes]] = []  # oldest first
 
     def append(self, events: Sequence[Event]) -> list[int]:
         if not events:
@@ -82,6 +95,12 @@ class MemoryStore:
             rows = rows[:limit]
         return [(s, decode_event(data)) for s, data in rows]
 
+    def last_of(self, tag: str) -> Entry | None:
+        for seq in range(len(self._rows), 0, -1):
+            if self._types[seq - 1] == tag:
+                return seq, decode_event(self._rows[seq - 1][1])
+        return None
+
     def read_request(self, request_id: str) -> list[Entry]:
         return [(s, e) for s, e in self.read_after(0) if e.request_id == request_id]
 
@@ -93,3 +112,11 @@ class MemoryStore:
 
     def close(self) -> None:
         pass
+
+    def save_snapshot(self, seq: int, data: bytes, keep: int) -> None:
+        self._snapshots.append((seq, data))
+        self._snapshots.sort(key=lambda s: s[0])  # stable: at one seq, the later one stays newer
+        del self._snapshots[: max(0, len(self._snapshots) - keep)]
+
+    def snapshots(self) -> Iterator[tuple[int, bytes]]:
+        return iter(reversed(self._snapshots))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import logging
 import os
 import sys
 import time
@@ -25,6 +26,7 @@ from actors.model_health import usable_keys
 from events.config_applied import last_config, view_of
 from events.op_stats import OperationalStats
 from events.replay import Replayed
+from events.snapshot import resume
 from events.sqlite_store import SchemaVersionError, SqliteStore, StoreDamaged
 from events.store import Entry, StoreUnwritable
 from events.types import (
@@ -40,7 +42,7 @@ from events.types import (
     event_tag,
     event_type,
 )
-from events.view import POOL_REASON, RoutingView, rebuild, split_pool
+from events.view import POOL_REASON, RoutingView, folded_tags, rebuild, split_pool
 from service import __version__
 from service.backup import BackupError, backup
 from service.config import Config, ConfigError, load_config
@@ -52,6 +54,7 @@ from service.server import DB_NAME, ServeError, check_keys, routing_settings, ru
 # which relative --config and --data-dir paths are resolved.
 CALLER_DIR_ENV = "SWITCHBOARD_CALLER_DIR"
 EVENT_TAGS = tuple(sorted(event_tag(t) for t in EVENT_TYPES))
+snapshot_log = logging.getLogger("switchboard.snapshot")
 
 
 def _given_path(value: str) -> Path:
@@ -81,11 +84,16 @@ def _projections(store: SqliteStore, config: Config) -> tuple[RoutingView, Opera
     """The projections under the configuration the gateway last started with (else the file's)."""
     recorded = last_config(store)
     if recorded is not None:
-        view, stats = view_of(recorded), OperationalStats()
+        view, config_hash = view_of(recorded), recorded.hash
     else:
         settings = routing_settings(config)
-        view, stats = settings.new_view(), OperationalStats()
-    rebuild(store, view, also=(stats.apply,))
+        view, config_hash = settings.new_view(), settings.config_record(0.0).hash
+    stats = OperationalStats()
+    # From the newest snapshot the gateway wrote under that configuration: only the log after it is folded.
+    _, skipped = resume(store, view, config_hash, stats)
+    for line in skipped:
+        snapshot_log.warning("%s", line)
+    rebuild(store, view, also=(stats.apply,), types=folded_tags(OperationalStats.FOLDS))
     return view, stats
 
 
