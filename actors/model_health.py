@@ -22,7 +22,7 @@ from events.decide import Decision, UnknownModel, decide
 from events.key_health import KeyInfo
 from events.store import Entry
 from events.types import RouteInput
-from events.view import RoutingView
+from events.view import RoutingView, ViewState
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,11 @@ class ModelsAsk:
 @dataclass(frozen=True)
 class KeysAsk:
     pass
+
+
+@dataclass(frozen=True)
+class StateAsk:
+    """A copy of the view's state at its position (for a snapshot)."""
 
 
 @dataclass(frozen=True)
@@ -73,7 +78,7 @@ class ModelHealthStatistics:
     view_seq: int
 
 
-Ask = DecideAsk | ModelsAsk | KeysAsk
+Ask = DecideAsk | ModelsAsk | KeysAsk | StateAsk
 
 
 class ModelHealth:
@@ -98,6 +103,10 @@ class ModelHealth:
 
     async def keys(self) -> list[KeyView]:
         return cast(list[KeyView], await self._ask(KeysAsk()))
+
+    async def view_state(self) -> ViewState:
+        """What the view has folded, copied at one position (between two batches)."""
+        return cast(ViewState, await self._ask(StateAsk()))
 
     async def _ask(self, ask: Ask) -> object:
         reply: Reply[object] = Reply()
@@ -153,6 +162,8 @@ class ModelHealth:
                     )
                     views.append(KeyView(info, cooling))
                 return views
+            case StateAsk():
+                return view.state()
 
 
 def usable_keys(view: RoutingView, m: CatalogModel, now: float) -> list[str]:

@@ -23,7 +23,7 @@ import msgspec
 import trio
 
 from actors.attempt import Attempt, AttemptSpec, client_left
-from actors.log_writer import LogWriter
+from actors.log_writer import LogOutage, LogWriter
 from actors.model_health import ModelHealth
 from actors.session import Conversation, SessionActor
 from actors.stream import Emit, Routed, StreamHandle, StreamItem, produce
@@ -152,6 +152,11 @@ class RequestActor:
     async def _run(
         self, req: ChatRequest, emit: Emit, progress: _Progress, handle: StreamHandle | None
     ) -> Completion | Failure:
+        outage = self._log.outage()
+        if outage is not None:
+            # Quotas, cooldowns and the audit trail are folds of the log: routing without recording would
+            # overrun providers' quotas and leave answers the log never heard of (README: the disk).
+            return unwritable_failure(outage)
         started = trio.current_time()
         received = RequestReceived(
             ts=self._now(),
@@ -356,3 +361,17 @@ class RequestActor:
         )
         latency = (trio.current_time() - started) * 1000
         await self._completed(req, "client_abort", 499, progress.attempts, latency, progress.current)
+
+
+LOG_RETRY_AFTER_S = 5.0
+
+
+def unwritable_failure(outage: LogOutage) -> Failure:
+    return Failure(
+        503,
+        f"The gateway cannot write its event log ({outage.reason}), so it takes no new requests until it "
+        "can; retry shortly. Its operator is told by its log and /healthz.",
+        "server_error",
+        "log_unwritable",
+        retry_after_s=LOG_RETRY_AFTER_S,
+    )

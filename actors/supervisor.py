@@ -6,16 +6,21 @@ start that cannot serve has appended nothing; then the projections are rebuilt, 
 is recorded if it changed (`ConfigApplied`), keys that came or went are recorded, `ServiceStarted`, and only
 then does the HTTP server accept connections.
 
+The projections start from the newest snapshot that fits (events/snapshot.py) and fold only the log after
+it; the snapshotter writes new ones while the gateway runs.
+
 Shutdown order (SIGINT/SIGTERM or `shutdown.set()`): the server stops accepting and lets in-flight
 requests end within its grace period; then the actors stop; then the log writer commits what it holds and
-the log gets a final `ServiceStopped`. Nothing accepted is lost.
+the log gets a final `ServiceStopped`; then a snapshot at that final position. Nothing accepted is lost.
 """
 
 from __future__ import annotations
 
+import logging
 import signal
+import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import trio
 
@@ -25,23 +30,33 @@ from actors.log_writer import LogWriter
 from actors.model_health import ModelHealth
 from actors.request import Deadlines, RequestActor
 from actors.session import SessionActor
+from actors.snapshotter import Snapshotter
 from actors.stats import StatsActor
 from actors.upstream import Upstream
 from events.catalog import CatalogModel
 from events.config_applied import record_config
 from events.op_stats import OperationalStats
 from events.policy import RoutingPolicy
+from events.snapshot import LogNotes, resume
 from events.store import LogStore
 from events.types import (
+    AttemptFailed,
+    AttemptStarted,
+    AttemptSucceeded,
     ConfigApplied,
-    Event,
     KeyAdded,
     KeyRemoved,
     KeySource,
+    RequestCompleted,
+    RequestReceived,
     ServiceStarted,
     ServiceStopped,
+    event_tag,
 )
-from events.view import RoutingView, SessionPolicy, rebuild
+from events.unclean import UNCLEAN_WINDOW, Unfinished, unfinished
+from events.view import RoutingView, SessionPolicy, folded_tags, rebuild
+
+logger = logging.getLogger("switchboard.snapshot")
 
 
 @dataclass(frozen=True)
@@ -56,6 +71,8 @@ class Runtime:
     clock: WallClock
     shutting_down: trio.Event
     unclean_previous_start: float | None = None  # the last run was killed or crashed: when it had started
+    unfinished: Unfinished | None = None  # ... and what it left open
+    snapshotter: Snapshotter | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +87,8 @@ class Settings:
     key_check_interval_s: float = 300.0
     sessions: SessionPolicy = field(default_factory=SessionPolicy)
     platforms: frozenset[str] = frozenset()  # every configured platform, keyed or not
+    snapshot_every_events: int = 100_000  # a snapshot of the projections after this many events...
+    snapshot_every_s: float = 600.0  # ... or this long after the last one, if anything was folded since
 
     def new_view(self) -> RoutingView:
         return RoutingView(self.models, self.policy, self.rolling_day_platforms, self.sessions)
@@ -88,6 +107,45 @@ class Settings:
         )
 
 
+@dataclass
+class Projections:
+    """What a start folds from the log: the view, the operational statistics, the supervisor's notes."""
+
+    view: RoutingView
+    op_stats: OperationalStats
+    notes: LogNotes
+    config_hash: str  # of the configuration the view was built from
+    snapshot_seq: int  # where the snapshot it started from was taken (0: none, folded from the start)
+    replayed: int  # events folded after it (only the types some projection folds are read)
+    seconds: float  # how long loading took
+
+
+def load_projections(store: LogStore, settings: Settings) -> Projections:
+    """The projections at the log's end: from the newest snapshot that fits this configuration, plus the
+    log after it (every snapshot passed over gets a log line saying why)."""
+    started = time.perf_counter()
+    view, op_stats, notes = settings.new_view(), OperationalStats(), LogNotes()
+    config_hash = settings.config_record(0.0).hash
+    found, skipped = resume(store, view, config_hash, op_stats, notes)
+    for line in skipped:
+        logger.warning("%s", line)
+    replayed = rebuild(
+        store,
+        view,
+        also=(op_stats.apply, notes.apply),
+        types=folded_tags(OperationalStats.FOLDS, LogNotes.FOLDS),
+    )
+    seconds = time.perf_counter() - started
+    if found is not None:
+        logger.info(
+            "projections from the snapshot at seq %d and %d events after it (%.2fs)",
+            found.seq,
+            replayed,
+            seconds,
+        )
+    return Projections(view, op_stats, notes, config_hash, found.seq if found else 0, replayed, seconds)
+
+
 ServeHttp = Callable[[Runtime], Awaitable[None]]
 
 
@@ -101,19 +159,11 @@ async def run_service(
     task_status: trio.TaskStatus[Runtime] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     clock = WallClock()
-    view = settings.new_view()
-    stats_p = OperationalStats()
-    recorded: list[str] = []  # the hash of the last configuration the log recorded
-
-    lifecycle: list[ServiceStarted | ServiceStopped] = []  # the last start or stop in the log
-
-    def note_config(event: Event) -> None:
-        if type(event) is ConfigApplied:
-            recorded[:] = [event.hash]
-        elif isinstance(event, ServiceStarted | ServiceStopped):
-            lifecycle[:] = [event]
-
-    replayed = rebuild(store, view, also=(stats_p.apply, note_config))
+    loaded = load_projections(store, settings)
+    view, stats_p, notes = loaded.view, loaded.op_stats, loaded.notes
+    recorded, lifecycle = notes.config_hash, notes.lifecycle  # before the snapshotter folds more into them
+    # The position the projections hold (a snapshot's share included): what ServiceStarted said before.
+    folded = view.seq
     known_keys = set(view.health.keys)
 
     log = LogWriter(store, after=view.seq)
@@ -132,10 +182,28 @@ async def run_service(
         output_reserve=(p.output_reserve_default, p.output_reserve_cap),
     )
     key_checker = KeyChecker(health, upstream, log, clock.now, interval_s=settings.key_check_interval_s)
+    own_stats = OperationalStats()  # the snapshotter's copy (actors/snapshotter.py says why)
+    own_stats.restore(stats_p.state())
+    snapshotter = Snapshotter(
+        store,
+        log,
+        health,
+        own_stats,
+        notes,
+        config_hash=loaded.config_hash,
+        seq=view.seq,
+        saved_seq=loaded.snapshot_seq,
+        every_events=settings.snapshot_every_events,
+        every_s=settings.snapshot_every_s,
+        now=clock.now,
+    )
     shutting_down = trio.Event()
     # A start with no stop after it: that run was killed or crashed (a hard kill loses at most one batch).
-    unclean = lifecycle[0].ts if lifecycle and isinstance(lifecycle[0], ServiceStarted) else None
-    runtime = Runtime(log, health, stats, requests, key_checker, clock, shutting_down, unclean)
+    unclean = lifecycle.ts if isinstance(lifecycle, ServiceStarted) else None
+    left_open = _unfinished(store) if unclean is not None else None
+    runtime = Runtime(
+        log, health, stats, requests, key_checker, clock, shutting_down, unclean, left_open, snapshotter
+    )
 
     async with trio.open_nursery() as outer:
         await outer.start(log.run)
@@ -145,10 +213,11 @@ async def run_service(
             await inner.start(stats.run)
             await inner.start(requests.run)
             await inner.start(key_checker.run)
+            await inner.start(snapshotter.run)
             if handle_signals:
                 inner.start_soon(_watch_signals, shutting_down)
             config = settings.config_record(clock.now())
-            if recorded != [config.hash]:  # first, so everything after it runs under it
+            if recorded != config.hash:  # first, so everything after it runs under it
                 await log.append_durable(config)
             configured = {key_id for key_id, *_ in settings.keys}
             for key_id in sorted(known_keys - configured):
@@ -163,8 +232,10 @@ async def run_service(
                 ServiceStarted(
                     ts=clock.now(),
                     version=settings.version,
-                    events_replayed=replayed,
+                    events_replayed=folded,
                     unclean_previous_start=unclean,
+                    unfinished_requests=len(left_open.requests) if left_open else 0,
+                    unfinished_attempts=len(left_open.attempts) if left_open else 0,
                 )
             )
             task_status.started(runtime)
@@ -172,6 +243,30 @@ async def run_service(
             inner.cancel_scope.cancel()
         await log.append_durable(ServiceStopped(ts=clock.now()))
         log.close()
+    # The log writer has made its last commit: the position is final.
+    snapshotter.final(view)
+
+
+_RUN_TAGS = frozenset(
+    event_tag(t)
+    for t in (
+        ServiceStarted,
+        RequestReceived,
+        RequestCompleted,
+        AttemptStarted,
+        AttemptSucceeded,
+        AttemptFailed,
+    )
+)
+
+
+def _unfinished(store: LogStore) -> Unfinished:
+    """What the unclean last run left open, from its last events only (events/unclean.py)."""
+    last_seq = store.last_seq()
+    start = max(0, last_seq - UNCLEAN_WINDOW)
+    left = unfinished(store.read_after(start, types=_RUN_TAGS), from_run_start=start == 0)
+    last = store.read_after(last_seq - 1, 1)  # of any type: when the run last wrote anything
+    return replace(left, last_event_ts=last[0][1].ts) if last else left
 
 
 async def _watch_signals(shutting_down: trio.Event) -> None:

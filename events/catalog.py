@@ -7,6 +7,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
+import msgspec
+
 from events.quotas import Limits
 from events.types import Event, ModelUpdated
 
@@ -42,6 +44,13 @@ class ModelOverride:
     pool: str | None = None
 
 
+class CatalogState(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """The operator's overrides (ref, enabled, fallback, pool) in the order they were first made."""
+
+    overrides: tuple[tuple[str, bool | None, bool | None, str | None], ...]
+    version: int
+
+
 class Catalog:
     """Configured models plus overrides. `models()` is cached until the next override."""
 
@@ -64,6 +73,19 @@ class Catalog:
             )
             self._current = None
             self.version += 1
+
+    def state(self) -> CatalogState:
+        return CatalogState(
+            tuple((ref, o.enabled, o.fallback, o.pool) for ref, o in self.overrides.items()), self.version
+        )
+
+    def restore(self, state: CatalogState) -> None:
+        """Take over `state` (from `state()` of a catalog built from the same configured models)."""
+        self.overrides = {
+            ref: ModelOverride(enabled, fallback, pool) for ref, enabled, fallback, pool in state.overrides
+        }
+        self._current = None
+        self.version = state.version
 
     def models(self) -> tuple[CatalogModel, ...]:
         if self._current is None:

@@ -109,9 +109,8 @@ def recorded_configs(store: LogStore, upto: int | None = None, batch: int = 1000
 
 def last_config(store: LogStore) -> ConfigApplied | None:
     """The configuration the gateway last started with, if it recorded one (older logs did not)."""
-    configs = recorded_configs(store)
-    last = configs[-1][1] if configs else None
-    return last if isinstance(last, ConfigApplied) else None
+    entry = store.last_of(CONFIG_TAG)
+    return entry[1] if entry is not None and isinstance(entry[1], ConfigApplied) else None
 
 
 # ---- dataclasses <-> plain values ----------------------------------------------------------------------

@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+import msgspec
+
 from events.failures import TRANSIENT, FailureKind
 from events.key_health import KeyHealth
 from events.policy import RoutingPolicy
@@ -27,6 +29,15 @@ class _ModelCooldown:
     failed_keys: dict[str, float] = field(default_factory=dict)  # key -> last transient failure
     penalty: float = 0.0
     penalty_as_of: float = 0.0
+
+
+class CooldownsState(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """Per model ref: (ref, until, reason, ((key, last transient failure), ...), penalty, penalty_as_of);
+    the bound on every deadline; the refs with points, in the order they got them."""
+
+    models: tuple[tuple[str, float, str, tuple[tuple[str, float], ...], float, float], ...]
+    latest_until: float
+    penalised: tuple[str, ...]
 
 
 class Cooldowns:
@@ -83,6 +94,25 @@ class Cooldowns:
                     self._set_penalty(ref, self._of(ref), event.ts, p.penalty_per_429)
             case _:
                 pass
+
+    def state(self) -> CooldownsState:
+        return CooldownsState(
+            tuple(
+                (ref, m.until, m.reason, tuple(m.failed_keys.items()), m.penalty, m.penalty_as_of)
+                for ref, m in self._models.items()
+            ),
+            self._latest_until,
+            tuple(self._penalised),
+        )
+
+    def restore(self, state: CooldownsState) -> None:
+        """Take over `state`; the key health this reads must be restored too."""
+        self._models = {
+            ref: _ModelCooldown(until, reason, dict(failed), penalty, as_of)
+            for ref, until, reason, failed, penalty, as_of in state.models
+        }
+        self._latest_until = state.latest_until
+        self._penalised = {ref: self._models[ref] for ref in state.penalised}
 
     def _cool(self, state: _ModelCooldown, until: float, reason: str) -> None:
         if until > state.until:

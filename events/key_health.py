@@ -5,7 +5,9 @@ events, read with an explicit `now`."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, cast
+
+import msgspec
 
 from events.failures import FailureKind
 from events.types import (
@@ -31,6 +33,20 @@ class KeyInfo:
     source: str
     status: KeyStatus = "ok"
     reason: str = ""
+
+
+Deadlines = tuple[tuple[str, str, float], ...]  # (key_id, model, until)
+
+
+class KeyHealthState(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """Every key (key_id, platform, label, source, status, reason), each platform's keys in the order they
+    came, and the cooling and forbidden deadlines per key x model."""
+
+    keys: tuple[tuple[str, str, str, str, str, str], ...]
+    by_platform: tuple[tuple[str, tuple[str, ...]], ...]
+    platforms_version: int
+    cooling: Deadlines
+    forbidden: Deadlines
 
 
 class KeyHealth:
@@ -111,6 +127,25 @@ class KeyHealth:
                 self._cool(event.key_id, event.model, event.ts + wait)
             case _:
                 pass
+
+    def state(self) -> KeyHealthState:
+        return KeyHealthState(
+            tuple((k.key_id, k.platform, k.label, k.source, k.status, k.reason) for k in self.keys.values()),
+            tuple((platform, tuple(keys)) for platform, keys in self._by_platform.items()),
+            self.platforms_version,
+            tuple((key, model, until) for (key, model), until in self._cooling.items()),
+            tuple((key, model, until) for (key, model), until in self._forbidden.items()),
+        )
+
+    def restore(self, state: KeyHealthState) -> None:
+        self.keys = {
+            key_id: KeyInfo(key_id, platform, label, source, cast(KeyStatus, status), reason)
+            for key_id, platform, label, source, status, reason in state.keys
+        }
+        self._by_platform = {platform: list(keys) for platform, keys in state.by_platform}
+        self.platforms_version = state.platforms_version
+        self._cooling = {(key, model): until for key, model, until in state.cooling}
+        self._forbidden = {(key, model): until for key, model, until in state.forbidden}
 
     def _cool(self, key_id: str, model: str, until: float) -> None:
         # Order-insensitive merge: a cooldown ends at the latest of its deadlines.

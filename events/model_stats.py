@@ -10,9 +10,12 @@ of the window, where weights are below 1/10080 anyway.
 
 from __future__ import annotations
 
-from collections import deque
+import sys
+from array import array
 from dataclasses import dataclass
 from typing import ClassVar
+
+import msgspec
 
 from events.failures import MODEL_FAULTS
 from events.types import AttemptFailed, AttemptSucceeded, Event
@@ -22,36 +25,109 @@ EWMA_ALPHA = 0.2  # speed and TTFB follow the recent successes
 
 
 class _Decayed:
-    """Decayed count of timestamps over a window of `span` seconds."""
+    """Decayed count of timestamps over a window of `span` seconds.
 
-    __slots__ = ("buckets", "n", "span", "sum_ts")
+    The buckets are one flat array of doubles, (start, n, sum_ts) per bucket, oldest first from `_head`:
+    a week of minute buckets per model is 240 KB instead of ten thousand lists, and a snapshot copies and
+    restores it as bytes."""
+
+    __slots__ = ("_flat", "_head", "n", "span", "sum_ts")
 
     def __init__(self, span: float) -> None:
         self.span = span
-        self.buckets: deque[list[float]] = deque()  # [bucket start, n, sum_ts]
+        self._flat = array("d")
+        self._head = 0  # index of the oldest bucket's start; what lies before it has left the window
         self.n = 0.0
         self.sum_ts = 0.0
 
+    def __len__(self) -> int:
+        """How many buckets it holds."""
+        return (len(self._flat) - self._head) // 3
+
     def add(self, ts: float) -> None:
+        # Expired buckets leave here too, not only on reads: a rebuild over a long log reads nothing.
+        self.prune(ts)
         start = ts - ts % BUCKET_S
-        if self.buckets and self.buckets[-1][0] == start:
-            bucket = self.buckets[-1]
-            bucket[1] += 1
-            bucket[2] += ts
+        flat = self._flat
+        if len(flat) > self._head and flat[-3] == start:
+            flat[-2] += 1
+            flat[-1] += ts
         else:
-            self.buckets.append([start, 1.0, ts])
+            flat.extend((start, 1.0, ts))
         self.n += 1
         self.sum_ts += ts
 
+    def prune(self, now: float) -> None:
+        flat, i, end = self._flat, self._head, len(self._flat)
+        while i < end and flat[i] + BUCKET_S <= now - self.span:
+            self.n -= flat[i + 1]
+            self.sum_ts -= flat[i + 2]
+            i += 3
+        if i != self._head:
+            if 2 * i >= end:  # most of the array has left: drop it (amortised O(1) per bucket)
+                del flat[:i]
+                i = 0
+            self._head = i
+
+    def export(self) -> bytes:
+        kept = self._flat[self._head :]
+        if sys.byteorder != "little":
+            kept.byteswap()
+        return kept.tobytes()
+
+    @classmethod
+    def restored(cls, span: float, buckets: bytes, n: float, sum_ts: float) -> _Decayed:
+        d = cls(span)
+        d._flat.frombytes(buckets)
+        if sys.byteorder != "little":
+            d._flat.byteswap()
+        # The running sums as they were (not re-added): floats must come back bit for bit.
+        d.n, d.sum_ts = n, sum_ts
+        return d
+
     def value(self, now: float) -> float:
-        buckets = self.buckets
-        while buckets and buckets[0][0] + BUCKET_S <= now - self.span:
-            _, n, s = buckets.popleft()
-            self.n -= n
-            self.sum_ts -= s
+        self.prune(now)
         if self.n <= 0:
             return 0.0
         return max(0.0, self.n - (self.n * now - self.sum_ts) / self.span)
+
+
+BUCKET_BYTES = 24  # (start, n, sum_ts) as little-endian doubles
+
+
+class DecayedState(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    buckets: bytes  # BUCKET_BYTES per bucket, oldest first
+    n: float
+    sum_ts: float
+
+
+class ModelStatsState(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    ref: str
+    successes: DecayedState
+    total: DecayedState
+    tps: float | None
+    ttfb_ms: float | None
+
+
+class StatsState(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    models: tuple[ModelStatsState, ...]
+    max_tps: float | None
+
+    def damaged(self) -> str | None:
+        """Why this state cannot be restored, if it cannot (a decoder checks types, not this)."""
+        for m in self.models:
+            for d in (m.successes, m.total):
+                if len(d.buckets) % BUCKET_BYTES:
+                    return f"the decay buckets of {m.ref} are {len(d.buckets)} bytes, not whole buckets"
+        return None
+
+
+def _export(d: _Decayed) -> DecayedState:
+    return DecayedState(d.export(), d.n, d.sum_ts)
+
+
+def _restore(span: float, state: DecayedState) -> _Decayed:
+    return _Decayed.restored(span, state.buckets, state.n, state.sum_ts)
 
 
 @dataclass
@@ -102,6 +178,24 @@ class Stats:
                 self._of(event.platform, event.model).decayed_total.add(event.ts)
             case _:
                 pass
+
+    def state(self) -> StatsState:
+        return StatsState(
+            tuple(
+                ModelStatsState(ref, _export(m.decayed_successes), _export(m.decayed_total), m.tps, m.ttfb_ms)
+                for ref, m in self.models.items()
+            ),
+            self.max_tps,
+        )
+
+    def restore(self, state: StatsState) -> None:
+        self.models = {
+            m.ref: ModelStats(
+                _restore(self.span, m.successes), _restore(self.span, m.total), m.tps, m.ttfb_ms
+            )
+            for m in state.models
+        }
+        self.max_tps = state.max_tps
 
     def decayed(self, ref: str, now: float) -> tuple[float, float]:
         """(successes, failures), recency-decayed."""

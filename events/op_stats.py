@@ -12,6 +12,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+import msgspec
+
 from events.failures import MODEL_FAULTS
 from events.types import AttemptFailed, AttemptSucceeded, Event, StreamStalled
 
@@ -49,6 +51,24 @@ class ModelCounters:
     stalls: int
 
 
+class TotalsState(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    ref: str
+    successes: int
+    failures: int
+    failures_by_kind: tuple[tuple[str, int], ...]
+    stalls: int
+    latency_ms_total: float
+    ttfb_ms_total: float
+    generation_s_total: float
+    generated_tokens: int
+    input_tokens: int
+    output_tokens: int
+
+
+class OpStatsState(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    models: tuple[TotalsState, ...]
+
+
 class OperationalStats:
     FOLDS: ClassVar[frozenset[type[Event]]] = frozenset({AttemptSucceeded, AttemptFailed, StreamStalled})
 
@@ -83,6 +103,43 @@ class OperationalStats:
                 self._of(event.platform, event.model).stalls += 1
             case _:
                 pass
+
+    def state(self) -> OpStatsState:
+        return OpStatsState(
+            tuple(
+                TotalsState(
+                    ref,
+                    t.successes,
+                    t.failures,
+                    tuple(t.failures_by_kind.items()),
+                    t.stalls,
+                    t.latency_ms_total,
+                    t.ttfb_ms_total,
+                    t.generation_s_total,
+                    t.generated_tokens,
+                    t.input_tokens,
+                    t.output_tokens,
+                )
+                for ref, t in self.models.items()
+            )
+        )
+
+    def restore(self, state: OpStatsState) -> None:
+        self.models = {
+            t.ref: ModelTotals(
+                t.successes,
+                t.failures,
+                Counter(dict(t.failures_by_kind)),
+                t.stalls,
+                t.latency_ms_total,
+                t.ttfb_ms_total,
+                t.generation_s_total,
+                t.generated_tokens,
+                t.input_tokens,
+                t.output_tokens,
+            )
+            for t in state.models
+        }
 
     def counters(self) -> list[ModelCounters]:
         return [

@@ -4,7 +4,8 @@ Requests count when an attempt starts (the provider counts them whether or not t
 when it succeeds (the usage it reported, else our estimate); while it runs, its reservation (estimated
 input plus an output allowance) counts instead, so concurrent requests cannot all squeeze under a limit.
 Daily windows reset at UTC midnight, or roll over the last 24 h for platforms that count that way.
-Windows are pruned lazily, so each event and each read costs O(1) amortised.
+Windows are pruned lazily, so each event and each read costs O(1) amortised: on every read, and on every
+entry added (so a rebuild over a long log holds only the last minute and day, not every attempt ever).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
+
+import msgspec
 
 from events.types import AttemptFailed, AttemptStarted, AttemptSucceeded, Event, ServiceStarted
 
@@ -52,6 +55,8 @@ class _Window:
         self.tokens = 0
 
     def add(self, ts: float, requests: int, tokens: int) -> None:
+        # Pruning at the entry's own time drops only what any read at a later `now` would drop anyway.
+        self.prune(ts)
         self.entries.append((ts, requests, tokens))
         self.requests += requests
         self.tokens += tokens
@@ -95,6 +100,34 @@ class _SlotUsage:
         self.minute = _Window(MINUTE)
         self.day: _Window | _CalendarDay = _Window(DAY) if rolling_day else _CalendarDay()
         self.reserved = 0
+
+
+Entries = tuple[tuple[float, int, int], ...]  # (ts, requests, tokens)
+
+
+class SlotState(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """One key x model's windows: the minute's entries; the rolling day's entries, or else the calendar
+    day's (day number, requests, tokens); the tokens reserved by attempts in flight."""
+
+    key_id: str
+    ref: str
+    minute: Entries
+    rolling_day: Entries | None
+    calendar_day: tuple[int, int, int] | None
+    reserved: int
+
+
+class QuotasState(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    slots: tuple[SlotState, ...]
+    in_flight: tuple[tuple[str | None, int, str, str, int], ...]  # (request, attempt, key_id, ref, reserved)
+
+
+def _window(span: float, entries: Entries) -> _Window:
+    window = _Window(span)
+    window.entries.extend(entries)
+    window.requests = sum(e[1] for e in entries)
+    window.tokens = sum(e[2] for e in entries)
+    return window
 
 
 class Quotas:
@@ -141,6 +174,45 @@ class Quotas:
                 self._in_flight.clear()
             case _:
                 pass
+
+    def state(self) -> QuotasState:
+        slots = []
+        for (key_id, ref), usage in self._slots.items():
+            day = usage.day
+            slots.append(
+                SlotState(
+                    key_id,
+                    ref,
+                    tuple(usage.minute.entries),
+                    tuple(day.entries) if isinstance(day, _Window) else None,
+                    (day.day, day.requests, day.tokens) if isinstance(day, _CalendarDay) else None,
+                    usage.reserved,
+                )
+            )
+        return QuotasState(
+            tuple(slots),
+            tuple(
+                (request_id, attempt, key_id, ref, reserved)
+                for (request_id, attempt), ((key_id, ref), reserved) in self._in_flight.items()
+            ),
+        )
+
+    def restore(self, state: QuotasState) -> None:
+        self._slots = {}
+        for s in state.slots:
+            usage = self._slots[(s.key_id, s.ref)] = _SlotUsage(s.rolling_day is not None)
+            usage.minute = _window(MINUTE, s.minute)
+            if s.rolling_day is not None:
+                usage.day = _window(DAY, s.rolling_day)
+            elif s.calendar_day is not None:
+                calendar = _CalendarDay()
+                calendar.day, calendar.requests, calendar.tokens = s.calendar_day
+                usage.day = calendar
+            usage.reserved = s.reserved
+        self._in_flight = {
+            (request_id, attempt): ((key_id, ref), reserved)
+            for request_id, attempt, key_id, ref, reserved in state.in_flight
+        }
 
     def usage(self, key_id: str, ref: str, now: float) -> Usage:
         usage = self._slots.get((key_id, ref))

@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import msgspec
+
 from events.failures import PROTECTED
 from events.types import (
     AttemptFailed,
@@ -85,6 +87,17 @@ class SessionState:
     bans: dict[str, str] = field(default_factory=dict)  # platform -> reason
 
 
+class SessionsState(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """Least recently used first: (session, last_use, pin, pin_used_at, bans as (platform, reason))."""
+
+    sessions: tuple[tuple[str, float, tuple[str, str, str] | None, float, tuple[tuple[str, str], ...]], ...]
+
+
+class InFlightState(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    attempts: tuple[tuple[str | None, int, str, str | None], ...]  # (request, attempt, platform, session)
+    by_platform: tuple[tuple[str, tuple[tuple[str | None, int], ...]], ...]
+
+
 class Sessions:
     """Live sessions, least recently used first; expired after `ttl_s` without use, at most `max_sessions`."""
 
@@ -119,6 +132,20 @@ class Sessions:
                 self._touch(event.session, event.ts).bans[event.platform] = event.reason
             case _:
                 pass
+
+    def state(self) -> SessionsState:
+        return SessionsState(
+            tuple(
+                (key, s.last_use, s.pin, s.pin_used_at, tuple(s.bans.items()))
+                for key, s in self._sessions.items()
+            )
+        )
+
+    def restore(self, state: SessionsState) -> None:
+        self._sessions = OrderedDict(
+            (key, SessionState(last_use, pin, pin_used_at, dict(bans)))
+            for key, last_use, pin, pin_used_at, bans in state.sessions
+        )
 
     def get(self, session: str, now: float) -> SessionState | None:
         # A pure read (see KeyHealth.cooling_until); expired sessions leave by the LRU bound.
@@ -160,6 +187,16 @@ class InFlight:
                 self._by_platform.clear()
             case _:
                 pass
+
+    def state(self) -> InFlightState:
+        return InFlightState(
+            tuple((request, attempt, p, s) for (request, attempt), (p, s) in self._attempts.items()),
+            tuple((p, tuple(sessions.items())) for p, sessions in self._by_platform.items()),
+        )
+
+    def restore(self, state: InFlightState) -> None:
+        self._attempts = {(request, attempt): (p, s) for request, attempt, p, s in state.attempts}
+        self._by_platform = {p: dict(sessions) for p, sessions in state.by_platform}
 
     def other_sessions(self, platform: str, session: str | None) -> int:
         """How many other sessions (or session-less requests) have an attempt in flight on the platform."""

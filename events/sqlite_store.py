@@ -12,6 +12,7 @@ it runs on the trio thread, and a thread hop would ignore cancellation (STYLE.md
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
@@ -20,7 +21,7 @@ from urllib.parse import quote
 
 import apsw
 
-from events.store import Entry
+from events.store import Entry, StoreUnwritable
 from events.types import Event, decode_event, encode_event, event_type
 
 # Migration i takes the schema from user_version i to i + 1. Append only: a released entry never changes.
@@ -36,9 +37,20 @@ MIGRATIONS: list[str] = [
     CREATE INDEX events_request_id ON events (request_id);
     CREATE INDEX events_type_ts ON events (type, ts);
     """,
+    # Snapshots of the projections (events/snapshot.py): derived data, any of them may be dropped; a few rows,
+    # so no index.
+    """
+    CREATE TABLE snapshots (
+        id INTEGER PRIMARY KEY,
+        seq INTEGER NOT NULL,
+        created REAL NOT NULL,
+        data BLOB NOT NULL
+    );
+    """,
 ]
 
 BUSY_TIMEOUT_MS = 5000
+OUTAGE_BUSY_TIMEOUT_MS = 50
 
 _INSERT = "INSERT INTO events (ts, type, request_id, data) VALUES (?, ?, ?, ?)"
 
@@ -65,6 +77,19 @@ class StoreDamaged(RuntimeError):
     """The log file cannot be used as it is; the message names it and says what to do."""
 
 
+# What a failed write means for an operator. Each may pass (space freed, permissions fixed, the other writer
+# done), so the writer holds the batch and retries; any other error is a bug and ends the process.
+_UNWRITABLE: dict[type[Exception], str] = {
+    apsw.FullError: "disk full",
+    apsw.IOError: "I/O error",
+    apsw.ReadOnlyError: "read-only",
+    apsw.PermissionsError: "permission denied",
+    apsw.CantOpenError: "cannot open the file",
+    apsw.BusyError: "locked by another process",
+    apsw.CorruptError: "damaged database",
+}
+_UNWRITABLE_TYPES = tuple(_UNWRITABLE)
+
 _RESTORE = "restore it from a backup, or move it away to start a new, empty log"
 
 # Rows a compaction deletes per transaction: a serving gateway waits for the write lock at most this long.
@@ -82,10 +107,12 @@ class SqliteStore:
         if self.path.exists() and self.path.stat().st_size == 0:
             # SQLite would take an empty file for a new database: a log that was there would be lost unseen.
             raise StoreDamaged(f"{self.path} is empty (0 bytes), so its events are gone: {_RESTORE}")
+        self._busy_lowered = False
         if read_only:
             self._db = self._open_read_only()
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        existed = self.path.exists()
         try:
             self._db = apsw.Connection(str(self.path))
         except apsw.CantOpenError:
@@ -110,6 +137,19 @@ class SqliteStore:
             self._db.close()
             raise StoreDamaged(
                 f"{self.path} cannot be written (a read-only file or directory): make both writable"
+            ) from None
+        except (apsw.FullError, apsw.IOError) as exc:
+            # Opening in WAL mode writes the -shm index (and a migration the file): on a full disk that
+            # fails, and it may pass, so the caller decides whether to wait (service/server.py).
+            self._db.close()
+            if not existed:
+                # A new log that could not be made leaves nothing behind: an empty file would be taken for
+                # a lost log at the next try.
+                for leftover in ("", "-wal", "-shm", "-journal"):
+                    Path(f"{self.path}{leftover}").unlink(missing_ok=True)
+            reason = _UNWRITABLE[type(exc)]
+            raise StoreUnwritable(
+                reason, f"{self.path} cannot be opened ({reason}): is its file system full? Free some space"
             ) from None
         except BaseException:
             self._db.close()
@@ -188,10 +228,21 @@ class SqliteStore:
             return []
         # Encode before taking the write lock: other processes wait for as short a time as possible.
         rows = [(e.ts, event_type(e), e.request_id, encode_event(e)) for e in events]
-        with _immediate(self._db):
-            self._db.executemany(_INSERT, rows)
-            # No other writer can run inside BEGIN IMMEDIATE, so the batch got consecutive rowids.
-            last = self._db.last_insert_rowid()
+        try:
+            with _immediate(self._db):
+                self._db.executemany(_INSERT, rows)
+                # No other writer can run inside BEGIN IMMEDIATE, so the batch got consecutive rowids.
+                last = self._db.last_insert_rowid()
+        except _UNWRITABLE_TYPES as exc:
+            if isinstance(exc, apsw.BusyError):
+                # Calls run on the event loop: once another process has held the lock for a whole busy
+                # timeout, each retry waits only briefly, or every retry would freeze the process.
+                self._db.set_busy_timeout(OUTAGE_BUSY_TIMEOUT_MS)
+                self._busy_lowered = True
+            raise StoreUnwritable(_UNWRITABLE.get(type(exc), type(exc).__name__)) from exc
+        if self._busy_lowered:
+            self._db.set_busy_timeout(BUSY_TIMEOUT_MS)
+        self._busy_lowered = False
         return list(range(last - len(rows) + 1, last + 1))
 
     def read_after(
@@ -300,6 +351,14 @@ class SqliteStore:
         # In WAL mode the rewritten file first lands in the -wal: fold it in and cut the -wal to nothing.
         self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
+    def last_of(self, tag: str) -> Entry | None:
+        # From the (type, ts) index: the rows of a rare type, however long the log.
+        row = self._db.execute(
+            "SELECT seq, data FROM events INDEXED BY events_type_ts WHERE type = ? ORDER BY seq DESC LIMIT 1",
+            (tag,),
+        ).fetchone()
+        return None if row is None else (row[0], decode_event(row[1]))
+
     def read_request(self, request_id: str) -> list[Entry]:
         rows = self._db.execute(
             "SELECT seq, data FROM events WHERE request_id = ? ORDER BY seq", (request_id,)
@@ -311,7 +370,29 @@ class SqliteStore:
 
     def data_version(self) -> int:
         # Changes only when another connection commits; this connection's own appends leave it alone.
-        return int(self._db.execute("PRAGMA data_version").get)
+        try:
+            return int(self._db.execute("PRAGMA data_version").get)
+        except _UNWRITABLE_TYPES as exc:  # read before each append: a failing disk is an outage there too
+            raise StoreUnwritable(_UNWRITABLE.get(type(exc), type(exc).__name__)) from exc
 
     def close(self) -> None:
         self._db.close()
+
+    # ---- snapshots of the projections (events/snapshot.py encodes and checks them) ----------------------
+
+    def save_snapshot(self, seq: int, data: bytes, keep: int) -> None:
+        with _immediate(self._db):
+            self._db.execute(
+                "INSERT INTO snapshots (seq, created, data) VALUES (?, ?, ?)", (seq, time.time(), data)
+            )
+            self._db.execute(
+                "DELETE FROM snapshots WHERE id NOT IN "
+                "(SELECT id FROM snapshots ORDER BY seq DESC, id DESC LIMIT ?)",
+                (keep,),
+            )
+
+    def snapshots(self) -> Iterator[tuple[int, bytes]]:
+        # A file opened without migrating (read-only) may predate the table: it simply has none.
+        if self._db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'snapshots'").get:
+            # One row at a time, newest first: a reader that takes the first valid one decodes only it.
+            yield from self._db.execute("SELECT seq, data FROM snapshots ORDER BY seq DESC, id DESC")

@@ -15,9 +15,20 @@ from events.types import AnyEvent, Event, decode_event, encode_event, event_type
 Entry = tuple[int, AnyEvent]
 
 
+class StoreUnwritable(Exception):
+    """The store cannot take a write now (disk full, read-only, an I/O error, another writer holding the
+    lock too long); nothing of the batch was written. It may pass: the writer holds the batch and retries.
+    `reason` is a few words for operators and `/healthz`."""
+
+    def __init__(self, reason: str, message: str | None = None) -> None:
+        super().__init__(message or reason)
+        self.reason = reason
+
+
 class LogStore(Protocol):
     def append(self, events: Sequence[Event]) -> list[int]:
-        """Append a batch in one transaction; return the sequence number given to each event."""
+        """Append a batch in one transaction; return the sequence number given to each event. Raises
+        StoreUnwritable, having written none of it, when the store cannot be written now."""
         ...
 
     def read_after(
@@ -34,6 +45,10 @@ class LogStore(Protocol):
         that need a field or two, or output that needs no event."""
         ...
 
+    def last_of(self, tag: str) -> Entry | None:
+        """The last event whose type tag is `tag`, if any; cheap however long the log is."""
+        ...
+
     def read_request(self, request_id: str) -> list[Entry]:
         """Every event of one request, in order."""
         ...
@@ -44,6 +59,14 @@ class LogStore(Protocol):
 
     def data_version(self) -> int:
         """A number that changes when another writer commits; cheap enough to poll every few ms."""
+        ...
+
+    def save_snapshot(self, seq: int, data: bytes, keep: int) -> None:
+        """Store an encoded snapshot of the projections at `seq`; keep only the newest `keep` of them."""
+        ...
+
+    def snapshots(self) -> Iterator[tuple[int, bytes]]:
+        """The stored snapshots as (seq, data), newest first."""
         ...
 
     def close(self) -> None: ...
@@ -80,6 +103,7 @@ class MemoryStore:
         self._rows: list[tuple[int, bytes]] = []
         self._types: list[str] = []
         self._version = 0
+        self._snapshots: list[tuple[int, bytes]] = []  # oldest first
 
     def append(self, events: Sequence[Event]) -> list[int]:
         if not events:
@@ -110,6 +134,12 @@ class MemoryStore:
             rows = [row for row in rows if self._types[row[0] - 1] in types]
         return rows[:limit]
 
+    def last_of(self, tag: str) -> Entry | None:
+        for seq in range(len(self._rows), 0, -1):
+            if self._types[seq - 1] == tag:
+                return seq, decode_event(self._rows[seq - 1][1])
+        return None
+
     def read_request(self, request_id: str) -> list[Entry]:
         return [(s, e) for s, e in self.read_after(0) if e.request_id == request_id]
 
@@ -121,3 +151,11 @@ class MemoryStore:
 
     def close(self) -> None:
         pass
+
+    def save_snapshot(self, seq: int, data: bytes, keep: int) -> None:
+        self._snapshots.append((seq, data))
+        self._snapshots.sort(key=lambda s: s[0])  # stable: at one seq, the later one stays newer
+        del self._snapshots[: max(0, len(self._snapshots) - keep)]
+
+    def snapshots(self) -> Iterator[tuple[int, bytes]]:
+        return iter(reversed(self._snapshots))

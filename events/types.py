@@ -32,8 +32,11 @@ class ServiceStarted(Event, tag="service_started", frozen=True):
 
     version: str
     events_replayed: int = 0
-    # The run before this one ended without `service_stopped` (killed or crashed): when it had started.
+    # The run before this one ended without `service_stopped` (killed or crashed): when it had started,
+    # and what it left open (events/unclean.py).
     unclean_previous_start: float | None = None
+    unfinished_requests: int = 0
+    unfinished_attempts: int = 0
 
 
 class ServiceStopped(Event, tag="service_stopped", frozen=True):

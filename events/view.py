@@ -6,17 +6,19 @@ process decided on (events committed later, even if appended before the decision
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import msgspec
+
 from events.bound_order import BoundOrder
-from events.catalog import Catalog, CatalogModel
-from events.cooldowns import Cooldowns
-from events.key_health import KeyHealth
-from events.model_stats import Stats
+from events.catalog import Catalog, CatalogModel, CatalogState
+from events.cooldowns import Cooldowns, CooldownsState
+from events.key_health import KeyHealth, KeyHealthState
+from events.model_stats import Stats, StatsState
 from events.policy import RoutingPolicy
-from events.quotas import Quotas
-from events.sessions import InFlight, Sessions
+from events.quotas import Quotas, QuotasState
+from events.sessions import InFlight, InFlightState, Sessions, SessionsState
 from events.store import Entry, LogStore
 from events.types import EVENT_TYPES, AttemptSucceeded, Event, Excluded, ExclusionCode, event_tag
 
@@ -66,10 +68,24 @@ def split_pool(excluded: Iterable[Excluded]) -> tuple[list[str], list[Excluded]]
 FOLD_ORDER = (Catalog, KeyHealth, Cooldowns, Quotas, Stats, Sessions, InFlight)
 
 
+class ViewState(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """Every projection's state at `seq` (events/snapshot.py stores it); caches are left out, they refill."""
+
+    seq: int
+    catalog: CatalogState
+    health: KeyHealthState
+    cooldowns: CooldownsState
+    quotas: QuotasState
+    stats: StatsState
+    sessions: SessionsState
+    in_flight: InFlightState
+
+
 class RoutingView:
     # Events some projection of the view folds: a replay reads only these, which skips the bulk of the log
-    # (decision records are most of its bytes). A rebuild reads everything: it leaves the view at the log's
-    # last position, where the log writer goes on from.
+    # (decision records are most of its bytes). A rebuild leaves the view at the log's last position, where
+    # the log writer goes on from: it reads everything, or only these (and what the projections folded
+    # beside the view need: `folded_tags`) and then moves the position to the end itself.
     FOLDED_TAGS: frozenset[str] = frozenset(
         event_tag(t) for t in EVENT_TYPES if any(t in p.FOLDS for p in FOLD_ORDER)
     )
@@ -123,6 +139,36 @@ class RoutingView:
             self.parts_cache.pop(ref, None)
             for _, order in self._orders.values():
                 order.touch(ref)
+
+    def state(self) -> ViewState:
+        """A copy of what the view has folded, sharing nothing mutable with it."""
+        return ViewState(
+            self.seq,
+            self.catalog.state(),
+            self.health.state(),
+            self.cooldowns.state(),
+            self.quotas.state(),
+            self.stats.state(),
+            self.sessions.state(),
+            self.in_flight.state(),
+        )
+
+    def restore(self, state: ViewState) -> None:
+        """Take over `state` (of a view built from the same configuration: events/snapshot.py checks it)."""
+        self.catalog.restore(state.catalog)
+        self.health.restore(state.health)
+        self.cooldowns.restore(state.cooldowns)
+        self.quotas.restore(state.quotas)
+        self.stats.restore(state.stats)
+        self.sessions.restore(state.sessions)
+        self.in_flight.restore(state.in_flight)
+        self.seq = state.seq
+        # Nothing derived from what the view held before may survive (the versions they key on restart).
+        self._ranked_version = self._parts_basis = -1
+        self.parts_cache.clear()
+        self._chains.clear()
+        self._chains_basis = (-1, -1)
+        self._orders.clear()
 
     def chain(self, mode: str) -> ChainIndex:
         basis = self.chains_basis
@@ -187,25 +233,41 @@ class RoutingView:
         return self._intelligence
 
 
+def folded_tags(*folds: frozenset[type[Event]]) -> frozenset[str]:
+    """The type tags the view folds and those of other projections' `FOLDS`: what a rebuild into them
+    needs to read."""
+    return RoutingView.FOLDED_TAGS | frozenset(event_tag(t) for f in folds for t in f)
+
+
 def rebuild(
     store: LogStore,
     view: RoutingView,
     upto: int | None = None,
     batch: int = 5000,
     also: Sequence[Callable[[Event], None]] = (),
+    types: Collection[str] | None = None,
 ) -> int:
     """Fold the log (after the view's position, up to seq `upto` inclusive) into `view`, and into each
-    of `also` (other projections) in the same pass; returns how many events were read."""
+    of `also` (other projections) in the same pass; returns how many events were read.
+
+    With `types` (`folded_tags(...)` of everything folded), only those events are read and decoded,
+    a fraction of the log's bytes (decision records are most of them); the view still ends at `upto`, the
+    log's end when None, as if it had read every event: the others change no projection."""
+    if types is not None and upto is None:
+        upto = store.last_seq()
     seq, count = view.seq, 0
     while True:
-        entries = store.read_after(seq, batch)
+        entries = store.read_after(seq, batch, types)
         if upto is not None:
             entries = [e for e in entries if e[0] <= upto]
         if not entries:
-            return count
+            break
         view.apply_all(entries)
         for apply in also:
             for _, event in entries:
                 apply(event)
         seq = entries[-1][0]
         count += len(entries)
+    if types is not None and upto is not None and upto > view.seq:
+        view.seq = upto
+    return count

@@ -49,10 +49,10 @@ port = 0
 data_dir = "{data_dir}"
 
 [gateway]
-api_keys = ["sk-bench"]
+api_keys = ["sk-bench-0123456789abcdef"]
 
 [admin]
-token = "admin-bench"
+token = "admin-bench-0123456789abc"
 
 [catalog]
 builtin = false
@@ -184,7 +184,7 @@ def build_request(host: str, port: int, path: str, stream: bool) -> bytes:
     head = (
         f"POST {path} HTTP/1.1\r\n"
         f"Host: {host}:{port}\r\n"
-        "Authorization: Bearer sk-bench\r\n"
+        "Authorization: Bearer sk-bench-0123456789abcdef\r\n"
         "Content-Type: application/json\r\n"
         "Accept: */*\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"

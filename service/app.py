@@ -7,9 +7,11 @@ shape `{"error": {"message", "type", "code"}}` and every response carries `X-Req
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import msgspec
+import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
@@ -26,6 +28,7 @@ from service.edge import (
     error_answer,
     new_request_id,
     quart_response,
+    quoted,
     throttled,
     too_large,
     unauthorized,
@@ -79,7 +82,8 @@ def _quart_app(runtime: Runtime, gateway_tokens: TokenCheck, throttle: AuthThrot
             return quart_response(
                 error_answer(
                     404,
-                    f"Unknown path {request.path}. This gateway serves /v1/chat/completions and /v1/models.",
+                    f"Unknown path {quoted(request.path)}. "
+                    "This gateway serves /v1/chat/completions and /v1/models.",
                     "invalid_request_error",
                     "not_found",
                     headers=dict(CLOSE),
@@ -103,24 +107,17 @@ def _quart_app(runtime: Runtime, gateway_tokens: TokenCheck, throttle: AuthThrot
 
     @app.get("/healthz")
     async def healthz() -> Response:
-        # Always 200: the process is up and answering (a restart would not bring a key). "degraded" when no
-        # provider key is usable, so every chat request would get 503: for monitoring to alert on.
-        stats = runtime.health.statistics()
-        body: dict[str, object] = {
-            "status": "ok" if stats.keys_ok else "degraded",
-            "keys": stats.keys,
-            "keys_ok": stats.keys_ok,
-            "models": stats.models,
-        }
-        if not stats.keys_ok:
-            body["reason"] = (
-                f"no usable provider key ({stats.keys_invalid} invalid, {stats.keys_disabled} disabled): "
-                "add one with 'switchboard keys add PLATFORM' or a <PLATFORM>_API_KEY variable"
-                if stats.keys
-                else "no provider keys: add one with 'switchboard keys add PLATFORM' or a <PLATFORM>_API_KEY "
-                "variable"
-            )
+        # Liveness: 200 while the process answers, whatever its state says; a restart brings no key and no
+        # disk space, and during a log outage it would lose the events held in memory.
+        body, _ = _health(runtime)
         return Response(_encode(body), content_type="application/json")
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        # Readiness: 503 while chat requests would all be refused (the log cannot be written, or no
+        # provider key is usable), so a load balancer sends them elsewhere.
+        body, ready = _health(runtime)
+        return Response(_encode(body), status=200 if ready else 503, content_type="application/json")
 
     @app.get("/v1/models")
     async def list_models() -> Response:
@@ -142,7 +139,7 @@ def _quart_app(runtime: Runtime, gateway_tokens: TokenCheck, throttle: AuthThrot
         return quart_response(
             error_answer(
                 404,
-                f"The model '{model_id}' does not exist or is disabled.",
+                f"The model '{quoted(model_id)}' does not exist or is disabled.",
                 "invalid_request_error",
                 "model_not_found",
                 param="model",
@@ -157,6 +154,57 @@ def _quart_app(runtime: Runtime, gateway_tokens: TokenCheck, throttle: AuthThrot
         return quart_response(answer)
 
     return app
+
+
+def _health(runtime: Runtime) -> tuple[dict[str, object], bool]:
+    """What /healthz and /readyz say: "ok"; "degraded" when no provider key is usable (every chat request
+    gets 503); "log_unwritable" while the event log cannot be written (new requests get 503). And whether
+    chat requests can be served now."""
+    stats = runtime.health.statistics()
+    body: dict[str, object] = {
+        "status": "ok" if stats.keys_ok else "degraded",
+        "keys": stats.keys,
+        "keys_ok": stats.keys_ok,
+        "models": stats.models,
+        "log": {"writable": True},
+        "tasks": _task_count(),
+    }
+    if not stats.keys_ok:
+        body["reason"] = (
+            f"no usable provider key ({stats.keys_invalid} invalid, {stats.keys_disabled} disabled): "
+            "add one with 'switchboard keys add PLATFORM' or a <PLATFORM>_API_KEY variable"
+            if stats.keys
+            else "no provider keys: add one with 'switchboard keys add PLATFORM' or a <PLATFORM>_API_KEY "
+            "variable"
+        )
+    outage = runtime.log.outage()
+    if outage is not None:
+        body["status"] = "log_unwritable"
+        body["reason"] = (
+            f"the event log cannot be written ({outage.reason}) since "
+            f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(outage.since))}: new requests get 503; "
+            "free space or fix the file's permissions, and writing resumes by itself"
+        )
+        body["log"] = {
+            "writable": False,
+            "reason": outage.reason,
+            "since": outage.since,
+            "held_events": outage.held,
+            "dropped_events": runtime.log.statistics().dropped,
+        }
+    return body, stats.keys_ok > 0 and outage is None
+
+
+def _task_count() -> int:
+    """Live trio tasks in this process: flat under steady load, back to the idle count after it (soak)."""
+    root = trio.lowlevel.current_root_task()
+    count, stack = 0, [root] if root is not None else []
+    while stack:
+        task = stack.pop()
+        count += 1
+        for nursery in task.child_nurseries:
+            stack.extend(nursery.child_tasks)
+    return count
 
 
 def _model_object(model_id: str, owner: str) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import argparse
 import functools
 import getpass
 import json
+import logging
 import os
 import sys
 import time
@@ -28,8 +29,9 @@ from events.config_applied import last_config, view_of
 from events.op_stats import OperationalStats
 from events.replay import Replayed
 from events.retention import REMOVABLE
+from events.snapshot import resume
 from events.sqlite_store import SchemaVersionError, SqliteStore, StoreDamaged
-from events.store import PAGE, iter_after
+from events.store import PAGE, StoreUnwritable, iter_after
 from events.types import (
     EVENT_TYPES,
     ConfigApplied,
@@ -43,11 +45,12 @@ from events.types import (
     event_tag,
     event_type,
 )
-from events.view import POOL_REASON, RoutingView, rebuild, split_pool
+from events.view import POOL_REASON, RoutingView, folded_tags, rebuild, split_pool
 from service import __version__
+from service.backup import BackupError, backup
 from service.config import Config, ConfigError, load_config
 from service.replay_runner import run_replay
-from service.secrets import SecretsError, key_label, open_vault
+from service.secrets import KEY_FILE, SecretsError, key_label, open_vault
 from service.server import (
     DB_NAME,
     LOCK_NAME,
@@ -62,6 +65,7 @@ from service.server import (
 # which relative --config and --data-dir paths are resolved.
 CALLER_DIR_ENV = "SWITCHBOARD_CALLER_DIR"
 EVENT_TAGS = tuple(sorted(event_tag(t) for t in EVENT_TYPES))
+snapshot_log = logging.getLogger("switchboard.snapshot")
 
 
 def _given_path(value: str) -> Path:
@@ -71,8 +75,8 @@ def _given_path(value: str) -> Path:
     return Path(caller) / path if caller and not path.is_absolute() else path
 
 
-def _config(args: argparse.Namespace) -> Config:
-    config = load_config(_given_path(args.config) if args.config else None)
+def _config(args: argparse.Namespace, *, serving: bool = False) -> Config:
+    config = load_config(_given_path(args.config) if args.config else None, serving=serving)
     overrides = {}
     if getattr(args, "host", None):
         overrides["host"] = args.host
@@ -92,11 +96,16 @@ def _projections(store: SqliteStore, config: Config) -> tuple[RoutingView, Opera
     """The projections under the configuration the gateway last started with (else the file's)."""
     recorded = last_config(store)
     if recorded is not None:
-        view, stats = view_of(recorded), OperationalStats()
+        view, config_hash = view_of(recorded), recorded.hash
     else:
         settings = routing_settings(config)
-        view, stats = settings.new_view(), OperationalStats()
-    rebuild(store, view, also=(stats.apply,))
+        view, config_hash = settings.new_view(), settings.config_record(0.0).hash
+    stats = OperationalStats()
+    # From the newest snapshot the gateway wrote under that configuration: only the log after it is folded.
+    _, skipped = resume(store, view, config_hash, stats)
+    for line in skipped:
+        snapshot_log.warning("%s", line)
+    rebuild(store, view, also=(stats.apply,), types=folded_tags(OperationalStats.FOLDS))
     return view, stats
 
 
@@ -121,12 +130,27 @@ def _read_view(config: Config) -> tuple[RoutingView, OperationalStats]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    config = _config(args)
+    config = _config(args, serving=True)
     try:
         trio.run(run_gateway, config)
     except ServeError as exc:  # the data dir is taken, the port is in use: one line, nothing logged
         print(f"switchboard: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    config = _config(args)
+    try:
+        done = backup(config.data_dir / DB_NAME, config.data_dir / KEY_FILE, _given_path(args.dest))
+    except BackupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    key = f"{done.master_key} and " if done.master_key else "no master.key (SWITCHBOARD_SECRET_KEY?) and "
+    print(
+        f"backed up {key}{done.database} ({done.events} events, {done.bytes / 1e6:.1f} MB) in "
+        f"{done.seconds:.1f}s; to restore, copy both into an empty data dir"
+    )
     return 0
 
 
@@ -659,6 +683,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int)
     serve.set_defaults(func=cmd_serve)
 
+    bk = common(sub.add_parser("backup", help="copy master.key and the log to DEST, safely while serving"))
+    bk.add_argument("dest", help="a new or empty directory")
+    bk.set_defaults(func=cmd_backup)
+
     keys = sub.add_parser("keys", help="provider keys").add_subparsers(dest="action", required=True)
     add = common(keys.add_parser("add", help="store a key (read from stdin), encrypted"))
     add.add_argument("platform")
@@ -750,7 +778,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         status: int = args.func(args)
         return status
-    except (ConfigError, SecretsError, StoreDamaged, SchemaVersionError, UsageError) as exc:
+    except (ConfigError, SecretsError, StoreDamaged, StoreUnwritable, SchemaVersionError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `switchboard log tail | head`: the reader has what it wanted

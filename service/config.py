@@ -399,10 +399,11 @@ def load_builtin_catalog() -> tuple[str, dict[str, PlatformConfig], tuple[ModelC
     return catalog.version, {p.name: p for p in catalog.platforms}, tuple(catalog.models)
 
 
-def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> Config:
+def load_config(path: Path | None, env: Mapping[str, str] | None = None, *, serving: bool = False) -> Config:
     """Read `path` (None = no file, all defaults), merge it over the built-in catalog, apply `env`.
 
-    `env` defaults to `os.environ`; tests pass a dict.
+    `env` defaults to `os.environ`; tests pass a dict. `serving`: also refuse weak gateway keys and admin
+    tokens (only `serve` does: a weak key must not stop an operator reading the log or taking a backup).
     """
     env = os.environ if env is None else env
     source = _Source.read(path)
@@ -411,6 +412,8 @@ def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> Conf
     except msgspec.ValidationError as err:
         raise _translate(source, err) from None
 
+    if serving:
+        _check_token_strength(source, file)
     data_dir = DEFAULT_DATA_DIR
     if file.server.data_dir is not None:
         data_dir = Path(file.server.data_dir).expanduser()
@@ -447,6 +450,37 @@ def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> Conf
         models=models,
         env_keys=_env_keys(env, platforms),
     )
+
+
+MIN_TOKEN_CHARS = 20
+MIN_TOKEN_DISTINCT = 8
+_TOKEN_HINT = (
+    "use at least {n} random characters, e.g. from "
+    "python3 -c 'import secrets; print(\"sk-\" + secrets.token_urlsafe(24))', "
+    "or leave it out and the gateway generates one"
+)
+
+
+def _check_token_strength(source: _Source, file: ConfigFile) -> None:
+    """A gateway key or admin token anyone could guess is refused at start (a hash cannot be judged).
+    The message never shows the token, only its length."""
+    tokens: list[tuple[_KeyPath, str]] = [
+        (("gateway", "api_keys", i), t) for i, t in enumerate(file.gateway.api_keys)
+    ]
+    if file.admin.token is not None:
+        tokens.append((("admin", "token"), file.admin.token))
+    for at, token in tokens:
+        if token.lower().startswith("sha256:"):
+            continue
+        if len(token) < MIN_TOKEN_CHARS or len(set(token)) < MIN_TOKEN_DISTINCT:
+            what = (
+                f"shorter than {MIN_TOKEN_CHARS} characters"
+                if len(token) < MIN_TOKEN_CHARS
+                else f"fewer than {MIN_TOKEN_DISTINCT} different characters"
+            )
+            raise source.error(
+                at, f"too weak to guard the gateway ({what}): {_TOKEN_HINT.format(n=MIN_TOKEN_CHARS)}"
+            )
 
 
 @dataclass(frozen=True)

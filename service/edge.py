@@ -161,6 +161,15 @@ def routing_headers(result: Completion | Routed) -> dict[str, str]:
     return headers
 
 
+QUOTE_CHARS = 80  # of a client's own string echoed in an error message
+
+
+def quoted(text: str) -> str:
+    """A client-supplied string as an error message quotes it: a prefix at most, so a 16 KB path or id
+    is not sent back (nor logged) whole."""
+    return text if len(text) <= QUOTE_CHARS else text[: QUOTE_CHARS - 1] + "…"
+
+
 def one_line(parts: tuple[str, ...]) -> str:
     """Printable ASCII on one line, bounded: safe as a header value and inside an SSE comment."""
     text = "; ".join(parts)[:MAX_SKIPPED_HEADER]

@@ -19,8 +19,9 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, TypeVar
 
+import apsw
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
@@ -33,7 +34,7 @@ from actors.supervisor import Runtime, Settings, run_service
 from events.catalog import CatalogModel
 from events.key_health import KeyInfo
 from events.sqlite_store import SqliteStore
-from events.store import LogStore
+from events.store import LogStore, StoreUnwritable
 from events.types import KeyChecked, KeySource
 from events.view import SessionPolicy, rebuild
 from service import __version__
@@ -69,7 +70,14 @@ def data_dir_lock(data_dir: Path) -> Iterator[None]:
     when the process dies, however it dies). Raises ServeError naming the holder's pid if another has it."""
     path = data_dir / LOCK_NAME
     data_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise ServeError(
+            f"the data dir {data_dir} cannot be written ({(exc.strerror or str(exc)).lower()}): make it "
+            "writable by this user, or give the gateway another one; a read-only copy can still be read "
+            "with the CLI's --data-dir"
+        ) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -79,12 +87,16 @@ def data_dir_lock(data_dir: Path) -> Iterator[None]:
                 f"another gateway (pid {holder}) is serving the data dir {data_dir} (it holds {path}); "
                 "stop it first, or give this one another data dir"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        # The pid is for the message above; on a full disk it cannot be written, and the gateway must still
+        # start (README: the disk), so only the lock itself is required.
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         try:
             yield
         finally:
-            os.ftruncate(fd, 0)  # no stale pid for the next reader; the lock goes with the descriptor
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)  # no stale pid for the next reader; the lock goes with the descriptor
     finally:
         os.close(fd)
 
@@ -209,8 +221,18 @@ class Tokens:
 
     def announce(self, credentials: CredentialStore, out: TextIO) -> None:
         for kind, token in self.minted:
-            credentials.add(kind, hash_token(token))
             what = "gateway API key" if kind == "gateway" else "admin token"
+            try:
+                credentials.add(kind, hash_token(token))
+            except (apsw.FullError, apsw.IOError):
+                # A first start on a full disk: the token works for this run; the next start makes another.
+                print(
+                    f"Generated {what} for this run only (the disk is full, so it could not be stored): "
+                    f"{token}",
+                    file=out,
+                    flush=True,
+                )
+                continue
             print(f"Generated {what} (shown once, stored hashed): {token}", file=out, flush=True)
         self.minted = []
 
@@ -239,11 +261,24 @@ async def startup_summary(runtime: Runtime, config: Config, env: Mapping[str, st
     """What an operator checks first: which platforms have keys, how many models can be used, and
     `*_API_KEY` variables that name no platform (a typo such as GROK_API_KEY is otherwise silent)."""
     lines = []
+    outage = runtime.log.outage()
+    if outage is not None:
+        lines.append(
+            f"warning: the event log cannot be written ({outage.reason}): new requests get 503 until it can "
+            "(free space or fix permissions; writing resumes by itself, /healthz says when)"
+        )
     if runtime.unclean_previous_start is not None:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(runtime.unclean_previous_start))
+        left = runtime.unfinished
+        last = (
+            time.strftime("%H:%M:%S", time.localtime(left.last_event_ts))
+            if left is not None and left.last_event_ts is not None
+            else "?"
+        )
         lines.append(
-            f"warning: the last run (started {when}) did not stop cleanly (killed or crashed); "
-            "at most its last few milliseconds of request events are missing from the log"
+            f"warning: the last run (started {when}) did not stop cleanly (killed or crashed); its last "
+            f"event was written at {last}, and events of at most its last few milliseconds are missing; "
+            + (left.summary() if left is not None else "")
         )
     keys: dict[str, list[str]] = {}
     for view in await runtime.health.keys():
@@ -303,11 +338,14 @@ async def _run_locked(
 ) -> None:
     data_dir = config.data_dir
     db_path = data_dir / DB_NAME
-    store = store or SqliteStore(
-        db_path
-    )  # first: a damaged log file stops the start before anything opens it
+    # First: a damaged log file stops the start before anything opens it.
+    if store is None:
+        store = await _when_there_is_room(f"the event log {db_path}", lambda: SqliteStore(db_path), out)
     try:
-        master_key, vault = open_vault(data_dir, db_path, env)
+        # Its first start after an upgrade records the master key's check value: a write, too.
+        master_key, vault = await _when_there_is_room(
+            f"the vault in {db_path}", lambda: open_vault(data_dir, db_path, env), out
+        )
     except BaseException:
         store.close()
         raise
@@ -354,6 +392,39 @@ async def _run_locked(
         credentials.close()
         vault.close()
         store.close()
+
+
+OPEN_RETRY_S = 2.0
+T = TypeVar("T")
+
+
+async def _when_there_is_room(what: str, open_: Callable[[], T], out: TextIO) -> T:
+    """`open_()`, once it works: on a full disk (SQLite cannot make the WAL's -shm index, or a first write
+    fails) the start waits and retries instead of exiting, which under a supervisor would be a crash loop
+    (README: the disk)."""
+    waiting_since: float | None = None
+    while True:
+        try:
+            opened = open_()
+        except (StoreUnwritable, apsw.FullError, apsw.IOError) as exc:
+            if waiting_since is None:
+                waiting_since = time.monotonic()
+                reason = exc.reason if isinstance(exc, StoreUnwritable) else str(exc).split(":")[0].lower()
+                print(
+                    f"warning: {what} cannot be opened ({reason}): waiting for space (free some on its "
+                    f"file system), retrying every {OPEN_RETRY_S:g}s",
+                    file=out,
+                    flush=True,
+                )
+            await trio.sleep(OPEN_RETRY_S)
+            continue
+        if waiting_since is not None:
+            print(
+                f"{what} opened after {time.monotonic() - waiting_since:.0f}s of waiting",
+                file=out,
+                flush=True,
+            )
+        return opened
 
 
 async def check_keys(

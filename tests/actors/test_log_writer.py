@@ -3,6 +3,7 @@ that other writers append to the same log ("foreign" events)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,7 +13,7 @@ import trio
 
 from actors.log_writer import LogWriter, LogWriterStatistics
 from events.sqlite_store import SqliteStore
-from events.store import Entry, LogStore, MemoryStore
+from events.store import Entry, LogStore, MemoryStore, StoreUnwritable
 from events.types import AttemptStarted, Event, KeyAdded, KeyInvalidated
 
 
@@ -73,7 +74,14 @@ async def test_queued_events_are_committed_in_batches_of_max_batch(autojump_cloc
     assert store.read_after(0) == numbered(events)
     assert store.data_version() == 10  # MemoryStore: one version per transaction
     assert log.statistics() == LogWriterStatistics(
-        events_written=100, batches=10, largest_batch=10, foreign_events=0, last_seq=100, queued=0
+        events_written=100,
+        batches=10,
+        largest_batch=10,
+        foreign_events=0,
+        last_seq=100,
+        queued=0,
+        held=0,
+        dropped=0,
     )
 
 
@@ -361,3 +369,210 @@ async def test_a_foreign_commit_right_after_ours_is_still_published(
     finally:
         store.close()
         other.close()
+
+
+# -- A log that cannot be written (README: the disk)
+
+
+class BrokenDisk(MemoryStore):
+    """A store whose appends fail while `reason` is set, as SQLite's would on a full disk."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reason: str | None = None
+        self.refused = 0
+
+    def append(self, events: Sequence[Event]) -> list[int]:
+        if self.reason is not None:
+            self.refused += 1
+            raise StoreUnwritable(self.reason)
+        return super().append(events)
+
+
+async def test_an_outage_holds_events_in_order_and_writes_them_once_the_disk_is_back(
+    autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = BrokenDisk()
+    log = LogWriter(store, retry_s=1.0, now=trio.current_time)
+    recv = subscriber(log)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(log.run)
+            await log.append_durable(ev(1))
+            store.reason = "disk full"
+            await log.append(ev(2))
+            await trio.sleep(0.1)
+            outage = log.outage()
+            assert outage is not None
+            assert (outage.reason, outage.held) == ("disk full", 1)
+            # A durable append is held, not waited for: nothing may wedge behind a disk that never frees.
+            with trio.fail_after(0.01):
+                assert await log.append_durable(ev(3)) is None
+            await log.append(ev(4))
+            await trio.sleep(10)  # ten retries at most, not one per event or per poll
+            assert 1 <= store.refused <= 12
+            assert drain(recv) == [(1, ev(1))]  # nothing is published before it is committed
+            assert log.statistics().held == 3
+            store.reason = None
+            await trio.sleep(1.5)
+            assert log.outage() is None
+            await log.append(ev(5))
+            await trio.sleep(0.1)
+            log.close()
+    assert store.read_after(0) == numbered([ev(n) for n in range(1, 6)])
+    assert drain(recv) == numbered([ev(n) for n in range(2, 6)], start=2)
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("cannot be written (disk full)" in m for m in messages) == 1, messages
+    assert any("can be written again" in m and "3 held events written" in m for m in messages), messages
+
+
+async def test_beyond_max_held_telemetry_is_dropped_and_counted_but_durable_events_are_kept(
+    autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = BrokenDisk()
+    store.reason = "disk full"
+    log = LogWriter(store, max_held=5)
+    key = KeyAdded(ts=9.0, key_id="k1", platform="groq", label="main", source="config")
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(log.run)
+            for n in range(1, 9):
+                await log.append(ev(n))
+            await trio.sleep(0.1)
+            assert await log.append_durable(key) is None
+            assert (log.statistics().held, log.statistics().dropped) == (6, 3)
+            store.reason = None
+            await trio.sleep(2)
+            log.close()
+    assert [e for _, e in store.read_after(0)] == [*(ev(n) for n in range(1, 6)), key]
+    assert any("3 dropped" in r.getMessage() for r in caplog.records)
+
+
+async def test_events_still_held_when_the_writer_stops_are_named_as_lost(
+    autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = BrokenDisk()
+    store.reason = "read-only"
+    log = LogWriter(store)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(log.run)
+            await log.append(ev(1))
+            await log.append(ev(2))
+            await trio.sleep(0.1)
+            log.close()
+    assert store.read_after(0) == []
+    assert any(
+        "still cannot be written (read-only): 2 events" in r.getMessage() and "lost" in r.getMessage()
+        for r in caplog.records
+    ), [r.getMessage() for r in caplog.records]
+
+
+def test_sqlite_reports_a_full_disk_as_unwritable_and_takes_writes_again_when_there_is_room(
+    tmp_path: Path,
+) -> None:
+    store = SqliteStore(tmp_path / "log.db")
+    try:
+        store.append([ev(1)])
+        db = store._db  # the file's size cap stands in for a full disk (a tmpfs needs root)
+        pages = int(db.execute("PRAGMA page_count").get)
+        db.execute(f"PRAGMA max_page_count = {pages}")
+        big = [
+            KeyAdded(ts=1.0, key_id=f"k{n}", platform="p" * 500, label="x", source="config")
+            for n in range(50)
+        ]
+        with pytest.raises(StoreUnwritable) as refused:
+            store.append(big)
+        assert refused.value.reason == "disk full"
+        assert store.last_seq() == 1  # none of the batch
+        db.execute("PRAGMA max_page_count = 1000000")
+        assert store.append(big) == list(range(2, 52))
+    finally:
+        store.close()
+
+
+class LittleRoom(MemoryStore):
+    """A disk with room for small transactions only, as just after a few KB were freed."""
+
+    def __init__(self, fits: int) -> None:
+        super().__init__()
+        self.fits = fits
+
+    def append(self, events: Sequence[Event]) -> list[int]:
+        if len(events) > self.fits:
+            raise StoreUnwritable("disk full")
+        return super().append(events)
+
+
+async def test_held_events_are_retried_in_smaller_transactions_until_one_fits(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    store = LittleRoom(fits=1000)
+    log = LogWriter(store, max_batch=5000)
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(log.run)
+            for n in range(1, 3001):
+                await log.append(ev(n))
+            await trio.sleep(0.01)
+            assert log.outage() is not None  # one batch of 3000 did not fit
+            store.fits = 700
+            await trio.sleep(30)
+            assert log.outage() is None
+            log.close()
+    assert [e for _, e in store.read_after(0)] == [ev(n) for n in range(1, 3001)]
+
+
+def test_a_log_locked_by_another_process_costs_one_busy_timeout_then_short_waits(tmp_path: Path) -> None:
+    import time
+
+    store = SqliteStore(tmp_path / "log.db")
+    other = SqliteStore(tmp_path / "log.db")
+    try:
+        store._db.set_busy_timeout(300)  # the first wait, shortened for the test
+        other._db.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StoreUnwritable, match="locked by another process"):
+            store.append([ev(1)])
+        started = time.monotonic()
+        for _ in range(5):
+            with pytest.raises(StoreUnwritable):
+                store.append([ev(1)])
+        assert time.monotonic() - started < 1.0  # five retries, not five busy timeouts
+        other._db.execute("COMMIT")
+        assert store.append([ev(1)]) == [1]
+    finally:
+        store.close()
+        other.close()
+
+
+def test_a_new_log_that_cannot_be_made_on_a_full_disk_leaves_no_file_behind(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    import os
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if (
+        os.geteuid() != 0
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], check=False, capture_output=True
+        ).returncode
+    ):
+        pytest.skip("needs root and the right to mount a tmpfs (a real full disk)")
+    request.addfinalizer(lambda: subprocess.run(["umount", "-l", str(disk)], check=False))
+    filler = disk / "filler"
+    with filler.open("wb") as out:
+        with contextlib.suppress(OSError):
+            while True:
+                out.write(b"\0" * 65536)
+                out.flush()
+    path = disk / "switchboard.db"
+    for _ in range(2):  # the second try must meet the same condition, not a 0-byte "damaged" file
+        with pytest.raises(StoreUnwritable):
+            SqliteStore(path)
+        assert sorted(p.name for p in disk.iterdir()) == ["filler"]
+    filler.unlink()
+    store = SqliteStore(path)
+    assert store.append([ev(1)]) == [1]
+    store.close()

@@ -12,10 +12,11 @@ import trio
 from fault_upstream import UpstreamState, serve_upstream
 
 from actors.supervisor import Runtime
+from events.store import LogStore
 from service.config import load_config
-from service.server import run_gateway
+from service.server import DB_NAME, run_gateway
 
-GATEWAY_KEY = "sk-e2e-gateway"
+GATEWAY_KEY = "sk-e2e-gateway-0123456789"
 SECRET_ENV = {"SWITCHBOARD_SECRET_KEY": "ab" * 32}
 
 
@@ -51,7 +52,7 @@ data_dir = "{data_dir}"
 [gateway]
 api_keys = ["{GATEWAY_KEY}"]
 [admin]
-token = "admin-e2e"
+token = "admin-e2e-0123456789abc"
 [catalog]
 builtin = false
 [timeouts]
@@ -79,8 +80,10 @@ async def gateway_from(
     state: UpstreamState | None = None,
     data_dir: Path | None = None,
     env: Mapping[str, str] = SECRET_ENV,
+    store: Callable[[Path], LogStore] | None = None,
 ) -> AsyncIterator[Gateway]:
-    """Like `harness.running_gateway`, with the config text from `config_for(upstream_url, data_dir)`."""
+    """Like `harness.running_gateway`, with the config text from `config_for(upstream_url, data_dir)`;
+    `store(db_path)` opens the log instead of the gateway's own SqliteStore."""
     state = state or UpstreamState()
     data_dir = data_dir or tmp_path / "data"
     async with trio.open_nursery() as nursery:
@@ -100,6 +103,7 @@ async def gateway_from(
                     out=output,
                     handle_signals=False,
                     on_listening=lambda url, rt: ready.send_nowait((url, rt)),
+                    store=store(data_dir / DB_NAME) if store is not None else None,
                 )
             finally:
                 done.set()

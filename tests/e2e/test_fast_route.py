@@ -137,3 +137,17 @@ async def test_an_address_guessing_keys_is_refused_with_429(tmp_path, monkeypatc
     assert refused.status_code == 429 and int(refused.headers["retry-after"]) > 0
     assert refused.json()["error"]["code"] == "too_many_failed_attempts"
     assert models.status_code == 429
+
+
+async def test_errors_quote_only_a_prefix_of_a_clients_long_path_or_model_id(tmp_path) -> None:
+    # From issue 10's list: error messages quote at most a prefix of what the client sent.
+    long = "x" * 8000
+    with trio.fail_after(20):
+        async with running_gateway(tmp_path, ["ok"]) as gw:
+            async with httpx.AsyncClient(base_url=gw.url, headers=AUTH, timeout=10) as client:
+                missing = await client.get(f"/v1/models/{long}")
+                unknown = await client.get(f"/{long}")
+    for resp in (missing, unknown):
+        assert resp.status_code == 404
+        message = resp.json()["error"]["message"]
+        assert "x" * 70 in message and "x" * 80 not in message and len(message) < 200, message

@@ -352,19 +352,38 @@ async def test_healthz_is_degraded_while_no_key_is_usable(tmp_path):
 async def test_a_run_that_did_not_stop_cleanly_is_said_at_the_next_start(tmp_path) -> None:
     # From issue 10's list: a kill -9 left no trace that the last run crashed.
     from events.sqlite_store import SqliteStore
-    from events.types import ServiceStarted
+    from events.types import AttemptStarted, RequestReceived, ServiceStarted
 
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     store = SqliteStore(data_dir / DB_NAME)
-    store.append([ServiceStarted(ts=1_700_000_000.0, version="0.0.1")])  # and never a service_stopped
+    t = 1_700_000_000.0
+    store.append(  # and never a service_stopped: killed with one request and its attempt in flight
+        [
+            ServiceStarted(ts=t, version="0.0.1"),
+            RequestReceived(
+                ts=t + 1, request_id="req_done", model="ok", stream=False, messages=1, est_input_tokens=1
+            ),
+            RequestCompleted(
+                ts=t + 2, request_id="req_done", outcome="ok", status=200, attempts=1, latency_ms=1.0
+            ),
+            RequestReceived(
+                ts=t + 3, request_id="req_cut", model="ok", stream=True, messages=1, est_input_tokens=1
+            ),
+            AttemptStarted(
+                ts=t + 4, request_id="req_cut", attempt=1, platform="local", model="ok", key_id="k"
+            ),
+        ]
+    )
     store.close()
     with trio.fail_after(20):
         async with running_gateway(tmp_path, ["ok"], data_dir=data_dir) as gw:
             output = gw.output.getvalue()
     assert "did not stop cleanly (killed or crashed)" in output
+    assert "1 requests never completed (req_cut); 1 upstream attempts never ended (on local/ok)" in output
     starts = [e for e in read_log(data_dir) if isinstance(e, ServiceStarted)]
-    assert starts[-1].unclean_previous_start == 1_700_000_000.0
+    assert starts[-1].unclean_previous_start == t
+    assert (starts[-1].unfinished_requests, starts[-1].unfinished_attempts) == (1, 1)
     with trio.fail_after(20):  # that run stopped cleanly: the next start says nothing
         async with running_gateway(tmp_path, ["ok"], data_dir=data_dir) as gw:
             assert "did not stop cleanly" not in gw.output.getvalue()

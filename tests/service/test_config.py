@@ -40,7 +40,7 @@ def write(tmp_path: Path, text: str) -> Path:
 def error_for(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> ConfigError:
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as info:
-        load_config(path, env or {})
+        load_config(path, env or {}, serving=True)
     return info.value
 
 
@@ -130,14 +130,14 @@ data_dir = "/var/lib/switchboard"
 
 [gateway]
 api_keys = [
-  "sk-one",
+  "sk-one-0123456789abcdef",
   "sha256:"""
     + "ab" * 32
     + """",
 ]
 
 [admin]
-token = "admin-secret"
+token = "admin-secret-0123456789"
 
 [timeouts]
 first_byte_s = 30
@@ -190,8 +190,8 @@ def test_full_valid_file(tmp_path: Path) -> None:
     config = load_config(path, {})
     assert config.path == path
     assert (config.host, config.port, config.data_dir) == ("0.0.0.0", 9000, Path("/var/lib/switchboard"))
-    assert config.api_keys == ("sk-one", "sha256:" + "ab" * 32)
-    assert config.admin_token == "admin-secret"
+    assert config.api_keys == ("sk-one-0123456789abcdef", "sha256:" + "ab" * 32)
+    assert config.admin_token == "admin-secret-0123456789"
     assert config.timeouts == Timeouts(30.0, 20.5, 5.0, 10.0)
     assert isinstance(config.timeouts.first_byte_s, float)
     policy = RoutingPolicy(
@@ -748,14 +748,14 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "text",
     [
-        '[gateway]\napi_keys = ["sk-topsecret-1", 5]\n',
-        '[gateway]\napi_keys = "sk-topsecret-1"\n',
-        '[gateway]\napi_keys = ["sha256:sk-topsecret-1"]\n',
-        '[admin]\ntoken = "sha256:sk-topsecret-1"\n',
-        '[[platforms]]\nname = "groq"\nkeys = "sk-topsecret-1"\n',
-        '[[platforms]]\nname = "groq"\nkeys = ["sk-topsecret-1", ""]\n',
+        '[gateway]\napi_keys = ["sk-topsecret-1-0123456789", 5]\n',
+        '[gateway]\napi_keys = "sk-topsecret-1-0123456789"\n',
+        '[gateway]\napi_keys = ["sha256:sk-topsecret-1-0123456789"]\n',
+        '[admin]\ntoken = "sha256:sk-topsecret-1-0123456789"\n',
+        '[[platforms]]\nname = "groq"\nkeys = "sk-topsecret-1-0123456789"\n',
+        '[[platforms]]\nname = "groq"\nkeys = ["sk-topsecret-1-0123456789", ""]\n',
         '[[platforms]]\nname = "groq"\nheaders = { Authorization = 12345 }\n',
-        '[gateway]\napi_keys = ["sk-topsecret-1"]\napi_key = "sk-topsecret-1"\n',
+        '[gateway]\napi_keys = ["sk-topsecret-1-0123456789"]\napi_key = "sk-topsecret-1-0123456789"\n',
     ],
 )
 def test_secrets_never_appear_in_errors(tmp_path: Path, text: str) -> None:
@@ -768,7 +768,7 @@ def test_secrets_never_appear_in_errors(tmp_path: Path, text: str) -> None:
 def test_secrets_are_not_in_repr(tmp_path: Path) -> None:
     path = write(
         tmp_path,
-        '[gateway]\napi_keys = ["sk-topsecret-1"]\n[admin]\ntoken = "tok-topsecret"\n'
+        '[gateway]\napi_keys = ["sk-topsecret-1-0123456789"]\n[admin]\ntoken = "tok-topsecret-0123456789"\n'
         '[[platforms]]\nname = "groq"\nkeys = ["gsk-topsecret"]\n',
     )
     config = load_config(path, {"CEREBRAS_API_KEY": "csk-topsecret"})
@@ -922,7 +922,7 @@ def test_every_routing_duration_is_checked(tmp_path: Path, name: str) -> None:
     ("text", "key", "words"),
     [
         (
-            '[[platforms]]\nname = "groq"\nheaders = "Bearer sk-topsecret-1"\n',
+            '[[platforms]]\nname = "groq"\nheaders = "Bearer sk-topsecret-1-0123456789"\n',
             "[[platforms]][1].headers",
             "expected a table of header names to strings, found a string",
         ),
@@ -933,14 +933,25 @@ def test_every_routing_duration_is_checked(tmp_path: Path, name: str) -> None:
         ),
         ('[admin]\ntoken = " "\n', "admin.token", "found a blank string"),
         (
-            '[gateway]\napi_keys = ["sk-1", "sha256:sk-topsecret-1"]\n',
+            '[gateway]\napi_keys = ["sk-1", "sha256:sk-topsecret-1-0123456789"]\n',
             "gateway.api_keys[2]",
             'expected plaintext or "sha256:" and 64 hex digits, found a string starting "sha256:"',
         ),
         (
-            '[[platforms]]\nname = "groq"\nkeys = ["sk-topsecret-1", " "]\n',
+            '[[platforms]]\nname = "groq"\nkeys = ["sk-topsecret-1-0123456789", " "]\n',
             "[[platforms]][1].keys[2]",
             "expected a non-empty string, found a blank string",
+        ),
+        # From issue 10's list: gateway keys below a minimum strength are refused at start.
+        (
+            '[gateway]\napi_keys = ["sk-topsecret-1-0123456789", "topsecret"]\n',
+            "gateway.api_keys[2]",
+            "too weak to guard the gateway (shorter than 20 characters): use at least 20 random characters",
+        ),
+        (
+            '[admin]\ntoken = "topsecretttttttttttttttttt"\n',
+            "admin.token",
+            "too weak to guard the gateway (fewer than 8 different characters)",
         ),
     ],
 )
@@ -1004,3 +1015,10 @@ def test_catalog_models_carry_the_config_models(tmp_path: Path) -> None:
     built_llama = next(m for m in built if m.ref == llama.ref)
     assert built_llama.limits == Limits(llama.rpm, llama.rpd, llama.tpm, llama.tpd)
     assert (built_llama.pool, built_llama.intelligence_rank) == (llama.pool, llama.intelligence_rank)
+
+
+def test_a_weak_gateway_key_stops_only_serve_so_the_log_can_still_be_read(tmp_path: Path) -> None:
+    path = write(tmp_path, '[gateway]\napi_keys = ["sk-my-key"]\n')
+    assert load_config(path, {}).api_keys == ("sk-my-key",)  # log tail, backup, keys list read on
+    with pytest.raises(ConfigError, match="too weak"):
+        load_config(path, {}, serving=True)

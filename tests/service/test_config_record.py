@@ -8,7 +8,7 @@ from events.types import decode_event, encode_event
 from service.config import load_config
 from service.server import routing_settings
 
-SECRETS = ("sk-provider-SECRET-0001", "sk-gateway-SECRET-0002", "admin-SECRET-0003", "hdr-SECRET-0004")
+SECRETS = ("sk-provider-SECRET-0001", "sk-gateway-SECRET-0002", "admin-SECRET-0000003", "hdr-SECRET-0004")
 
 CONFIG = f"""
 [gateway]

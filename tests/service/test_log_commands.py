@@ -13,11 +13,11 @@ from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 
-import apsw
 import pytest
 
 from events.retention import REMOVABLE
 from events.sqlite_store import SqliteStore
+from events.store import StoreUnwritable
 from events.types import KeyChecked, event_type
 from service import cli, server
 from service.server import DB_NAME
@@ -253,7 +253,7 @@ def test_a_read_only_store_reads_and_cannot_write(data_dir: Path, tmp_path: Path
     rows = stored(data_dir)
     with closing(SqliteStore(data_dir / DB_NAME, read_only=True)) as store:
         assert store.last_seq() == rows[-1][0]
-        with pytest.raises(apsw.ReadOnlyError):
+        with pytest.raises(StoreUnwritable, match="read-only"):
             store.append([KeyChecked(ts=T0, key_id="groq.k1", ok=True)])
     with closing(SqliteStore(tmp_path / "missing" / DB_NAME, read_only=True)) as empty:
         assert empty.last_seq() == 0 and empty.read_after(0) == []
