@@ -284,16 +284,29 @@ class SqliteStore:
 
     def seq_before_last(self, n: int, upto: int, types: Collection[str] | None = None) -> int:
         """The seq after which the last `n` events up to `upto` (of `types`, if given) begin: 0 when there
-        are fewer. Walks the rowid backwards, holding nothing (seqs have gaps after a compaction)."""
+        are fewer. Holds nothing (seqs have gaps after a compaction): backwards along the rowid, or for some
+        types along their (type, ts) index, which reads no event (a rare type's last may be far back)."""
         if n <= 0:
             return upto
         wanted = sorted(types) if types is not None else []
-        where = f" AND +type IN ({', '.join('?' * len(wanted))})" if types is not None else ""
+        where = f" AND type IN ({', '.join('?' * len(wanted))})" if types is not None else ""
         found = self._db.execute(
             f"SELECT seq FROM events WHERE seq <= ?{where} ORDER BY seq DESC LIMIT 1 OFFSET ?",
             (upto, *wanted, n - 1),
         ).get
         return found - 1 if isinstance(found, int) else 0
+
+    def read_between(self, seq: int, upto: int, types: Collection[str], limit: int) -> list[Entry]:
+        """At most `limit` events of `types` with `seq` < seq <= `upto`, in order, found by their (type, ts)
+        index: for a few events of some types, which a walk along the rowid would look for across the log
+        (SQLite sorts what the index finds, so keep `limit` to a page)."""
+        wanted = sorted(types)
+        rows = self._db.execute(
+            f"SELECT seq, data FROM events WHERE type IN ({', '.join('?' * len(wanted))}) AND seq > ? "
+            "AND seq <= ? ORDER BY seq LIMIT ?",
+            (*wanted, seq, upto, limit),
+        )
+        return [(s, decode_event(data)) for s, data in rows]
 
     def first_seq_at(self, ts: float) -> int:
         """The first seq of an event stamped at or after `ts` (one past the last seq when there is none)."""

@@ -354,8 +354,15 @@ def cmd_log_tail(args: argparse.Namespace) -> int:
     show = _print_json if args.json else _print_line
     try:
         upto = store.last_seq()
-        # Where the last n begin, then a page at a time: however large n is, one page is held.
-        for seq, event in iter_after(store, store.seq_before_last(args.n, upto, types), types, upto):
+        # Where the last n begin, then a page at a time: however large n is, one page is held. A page of
+        # some types comes from their index: the last few of a rare type may lie across the whole log.
+        start = store.seq_before_last(args.n, upto, types)
+        last = (
+            store.read_between(start, upto, types, args.n)
+            if types is not None and args.n <= PAGE
+            else iter_after(store, start, types, upto)
+        )
+        for seq, event in last:
             show(seq, event)
         sys.stdout.flush()
         if not args.follow:
