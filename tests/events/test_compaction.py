@@ -74,7 +74,7 @@ def test_nothing_a_projection_folds_or_the_log_must_keep_is_removable() -> None:
 
 
 def generated(path: Path) -> None:
-    generate(path, 6_000, seed=7)  # every kind of event the gateway writes, decisions that reproduce
+    generate(path, 6_000, seed=7)  # what a serving gateway writes, decisions that reproduce
 
 
 def three_runs(path: Path) -> None:

@@ -31,7 +31,7 @@ EVENTS = 3_000
 
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A data dir whose log holds every kind of event the gateway writes (copy it before changing it)."""
+    """A data dir whose log holds what a serving gateway writes (copy it before changing it)."""
     data_dir = tmp_path_factory.mktemp("generated")
     generate(data_dir / DB_NAME, EVENTS, seed=3)
     return data_dir
