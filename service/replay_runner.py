@@ -45,7 +45,6 @@ from events.replay import (
     ConfigViews,
     Replayed,
     iter_decisions,
-    replay_order,
     replay_stream,
     scan_decisions,
     scan_targets,
@@ -200,10 +199,13 @@ def _count(configs: frozenset[str | None]) -> int:
 
 
 class _Changed(msgspec.Struct, array_like=True, gc=False):
-    """A decision that did not reproduce, as a forked replay writes it to its results file."""
+    """A decision that did not reproduce, as a forked replay writes it to its results file: where it is in
+    the log and in replay order, and what was chosen this time (its record is read again from the log when
+    it is passed on, so a what-if that changes most decisions writes a few bytes each)."""
 
     seq: int
-    recorded: RouteDecided
+    view_seq: int
+    now: float
     recomputed: tuple[str | None, str | None]
     unknown_model: bool
 
@@ -213,16 +215,25 @@ _changed_decoder = msgspec.json.Decoder(_Changed)
 
 def _write_changed(sink: IO[bytes]) -> OnResult:
     def write(r: Replayed) -> None:
-        sink.write(msgspec.json.encode(_Changed(r.seq, r.recorded, r.recomputed, r.unknown_model)) + b"\n")
+        changed = _Changed(r.seq, r.recorded.view_seq, r.recorded.now, r.recomputed, r.unknown_model)
+        sink.write(msgspec.json.encode(changed) + b"\n")
 
     return write
 
 
-def _read_changed(source: IO[bytes]) -> Iterator[Replayed]:
+def _read_changed(source: IO[bytes]) -> Iterator[_Changed]:
+    source.flush()
     source.seek(0)
     for line in source:
-        c = _changed_decoder.decode(line)
-        yield Replayed(c.seq, c.recorded, None, False, c.recomputed, c.unknown_model)
+        yield _changed_decoder.decode(line)
+
+
+def _merged(store: SqliteStore, *sources: IO[bytes]) -> Iterator[Replayed]:
+    """The results files, each in replay order, as one stream in replay order, each with its record."""
+    for c in heapq.merge(*map(_read_changed, sources), key=lambda c: (c.view_seq, c.now, c.seq)):
+        ((seq, recorded),) = store.read_after(c.seq - 1, 1)
+        assert seq == c.seq and isinstance(recorded, RouteDecided)
+        yield Replayed(seq, recorded, None, False, c.recomputed, c.unknown_model)
 
 
 def _forked(
@@ -281,13 +292,12 @@ def _forked(
             if outcome != "ok":
                 raise RuntimeError(f"the replay worker process failed:\n{value}")
             child_total, child_changed, child_events, child_configs, child_unrecorded = value
-            own_results.flush()
-            for r in heapq.merge(
-                _read_changed(child_results),
-                _read_changed(own_results),
-                key=lambda r: replay_order(r.seq, r.recorded),
-            ):
-                emit(r)
+            store = SqliteStore(path, read_only=True)
+            try:
+                for r in _merged(store, child_results, own_results):
+                    emit(r)
+            finally:
+                store.close()
             return ReplayRun(
                 part.total + child_total,
                 part.changed + child_changed,
