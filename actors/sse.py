@@ -14,7 +14,8 @@ _encode = msgspec.json.encode
 
 async def data_frames(chunks: AsyncGenerator[bytes]) -> AsyncGenerator[bytes]:
     """Yield the payload of each `data:` event (multi-line data joined by newlines); comments and other
-    fields are dropped. Accepts LF and CRLF line endings and frames split across chunks at any byte."""
+    fields are dropped. Accepts LF and CRLF line endings and frames split across chunks at any byte; a
+    body that ends without the last blank line still gives its last event."""
     buffer = b""
     async with aclosing(chunks):  # closing us closes the source too (an abandoned attempt)
         async for chunk in chunks:
@@ -26,15 +27,17 @@ async def data_frames(chunks: AsyncGenerator[bytes]) -> AsyncGenerator[bytes]:
                 if end < 0:
                     break
                 block, buffer = buffer[:end], buffer[end + 2 :]
-                data = [
-                    line[5:].lstrip(b" ") if line.startswith(b"data:") else None
-                    for line in block.split(b"\n")
-                ]
-                payload = b"\n".join(d for d in data if d is not None)
-                if any(d is not None for d in data):
+                if (payload := _payload(block)) is not None:
                     yield payload
-    if buffer.strip().startswith(b"data:"):
-        yield buffer.strip()[5:].lstrip(b" ")
+    # (A CR at the very end began a CRLF that never came.)
+    if (payload := _payload(buffer.removesuffix(b"\r"))) is not None:
+        yield payload
+
+
+def _payload(block: bytes) -> bytes | None:
+    """One event's data, or None when it has no `data:` line (a comment, a keep-alive)."""
+    data = [line[5:].lstrip(b" ") for line in block.split(b"\n") if line.startswith(b"data:")]
+    return b"\n".join(data) if data else None
 
 
 def frame(payload: bytes) -> bytes:

@@ -42,9 +42,14 @@ class OpenAIAdapter:
 
     def frame(self, payload: bytes) -> Chunk | None:
         try:
-            return Chunk(payload, _decode(payload))
+            obj = _decode(payload)
         except _UNREADABLE:
             return None
+        if b"\n" in payload or b"\r" in payload:
+            # The bytes go to the client as one `data:` line: JSON spread over several lines (or with a
+            # lone CR, which a client's SSE parser reads as a line end) is written again on one.
+            payload = _encode(obj)
+        return Chunk(payload, obj)
 
     def error(self, status: int, headers: Mapping[str, str], raw: bytes, now: float) -> Failed:
         return judge_error(status, headers, raw, now)
