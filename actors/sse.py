@@ -14,14 +14,16 @@ _encode = msgspec.json.encode
 
 async def data_frames(chunks: AsyncGenerator[bytes]) -> AsyncGenerator[bytes]:
     """Yield the payload of each `data:` event (multi-line data joined by newlines); comments and other
-    fields are dropped. Accepts LF and CRLF line endings and frames split across chunks at any byte; a
-    body that ends without the last blank line still gives its last event."""
+    fields are dropped. Lines end in LF, CRLF or a lone CR (the SSE rule), frames may be split across
+    chunks at any byte, and a body that ends without the last blank line still gives its last event."""
     buffer = b""
     async with aclosing(chunks):  # closing us closes the source too (an abandoned attempt)
         async for chunk in chunks:
             buffer += chunk
             if b"\r" in buffer:
-                buffer = buffer.replace(b"\r\n", b"\n")
+                # Every line end becomes LF, but for a CR at the very end: the next chunk may make it a CRLF.
+                held = buffer.endswith(b"\r")
+                buffer = _lf(buffer[:-1] if held else buffer) + (b"\r" if held else b"")
             while True:
                 end = buffer.find(b"\n\n")
                 if end < 0:
@@ -29,9 +31,12 @@ async def data_frames(chunks: AsyncGenerator[bytes]) -> AsyncGenerator[bytes]:
                 block, buffer = buffer[:end], buffer[end + 2 :]
                 if (payload := _payload(block)) is not None:
                     yield payload
-    # (A CR at the very end began a CRLF that never came.)
-    if (payload := _payload(buffer.removesuffix(b"\r"))) is not None:
+    if (payload := _payload(_lf(buffer))) is not None:
         yield payload
+
+
+def _lf(data: bytes) -> bytes:
+    return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
 
 
 def _payload(block: bytes) -> bytes | None:

@@ -84,18 +84,17 @@ noise = st.sampled_from([KEEPALIVE, b": comment\n\n", b"event: message\n", b"id:
 @FUZZ
 @given(
     frames=st.lists(st.tuples(payloads, st.lists(noise, max_size=2)), max_size=8),
-    crlf=st.booleans(),
+    line_end=st.sampled_from([b"\n", b"\r\n", b"\r"]),
     cuts=st.lists(st.integers(0, 10_000), max_size=12),
 )
 def test_frames_round_trip_through_any_chunking_and_line_ending(
-    frames: list[tuple[bytes, list[bytes]]], crlf: bool, cuts: list[int]
+    frames: list[tuple[bytes, list[bytes]]], line_end: bytes, cuts: list[int]
 ) -> None:
     stream = b""
     for payload, extra in frames:
         # Comments and other fields go before a frame's data (or as their own blocks): never lost data.
         stream += b"".join(extra) + frame(payload)
-    if crlf:
-        stream = stream.replace(b"\n", b"\r\n")
+    stream = stream.replace(b"\n", line_end)
     assert parse(split(stream, cuts)) == [payload for payload, _ in frames]
 
 
@@ -112,13 +111,14 @@ def test_frames_round_trip_through_any_chunking_and_line_ending(
 )
 @example(data=b"data: a\ndata: b", cuts=[])  # the last frame unterminated, with two data lines
 @example(data=b"data: a\n", cuts=[])
+@example(data=b"data:\r\r\n", cuts=[])  # a lone CR, then a CRLF
 def test_any_bytes_parse_to_the_same_frames_however_split_and_whether_the_last_frame_is_terminated(
     data: bytes, cuts: list[int]
 ) -> None:
     whole = parse([data])
     assert parse(split(data, cuts)) == whole
     assert all(isinstance(p, bytes) for p in whole)
-    if not data.replace(b"\r\n", b"\n").endswith(b"\n\n"):
+    if not data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").endswith(b"\n\n"):
         # A body cut off before its last blank line: that frame counts as if it had been terminated.
         assert parse([data, b"\n\n"]) == whole
 
@@ -228,6 +228,14 @@ def test_an_unterminated_last_frame_with_two_data_lines_gives_their_data_not_the
     # It gave b"a\ndata: b": the end of the body was read as one line.
     assert parse([b"data: a\ndata: b"]) == parse([b"data: a\ndata: b\n\n"]) == [b"a\nb"]
     assert parse([b": keep-alive\n\ndata: x\r"]) == [b"x"]
+
+
+def test_a_lone_cr_ends_a_line_even_before_a_crlf() -> None:
+    # A CR then a CRLF became CR LF after one pass, so the frame depended on where the body ended.
+    assert (
+        parse([b"data:\r\r\n"]) == parse([b"data:\r\r\n", b"\n\n"]) == parse([b"data:\r", b"\r\n"]) == [b""]
+    )
+    assert parse([b"data: a\rdata: b\r\r"]) == [b"a\nb"]
 
 
 def test_a_frame_spread_over_lines_goes_to_the_client_on_one_data_line() -> None:
