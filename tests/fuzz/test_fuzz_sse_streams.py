@@ -181,6 +181,9 @@ frame_payloads = st.one_of(
     keep_reply=st.booleans(),
 )
 @example(
+    stream=[b"0", b'{"choices":[{"delta":{"content":"0"}}]}'], done=False, max_tokens=None, keep_reply=False
+)
+@example(
     stream=[b'{"choices":[{"delta":{"content":"hi"}}]}'.replace(b":", b":\r")],
     done=True,
     max_tokens=None,
@@ -196,8 +199,8 @@ def test_a_stream_is_judged_frame_by_frame_and_every_frame_sent_reads_back_whole
     failed: Failed | None = None
     for payload in parse([wire]):
         chunk = ADAPTER.frame(payload)
-        if chunk is not None:
-            fed.append(chunk)
+        if chunk is not None and isinstance(chunk.obj, dict):
+            fed.append(chunk)  # (JSON that is not an object is no chunk: dropped, never forwarded)
         verdict = judge.feed(chunk)
         assert verdict is None or isinstance(verdict, list | Failed)
         if isinstance(verdict, Failed):
