@@ -14,27 +14,35 @@ _encode = msgspec.json.encode
 
 async def data_frames(chunks: AsyncGenerator[bytes]) -> AsyncGenerator[bytes]:
     """Yield the payload of each `data:` event (multi-line data joined by newlines); comments and other
-    fields are dropped. Accepts LF and CRLF line endings and frames split across chunks at any byte."""
+    fields are dropped. Lines end in LF, CRLF or a lone CR (the SSE rule), frames may be split across
+    chunks at any byte, and a body that ends without the last blank line still gives its last event."""
     buffer = b""
     async with aclosing(chunks):  # closing us closes the source too (an abandoned attempt)
         async for chunk in chunks:
             buffer += chunk
             if b"\r" in buffer:
-                buffer = buffer.replace(b"\r\n", b"\n")
+                # Every line end becomes LF, but for a CR at the very end: the next chunk may make it a CRLF.
+                held = buffer.endswith(b"\r")
+                buffer = _lf(buffer[:-1] if held else buffer) + (b"\r" if held else b"")
             while True:
                 end = buffer.find(b"\n\n")
                 if end < 0:
                     break
                 block, buffer = buffer[:end], buffer[end + 2 :]
-                data = [
-                    line[5:].lstrip(b" ") if line.startswith(b"data:") else None
-                    for line in block.split(b"\n")
-                ]
-                payload = b"\n".join(d for d in data if d is not None)
-                if any(d is not None for d in data):
+                if (payload := _payload(block)) is not None:
                     yield payload
-    if buffer.strip().startswith(b"data:"):
-        yield buffer.strip()[5:].lstrip(b" ")
+    if (payload := _payload(_lf(buffer))) is not None:
+        yield payload
+
+
+def _lf(data: bytes) -> bytes:
+    return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+
+
+def _payload(block: bytes) -> bytes | None:
+    """One event's data, or None when it has no `data:` line (a comment, a keep-alive)."""
+    data = [line[5:].lstrip(b" ") for line in block.split(b"\n") if line.startswith(b"data:")]
+    return b"\n".join(data) if data else None
 
 
 def frame(payload: bytes) -> bytes:

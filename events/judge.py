@@ -27,11 +27,11 @@ def judge_error(status: int, headers: Mapping[str, str], raw: bytes, now: float)
     """A non-200 answer with an OpenAI-shaped error body (or none): its kind, message and retry time."""
     try:
         payload = _decode(raw) if raw else None
-    except (msgspec.DecodeError, RecursionError):
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):  # (a string that is not UTF-8)
         payload = None
     error = payload.get("error") if isinstance(payload, dict) else None
     error = error if isinstance(error, dict) else ({"message": error} if error else None)
-    fallback = raw[:200].decode("utf-8", "replace") or f"HTTP {status}"
+    fallback = " ".join(raw[:200].decode("utf-8", "replace").split()) or f"HTTP {status}"
     return Failed(
         taxonomy.kind_for_status(status, error),
         taxonomy.error_message(error, fallback),
@@ -77,6 +77,9 @@ def judge_completion(payload: Any, client_max_tokens: int | None) -> Answered | 
     if not isinstance(message, dict):
         return Failed(FailureKind.SERVER_ERROR, "the provider's answer has no message", 502)
     normalise_message(message)
+    if not isinstance(message.get("content"), str | None):
+        # A number or an object where the text should be: no client could read it as an answer.
+        return Failed(FailureKind.SERVER_ERROR, "the provider's answer has content that is not text", 502)
     usage = Usage()
     usage.take(payload.get("usage"))
     if not usage.output_reported:

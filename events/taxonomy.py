@@ -71,7 +71,9 @@ def error_message(error: Mapping[str, Any] | None, fallback: str, limit: int = 2
     """The provider's message, shortened for an event: one line, bounded, never the request body."""
     raw = error.get("message") if error else None
     message = "" if raw is None else str(raw)
-    message = " ".join(message.split()) or fallback
+    # Whitespace runs (line breaks included, of every kind str.split knows) become one space: a log line
+    # and an error message stay one line whatever the provider put in its text, or its plain-text body.
+    message = " ".join(message.split()) or " ".join(fallback.split())
     return message if len(message) <= limit else message[: limit - 1] + "…"
 
 

@@ -22,7 +22,7 @@ import re
 import sys
 import tomllib
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 from itertools import pairwise
@@ -416,7 +416,7 @@ def load_config(path: Path | None, env: Mapping[str, str] | None = None, *, serv
         _check_token_strength(source, file)
     data_dir = DEFAULT_DATA_DIR
     if file.server.data_dir is not None:
-        data_dir = Path(file.server.data_dir).expanduser()
+        data_dir = _home_relative(file.server.data_dir, lambda why: source.error(("server", "data_dir"), why))
         if path is not None and not data_dir.is_absolute():
             # Relative to the file, not the working directory: the same file must mean the same data.
             data_dir = path.absolute().parent / data_dir
@@ -567,7 +567,7 @@ def _merge_models(
     for i, entry in enumerate(entries):
         at: _KeyPath = ("models", i)
         if entry.platform not in platforms:
-            known = ", ".join(platforms) or "none"
+            known = ", ".join(map(_cut, platforms)) or "none"
             raise source.error(
                 (*at, "platform"), f"expected a known platform ({known}), found {_describe(entry.platform)}"
             )
@@ -646,7 +646,7 @@ def _protection_env(
         elif not level:
             problem = "no level"
         elif name not in platforms:
-            problem = f"unknown platform {_show(name)} (known: {', '.join(platforms) or 'none'})"
+            problem = f"unknown platform {_show(name)} (known: {', '.join(map(_cut, platforms)) or 'none'})"
         elif level not in PROTECTIONS:
             problem = f"unknown level {_show(level)}"
         elif name in chosen:
@@ -683,8 +683,21 @@ def _server_env(env: Mapping[str, str], host: str, port: int, data_dir: Path) ->
             )
         port = int(value)
     if value := env.get("SWITCHBOARD_DATA_DIR", "").strip():
-        data_dir = Path(value).expanduser()  # relative to the working directory, like any shell path
+        # Relative to the working directory, like any shell path.
+        data_dir = _home_relative(value, lambda why: ConfigError(why, key="env SWITCHBOARD_DATA_DIR"))
     return host, port, data_dir
+
+
+def _home_relative(value: str, error: Callable[[str], ConfigError]) -> Path:
+    """`~` and `~user` expanded; a home that cannot be found is the setting's error, not a RuntimeError."""
+    try:
+        return Path(value).expanduser()
+    except RuntimeError:
+        user = value[1:].split("/", 1)[0]
+        whose = f"user {_show(user)} has" if user else "there is"
+        raise error(
+            f"cannot expand {_show(value)}: {whose} no home directory here; give the full path"
+        ) from None
 
 
 def _env_keys(env: Mapping[str, str], platforms: dict[str, PlatformConfig]) -> dict[str, tuple[str, ...]]:
@@ -807,10 +820,19 @@ def _describe(value: Any, secret: bool = False) -> str:
     return kind if secret else f"{kind} ({_show(value)})"
 
 
+# Line ends that json.dumps leaves as they are (it escapes those below U+0020): a message stays one line.
+_LINE_ENDS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
 def _show(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    text = json.dumps(value, ensure_ascii=False) if isinstance(value, str) else repr(value)
+    if isinstance(value, str):
+        return _cut(json.dumps(value, ensure_ascii=False).translate(_LINE_ENDS))
+    return _cut(repr(value))
+
+
+def _cut(text: str) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -823,7 +845,8 @@ def _format_path(at: _KeyPath) -> str:
         elif n == 0 and len(at) > 1 and isinstance(at[1], int):
             out += f"[[{part}]]"
         else:
-            out += ("." if out else "") + (part if _BARE_KEY.fullmatch(part) else json.dumps(part))
+            # (cut: an unknown key is quoted in its error, and it may be as long as the file)
+            out += ("." if out else "") + _cut(part if _BARE_KEY.fullmatch(part) else json.dumps(part))
     return out
 
 

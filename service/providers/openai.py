@@ -15,6 +15,8 @@ from events.outcomes import Failed
 
 _encode = msgspec.json.encode
 _decode = msgspec.json.decode
+# What a body that is not JSON raises (msgspec checks a string's UTF-8 as it decodes it).
+_UNREADABLE = (msgspec.DecodeError, RecursionError, UnicodeDecodeError)
 
 
 class OpenAIAdapter:
@@ -35,14 +37,19 @@ class OpenAIAdapter:
     def completion(self, raw: bytes) -> Any:
         try:
             return _decode(raw) if raw else None
-        except (msgspec.DecodeError, RecursionError):
+        except _UNREADABLE:
             return None
 
     def frame(self, payload: bytes) -> Chunk | None:
         try:
-            return Chunk(payload, _decode(payload))
-        except (msgspec.DecodeError, RecursionError):
+            obj = _decode(payload)
+        except _UNREADABLE:
             return None
+        if b"\n" in payload or b"\r" in payload:
+            # The bytes go to the client as one `data:` line: JSON spread over several lines (or with a
+            # lone CR, which a client's SSE parser reads as a line end) is written again on one.
+            payload = _encode(obj)
+        return Chunk(payload, obj)
 
     def error(self, status: int, headers: Mapping[str, str], raw: bytes, now: float) -> Failed:
         return judge_error(status, headers, raw, now)
