@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
 import apsw
+import msgspec
 
 from events.store import Entry, StoreUnwritable
 from events.types import Event, decode_event, encode_event, event_type
@@ -261,7 +262,21 @@ class SqliteStore:
                 f"({', '.join('?' * len(wanted))}) ORDER BY seq LIMIT ?",
                 (seq, *wanted, -1 if limit is None else limit),
             )
-        return [(s, decode_event(data)) for s, data in rows]
+        return self._decoded(rows)
+
+    def _decoded(self, rows: Iterable[tuple[int, bytes]]) -> list[Entry]:
+        out: list[Entry] = []
+        append, seq = out.append, 0
+        try:
+            for seq, data in rows:
+                append((seq, decode_event(data)))
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+            # A damaged row inside a sound file: one line naming it, not a traceback from deep in a fold.
+            raise StoreDamaged(
+                f"{self.path}: the event at seq {seq} cannot be read ({type(exc).__name__}): {_RESTORE} "
+                "(`switchboard log export` copies the rows as stored)"
+            ) from None
+        return out
 
     def read_raw_after(
         self, seq: int, limit: int, types: Collection[str] | None = None, upto: int | None = None
@@ -306,7 +321,7 @@ class SqliteStore:
             "AND seq <= ? ORDER BY seq LIMIT ?",
             (*wanted, seq, upto, limit),
         )
-        return [(s, decode_event(data)) for s, data in rows]
+        return self._decoded(rows)
 
     def first_seq_at(self, ts: float) -> int:
         """The first seq of an event stamped at or after `ts` (one past the last seq when there is none)."""
@@ -370,13 +385,13 @@ class SqliteStore:
             "SELECT seq, data FROM events INDEXED BY events_type_ts WHERE type = ? ORDER BY seq DESC LIMIT 1",
             (tag,),
         ).fetchone()
-        return None if row is None else (row[0], decode_event(row[1]))
+        return None if row is None else self._decoded([row])[0]
 
     def read_request(self, request_id: str) -> list[Entry]:
         rows = self._db.execute(
             "SELECT seq, data FROM events WHERE request_id = ? ORDER BY seq", (request_id,)
         )
-        return [(s, decode_event(data)) for s, data in rows]
+        return self._decoded(rows)
 
     def last_seq(self) -> int:
         return int(self._db.execute("SELECT coalesce(max(seq), 0) FROM events").get)

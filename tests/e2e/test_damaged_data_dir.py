@@ -50,6 +50,14 @@ def future_schema(data_dir: Path) -> None:
     db.close()
 
 
+def damaged_row(data_dir: Path) -> None:
+    import apsw
+
+    db = apsw.Connection(str(_db(data_dir)))
+    db.execute("UPDATE events SET data = X'FF7B2274797065' WHERE seq = 1")  # not UTF-8, not an event
+    db.close()
+
+
 def read_only(data_dir: Path) -> None:
     _drop_wal(data_dir)
     _db(data_dir).chmod(0o444)
@@ -69,6 +77,7 @@ CASES: list[tuple[Damage, str, str]] = [
     (truncated, "switchboard.db is not a readable SQLite database", "restore it from a backup"),
     (corrupt, "switchboard.db is not a readable SQLite database", "move it away"),
     (future_schema, "has event log schema version 999", "run a newer switchboard"),
+    (damaged_row, "switchboard.db: the event at seq 1 cannot be read", "restore it from a backup"),
     (read_only, "data cannot be written", "make it writable"),
     (master_key_missing, "master.key is missing, but", "restore it from a backup"),
     (master_key_different, "master.key is not the master key", "restore the original from a backup"),
