@@ -210,6 +210,9 @@ class _Registry:
         self.refusing = 0
         self.shutting_down = False
         self.empty = trio.Event()
+        self.not_reading = _Warning(
+            "dropped a client connection that took none of its answer for %g s ([server] send_timeout_s)"
+        )
 
     def idle_now(self, connection: _Connection) -> None:
         self.idle.pop(connection, None)
@@ -314,9 +317,7 @@ class _Connection:
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
                         broken = True
                 if writing.cancelled_caught:
-                    logger.info(
-                        "dropped a connection whose client read nothing for %g s", self._send_timeout_s
-                    )
+                    self.registry.not_reading(self._send_timeout_s)
                     await self.stream.aclose()
                     broken = True
             if broken:
@@ -498,42 +499,29 @@ async def serve(
 def check_hypercorn() -> None:
     """Raise RuntimeError if a hypercorn internal this module builds on changed shape (an upgrade)."""
     problems = []
-    expected: dict[Callable[..., object], list[str]] = {
-        H11Protocol.__init__: [
-            "self",
-            "app",
-            "config",
-            "context",
-            "task_group",
-            "connection_state",
-            "ssl",
-            "client",
-            "server",
-            "send",
-        ],
-        H11Protocol._maybe_recycle: ["self"],
-        H11Protocol._check_protocol: ["self", "event"],
-        H11Protocol.stream_send: ["self", "event"],
-        _handle: ["app", "config", "scope", "receive", "send", "sync_spawn", "call_soon"],
-        HTTPStream.__init__: [
-            "self",
-            "app",
-            "config",
-            "context",
-            "task_group",
-            "ssl",
-            "client",
-            "server",
-            "send",
-            "stream_id",
-        ],
-        Lifespan.__init__: ["self", "app", "config", "state"],
-        WorkerContext.__init__: ["self", "max_requests"],
+    expected: dict[str, tuple[Callable[..., object], str]] = {
+        "H11Protocol.__init__": (
+            H11Protocol.__init__,
+            "self app config context task_group connection_state ssl client server send",
+        ),
+        "H11Protocol._maybe_recycle": (H11Protocol._maybe_recycle, "self"),
+        "H11Protocol._check_protocol": (H11Protocol._check_protocol, "self event"),
+        "H11Protocol.stream_send": (H11Protocol.stream_send, "self event"),
+        "hypercorn.trio.task_group._handle": (
+            _handle,
+            "app config scope receive send sync_spawn call_soon",
+        ),
+        "HTTPStream.__init__": (
+            HTTPStream.__init__,
+            "self app config context task_group ssl client server send stream_id",
+        ),
+        "Lifespan.__init__": (Lifespan.__init__, "self app config state"),
+        "WorkerContext.__init__": (WorkerContext.__init__, "self max_requests"),
     }
-    for function, names in expected.items():
-        found = list(inspect.signature(function).parameters)
-        if found != names:
-            problems.append(f"{function.__qualname__}{tuple(found)}, expected {tuple(names)}")
+    for name, (function, parameters) in expected.items():
+        found = " ".join(inspect.signature(function).parameters)
+        if found != parameters:
+            problems.append(f"{name}({found}), expected ({parameters})")
     recycle = inspect.getsource(H11Protocol._maybe_recycle)
     for needed in ("_close_stream", "Updated(idle=True)", "Closed()", "start_next_cycle"):
         if needed not in recycle:

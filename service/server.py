@@ -127,8 +127,12 @@ class Keyring:
 
 
 def http_limits(config: Config) -> HttpLimits:
-    """The client connection limits, `max_connections` from the descriptor limit unless configured."""
-    check_hypercorn()
+    """The client connection limits, `max_connections` from the descriptor limit unless configured.
+    Raises ServeError if the installed hypercorn is not one service/http_server.py was written against."""
+    try:
+        check_hypercorn()
+    except RuntimeError as exc:
+        raise ServeError(f"{exc} (install the hypercorn version in constraints.txt)") from None
     server = config.limits
     return HttpLimits(
         keep_alive_timeout_s=server.keep_alive_timeout_s,
@@ -296,10 +300,11 @@ async def run_gateway(
     """Run until SIGINT/SIGTERM (or `runtime.shutting_down`), then shut down gracefully. Raises ServeError
     (having appended nothing to the log) when the data dir is taken or the address cannot be listened on."""
     env = os.environ if env is None else env
+    limits = http_limits(config)
     data_dir = config.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     with data_dir_lock(data_dir), contextlib.closing(listen_socket(config.host, config.port)) as sock:
-        await _run_locked(config, env, out, handle_signals, store, on_listening, sock)
+        await _run_locked(config, env, out, handle_signals, store, on_listening, sock, limits)
 
 
 async def _run_locked(
@@ -310,6 +315,7 @@ async def _run_locked(
     store: LogStore | None,
     on_listening: Callable[[str, Runtime], None] | None,
     sock: socket.socket,
+    limits: HttpLimits,
 ) -> None:
     data_dir = config.data_dir
     db_path = data_dir / DB_NAME
@@ -328,8 +334,6 @@ async def _run_locked(
         keyring = Keyring(secrets, vault)
         upstream = HttpUpstream(_endpoints(config), keyring.secret_for)
         settings = routing_settings(config, keys)
-
-        limits = http_limits(config)
 
         async def serve_http(runtime: Runtime) -> None:
             app = create_app(

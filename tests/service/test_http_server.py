@@ -13,6 +13,7 @@ import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
+from pathlib import Path
 
 import pytest
 import trio
@@ -24,7 +25,9 @@ from quart import Response
 from quart_trio import QuartTrio
 
 from service import http_server
+from service.config import ConfigError, ServerLimits, load_config
 from service.http_server import BUSY_RESPONSE, HttpLimits, check_hypercorn, serve
+from service.server import ServeError, http_limits
 
 CHUNK = b"x" * 65536
 REFUSAL = b"n" * (256 * 1024)  # larger than a fresh socket's receive buffer: some waits in the server
@@ -423,3 +426,45 @@ def test_a_changed_hypercorn_internal_is_reported(monkeypatch: pytest.MonkeyPatc
         RuntimeError, match=r"hypercorn changed under service/http_server.py: .*_maybe_recycle"
     ):
         check_hypercorn()
+
+
+# --- the [server] settings -------------------------------------------------------------------------------
+
+
+def test_the_server_limits_have_defaults_and_are_read_from_the_server_table(tmp_path: Path) -> None:
+    defaults = load_config(None, {})
+    assert defaults.limits == ServerLimits()
+    assert (defaults.limits.max_body_bytes, defaults.limits.grace_s) == (32 * 1024 * 1024, 10.0)
+    assert http_limits(defaults).max_connections == http_server.default_max_connections()
+    path = tmp_path / "switchboard.toml"
+    path.write_text(
+        "[server]\nport = 0\nkeep_alive_timeout_s = 5\nheader_timeout_s = 2\nbody_timeout_s = 3\n"
+        "send_timeout_s = 4\nmax_connections = 7\nmax_body_mb = 0.5\ngrace_s = 1.5\n"
+    )
+    config = load_config(path, {})
+    assert config.limits.max_body_bytes == 512 * 1024 and config.limits.body_timeout_s == 3
+    assert http_limits(config) == HttpLimits(
+        keep_alive_timeout_s=5, header_timeout_s=2, send_timeout_s=4, max_connections=7, grace_s=1.5
+    )
+
+
+@pytest.mark.parametrize(
+    ("setting", "words"),
+    [
+        ("max_connections = 0", "server.max_connections: expected an integer >= 1, found an integer (0)"),
+        ("max_body_mb = 0", "server.max_body_mb: expected a positive number of megabytes"),
+        ("send_timeout_s = -1", "server.send_timeout_s: expected a positive number of seconds"),
+    ],
+)
+def test_a_bad_server_limit_is_one_line_naming_it(tmp_path: Path, setting: str, words: str) -> None:
+    path = tmp_path / "switchboard.toml"
+    path.write_text(f"[server]\n{setting}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {})
+    assert words in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_changed_hypercorn_stops_the_start_with_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(H11Protocol, "_check_protocol", lambda self: None)
+    with pytest.raises(ServeError, match=r"^hypercorn changed under .*_check_protocol.*constraints.txt\)$"):
+        http_limits(load_config(None, {}))
