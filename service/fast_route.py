@@ -114,13 +114,15 @@ class ChatRoute:
         if early is not None:
             await _answer(send, request_id, early)
             return
+        raw = bytes(body)
+        del body  # one copy of a large body in memory while the request runs, not two
         session = headers.get(b"x-session-id")
         session_id = session.decode("latin-1") if session is not None else None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
             sent = _Sent()
             try:
-                answer = await chat.handle(self._runtime, bytes(body), request_id, session_id)
+                answer = await chat.handle(self._runtime, raw, request_id, session_id)
                 await _answer(send, request_id, answer, sent)
             except Exception:
                 # A bug met by this request: loud in the log, a 500 for this client (as Quart answers one).
