@@ -384,7 +384,8 @@ class _Connection:
         self._idle = False
         self._timer.deadline = math.inf
         self.registry.busy_now(self)
-        if not self.send_lock.locked():  # a write still running ends with the socket, in `run`
+        # After the write in progress, if any (bounded by its send timeout): the FIN follows the answer.
+        async with self.send_lock:
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await self.stream.send_eof()
         self._reading.deadline = trio.current_time() + LINGER_S

@@ -187,15 +187,21 @@ async def test_an_idle_keep_alive_connection_closes_at_the_timeout(clock: trio.t
             assert 75 <= trio.current_time() - answered < 77
 
 
-async def test_a_connection_close_answer_is_followed_by_a_close_within_100ms() -> None:
+@pytest.mark.parametrize("then", [b"", get("/")], ids=["then-waits", "then-sends-more"])
+async def test_a_connection_close_answer_is_followed_by_a_close_within_100ms(then: bytes) -> None:
+    """`then`: what the client does after the answer; one that keeps sending (it did not notice the close)
+    must see the close as soon as one that waits."""
     async with serving() as (port, _):
         for request in (get("/close"), get("/", extra="Connection: close\r\n"), get("/", "1.0")):
-            async with await connect(port) as stream:
-                await stream.send_all(request)
-                head, _ = await response(stream)
-                assert head.startswith(b"HTTP/1.1 200"), head
-                with trio.fail_after(0.1):
-                    assert await stream.receive_some() == b""
+            for _ in range(5):
+                async with await connect(port) as stream:
+                    await stream.send_all(request)
+                    head, _ = await response(stream)
+                    assert head.startswith(b"HTTP/1.1 200"), head
+                    if then:
+                        await stream.send_all(then)
+                    with trio.fail_after(0.1):
+                        assert await stream.receive_some() == b""
 
 
 async def test_a_stream_to_an_http10_client_is_close_delimited_and_ends() -> None:
