@@ -20,9 +20,7 @@ from actors.supervisor import Runtime
 from events.catalog import ALIASES, VIRTUAL_MODELS
 from service import chat_completions as chat
 from service.edge import (
-    BODY_TIMEOUT_S,
     CLOSE,
-    MAX_BODY_BYTES,
     AuthThrottle,
     authorized,
     error_answer,
@@ -39,18 +37,35 @@ from service.secrets import TokenCheck
 _encode = msgspec.json.encode
 
 
-def create_app(runtime: Runtime, gateway_tokens: TokenCheck) -> ASGIApp:
+def create_app(
+    runtime: Runtime, gateway_tokens: TokenCheck, *, max_body_bytes: int, body_timeout_s: float
+) -> ASGIApp:
     """The gateway's ASGI app: the chat route served directly (service/fast_route.py), the rest by Quart;
-    both refuse an address that keeps sending invalid keys."""
+    both refuse an address that keeps sending invalid keys, and bound a body's size and time alike."""
     throttle = AuthThrottle()
-    return ChatRoute(_quart_app(runtime, gateway_tokens, throttle), runtime, gateway_tokens, throttle)
+    quart = _quart_app(runtime, gateway_tokens, throttle, max_body_bytes, body_timeout_s)
+    return ChatRoute(
+        quart,
+        runtime,
+        gateway_tokens,
+        throttle,
+        max_body_bytes=max_body_bytes,
+        body_timeout_s=body_timeout_s,
+    )
 
 
-def _quart_app(runtime: Runtime, gateway_tokens: TokenCheck, throttle: AuthThrottle) -> QuartTrio:
+def _quart_app(
+    runtime: Runtime,
+    gateway_tokens: TokenCheck,
+    throttle: AuthThrottle,
+    max_body_bytes: int,
+    body_timeout_s: float,
+) -> QuartTrio:
     app = QuartTrio("switchboard")
-    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    # Quart reads every body as it arrives (whatever the route) and drops what is past this limit.
+    app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
     app.config["RESPONSE_TIMEOUT"] = None  # streams end when they end; our deadlines bound them
-    app.config["BODY_TIMEOUT"] = BODY_TIMEOUT_S
+    app.config["BODY_TIMEOUT"] = body_timeout_s
 
     @app.before_request
     async def assign_request_id() -> Response | None:
@@ -77,7 +92,7 @@ def _quart_app(runtime: Runtime, gateway_tokens: TokenCheck, throttle: AuthThrot
         # it from waiting forever behind the unread body.
         status = exc.code or 500
         if status == 413:
-            return quart_response(too_large())
+            return quart_response(too_large(max_body_bytes))
         if status == 404:
             return quart_response(
                 error_answer(

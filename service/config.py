@@ -295,7 +295,27 @@ RoutingTable = msgspec.defstruct(
 )
 
 
-class _Server(_Table, frozen=True):
+Megabytes = Annotated[float, Meta(gt=0, le=1e6, description="a positive number of megabytes")]
+
+
+class ServerLimits(_Table, frozen=True):
+    """`[server]`'s limits on what one client may take (applied by service/http_server.py and the edges)."""
+
+    keep_alive_timeout_s: Seconds = 75.0  # an idle keep-alive connection is closed after this
+    # A request head must arrive within this, from the connection's start or the head's first byte.
+    header_timeout_s: Seconds = 20.0
+    body_timeout_s: Seconds = 60.0  # the whole request body must arrive within this (else 408)
+    send_timeout_s: Seconds = 30.0  # a client that takes none of a write for this long is dropped
+    max_connections: Count | None = None  # open client connections; default from the descriptor limit
+    max_body_mb: Megabytes = 32.0  # a larger request body is refused (413) before it is read whole
+    grace_s: Seconds = 10.0  # on SIGTERM, requests in flight get this long; then connections are closed
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
+
+
+class _Server(ServerLimits, frozen=True):
     host: Text = "127.0.0.1"
     port: Port = 8080  # 0 picks a free port
     data_dir: Text | None = None
@@ -376,6 +396,7 @@ class Config:
     platforms: dict[str, PlatformConfig]
     models: tuple[ModelConfig, ...]
     env_keys: dict[str, tuple[str, ...]] = field(repr=False)
+    limits: ServerLimits = field(default_factory=ServerLimits)
 
 
 class _CatalogFile(msgspec.Struct):
@@ -449,6 +470,7 @@ def load_config(path: Path | None, env: Mapping[str, str] | None = None, *, serv
         platforms=platforms,
         models=models,
         env_keys=_env_keys(env, platforms),
+        limits=ServerLimits(**{name: getattr(file.server, name) for name in ServerLimits.__struct_fields__}),
     )
 
 

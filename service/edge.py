@@ -24,10 +24,6 @@ logger = logging.getLogger("switchboard.http")
 CLOSE = {"Connection": "close"}
 
 
-MAX_BODY_BYTES = 32 * 1024 * 1024  # images arrive inline as data URLs
-BODY_TIMEOUT_S = 60.0
-
-
 def new_request_id() -> str:
     return "req_" + uuid.uuid4().hex[:24]
 
@@ -80,6 +76,16 @@ class AuthThrottle:
             )
 
 
+def body_timeout(body_timeout_s: float) -> Answer:
+    return error_answer(
+        408,
+        f"The request body did not arrive within {body_timeout_s:g} s.",
+        "invalid_request_error",
+        "request_timeout",
+        headers=dict(CLOSE),
+    )
+
+
 def throttled(wait_s: float) -> Answer:
     return error_answer(
         429,
@@ -101,10 +107,10 @@ def unauthorized() -> Answer:
     )
 
 
-def too_large() -> Answer:
+def too_large(max_body_bytes: int) -> Answer:
     return error_answer(
         413,
-        f"The request body is larger than {MAX_BODY_BYTES // (1024 * 1024)} MB.",
+        f"The request body is larger than {max_body_bytes / (1024 * 1024):g} MB ([server] max_body_mb).",
         "invalid_request_error",
         "request_too_large",
         headers=dict(CLOSE),

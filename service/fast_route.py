@@ -30,12 +30,10 @@ from hypercorn.typing import (
 from actors.supervisor import Runtime
 from service import chat_completions as chat
 from service.edge import (
-    BODY_TIMEOUT_S,
-    CLOSE,
-    MAX_BODY_BYTES,
     Answer,
     AuthThrottle,
     authorized,
+    body_timeout,
     error_answer,
     new_request_id,
     throttled,
@@ -54,12 +52,21 @@ logger = logging.getLogger("switchboard.http")
 
 class ChatRoute:
     def __init__(
-        self, fallback: ASGIApp, runtime: Runtime, tokens: TokenCheck, throttle: AuthThrottle
+        self,
+        fallback: ASGIApp,
+        runtime: Runtime,
+        tokens: TokenCheck,
+        throttle: AuthThrottle,
+        *,
+        max_body_bytes: int,
+        body_timeout_s: float,
     ) -> None:
         self._fallback = fallback
         self._runtime = runtime
         self._tokens = tokens
         self._throttle = throttle
+        self._max_body_bytes = max_body_bytes
+        self._body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == CHAT_PATH and scope["method"] == "POST":
@@ -83,12 +90,13 @@ class ChatRoute:
             await _answer(send, request_id, unauthorized())
             return
         length = headers.get(b"content-length", b"")
-        if length.isdigit() and int(length) > MAX_BODY_BYTES:
-            await _answer(send, request_id, too_large())
+        max_body = self._max_body_bytes
+        if length.isdigit() and int(length) > max_body:
+            await _answer(send, request_id, too_large(max_body))
             return
         body = bytearray()
         early: Answer | None = None  # decided while reading, sent after (never inside the time bound)
-        with trio.move_on_after(BODY_TIMEOUT_S) as waited:
+        with trio.move_on_after(self._body_timeout_s) as waited:
             while True:
                 message = await receive()
                 if message["type"] == "http.disconnect":
@@ -96,29 +104,25 @@ class ChatRoute:
                 if message["type"] != "http.request":
                     continue
                 body += message.get("body", b"")
-                if len(body) > MAX_BODY_BYTES:
-                    early = too_large()
+                if len(body) > max_body:
+                    early = too_large(max_body)
                     break
                 if not message.get("more_body", False):
                     break
         if waited.cancelled_caught:
-            early = error_answer(
-                408,
-                f"The request body did not arrive within {BODY_TIMEOUT_S:g} s.",
-                "invalid_request_error",
-                "request_timeout",
-                headers=dict(CLOSE),
-            )
+            early = body_timeout(self._body_timeout_s)
         if early is not None:
             await _answer(send, request_id, early)
             return
+        raw = bytes(body)
+        del body  # one copy of a large body in memory while the request runs, not two
         session = headers.get(b"x-session-id")
         session_id = session.decode("latin-1") if session is not None else None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
             sent = _Sent()
             try:
-                answer = await chat.handle(self._runtime, bytes(body), request_id, session_id)
+                answer = await chat.handle(self._runtime, raw, request_id, session_id)
                 await _answer(send, request_id, answer, sent)
             except Exception:
                 # A bug met by this request: loud in the log, a 500 for this client (as Quart answers one).

@@ -18,15 +18,12 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TextIO, TypeVar
 
 import apsw
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.config import Sockets
-from hypercorn.trio.run import worker_serve
-from hypercorn.utils import wrap_app
 
 from actors.key_checker import check_key
 from actors.request import Deadlines
@@ -40,6 +37,7 @@ from events.view import SessionPolicy, rebuild
 from service import __version__
 from service.app import create_app
 from service.config import Config, env_var_for
+from service.http_server import HttpLimits, check_hypercorn, default_max_connections, serve
 from service.secrets import (
     CredentialStore,
     TokenCheck,
@@ -56,7 +54,6 @@ from service.upstream import HttpUpstream, PlatformEndpoint
 
 DB_NAME = "switchboard.db"
 LOCK_NAME = "switchboard.lock"  # held by the serving gateway (flock), with its pid in it
-GRACE_S = 10.0
 BACKLOG = 1024
 
 
@@ -139,6 +136,23 @@ class Keyring:
         if secret is None:
             secret = self.secrets[key_id] = self.vault.get(key_id)
         return secret
+
+
+def http_limits(config: Config) -> HttpLimits:
+    """The client connection limits, `max_connections` from the descriptor limit unless configured.
+    Raises ServeError if the installed hypercorn is not one service/http_server.py was written against."""
+    try:
+        check_hypercorn()
+    except RuntimeError as exc:
+        raise ServeError(f"{exc} (install the hypercorn version in constraints.txt)") from None
+    server = config.limits
+    return HttpLimits(
+        keep_alive_timeout_s=server.keep_alive_timeout_s,
+        header_timeout_s=server.header_timeout_s,
+        send_timeout_s=server.send_timeout_s,
+        max_connections=server.max_connections or default_max_connections(),
+        grace_s=server.grace_s,
+    )
 
 
 def catalog_models(config: Config) -> list[CatalogModel]:
@@ -321,10 +335,11 @@ async def run_gateway(
     """Run until SIGINT/SIGTERM (or `runtime.shutting_down`), then shut down gracefully. Raises ServeError
     (having appended nothing to the log) when the data dir is taken or the address cannot be listened on."""
     env = os.environ if env is None else env
+    limits = http_limits(config)
     data_dir = config.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     with data_dir_lock(data_dir), contextlib.closing(listen_socket(config.host, config.port)) as sock:
-        await _run_locked(config, env, out, handle_signals, store, on_listening, sock)
+        await _run_locked(config, env, out, handle_signals, store, on_listening, sock, limits)
 
 
 async def _run_locked(
@@ -335,6 +350,7 @@ async def _run_locked(
     store: LogStore | None,
     on_listening: Callable[[str, Runtime], None] | None,
     sock: socket.socket,
+    limits: HttpLimits,
 ) -> None:
     data_dir = config.data_dir
     db_path = data_dir / DB_NAME
@@ -358,24 +374,16 @@ async def _run_locked(
         settings = routing_settings(config, keys)
 
         async def serve_http(runtime: Runtime) -> None:
-            hc = HypercornConfig()
-            hc.graceful_timeout = GRACE_S
-            hc.accesslog = None
-            hc.errorlog = "-"
-            hc.keep_alive_timeout = 75
-            app = wrap_app(create_app(runtime, tokens.gateway), hc.wsgi_max_body_size, "asgi")
-            sockets = Sockets(secure_sockets=[], insecure_sockets=[sock], quic_sockets=[])
+            app = create_app(
+                runtime,
+                tokens.gateway,
+                max_body_bytes=config.limits.max_body_bytes,
+                body_timeout_s=config.limits.body_timeout_s,
+            )
             async with trio.open_nursery() as nursery:
-                binds = await nursery.start(
-                    lambda task_status: worker_serve(
-                        app,
-                        hc,
-                        sockets=sockets,
-                        shutdown_trigger=runtime.shutting_down.wait,
-                        task_status=task_status,
-                    )
+                url = await nursery.start(
+                    partial(serve, app, sock, limits, shutdown_trigger=runtime.shutting_down.wait)
                 )
-                url = binds[0]
                 tokens.announce(credentials, out)
                 print(f"switchboard listening on {url}", file=out, flush=True)
                 for line in await startup_summary(runtime, config, env):

@@ -10,7 +10,7 @@ import httpx
 import pytest
 import trio
 from custom_gateway import read_log
-from harness import GATEWAY_KEY, running_gateway
+from harness import GATEWAY_KEY, config_text, gateway_from, running_gateway
 
 from service import chat_completions
 
@@ -18,15 +18,21 @@ AUTH = {"Authorization": f"Bearer {GATEWAY_KEY}"}
 HELLO = {"model": "ok", "messages": [{"role": "user", "content": "hi"}]}
 
 
-async def test_a_body_without_a_length_is_still_bounded(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr("service.fast_route.MAX_BODY_BYTES", 1000)
+def with_server(settings: str):
+    """The harness's config with `settings` added to its `[server]` table."""
+    return lambda upstream_url, data_dir: config_text(upstream_url, data_dir, ["ok"]).replace(
+        "[server]\n", f"[server]\n{settings}\n", 1
+    )
+
+
+async def test_a_body_without_a_length_is_still_bounded(tmp_path) -> None:
 
     async def chunks() -> AsyncIterator[bytes]:
         for _ in range(20):
             yield b"x" * 100  # chunked: no content-length to refuse it by
 
     with trio.fail_after(20):
-        async with running_gateway(tmp_path, ["ok"]) as gw:
+        async with gateway_from(tmp_path, with_server("max_body_mb = 0.001")) as gw:  # 1,048 bytes
             async with httpx.AsyncClient(base_url=gw.url, headers=AUTH, timeout=10) as client:
                 resp = await client.post("/v1/chat/completions", content=chunks())
                 after = await client.post("/v1/chat/completions", json=HELLO)
@@ -35,10 +41,9 @@ async def test_a_body_without_a_length_is_still_bounded(tmp_path, monkeypatch) -
     assert after.status_code == 200
 
 
-async def test_a_body_that_never_arrives_is_a_408_and_logs_nothing(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr("service.fast_route.BODY_TIMEOUT_S", 0.3)
+async def test_a_body_that_never_arrives_is_a_408_and_logs_nothing(tmp_path) -> None:
     with trio.fail_after(20):
-        async with running_gateway(tmp_path, ["ok"]) as gw:
+        async with gateway_from(tmp_path, with_server("body_timeout_s = 0.3")) as gw:
             where = urlsplit(gw.url)
             stream = await trio.open_tcp_stream(where.hostname or "127.0.0.1", where.port or 80)
             async with stream:

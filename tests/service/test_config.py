@@ -573,7 +573,12 @@ def test_sessions_table(tmp_path: Path) -> None:
     ("text", "line", "key", "words"),
     [
         ('[server]\nhost = "x"\n\n[sever]\nport = 1\n', 4, "sever", "unknown key"),
-        ("[server]\nhost = 'x'\nprot = 8080\n", 3, "server.prot", "expected one of: data_dir, host, port"),
+        (
+            "[server]\nhost = 'x'\nprot = 8080\n",
+            3,
+            "server.prot",
+            "expected one of: body_timeout_s, data_dir,",
+        ),
         (
             '# c\n[[platforms]]\nname = "groq"\n[[platforms]]\nname = "cerebras"\nprtection = "off"\n',
             6,
