@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TextIO, TypeVar
+from typing import TYPE_CHECKING, TextIO, TypeVar
 
 import apsw
 import trio
@@ -35,9 +35,7 @@ from events.store import LogStore, StoreUnwritable
 from events.types import KeyChecked, KeySource
 from events.view import SessionPolicy, rebuild
 from service import __version__
-from service.app import create_app
 from service.config import Config, env_var_for
-from service.http_server import HttpLimits, check_hypercorn, default_max_connections, serve
 from service.secrets import (
     CredentialStore,
     TokenCheck,
@@ -51,6 +49,9 @@ from service.secrets import (
     open_vault,
 )
 from service.upstream import HttpUpstream, PlatformEndpoint
+
+if TYPE_CHECKING:
+    from service.http_server import HttpLimits
 
 DB_NAME = "switchboard.db"
 LOCK_NAME = "switchboard.lock"  # held by the serving gateway (flock), with its pid in it
@@ -141,6 +142,10 @@ class Keyring:
 def http_limits(config: Config) -> HttpLimits:
     """The client connection limits, `max_connections` from the descriptor limit unless configured.
     Raises ServeError if the installed hypercorn is not one service/http_server.py was written against."""
+    # The HTTP stack (hypercorn, Quart) is imported only to serve: the read-only commands, which share this
+    # module, start half a second sooner without it.
+    from service.http_server import HttpLimits, check_hypercorn, default_max_connections
+
     try:
         check_hypercorn()
     except RuntimeError as exc:
@@ -374,6 +379,9 @@ async def _run_locked(
         settings = routing_settings(config, keys)
 
         async def serve_http(runtime: Runtime) -> None:
+            from service.app import create_app
+            from service.http_server import serve
+
             app = create_app(
                 runtime,
                 tokens.gateway,
