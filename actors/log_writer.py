@@ -256,6 +256,13 @@ class LogWriter:
         self._written += len(events)
         self._batches += 1
         self._largest = max(self._largest, len(events))
+        if seqs[0] <= self._published:
+            # Seqs handed out twice (rows at the log's end deleted under a running gateway): folding on would
+            # skip these events for ever. Loud, as any corruption of the log must be.
+            raise RuntimeError(
+                f"the log gave seq {seqs[0]} again (the last one published was {self._published}): events at "
+                "its end were deleted while the gateway ran"
+            )
         if seqs[0] == self._published + 1:
             # (The batch holds members of AnyEvent, typed by their base class.)
             entries: list[Entry] = list(zip(seqs, events, strict=True))  # type: ignore[arg-type]  # see above

@@ -348,16 +348,28 @@ class SqliteStore:
         wanted = sorted(types)
         # `+type`: by rowid range, not by the (type, ts) index, which would walk every batch's type again.
         where = f"seq > ? AND seq <= ? AND +type IN ({', '.join('?' * len(wanted))})"
+        # The newest event always stays: `seq` is the rowid, and SQLite gives a new row max(seq) + 1, so
+        # deleting the end of the log would hand its seqs out again, to events a running gateway (which
+        # has published them already) and the snapshots would never fold.
+        before = min(before, self.last_seq())
         lo = 0
         while lo < before - 1:
             hi = min(lo + batch, before - 1)
-            with _immediate(self._db):
-                window = (lo, hi, *wanted)
-                rows = self._db.execute(
-                    f"SELECT type, count(*) FROM events WHERE {where} GROUP BY type", window
-                )
-                counts = Counter({str(t): int(c) for t, c in rows})
-                self._db.execute(f"DELETE FROM events WHERE {where}", window)
+            try:
+                with _immediate(self._db):
+                    window = (lo, hi, *wanted)
+                    rows = self._db.execute(
+                        f"SELECT type, count(*) FROM events WHERE {where} GROUP BY type", window
+                    )
+                    counts = Counter({str(t): int(c) for t, c in rows})
+                    self._db.execute(f"DELETE FROM events WHERE {where}", window)
+            except _UNWRITABLE_TYPES as exc:
+                reason = _UNWRITABLE.get(type(exc), type(exc).__name__)
+                raise StoreUnwritable(
+                    reason,
+                    f"{self.path} cannot be compacted now ({reason}): deleting writes to its -wal too, so it "
+                    "needs a little free space; what was deleted so far stays deleted",
+                ) from None
             yield counts
             lo = hi
 

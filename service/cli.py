@@ -435,6 +435,7 @@ def cmd_log_compact(args: argparse.Namespace) -> int:
     try:
         cutoff = args.before.strip()
         before = int(cutoff) if cutoff.isdigit() else store.first_seq_at(_moment(cutoff, "--before"))
+        before = min(before, store.last_seq())  # the newest event always stays (delete_before says why)
         where = f"before seq {before:,}" + ("" if cutoff.isdigit() else f" (older than {cutoff})")
         if args.dry_run:
             removed = store.count_by_type(before, REMOVABLE)

@@ -100,7 +100,9 @@ def data_dir_lock(data_dir: Path) -> Iterator[None]:
 
 
 def listen_socket(host: str, port: int) -> socket.socket:
-    """A bound, listening TCP socket for hypercorn, or ServeError saying why not on one line."""
+    """A bound TCP socket for hypercorn (listening starts once the log is open: a start waiting for disk
+    space refuses connections rather than leaving them hanging in the backlog), or ServeError saying why
+    not on one line."""
     bare = host.replace("[", "").replace("]", "")
     where = f"[{bare}]:{port}" if ":" in bare else f"{bare}:{port}"
     sock = socket.socket(socket.AF_INET6 if ":" in bare else socket.AF_INET, socket.SOCK_STREAM)
@@ -108,7 +110,6 @@ def listen_socket(host: str, port: int) -> socket.socket:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((bare, port))
-        sock.listen(BACKLOG)
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
@@ -370,6 +371,7 @@ async def _run_locked(
     except BaseException:
         store.close()
         raise
+    sock.listen(BACKLOG)
     credentials = CredentialStore(db_path)
     try:
         tokens = gateway_tokens(config, credentials)

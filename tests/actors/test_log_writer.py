@@ -576,3 +576,17 @@ def test_a_new_log_that_cannot_be_made_on_a_full_disk_leaves_no_file_behind(
     store = SqliteStore(path)
     assert store.append([ev(1)]) == [1]
     store.close()
+
+
+async def test_a_seq_handed_out_twice_stops_the_writer_loudly(autojump_clock: trio.abc.Clock) -> None:
+    store = MemoryStore()
+    log = LogWriter(store)
+    with pytest.raises(BaseExceptionGroup) as stopped:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(log.run)
+            await log.append_durable(ev(1))
+            store._rows.clear()  # the log's end deleted under a running gateway
+            store._types.clear()
+            await log.append(ev(2))
+            await trio.sleep(1)
+    assert "gave seq 1 again" in str(stopped.value.exceptions[0])

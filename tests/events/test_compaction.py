@@ -168,3 +168,15 @@ def test_a_cutoff_at_the_start_removes_nothing(tmp_path: Path) -> None:
         assert list(store.delete_before(1, REMOVABLE)) == []
         assert store.count_by_type(1, REMOVABLE) == Counter()
     assert rows(path) == before
+
+
+def test_a_cutoff_past_the_end_keeps_the_newest_event_so_no_seq_is_handed_out_twice(tmp_path: Path) -> None:
+    # Found in review: `--before` a date after the last event deleted the log's end, and SQLite gave those
+    # seqs out again to events a running gateway (and every later snapshot) then never folded.
+    path = tmp_path / "log.db"
+    generated(path)
+    with closing(SqliteStore(path)) as store:
+        last = store.last_seq()
+        list(store.delete_before(last + 1_000, REMOVABLE))
+        assert store.last_seq() == last
+        assert store.append([KeyChecked(ts=3e9, key_id="groq.k1", ok=True)]) == [last + 1]
