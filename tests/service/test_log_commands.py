@@ -187,9 +187,7 @@ def test_log_compact_removes_old_records_and_gives_the_space_back(
     assert cli.main(["log", "compact", "--data-dir", str(data_dir), "--before", "30d"]) == 0
     out = capsys.readouterr().out.splitlines()
     kept = stored(data_dir)
-    assert (
-        out[0] == f"removed {len(rows) - len(kept):,} events before seq {rows[-1][0]:,} (older than 30d):"
-    )
+    assert out[0] == f"removed {len(rows) - len(kept):,} events before seq {rows[-1][0]:,} (older than 30d):"
     # All of it is older than 30 days; the newest event stays all the same (no seq is handed out twice).
     assert kept[-1] == rows[-1]
     assert {json.loads(d)["type"] for _, d in kept[:-1]}.isdisjoint(REMOVABLE)
