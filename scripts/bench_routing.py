@@ -204,7 +204,7 @@ def run(requests: int, rounds: int) -> dict:
             run = run_replay(path, lambda: RoutingView(catalog(), RoutingPolicy()), parallel=parallel)
             runs[parallel] = (time.perf_counter() - t0, run)
     (replay_s, serial), (parallel_s, forked) = runs[False], runs[True]
-    reproduced = serial.total - len(serial.results)
+    reproduced = serial.total - serial.changed
     return {
         "models": 100,
         "keys": 30,
@@ -216,7 +216,7 @@ def run(requests: int, rounds: int) -> dict:
         "replay_reproduced": reproduced,
         "replay_s": round(replay_s, 3),
         "replay_events_per_s": round(events / replay_s) if replay_s else None,
-        "replay_parallel_reproduced": forked.total - len(forked.results),
+        "replay_parallel_reproduced": forked.total - forked.changed,
         "replay_parallel_processes": forked.processes,
         "replay_parallel_s": round(parallel_s, 3),
         "replay_parallel_events_per_s": round(events / parallel_s) if parallel_s else None,
