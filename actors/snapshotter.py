@@ -28,6 +28,7 @@ from actors.model_health import ModelHealth
 from events import snapshot
 from events.op_stats import OperationalStats
 from events.snapshot import LogNotes, Snapshot
+from events.sqlite_store import StoreDamaged
 from events.store import Entry, LogStore
 from events.view import RoutingView
 
@@ -133,9 +134,17 @@ class Snapshotter:
     def final(self, view: RoutingView) -> None:
         """At shutdown, after the log writer's last commit and with every actor stopped: bring the view
         and this copy to the log's end and write the last snapshot there."""
-        for seq, event in self._store.read_after(view.seq):
+        try:
+            caught_up = self._store.read_after(view.seq)
+            tail = self._store.read_after(self._seq)
+        except (apsw.Error, StoreDamaged) as exc:  # an I/O-error outage at shutdown: no last snapshot
+            self._failures += 1
+            logger.warning(
+                "no snapshot at shutdown (%s): the next start folds the log from an older one", exc
+            )
+            return
+        for seq, event in caught_up:
             view.apply(seq, event)
-        tail = self._store.read_after(self._seq)
         if tail:
             self._fold(tail)
         if view.seq == self._saved_seq:

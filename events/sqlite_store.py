@@ -105,6 +105,7 @@ class SqliteStore:
         file, directory or medium can be read; a missing file reads as an empty log and is not created."""
         self.path = Path(path)
         self.read_only = read_only
+        self.immutable = False  # opened as a file nothing writes (see _open_read_only): blind to later writes
         if self.path.exists() and self.path.stat().st_size == 0:
             # SQLite would take an empty file for a new database: a log that was there would be lost unseen.
             raise StoreDamaged(f"{self.path} is empty (0 bytes), so its events are gone: {_RESTORE}")
@@ -182,6 +183,7 @@ class SqliteStore:
             )
         # No -shm means no connection has the log open in WAL mode, so nothing writes to it while we read:
         # the one case where `immutable=1` (no locks, no -shm) is safe.
+        self.immutable = True
         try:
             return self._checked(
                 apsw.Connection(uri + "&immutable=1", flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)

@@ -367,6 +367,12 @@ def cmd_log_tail(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         if not args.follow:
             return 0
+        if store.immutable:
+            # Opened as a file nothing writes (a read-only dir without a -shm): later writes are invisible.
+            raise UsageError(
+                f"log tail --follow cannot watch {store.path}: its directory is read-only to this user, so "
+                "what a gateway writes later is invisible here; follow it as the gateway's user"
+            )
         version = store.data_version()
         while True:
             time.sleep(0.2)

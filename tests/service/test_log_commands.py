@@ -331,6 +331,9 @@ def test_every_read_only_command_reads_a_read_only_log(generated: Path, shared_d
     )
     if where == "directory":
         assert sorted(p.name for p in shared_dir.iterdir()) == [DB_NAME]  # not even a -shm
+        # An immutable open is blind to later writes: following it would wait for ever in silence.
+        follow = as_reader(["log", "tail", "-n", "1", "--follow"], shared_dir)
+        assert follow.returncode == 2 and "cannot watch" in follow.stderr, follow.stderr
 
 
 def test_a_read_only_directory_with_committed_events_in_the_wal_says_to_copy_them(
