@@ -247,6 +247,13 @@ class Sessions(_Table, frozen=True):
     provider_ban_window_s: Seconds = SessionPolicy.provider_ban_window_s
 
 
+class Snapshots(_Table, frozen=True):
+    """`[snapshots]`: how often the projections are saved (README: start-up on a long log)."""
+
+    every_events: Count = 100_000  # a snapshot after this many events ...
+    every_s: Seconds = 600.0  # ... or this long after the last one, if anything happened since
+
+
 # RoutingPolicy fields that are weights of a score term: any finite number (ttfb_worst is negative by nature).
 # Every other float field is a duration, count, prior or threshold and must be > 0; int fields must be >= 1.
 _POLICY_WEIGHTS = frozenset(
@@ -368,6 +375,7 @@ class ConfigFile(_Table, frozen=True):
     timeouts: Timeouts = msgspec.field(default_factory=Timeouts)
     routing: RoutingTable = msgspec.field(default_factory=RoutingTable)  # type: ignore[valid-type]  # defstruct
     sessions: Sessions = msgspec.field(default_factory=Sessions)
+    snapshots: Snapshots = msgspec.field(default_factory=Snapshots)
     catalog: _Catalog = msgspec.field(default_factory=_Catalog)
     platforms: Annotated[list[_PlatformEntry], Meta(description="an array of tables ([[platforms]])")] = []
     models: Annotated[list[_ModelEntry], Meta(description="an array of tables ([[models]])")] = []
@@ -397,6 +405,7 @@ class Config:
     models: tuple[ModelConfig, ...]
     env_keys: dict[str, tuple[str, ...]] = field(repr=False)
     limits: ServerLimits = field(default_factory=ServerLimits)
+    snapshots: Snapshots = field(default_factory=Snapshots)
 
 
 class _CatalogFile(msgspec.Struct):
@@ -465,6 +474,7 @@ def load_config(path: Path | None, env: Mapping[str, str] | None = None, *, serv
         ),
         routing=routing,
         sessions=file.sessions,
+        snapshots=file.snapshots,
         builtin_catalog=file.catalog.builtin,
         catalog_version=version,
         platforms=platforms,

@@ -190,6 +190,8 @@ def routing_settings(config: Config, keys: list[tuple[str, str, str, KeySource]]
         rolling_day_platforms=frozenset(
             p.name for p in config.platforms.values() if p.quota_day == "rolling"
         ),
+        snapshot_every_events=config.snapshots.every_events,
+        snapshot_every_s=config.snapshots.every_s,
         sessions=SessionPolicy(
             protection={p.name: p.protection for p in config.platforms.values()},
             single_flight=frozenset(

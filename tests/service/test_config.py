@@ -894,7 +894,7 @@ def test_env_thread_protection_knows_only_loaded_platforms(tmp_path: Path) -> No
             1,
             "zzz",
             "unknown key (expected one of: admin, catalog, gateway, models, platforms, routing, server, "
-            "sessions, timeouts)",
+            "sessions, snapshots, timeouts)",
         ),
         ('[[server]]\nhost = "x"\n', 1, "server", "expected a table, found an array"),
         ("[server]\nhost = 1979-05-27\n", 2, "server.host", "expected a non-empty string, found a date/time"),
@@ -1027,3 +1027,14 @@ def test_a_weak_gateway_key_stops_only_serve_so_the_log_can_still_be_read(tmp_pa
     assert load_config(path, {}).api_keys == ("sk-my-key",)  # log tail, backup, keys list read on
     with pytest.raises(ConfigError, match="too weak"):
         load_config(path, {}, serving=True)
+
+
+def test_snapshot_intervals_are_configured_in_their_own_table(tmp_path: Path) -> None:
+    from service.server import routing_settings
+
+    config = load_config(write(tmp_path, "[snapshots]\nevery_events = 5000\nevery_s = 30\n"), {})
+    settings = routing_settings(config)
+    assert (settings.snapshot_every_events, settings.snapshot_every_s) == (5000, 30.0)
+    assert routing_settings(load_config(None, {})).snapshot_every_events == 100_000
+    err = error_for(tmp_path, "[snapshots]\nevery_events = 0\n")
+    assert err.key == "snapshots.every_events" and "expected an integer >= 1" in err.message
