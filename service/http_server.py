@@ -94,6 +94,21 @@ BUSY_RESPONSE = (
 )
 
 
+# At the cap a liveness probe must still hear that the process lives: a 503 to it would get a busy gateway
+# restarted (and its streams cut). The probe's request line is peeked for this long.
+HEALTH_PEEK_S = 0.1
+_HEALTH_BUSY_BODY = msgspec.json.encode(
+    {
+        "status": "busy",
+        "reason": "at its client connection limit ([server] max_connections): new connections get 503",
+    }
+)
+HEALTH_BUSY_RESPONSE = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
+    % (len(_HEALTH_BUSY_BODY), _HEALTH_BUSY_BODY)
+)
+
+
 @dataclass(frozen=True)
 class HttpLimits:
     """How long and how much a client connection may take (the `[server]` table's settings)."""
@@ -392,11 +407,20 @@ class _Connection:
 
 
 async def _refuse(stream: trio.SocketStream, registry: _Registry) -> None:
-    """A 503 and a close, for a connection past the cap: short, complete, read or not within REFUSE_S."""
+    """A 503 and a close, for a connection past the cap: short, complete, read or not within REFUSE_S. A
+    liveness probe (`GET /healthz`) gets a 200 saying "busy" instead."""
     registry.refusing += 1
     try:
         with trio.move_on_after(REFUSE_S):
-            await stream.send_all(BUSY_RESPONSE)
+            head = b""
+            with trio.move_on_after(HEALTH_PEEK_S):
+                while b"\r\n" not in head and len(head) < 64:
+                    chunk = await stream.receive_some(MAX_RECV)
+                    if not chunk:
+                        break
+                    head += chunk
+            liveness = head.startswith((b"GET /healthz ", b"GET /healthz?", b"HEAD /healthz "))
+            await stream.send_all(HEALTH_BUSY_RESPONSE if liveness else BUSY_RESPONSE)
             await stream.send_eof()
             while await stream.receive_some(MAX_RECV):
                 pass  # the request, unread: closing with it unread would reset the 503 away

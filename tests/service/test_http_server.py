@@ -26,7 +26,7 @@ from quart_trio import QuartTrio
 
 from service import http_server
 from service.config import ConfigError, ServerLimits, load_config
-from service.http_server import BUSY_RESPONSE, HttpLimits, check_hypercorn, serve
+from service.http_server import BUSY_RESPONSE, HEALTH_BUSY_RESPONSE, HttpLimits, check_hypercorn, serve
 from service.server import ServeError, http_limits
 
 CHUNK = b"x" * 65536
@@ -342,6 +342,23 @@ async def test_at_the_cap_with_nothing_idle_a_new_client_gets_a_503_and_a_close(
             assert (await response(stream))[1] == b"done"
             await stream.aclose()
     assert BUSY_RESPONSE.startswith(b"HTTP/1.1 503 ") and b"connection: close" in BUSY_RESPONSE
+
+
+async def test_at_the_cap_a_liveness_probe_still_hears_the_process_is_alive() -> None:
+    # From review: a 503 to /healthz at the cap would get a busy gateway restarted, cutting its streams.
+    probe = Probe()
+    async with serving(probe, max_connections=1) as (port, _):
+        busy = await connect(port)
+        await busy.send_all(get("/wait"))
+        await probe.wait_began(1)
+        async with await connect(port) as health:
+            await health.send_all(get("/healthz"))
+            with trio.fail_after(2):
+                assert await until_eof(health) == HEALTH_BUSY_RESPONSE
+        probe.gate.set()
+        assert (await response(busy))[1] == b"done"
+        await busy.aclose()
+    assert HEALTH_BUSY_RESPONSE.startswith(b"HTTP/1.1 200 OK") and b'"status":"busy"' in HEALTH_BUSY_RESPONSE
 
 
 async def test_at_the_cap_the_longest_idle_connection_makes_room() -> None:
