@@ -164,7 +164,8 @@ class Attempt:
                     else:
                         out = await self._relay(resp.chunks(), adapter, deadline, emit, routed)
         except TransportFailure as exc:
-            out = Failed(FailureKind.CONNECT, str(exc), after_content=self.content_sent)
+            kind = FailureKind.INTERNAL if exc.local else FailureKind.CONNECT  # ours, not the provider's
+            out = Failed(kind, str(exc), after_content=self.content_sent)
         if deadline.cancelled_caught:
             out = await self._stalled()
         return out

@@ -18,7 +18,13 @@ from events.outcomes import Failed
 
 
 class TransportFailure(Exception):
-    """The connection failed or broke (connect error, reset, protocol error). The message is secret-free."""
+    """The connection failed or broke (connect error, reset, protocol error). The message is secret-free.
+    `local`: it failed on the gateway's own resources (out of file descriptors or buffers), which says
+    nothing about the provider: no model may be cooled for it."""
+
+    def __init__(self, message: str, *, local: bool = False) -> None:
+        super().__init__(message)
+        self.local = local
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ that connection (httpcore cannot reuse it), which is how a cancelled attempt han
 
 from __future__ import annotations
 
+import errno
 import itertools
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
@@ -54,7 +55,7 @@ class _Response:
                 async for chunk in body:
                     yield chunk
         except httpx.HTTPError as exc:  # transport errors, and a body that does not decode (bad gzip)
-            raise TransportFailure(_describe(exc)) from None
+            raise _failure(exc) from None
 
 
 class HttpUpstream:
@@ -105,7 +106,7 @@ class HttpUpstream:
         try:
             resp = await next(self._next).handle_async_request(request)
         except httpx.HTTPError as exc:
-            raise TransportFailure(_describe(exc)) from None
+            raise _failure(exc) from None
         try:
             yield _Response(resp, adapter)
         finally:
@@ -127,7 +128,7 @@ class HttpUpstream:
             finally:
                 await resp.aclose()
         except httpx.HTTPError as exc:
-            raise TransportFailure(_describe(exc)) from None
+            raise _failure(exc) from None
         return resp.status_code
 
 
@@ -152,6 +153,24 @@ def redact(secret: str, text: str) -> str:
                 j += 1
             text = text[:i] + "[redacted]" + text[j:]
     return text
+
+
+# errnos that mean this process or machine ran out of something, not that the provider failed.
+_LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+def _failure(exc: httpx.HTTPError) -> TransportFailure:
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno in _LOCAL_ERRNOS:
+            return TransportFailure(
+                f"the gateway is out of {'memory' if cause.errno == errno.ENOMEM else 'file descriptors'} "
+                f"({errno.errorcode[cause.errno]}): raise its limit (ulimit -n) or lower [server] "
+                "max_connections",
+                local=True,
+            )
+        cause = cause.__cause__ or cause.__context__
+    return TransportFailure(_describe(exc))
 
 
 def _describe(exc: httpx.HTTPError) -> str:

@@ -35,6 +35,7 @@ class Broken:
     """A step: the connection breaks (raises TransportFailure with this message)."""
 
     message: str = "connection reset by peer"
+    local: bool = False  # the gateway's own resources ran out (EMFILE), not the provider's fault
 
 
 Step = bytes | float | int | Broken | _Forever
@@ -75,7 +76,7 @@ class Exchange:
 
 async def _play(step: Step) -> None:
     if isinstance(step, Broken):
-        raise TransportFailure(step.message)
+        raise TransportFailure(step.message, local=step.local)
     if isinstance(step, _Forever):
         await trio.sleep_forever()
     elif isinstance(step, int | float):

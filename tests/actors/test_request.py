@@ -1321,3 +1321,23 @@ async def test_a_client_gone_before_the_first_append_still_leaves_the_requests_s
             await gw.actor.complete(req)
         await gw.settle()
         assert gw.kinds(req.request_id) == ["RequestReceived", "ClientDisconnected", "RequestCompleted"]
+
+
+async def test_running_out_of_descriptors_is_the_gateways_failure_and_cools_no_model(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # From review: EMFILE on connect was a `connect` model fault, which cooled providers for a local limit.
+    out_of_fds = Reply(before=(Broken("the gateway is out of file descriptors (EMFILE)", local=True),))
+    async with running({"local/a": out_of_fds, "alt/x": OK_BODY}) as gw:
+        result = await gw.actor.complete(gw.request("local/a", "alt/x"))
+        await gw.settle()
+        failed = only(gw.events(AttemptFailed))
+        assert (failed.kind, failed.model, failed.message) == (
+            "internal",
+            "a",
+            "the gateway is out of file descriptors (EMFILE)",
+        )
+        assert isinstance(result, Completion) and result.routed_via == "alt/x"  # the next model may get one
+        models = {a.model.ref: a for a in await gw.health.models()}
+        assert models["local/a"].usable_keys == 1  # not cooled: the provider did nothing wrong
+        assert all(not view.cooling for view in await gw.health.keys())

@@ -173,3 +173,21 @@ def test_an_error_answer_is_judged_by_status_and_body(
     status: int, raw: bytes, kind: FailureKind, message: str
 ) -> None:
     assert OpenAIAdapter().error(status, {}, raw, NOW) == Failed(kind, message, status)
+
+
+def test_running_out_of_descriptors_under_httpx_is_a_local_transport_failure() -> None:
+    import errno
+
+    import httpx
+
+    from service.upstream import _failure
+
+    try:
+        try:
+            raise OSError(errno.EMFILE, "Too many open files")
+        except OSError as exc:
+            raise httpx.ConnectError("[Errno 24] Too many open files") from exc
+    except httpx.ConnectError as exc:
+        failure = _failure(exc)
+    assert failure.local and "out of file descriptors (EMFILE)" in str(failure)
+    assert not _failure(httpx.ConnectError("[Errno 111] Connection refused")).local
