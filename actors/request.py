@@ -104,6 +104,7 @@ class RequestActor:
         self._nursery: trio.Nursery | None = None
         self._in_flight = self._streams = 0
         self._requests = self._attempts = self._disconnects = 0
+        self._cut_off = False  # the shutdown's grace is over: connections still open are being closed
 
     @property
     def keepalive_s(self) -> float:
@@ -345,9 +346,19 @@ class RequestActor:
             )
         )
 
+    def cut_off_by_shutdown(self) -> None:
+        """The HTTP server is about to close the connections still open after the shutdown's grace period:
+        the requests that end that way were cut by the gateway, not left by their clients."""
+        self._cut_off = True
+
     async def _record_disconnect(
         self, req: ChatRequest, progress: _Progress, started: float, handle: StreamHandle | None
     ) -> None:
+        if self._cut_off:
+            latency = (trio.current_time() - started) * 1000
+            error = "cut off by the gateway's shutdown (its grace period was over)"
+            await self._completed(req, "error", 503, progress.attempts, latency, progress.current, error)
+            return
         self._disconnects += 1
         platform, _, model = progress.current.partition("/")
         await self._log.append(

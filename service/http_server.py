@@ -471,10 +471,12 @@ async def serve(
     limits: HttpLimits,
     *,
     shutdown_trigger: Callable[[], Awaitable[object]],
+    on_cut_off: Callable[[], None] = lambda: None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `app` on the bound, listening `sock` until `shutdown_trigger` returns, then stop accepting,
-    close idle connections, let requests in flight finish within `limits.grace_s`, and close the rest.
+    close idle connections, let requests in flight finish within `limits.grace_s`, and close the rest
+    (calling `on_cut_off` first, so the app can tell that cut from a client leaving).
     Reports the URL it serves with `task_status.started`."""
     config = HypercornConfig()
     config.accesslog = None
@@ -514,6 +516,7 @@ async def serve(
                     len(registry.open),
                     limits.grace_s,
                 )
+                on_cut_off()
                 for open_connection in list(registry.open):
                     open_connection.cut_off()
             connections.cancel_scope.cancel()

@@ -394,7 +394,14 @@ async def _run_locked(
             )
             async with trio.open_nursery() as nursery:
                 url = await nursery.start(
-                    partial(serve, app, sock, limits, shutdown_trigger=runtime.shutting_down.wait)
+                    partial(
+                        serve,
+                        app,
+                        sock,
+                        limits,
+                        shutdown_trigger=runtime.shutting_down.wait,
+                        on_cut_off=runtime.requests.cut_off_by_shutdown,
+                    )
                 )
                 tokens.announce(credentials, out)
                 print(f"switchboard listening on {url}", file=out, flush=True)

@@ -1341,3 +1341,19 @@ async def test_running_out_of_descriptors_is_the_gateways_failure_and_cools_no_m
         models = {a.model.ref: a for a in await gw.health.models()}
         assert models["local/a"].usable_keys == 1  # not cooled: the provider did nothing wrong
         assert all(not view.cooling for view in await gw.health.keys())
+
+
+async def test_a_request_cut_off_when_the_shutdown_grace_is_over_is_not_logged_as_its_clients_doing(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # From review: the connections closed at the end of the grace period were logged as client aborts (499).
+    async with running({"local/a": Reply(before=(FOREVER,))}) as gw:
+        with trio.move_on_after(1.0):
+            gw.actor.cut_off_by_shutdown()  # as the HTTP server does just before it closes them
+            await gw.actor.complete(gw.request("local/a"))
+        await gw.settle()
+        assert not gw.events(ClientDisconnected)
+        done = only(gw.events(RequestCompleted))
+        assert (done.outcome, done.status) == ("error", 503)
+        assert done.error == "cut off by the gateway's shutdown (its grace period was over)"
+        assert gw.actor.statistics().client_disconnects == 0
