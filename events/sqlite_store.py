@@ -91,6 +91,11 @@ _UNWRITABLE: dict[type[Exception], str] = {
 }
 _UNWRITABLE_TYPES = tuple(_UNWRITABLE)
 
+
+def unwritable_reason(exc: Exception) -> str:
+    """What a failed write means for an operator, in a few words (`StoreUnwritable.reason`)."""
+    return _UNWRITABLE.get(type(exc), type(exc).__name__)
+
 _RESTORE = "restore it from a backup, or move it away to start a new, empty log"
 
 # Rows a compaction deletes per transaction: a serving gateway waits for the write lock at most this long.
@@ -149,7 +154,7 @@ class SqliteStore:
                 # a lost log at the next try.
                 for leftover in ("", "-wal", "-shm", "-journal"):
                     Path(f"{self.path}{leftover}").unlink(missing_ok=True)
-            reason = _UNWRITABLE[type(exc)]
+            reason = unwritable_reason(exc)
             raise StoreUnwritable(
                 reason, f"{self.path} cannot be opened ({reason}): is its file system full? Free some space"
             ) from None
@@ -242,7 +247,7 @@ class SqliteStore:
                 # timeout, each retry waits only briefly, or every retry would freeze the process.
                 self._db.set_busy_timeout(OUTAGE_BUSY_TIMEOUT_MS)
                 self._busy_lowered = True
-            raise StoreUnwritable(_UNWRITABLE.get(type(exc), type(exc).__name__)) from exc
+            raise StoreUnwritable(unwritable_reason(exc)) from exc
         if self._busy_lowered:
             self._db.set_busy_timeout(BUSY_TIMEOUT_MS)
         self._busy_lowered = False
@@ -366,7 +371,7 @@ class SqliteStore:
                     counts = Counter({str(t): int(c) for t, c in rows})
                     self._db.execute(f"DELETE FROM events WHERE {where}", window)
             except _UNWRITABLE_TYPES as exc:
-                reason = _UNWRITABLE.get(type(exc), type(exc).__name__)
+                reason = unwritable_reason(exc)
                 raise StoreUnwritable(
                     reason,
                     f"{self.path} cannot be compacted now ({reason}): deleting writes to its -wal too, so it "
@@ -415,7 +420,7 @@ class SqliteStore:
         try:
             return int(self._db.execute("PRAGMA data_version").get)
         except _UNWRITABLE_TYPES as exc:  # read before each append: a failing disk is an outage there too
-            raise StoreUnwritable(_UNWRITABLE.get(type(exc), type(exc).__name__)) from exc
+            raise StoreUnwritable(unwritable_reason(exc)) from exc
 
     def close(self) -> None:
         self._db.close()

@@ -30,7 +30,7 @@ from actors.request import Deadlines
 from actors.supervisor import Runtime, Settings, run_service
 from events.catalog import CatalogModel
 from events.key_health import KeyInfo
-from events.sqlite_store import SqliteStore
+from events.sqlite_store import SqliteStore, unwritable_reason
 from events.store import LogStore, StoreUnwritable
 from events.types import KeyChecked, KeySource
 from events.view import SessionPolicy, rebuild
@@ -436,7 +436,7 @@ async def _when_there_is_room(what: str, open_: Callable[[], T], out: TextIO) ->
         except (StoreUnwritable, apsw.FullError, apsw.IOError) as exc:
             if waiting_since is None:
                 waiting_since = time.monotonic()
-                reason = exc.reason if isinstance(exc, StoreUnwritable) else str(exc).split(":")[0].lower()
+                reason = exc.reason if isinstance(exc, StoreUnwritable) else unwritable_reason(exc)
                 print(
                     f"warning: {what} cannot be opened ({reason}): waiting for space (free some on its "
                     f"file system), retrying every {OPEN_RETRY_S:g}s",
