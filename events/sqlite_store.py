@@ -96,6 +96,7 @@ def unwritable_reason(exc: Exception) -> str:
     """What a failed write means for an operator, in a few words (`StoreUnwritable.reason`)."""
     return _UNWRITABLE.get(type(exc), type(exc).__name__)
 
+
 _RESTORE = "restore it from a backup, or move it away to start a new, empty log"
 
 # Rows a compaction deletes per transaction: a serving gateway waits for the write lock at most this long.
