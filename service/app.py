@@ -18,7 +18,18 @@ from werkzeug.exceptions import HTTPException
 
 from actors.supervisor import Runtime
 from events.catalog import ALIASES, VIRTUAL_MODELS
+from service import (
+    admin_analytics,
+    admin_api,
+    admin_auth,
+    admin_console,
+    admin_feed,
+    admin_requests,
+    metrics,
+    openapi,
+)
 from service import chat_completions as chat
+from service.admin_context import AdminContext
 from service.edge import (
     CLOSE,
     AuthThrottle,
@@ -38,12 +49,21 @@ _encode = msgspec.json.encode
 
 
 def create_app(
-    runtime: Runtime, gateway_tokens: TokenCheck, *, max_body_bytes: int, body_timeout_s: float
+    runtime: Runtime,
+    gateway_tokens: TokenCheck,
+    admin: AdminContext,
+    *,
+    max_body_bytes: int,
+    body_timeout_s: float,
 ) -> ASGIApp:
     """The gateway's ASGI app: the chat route served directly (service/fast_route.py), the rest by Quart;
-    both refuse an address that keeps sending invalid keys, and bound a body's size and time alike."""
+    both refuse an address that keeps sending invalid keys, and bound a body's size and time alike. The
+    operators' surface (`/admin/...`, `/metrics`) takes the admin token only (service/admin_auth.py)."""
     throttle = AuthThrottle()
     quart = _quart_app(runtime, gateway_tokens, throttle, max_body_bytes, body_timeout_s)
+    admin_auth.register(quart, admin.auth)
+    for module in (admin_api, admin_requests, admin_analytics, admin_feed, metrics, admin_console, openapi):
+        module.register(quart, admin)
     return ChatRoute(
         quart,
         runtime,
@@ -71,7 +91,7 @@ def _quart_app(
     async def assign_request_id() -> Response | None:
         request.request_id = new_request_id()  # type: ignore[attr-defined]  # ours, per request
         if not request.path.startswith("/v1"):
-            return None
+            return admin_auth.guard()
         address = request.remote_addr or "unknown"
         wait = throttle.blocked_for(address)
         if wait is not None:
@@ -98,7 +118,7 @@ def _quart_app(
                 error_answer(
                     404,
                     f"Unknown path {quoted(request.path)}. "
-                    "This gateway serves /v1/chat/completions and /v1/models.",
+                    "This gateway serves /v1/chat/completions and /v1/models; the console is at /admin/.",
                     "invalid_request_error",
                     "not_found",
                     headers=dict(CLOSE),

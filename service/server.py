@@ -383,12 +383,25 @@ async def _run_locked(
         settings = routing_settings(config, keys)
 
         async def serve_http(runtime: Runtime) -> None:
+            from service.admin_auth import AdminAuth
+            from service.admin_context import AdminContext
             from service.app import create_app
             from service.http_server import serve
 
+            admin = AdminContext(
+                runtime=runtime,
+                admin_tokens=tokens.admin,
+                auth=AdminAuth(tokens.admin),
+                config=config,
+                vault=vault,
+                master_key=master_key,
+                secrets=keyring.secrets,
+                open_reader=lambda: SqliteStore(db_path, read_only=True),
+            )
             app = create_app(
                 runtime,
                 tokens.gateway,
+                admin,
                 max_body_bytes=config.limits.max_body_bytes,
                 body_timeout_s=config.limits.body_timeout_s,
             )

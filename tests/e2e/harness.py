@@ -17,6 +17,8 @@ from service.config import load_config
 from service.server import DB_NAME, run_gateway
 
 GATEWAY_KEY = "sk-e2e-gateway-0123456789"
+ADMIN_TOKEN = "admin-e2e-0123456789abc"
+ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 SECRET_ENV = {"SWITCHBOARD_SECRET_KEY": "ab" * 32}
 
 
@@ -52,7 +54,7 @@ data_dir = "{data_dir}"
 [gateway]
 api_keys = ["{GATEWAY_KEY}"]
 [admin]
-token = "admin-e2e-0123456789abc"
+token = "{ADMIN_TOKEN}"
 [catalog]
 builtin = false
 [timeouts]

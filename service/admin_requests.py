@@ -1,0 +1,11 @@
+"""The admin API's requests: recent ones with filters, and one request's whole story with its replay."""
+
+from __future__ import annotations
+
+from quart_trio import QuartTrio
+
+from service.admin_context import AdminContext
+
+
+def register(app: QuartTrio, admin: AdminContext) -> None:
+    """Placeholder until this module's routes are built."""
