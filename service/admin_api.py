@@ -588,7 +588,9 @@ class AdminApi:
         if isinstance(found, Answer):
             return _answer(found)
         if platform not in dict(found.bans):
-            return _answer(_not_found(f"Session {session} has no ban on {quoted(platform)!r}.", "platform"))
+            return _answer(
+                _not_found(f"Session {session} has no ban on platform {quoted(platform)!r}.", "platform")
+            )
         failed = await self.commit(SessionBanLifted(ts=self._now(), session=session, platform=platform))
         if failed is not None:
             return _answer(failed)
