@@ -316,6 +316,8 @@ async def test_a_key_added_over_http_is_used_at_once_kept_secret_and_removable(t
         }
         again = await admin.post("/admin/api/keys", json={"platform": "local", "key": secret})
         assert again.status_code == 200 and again.json()["id"] == added["id"]
+        configured = await admin.post("/admin/api/keys", json={"platform": "local", "key": "up-1"})
+        assert configured.status_code == 200 and configured.json()["source"] == "config"  # not stored twice
         since = len(gw.upstream.requests)
         resp = await ask(chat)
         assert resp.status_code == 200, resp.text
