@@ -6,6 +6,7 @@ feeds open that does not wait for them."""
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -16,8 +17,9 @@ import trio
 from custom_gateway import gateway_from, settled
 from harness import ADMIN_HEADERS, ADMIN_TOKEN, GATEWAY_KEY, Gateway, config_text, running_gateway
 
+from actors.feed import BUFFER
 from events.sqlite_store import SqliteStore
-from events.types import EVENT_TYPES, event_tag
+from events.types import EVENT_TYPES, KeyChecked, event_tag
 from service.server import DB_NAME
 
 HELLO = {"model": "ok", "messages": [{"role": "user", "content": "hi"}]}
@@ -266,3 +268,113 @@ async def test_filters_select_the_same_events_from_the_log_and_live(tmp_path: Pa
             assert {json.loads(data).get("request_id") for _, data in rows} >= {earlier, later}
             for query, keep in cases.items():
                 assert sent_events(results[query]) == expected(rows, keep), query
+
+
+# -- A subscriber that stops reading
+
+
+class RawFeed:
+    """A feed client on a bare socket with a small receive buffer, that can stop reading: the server's
+    writes then block once the socket's buffers are full, as with a client that hangs. HTTP/1.0, so the
+    body is the stream's bytes as they are (no chunked framing) until the close."""
+
+    def __init__(self, sock: trio.socket.SocketType) -> None:
+        self.sock = sock
+        self.frames = Frames(self._chunks())
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        while data := await self.sock.recv(65536):
+            yield data
+
+    @classmethod
+    async def open(cls, gw: Gateway, query: str) -> RawFeed:
+        sock = trio.socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: the window
+        host, port = gw.url.removeprefix("http://").split(":")
+        await sock.connect((host, int(port)))
+        head = f"GET /admin/events{query} HTTP/1.0\r\nHost: {host}\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n"
+        await sock.send(head.encode() + b"\r\n")
+        feed = cls(sock)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += await sock.recv(1)  # byte by byte: nothing of the body is read with the head
+        assert head.startswith(b"HTTP/1.1 200"), head
+        return feed
+
+
+async def test_a_stuck_subscriber_is_lagged_and_recovers_while_requests_keep_flowing(tmp_path: Path) -> None:
+    with trio.fail_after(90):
+        async with running_gateway(tmp_path, ["ok"]) as gw:
+            await settled(gw)
+            log, the_feed = gw.runtime.log, gw.runtime.feed
+            start = log.statistics().last_seq
+            stuck = await RawFeed.open(gw, f"?after={start}")
+            try:
+                assert await stuck.frames.next() == Frame(retry=2000)
+                # ... and it reads nothing more. Far more than its buffer and both sockets' buffers hold is
+                # appended through the log writer, as fast as it commits (8 MB; it lags after ~1,400 here).
+                padding = "x" * 1000
+                for n in range(8_000):
+                    await log.append(KeyChecked(ts=float(n), key_id="probe", ok=True, message=padding))
+                await settled(gw)
+                lagged = the_feed.statistics().lagged
+                assert lagged >= 1
+                # While it hangs: chat requests all succeed, the log writer's inbox never backs up, the
+                # feed holds no more for it than its buffer.
+                highest_queue = 0
+                async with trio.open_nursery() as watching:
+
+                    async def watch() -> None:
+                        nonlocal highest_queue
+                        while True:
+                            highest_queue = max(highest_queue, log.statistics().queued)
+                            await trio.sleep(0.001)
+
+                    watching.start_soon(watch)
+                    async with trio.open_nursery() as requests:
+                        for _ in range(32):
+                            requests.start_soon(chat, gw)
+                    await settled(gw)
+                    watching.cancel_scope.cancel()
+                assert highest_queue < 1000  # of its 10,000: one batch or so
+                stats = the_feed.statistics()
+                assert stats.buffered <= BUFFER
+                assert stats.lagged == lagged  # it was already lagged: nothing more was held for it
+                end = log.statistics().last_seq
+
+                # It reads again: told it lagged, then every event once, from the log and then live.
+                got = await stuck.frames.events_until(end)
+            finally:
+                stuck.sock.close()
+            marks = [n for n, f in enumerate(got) if f.event == "lagged"]
+            assert len(marks) == 1
+            before = [f.id for f in got[: marks[0]] if f.id is not None]
+            assert json.loads(got[marks[0]].data or b"") == {"from": (before[-1] if before else start) + 1}
+            ids = [f.id for f in got if f.id is not None]
+            assert ids == list(range(start + 1, end + 1))
+            assert sent_events(got) == stored(gw.data_dir, start)
+
+
+# -- Shutdown
+
+
+async def test_open_feeds_end_at_shutdown_and_do_not_hold_its_grace_period(tmp_path: Path) -> None:
+    def config_for(upstream_url: str, data_dir: Path) -> str:
+        # A grace period far longer than the test allows for the shutdown.
+        return config_text(upstream_url, data_dir, ["ok"]).replace("[server]\n", "[server]\ngrace_s = 60\n")
+
+    with trio.fail_after(30):
+        async with gateway_from(tmp_path, config_for) as gw:
+            async with feed(gw) as (_, live), feed(gw, "?after=0") as (_, resumed):
+                assert await live.next() == Frame(retry=2000)
+                assert await resumed.next() == Frame(retry=2000)
+                await subscribed(gw, 2)
+                await chat(gw)
+                await settled(gw)
+                gw.runtime.shutting_down.set()
+                with trio.fail_after(5):
+                    for frames in (live, resumed):
+                        while await frames.next() is not None:
+                            pass  # what was sent before the shutdown, then the end of the stream
+            assert gw.runtime.feed.statistics().subscribers == 0
+        # (Leaving the block waited for the gateway to stop: within the harness's 15 s, not the 60 s grace.)
