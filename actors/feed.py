@@ -34,6 +34,10 @@ from events.types import Event, RouteDecided, decode_event, encode_event, event_
 
 BUFFER = 1000  # events held for one subscriber before it is lagged
 HEARTBEAT_S = 15.0  # a heartbeat when nothing else was sent for this long
+# Live events are sent at most this often per subscriber, all that came meanwhile at once: under load a
+# write per log batch per subscriber would cost the request path (one HTTP write is ~50 us of the event
+# loop). The first event after a quiet spell goes at once; BUFFER holds well over this long at full load.
+COALESCE_S = 0.025
 PAGE = 500  # events read from the log at once: what one catching-up subscriber holds
 
 
@@ -162,10 +166,12 @@ class Feed:
         *,
         buffer: int = BUFFER,
         heartbeat_s: float = HEARTBEAT_S,
+        coalesce_s: float = COALESCE_S,
     ) -> None:
         self._shutting_down = shutting_down
         self._buffer = buffer
         self._heartbeat_s = heartbeat_s
+        self._coalesce_s = coalesce_s
         # Unbounded: the log writer must never wait for us. Drained as fast as batches come (no I/O here).
         self._send, self._recv = trio.open_memory_channel[list[Entry]](math.inf)
         log.subscribe(self._send)
@@ -246,13 +252,15 @@ class Feed:
         """Every event matching `query` after seq `after` (from the log, then live), or only live ones when
         `after` is None; `Lagged` when this subscriber fell behind (the events after it follow from the
         log); a heartbeat when nothing was sent for `heartbeat_s`. Ends when the feed closes (shutdown).
-        Items come in lists: all that is ready at once (a page of the log, or the buffer), so a busy log
-        costs one write per batch, not per event. `open_reader` opens a read-only connection to the log;
+        Items come in lists: all that is ready at once (a page of the log, or the buffer, at most every
+        `coalesce_s`), so a busy log costs a write per subscriber every few batches, not one per event.
+        At shutdown what is buffered goes out first. `open_reader` opens a read-only connection to the log;
         it is used and closed in a worker thread."""
         sub = self._subscribe(query)
         # Every seq up to `cursor` was sent, or did not match: the next event must come after it.
         cursor = sub.start if after is None else after
-        last_out = trio.current_time()
+        last_out = trio.current_time()  # of anything: the heartbeat is due heartbeat_s after it
+        last_write = -math.inf  # of events: the first one after a quiet spell goes at once
         try:
             while not sub.closed:
                 if sub.lagged:
@@ -272,6 +280,9 @@ class Feed:
                     fresh: Sequence[FeedItem] = [item for item in page if item.seq > cursor]
                     cursor = max(cursor, reached)
                 elif sub.buffer:
+                    if trio.current_time() < last_write + self._coalesce_s:
+                        await trio.sleep_until(last_write + self._coalesce_s)
+                        continue  # more may have come (or it lagged, or the feed closed)
                     live = [item for item in sub.buffer if item.seq > cursor]
                     sub.buffer.clear()
                     if live:
@@ -285,7 +296,13 @@ class Feed:
                 if fresh and not sub.closed:
                     self._sent += sum(isinstance(item, FeedEvent) for item in fresh)
                     yield fresh
-                    last_out = trio.current_time()
+                    last_out = last_write = trio.current_time()
+            # Closed: what was already handed to it still goes, in one last write; unless it is behind
+            # (lagged, or still reading the log), when that would leave a gap before it.
+            rest = [item for item in sub.buffer if item.seq > cursor]
+            if rest and not sub.lagged and cursor >= sub.start:
+                self._sent += len(rest)
+                yield rest
         finally:
             self._subscriptions.discard(sub)
 

@@ -124,11 +124,13 @@ class Follower:
 
 
 @asynccontextmanager
-async def running(*, buffer: int = 1000, heartbeat_s: float = 15.0) -> AsyncIterator[Running]:
+async def running(
+    *, buffer: int = 1000, heartbeat_s: float = 15.0, coalesce_s: float = 0.0
+) -> AsyncIterator[Running]:
     store = MemoryStore()
     log = LogWriter(store, window_s=0.0)
     shutting_down = trio.Event()
-    feed = Feed(log, shutting_down, buffer=buffer, heartbeat_s=heartbeat_s)
+    feed = Feed(log, shutting_down, buffer=buffer, heartbeat_s=heartbeat_s, coalesce_s=coalesce_s)
     async with trio.open_nursery() as nursery:
         await nursery.start(log.run)
         await nursery.start(feed.run)
@@ -191,6 +193,25 @@ async def test_a_position_past_the_log_end_sends_only_what_comes_after_it(
         follower = await r.follow(after=5)  # e.g. from a log that was moved away: nothing up to 5 is sent
         await r.append([attempt(n) for n in range(4, 9)])
         assert await follower.seqs(3) == [6, 7, 8]
+
+
+async def test_live_events_that_come_close_together_go_out_together(autojump_clock: trio.abc.Clock) -> None:
+    async with running(coalesce_s=0.025) as r:
+        follower = await r.follow()
+        await r.append([attempt(1)])
+        start = trio.current_time()
+        assert [i.seq for i in await follower.next() if isinstance(i, FeedEvent)] == [1]  # at once
+        assert trio.current_time() == start
+        for n in range(2, 5):
+            await trio.sleep(0.005)
+            await r.append([attempt(n)])
+        assert [i.seq for i in await follower.next() if isinstance(i, FeedEvent)] == [2, 3, 4]
+        assert trio.current_time() == start + 0.025  # one write for the three, 25 ms after the last one
+        await trio.sleep(1)
+        await r.append([attempt(5)])
+        sent = trio.current_time()
+        assert [i.seq for i in await follower.next() if isinstance(i, FeedEvent)] == [5]
+        assert trio.current_time() == sent  # after a quiet spell: at once
 
 
 # -- Filters, on the log's part and the live part alike
@@ -330,9 +351,29 @@ async def test_shutdown_ends_every_subscription_at_once(autojump_clock: trio.abc
         start = trio.current_time()
         r.shutting_down.set()
         assert await waiting.rest() == []
-        assert len(await behind.rest()) <= 1  # that list, then the end
+        # That list, and what had been handed to it, in one last write; then the end.
+        assert [i.seq for ready in await behind.rest() for i in ready if isinstance(i, FeedEvent)] == [
+            1,
+            2,
+            3,
+        ]
         assert trio.current_time() == start  # no heartbeat period, no grace: at once
         assert r.feed.statistics().subscribers == 0
         late = Follower(r.feed.follow(FeedQuery(), 0, lambda: r.store))
         r.nursery.start_soon(late.pull)
         assert await late.rest() == []  # a subscriber after the shutdown began ends at once
+
+
+async def test_a_subscriber_still_reading_the_log_at_shutdown_is_sent_nothing_past_a_gap() -> None:
+    async with running() as r:
+        await r.append([attempt(n) for n in range(1, 2001)])
+        await r.committed(2000)
+        follower = await r.follow(after=0)  # its edge takes the first page of the log, then waits
+        await r.append([attempt(n) for n in range(2001, 2011)])  # held for it, live
+        await r.committed(2010)
+        r.shutting_down.set()
+        sent = [i.seq for ready in await follower.rest() for i in ready if isinstance(i, FeedEvent)]
+        # The page it had, and not the live events after the part of the log it never read: its
+        # Last-Event-ID stays where a resume loses nothing.
+        assert sent == list(range(1, len(sent) + 1))
+        assert len(sent) < 2000
