@@ -23,6 +23,7 @@ from service.edge import Answer, error_answer, quart_response, quoted
 
 RETRY = b"retry: 2000\n\n"  # a browser reconnects after 2 s (with Last-Event-ID)
 HEARTBEAT = b": heartbeat\n\n"
+MAX_SEQ = 2**63 - 1
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy may hold the stream back
 
 
@@ -33,7 +34,8 @@ def parse(args: dict[str, str], last_event_id: str | None) -> tuple[FeedQuery, i
         if value is None:
             continue
         text = value.strip()
-        if not (text.isascii() and text.isdigit()):
+        # (A seq is a SQLite rowid: 19 digits at most, and int() of thousands of digits would raise.)
+        if not (text.isascii() and text.isdigit() and len(text) <= 19 and int(text) <= MAX_SEQ):
             return _invalid(
                 f"{name} must be a non-negative integer (the seq of the last event received), "
                 f"not {quoted(value)!r}.",

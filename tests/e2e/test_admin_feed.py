@@ -138,6 +138,8 @@ async def test_the_feed_needs_the_admin_token_and_checks_its_query(tmp_path: Pat
                 ("?after=-1", {}, "after"),
                 ("?after=abc", {}, "after"),
                 ("?after=1.5", {}, "after"),
+                ("?after=" + "9" * 5000, {}, "after"),
+                ("?after=9223372036854775808", {}, "after"),
                 ("", {"Last-Event-ID": "x7"}, "Last-Event-ID"),
                 ("?types=request_completed,no_such_type", {}, "types"),
                 ("?types=", {}, "types"),
