@@ -71,15 +71,18 @@ Histogram = dict[int, int]  # bin -> samples, only bins with samples
 _K = TypeVar("_K")
 
 
-def percentiles(dense: list[int], total: int, ps: Iterable[float]) -> list[float | None]:
-    """The value at each quantile `p` (0..1) of a dense histogram holding `total` samples."""
+def percentiles(hist: Histogram, ps: Iterable[float]) -> list[float | None]:
+    """The value at each quantile `p` (0..1) of a histogram (None when it is empty); walks only the bins
+    it has."""
+    total = sum(hist.values())
+    ordered = sorted(hist.items())
     out: list[float | None] = []
     for p in ps:
         if total == 0:
             out.append(None)
             continue
         rank, seen = max(1, math.ceil(p * total)), 0
-        for b, n in enumerate(dense):
+        for b, n in ordered:
             seen += n
             if seen >= rank:
                 out.append(round(value_of(b), 1))
@@ -93,12 +96,10 @@ class Percentiles(msgspec.Struct, frozen=True):
 
 
 def _pcts(hists: Iterable[Histogram]) -> Percentiles:
-    dense, total = [0] * BINS, 0
+    merged: Histogram = {}
     for hist in hists:
-        for b, n in hist.items():
-            dense[b] += n
-            total += n
-    p50, p95 = percentiles(dense, total, (0.5, 0.95))
+        _merge(merged, hist)
+    p50, p95 = percentiles(merged, (0.5, 0.95))
     return Percentiles(p50, p95)
 
 
@@ -322,6 +323,10 @@ class Analytics:
                 merged = self._days[day] = _merged(b for b in found if b is not None)
             out.append(merged)
         return out
+
+    def merge_past_days(self, now: float) -> None:
+        """Merge the past days now (a rebuild does, off the event loop) rather than at the first question."""
+        self._window(now, WINDOWS["30d"])
 
     def summary(self, now: float, window: str) -> Summary:
         buckets = self._window(now, WINDOWS[window])
