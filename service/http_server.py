@@ -74,6 +74,10 @@ LINGER_S = 2.0  # after our FIN: how long a client's leftover input is read and 
 REFUSE_S = 1.0  # how long a refused connection may take to read its 503
 REFUSALS_AT_ONCE = 32  # 503s in flight beyond the cap; past that an excess connection is just closed
 DESCRIPTOR_RESERVE = 64  # the log, the lock, the listener, epoll, pipes, threads' files
+# Responses that never end by themselves: at a shutdown the feed ends its streams, but a client that reads
+# nothing leaves its last write blocked (for up to send_timeout_s); such connections are cut after this.
+ENDLESS_PATHS = frozenset({b"/admin/events"})
+ENDLESS_GRACE_S = 1.0
 ACCEPT_BACKOFF_S = 0.1  # out of descriptors and nothing idle to close: wait this long before accepting
 WARN_EVERY_S = 10.0
 
@@ -211,8 +215,13 @@ class _H11(H11Protocol):
         with trio.CancelScope(shield=True):
             await super()._maybe_recycle()
 
+    endless = False  # the request being answered is an endless stream (the admin feed)
+
     async def _check_protocol(self, event: h11.Request) -> None:
-        return None  # h2c upgrades and prior-knowledge HTTP/2 are answered in HTTP/1.1
+        # Not hypercorn's check: h2c upgrades and prior-knowledge HTTP/2 are answered in HTTP/1.1. Called
+        # for every request head: a connection that asked for the feed is cut soon after a shutdown
+        # begins rather than at the grace period's end (see `serve`).
+        self.endless = event.target.partition(b"?")[0] in ENDLESS_PATHS
 
 
 class _Registry:
@@ -354,6 +363,11 @@ class _Connection:
     def expire(self) -> None:
         """Close this connection now if it is idle (to make room, or because the gateway is stopping)."""
         self._timer.deadline = -math.inf
+
+    @property
+    def endless(self) -> bool:
+        protocol: _H11 | None = getattr(self, "protocol", None)  # set once `run` has begun
+        return protocol is not None and protocol.endless
 
     def cut_off(self) -> None:
         """Close the socket now, whatever it is doing (the end of the shutdown grace period)."""
@@ -508,6 +522,7 @@ async def serve(
             registry.close_idle()
             if not registry.open:
                 registry.empty.set()
+            connections.start_soon(_cut_endless, registry, min(ENDLESS_GRACE_S, limits.grace_s))
             with trio.move_on_after(limits.grace_s):
                 await registry.empty.wait()
             if registry.open:
@@ -522,6 +537,14 @@ async def serve(
             connections.cancel_scope.cancel()
         await lifespan.wait_for_shutdown()
         lifespan_nursery.cancel_scope.cancel()
+
+
+async def _cut_endless(registry: _Registry, after_s: float) -> None:
+    """Cut the feeds' connections still open `after_s` into a shutdown: they would hold its grace."""
+    await trio.sleep(after_s)
+    for connection in list(registry.open):
+        if connection.endless:
+            connection.cut_off()
 
 
 def check_hypercorn() -> None:

@@ -380,3 +380,28 @@ async def test_open_feeds_end_at_shutdown_and_do_not_hold_its_grace_period(tmp_p
                             pass  # what was sent before the shutdown, then the end of the stream
             assert gw.runtime.feed.statistics().subscribers == 0
         # (Leaving the block waited for the gateway to stop: within the harness's 15 s, not the 60 s grace.)
+
+
+async def test_a_feed_that_reads_nothing_does_not_hold_the_shutdown(tmp_path: Path) -> None:
+    """Its last write is blocked on a full socket: the connection is cut a second into the shutdown, not
+    at the end of the 60 s grace period (nor of the 30 s send timeout)."""
+
+    def config_for(upstream_url: str, data_dir: Path) -> str:
+        return config_text(upstream_url, data_dir, ["ok"]).replace("[server]\n", "[server]\ngrace_s = 60\n")
+
+    with trio.fail_after(30):
+        async with gateway_from(tmp_path, config_for) as gw:
+            stuck = await RawFeed.open(gw, "?after=0")
+            with stuck.sock:
+                assert await stuck.frames.next() == Frame(retry=2000)
+                padding = "x" * 1000
+                for n in range(3_000):  # more than both sockets' buffers hold: its writes block
+                    await gw.runtime.log.append(
+                        KeyChecked(ts=float(n), key_id="probe", ok=True, message=padding)
+                    )
+                await settled(gw)
+                started = trio.current_time()
+                gw.runtime.shutting_down.set()
+                # Leaving the block waits for the gateway to stop.
+        stopped = trio.current_time() - started
+    assert stopped < 10, f"the shutdown took {stopped:.1f} s"
