@@ -21,6 +21,7 @@ from quart_trio import QuartTrio
 
 from events.catalog import VIRTUAL_MODELS
 from service import __version__
+from service.admin_api import DisableBody, EmptyBody, KeyAddBody, ModelPatch, ResetBody
 from service.admin_auth import COOKIE, CSRF_HEADER, LoginBody
 from service.admin_context import AdminContext
 from service.chat_completions import MAX_MODEL_NAME, MAX_MODELS
@@ -64,7 +65,14 @@ PERCENTILES = _obj({"p50": _nullable(NUM), "p95": _nullable(NUM)})
 TOKENS = _obj({"input": INT, "output": INT})
 POOL: Schema = {"enum": ["fast", "balanced", "smart"]}
 
-_STRUCTS: tuple[type[msgspec.Struct], ...] = (LoginBody,)
+_STRUCTS: tuple[type[msgspec.Struct], ...] = (
+    LoginBody,
+    KeyAddBody,
+    DisableBody,
+    ResetBody,
+    ModelPatch,
+    EmptyBody,
+)
 
 
 def _struct_schemas() -> tuple[dict[str, Schema], dict[str, Schema]]:
@@ -149,24 +157,22 @@ HEALTH = _obj(
     },
 )
 
+KEY_STATUS: Schema = {"enum": ["ok", "invalid", "disabled"]}
 KEY = _obj(
     {
         "id": STR,
         "platform": STR,
-        "label": _nullable(STR),
+        "label": STR,
         "source": {"enum": ["config", "env", "vault"]},
-        "status": {"enum": ["ok", "invalid", "disabled"]},
-        "reason": _nullable(STR),
+        "status": KEY_STATUS,
+        "reason": {"type": "string", "description": "why it is invalid or disabled (empty when ok)"},
         "cooldowns": {
             "type": "array",
             "items": _obj({"model": STR, "until": TIME, "kind": {"enum": ["rate_limited", "forbidden"]}}),
         },
     }
 )
-KEY_ADD = _obj({"platform": STR, "key": STR}, {"label": _nullable(STR)})
-KEY_DISABLE = _obj({}, {"reason": _nullable(STR)})
-KEY_RESET = _obj({}, {"model": _nullable(STR)})
-KEY_CHECK = _obj({"key": _ref("Key"), "ok": BOOL, "status": STR, "message": _nullable(STR)})
+KEY_CHECK = _obj({"key": _ref("Key"), "ok": BOOL, "status": KEY_STATUS, "message": STR})
 
 _LIMIT: Schema = _nullable({"type": "integer", "minimum": 1})
 LIMITS = _obj({"rpm": _LIMIT, "rpd": _LIMIT, "tpm": _LIMIT, "tpd": _LIMIT})
@@ -204,25 +210,16 @@ MODEL = _obj(
         ),
     }
 )
-MODEL_PATCH = _obj(
-    {},
-    {
-        "pool": POOL,
-        "enabled": BOOL,
-        "in_chain": BOOL,
-        "intelligence_rank": {"type": "integer", "minimum": 1},
-        "limits": _obj({}, {"rpm": _LIMIT, "rpd": _LIMIT, "tpm": _LIMIT, "tpd": _LIMIT}),
-    },
-)
 SESSION = _obj(
     {
         "session": STR,
         "pin": _nullable(_obj({"platform": STR, "model": STR, "key_id": STR, "used_at": TIME})),
         "bans": {"type": "array", "items": _obj({"platform": STR, "reason": STR})},
-        "last_use": _nullable(TIME),
+        "last_use": TIME,
     }
 )
-CONFIG = _obj({"hash": STR, "applied_at": _nullable(TIME), "config": {"type": "object"}})
+# hash and applied_at: null until a configuration was recorded.
+CONFIG = _obj({"hash": _nullable(STR), "applied_at": _nullable(TIME), "config": {"type": "object"}})
 
 WINDOW: Schema = {"enum": ["1h", "24h", "7d", "30d"]}
 SUMMARY = _obj(
@@ -381,13 +378,9 @@ SCHEMAS: dict[str, Schema] = {
     "SessionAnswer": SESSION_ANSWER,
     "Key": KEY,
     "KeyList": _list_of(_ref("Key")),
-    "KeyAdd": KEY_ADD,
-    "KeyDisable": KEY_DISABLE,
-    "KeyResetCooldowns": KEY_RESET,
     "KeyCheck": KEY_CHECK,
     "Model": MODEL,
     "ModelListAdmin": _list_of(_ref("Model")),
-    "ModelPatch": MODEL_PATCH,
     "Session": SESSION,
     "SessionList": _list_of(_ref("Session")),
     "Config": CONFIG,
@@ -700,7 +693,7 @@ def _paths(structs: dict[str, Schema]) -> dict[str, dict[str, Schema]]:
                 "keys",
                 ADMIN_CHANGE,
                 {"201": _json("Added.", _ref("Key")), "200": _json("Already stored.", _ref("Key"))},
-                body=_ref("KeyAdd"),
+                body=structs["KeyAddBody"],
             ),
         },
         "/admin/api/keys/{key_id}": {
@@ -723,13 +716,21 @@ def _paths(structs: dict[str, Schema]) -> dict[str, dict[str, Schema]]:
                 {"200": key},
                 (404,),
                 params=[KEY_ID],
-                body=_ref("KeyDisable"),
+                body=structs["DisableBody"],
                 body_required=False,
             )
         },
         "/admin/api/keys/{key_id}/enable": {
             "post": _op(
-                "enableKey", "Use a key again", "keys", ADMIN_CHANGE, {"200": key}, (404,), params=[KEY_ID]
+                "enableKey",
+                "Use a key again",
+                "keys",
+                ADMIN_CHANGE,
+                {"200": key},
+                (404,),
+                params=[KEY_ID],
+                body=structs["EmptyBody"],
+                body_required=False,
             )
         },
         "/admin/api/keys/{key_id}/check": {
@@ -752,7 +753,7 @@ def _paths(structs: dict[str, Schema]) -> dict[str, dict[str, Schema]]:
                 {"200": key},
                 (404,),
                 params=[KEY_ID],
-                body=_ref("KeyResetCooldowns"),
+                body=structs["ResetBody"],
                 body_required=False,
             )
         },
@@ -783,7 +784,7 @@ def _paths(structs: dict[str, Schema]) -> dict[str, dict[str, Schema]]:
                 {"200": model},
                 (404,),
                 params=[MODEL_PLATFORM, MODEL_ID],
-                body=_ref("ModelPatch"),
+                body=structs["ModelPatch"],
             ),
         },
         "/admin/api/sessions": {

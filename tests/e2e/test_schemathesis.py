@@ -54,27 +54,39 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 
 
 def _held(url: str) -> dict[str, list[str]]:
-    """Path parameter values of resources the gateway holds."""
-    keys = requests.get(f"{url}/admin/api/keys", headers=ADMIN_HEADERS, timeout=10)
-    models = requests.get(f"{url}/admin/api/models", headers=ADMIN_HEADERS, timeout=10)
-    keys.raise_for_status()
-    models.raise_for_status()
+    """Path parameter values of resources the gateway holds: its keys and models, and a conversation pinned
+    by a chat turn made here."""
+    turn = requests.post(
+        f"{url}/v1/chat/completions",
+        headers={**GATEWAY_HEADERS, "X-Session-Id": "schemathesis"},
+        json={"model": "local/ok", "messages": [{"role": "user", "content": "hi"}]},
+        timeout=10,
+    )
+    assert turn.status_code == 200, turn.text
+    held: dict[str, list[str]] = {"request_id": [turn.headers["x-request-id"]]}
+    for name, path in (("keys", "keys"), ("models", "models"), ("sessions", "sessions")):
+        answer = requests.get(f"{url}/admin/api/{path}", headers=ADMIN_HEADERS, timeout=10)
+        assert answer.status_code == 200, answer.text
+        held[name] = answer.json()["data"]
     return {
-        "key_id": [k["id"] for k in keys.json()["data"]],
-        "platform": sorted({m["platform"] for m in models.json()["data"]}),
-        "model_id": [m["id"] for m in models.json()["data"]] + ["local/ok", "auto"],
+        "request_id": held["request_id"],
+        "key_id": [k["id"] for k in held["keys"]],
+        "platform": sorted({m["platform"] for m in held["models"]}),
+        "model_id": [m["id"] for m in held["models"]] + ["local/ok", "auto"],
+        "session": [s["session"] for s in held["sessions"]],
     }
 
 
 def _run(operation: Any, url: str, mode: GenerationMode, held: dict[str, list[str]] | None) -> str | None:
-    """Fuzz one operation in one mode; the first failure found, described, or None."""
+    """Fuzz one operation in one mode, its path parameters from the document or (`held`) from the gateway's
+    resources; the first failure found, described, or None."""
     headers = GATEWAY_HEADERS if operation.path.startswith("/v1") else ADMIN_HEADERS
-    names = [p.name for p in operation.path_parameters]
-    if held is not None and names and all(held.get(n) for n in names):
-        path_values = st.fixed_dictionaries({n: st.sampled_from(held[n]) for n in names})
-        strategy = path_values.flatmap(lambda values: operation.as_strategy(mode, path_parameters=values))
-    else:
+    if held is None:
         strategy = operation.as_strategy(mode)
+    else:
+        names = [p.name for p in operation.path_parameters]
+        values = st.fixed_dictionaries({n: st.sampled_from(held[n]) for n in names})
+        strategy = values.flatmap(lambda given: operation.as_strategy(mode, path_parameters=given))
 
     @settings(
         max_examples=EXAMPLES,
@@ -112,13 +124,17 @@ def _fuzz_all(raw: dict[str, Any], url: str, progress: Callable[[str], None]) ->
     for op in operations:
         started = time.monotonic()
         raw_op = op.definition.raw
-        has_input = bool(raw_op.get("parameters")) or "requestBody" in raw_op
-        # Invalid input needs some input to make invalid.
+        # Invalid input needs some input to make invalid that still reaches the route: a body, a query or a
+        # header (an invalid path parameter is a path no route serves).
+        located = {p.get("in") for p in raw_op.get("parameters", ())}
+        has_input = "requestBody" in raw_op or bool(located - {"path"})
         modes = (
             (GenerationMode.POSITIVE, GenerationMode.NEGATIVE) if has_input else (GenerationMode.POSITIVE,)
         )
+        names = [p.name for p in op.path_parameters]
+        sources = [None, held] if names and all(held.get(n) for n in names) else [None]
         for mode in modes:
-            for source in (None, held):
+            for source in sources:
                 found = _run(op, url, mode, source)
                 if found is not None:
                     failures.append(found)
