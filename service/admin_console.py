@@ -23,7 +23,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from quart import Response, redirect, request
+from quart import Response, request
 from quart_trio import QuartTrio
 
 from service import chat_completions as chat
@@ -109,9 +109,7 @@ def register(app: QuartTrio, admin: AdminContext) -> None:
     @app.get("/admin", strict_slashes=False)
     async def console_root() -> Response:
         # Relative URLs in the page (and its hash routes) need the trailing slash.
-        response = redirect("/admin/", code=308)
-        response.headers.update(SECURITY_HEADERS)
-        return response
+        return Response(b"", status=308, headers={**SECURITY_HEADERS, "Location": "/admin/"})
 
     @app.get("/admin/")
     async def console_index() -> Response:
