@@ -76,6 +76,11 @@ class KeyChecker:
             await trio.sleep(self._interval_s)
             await self.check_round()
 
+    async def check_now(self, platform: str, key_id: str) -> KeyChecked:
+        """One key's check, made at once (an operator asked); the caller records it."""
+        self._checks += 1
+        return await check_key(self._upstream, platform, key_id, self._now, self._timeout_s)
+
     async def check_round(self) -> list[KeyChecked]:
         """Check every key that is invalid or cooling, concurrently; log and return the results."""
         self._rounds += 1

@@ -18,7 +18,7 @@ import trio
 from actors.log_writer import LogWriter
 from actors.mailbox import Reply
 from events.catalog import CatalogModel
-from events.decide import Decision, UnknownModel, decide
+from events.decide import Decision, MeanScore, UnknownModel, decide, mean_scores
 from events.key_health import KeyInfo
 from events.store import Entry
 from events.types import RouteInput
@@ -39,6 +39,16 @@ class ModelsAsk:
 @dataclass(frozen=True)
 class KeysAsk:
     pass
+
+
+@dataclass(frozen=True)
+class ModelsDetailAsk:
+    """Every model as the operator reads it (admin API), computed at one position."""
+
+
+@dataclass(frozen=True)
+class SessionsAsk:
+    """Every live session, most recently used first."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +74,29 @@ class ModelAvailability:
 class KeyView:
     info: KeyInfo
     cooling: tuple[tuple[str, float], ...]  # (model id, until)
+    forbidden: frozenset[str] = frozenset()  # model ids of `cooling` the provider forbade (403), not 429s
+
+
+@dataclass(frozen=True)
+class ModelDetail:
+    model: CatalogModel
+    keys: int
+    usable_keys: int
+    cooldown_until: float | None  # when it is usable again: its own cooldown, or every key's (the earliest)
+    decayed_successes: float
+    decayed_failures: float
+    tps: float | None
+    ttfb_ms: float | None
+    score: MeanScore
+
+
+@dataclass(frozen=True)
+class SessionView:
+    session: str
+    last_use: float
+    pin: tuple[str, str, str] | None  # (platform, model id, key id)
+    pin_used_at: float
+    bans: tuple[tuple[str, str], ...]  # (platform, reason)
 
 
 @dataclass(frozen=True)
@@ -78,7 +111,7 @@ class ModelHealthStatistics:
     view_seq: int
 
 
-Ask = DecideAsk | ModelsAsk | KeysAsk | StateAsk
+Ask = DecideAsk | ModelsAsk | KeysAsk | ModelsDetailAsk | SessionsAsk | StateAsk
 
 
 class ModelHealth:
@@ -103,6 +136,12 @@ class ModelHealth:
 
     async def keys(self) -> list[KeyView]:
         return cast(list[KeyView], await self._ask(KeysAsk()))
+
+    async def models_detail(self) -> list[ModelDetail]:
+        return cast(list[ModelDetail], await self._ask(ModelsDetailAsk()))
+
+    async def sessions(self) -> list[SessionView]:
+        return cast(list[SessionView], await self._ask(SessionsAsk()))
 
     async def view_state(self) -> ViewState:
         """What the view has folded, copied at one position (between two batches)."""
@@ -160,10 +199,52 @@ class ModelHealth:
                         if m.platform == info.platform
                         if (until := view.health.cooling_until(info.key_id, m.id, now)) is not None
                     )
-                    views.append(KeyView(info, cooling))
+                    forbidden = frozenset(
+                        model_id
+                        for model_id, _ in cooling
+                        if view.health.forbidden_until(info.key_id, model_id, now) is not None
+                    )
+                    views.append(KeyView(info, cooling, forbidden))
                 return views
+            case ModelsDetailAsk():
+                return models_detail(view, now)
+            case SessionsAsk():
+                return [
+                    SessionView(key, s.last_use, s.pin, s.pin_used_at, tuple(s.bans.items()))
+                    for key, s in reversed(view.sessions.live(now))
+                ]
             case StateAsk():
                 return view.state()
+
+
+def models_detail(view: RoutingView, now: float) -> list[ModelDetail]:
+    models = view.catalog.models()
+    out = []
+    for m, score in zip(models, mean_scores(view, models, now), strict=True):
+        keys = [k for k in view.health.keys_of(m.platform) if k.status == "ok"]
+        key_until = [view.health.cooling_until(k.key_id, m.id, now) for k in keys]
+        until: float | None = None
+        if keys and all(u is not None for u in key_until):
+            until = min(u for u in key_until if u is not None)
+        own = view.cooldowns.cooling(m.ref, now)
+        if own is not None:
+            until = own[0] if until is None else max(until, own[0])
+        successes, failures = view.stats.decayed(m.ref, now)
+        stats = view.stats.of(m.ref)
+        out.append(
+            ModelDetail(
+                model=m,
+                keys=len(view.health.keys_of(m.platform)),
+                usable_keys=len(usable_keys(view, m, now)),
+                cooldown_until=until,
+                decayed_successes=successes,
+                decayed_failures=failures,
+                tps=stats.tps if stats is not None else None,
+                ttfb_ms=stats.ttfb_ms if stats is not None else None,
+                score=score,
+            )
+        )
+    return out
 
 
 def usable_keys(view: RoutingView, m: CatalogModel, now: float) -> list[str]:

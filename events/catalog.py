@@ -42,12 +42,18 @@ class ModelOverride:
     enabled: bool | None = None
     fallback: bool | None = None
     pool: str | None = None
+    intelligence_rank: int | None = None
+    limits: tuple[tuple[str, int | None], ...] = ()  # (limit, value) set by the operator; None lifts it
+
+
+# (ref, enabled, fallback, pool, intelligence_rank, limits)
+OverrideRow = tuple[str, bool | None, bool | None, str | None, int | None, tuple[tuple[str, int | None], ...]]
 
 
 class CatalogState(msgspec.Struct, array_like=True, frozen=True, gc=False):
-    """The operator's overrides (ref, enabled, fallback, pool) in the order they were first made."""
+    """The operator's overrides in the order they were first made."""
 
-    overrides: tuple[tuple[str, bool | None, bool | None, str | None], ...]
+    overrides: tuple[OverrideRow, ...]
     version: int
 
 
@@ -66,23 +72,35 @@ class Catalog:
         if isinstance(event, ModelUpdated):
             ref = f"{event.platform}/{event.model}"
             old = self.overrides.get(ref, ModelOverride())
+            limits = dict(old.limits)
+            if event.limits is not None:
+                limits.update(event.limits.given())
             self.overrides[ref] = ModelOverride(
                 enabled=event.enabled if event.enabled is not None else old.enabled,
                 fallback=event.fallback if event.fallback is not None else old.fallback,
                 pool=event.pool if event.pool is not None else old.pool,
+                intelligence_rank=(
+                    event.intelligence_rank if event.intelligence_rank is not None else old.intelligence_rank
+                ),
+                limits=tuple(sorted(limits.items())),
             )
             self._current = None
             self.version += 1
 
     def state(self) -> CatalogState:
         return CatalogState(
-            tuple((ref, o.enabled, o.fallback, o.pool) for ref, o in self.overrides.items()), self.version
+            tuple(
+                (ref, o.enabled, o.fallback, o.pool, o.intelligence_rank, o.limits)
+                for ref, o in self.overrides.items()
+            ),
+            self.version,
         )
 
     def restore(self, state: CatalogState) -> None:
         """Take over `state` (from `state()` of a catalog built from the same configured models)."""
         self.overrides = {
-            ref: ModelOverride(enabled, fallback, pool) for ref, enabled, fallback, pool in state.overrides
+            ref: ModelOverride(enabled, fallback, pool, rank, limits)
+            for ref, enabled, fallback, pool, rank, limits in state.overrides
         }
         self._current = None
         self.version = state.version
@@ -99,6 +117,10 @@ class Catalog:
                         enabled=m.enabled if o.enabled is None else o.enabled,
                         fallback=m.fallback if o.fallback is None else o.fallback,
                         pool=o.pool or m.pool,
+                        intelligence_rank=(
+                            m.intelligence_rank if o.intelligence_rank is None else o.intelligence_rank
+                        ),
+                        limits=replace(m.limits, **dict(o.limits)) if o.limits else m.limits,
                     )
                 out.append(m)
             self._current = tuple(out)

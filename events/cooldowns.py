@@ -19,7 +19,7 @@ import msgspec
 from events.failures import TRANSIENT, FailureKind
 from events.key_health import KeyHealth
 from events.policy import RoutingPolicy
-from events.types import AttemptFailed, AttemptSucceeded, Event
+from events.types import AttemptFailed, AttemptSucceeded, CooldownsReset, Event
 
 
 @dataclass
@@ -41,7 +41,7 @@ class CooldownsState(msgspec.Struct, array_like=True, frozen=True, gc=False):
 
 
 class Cooldowns:
-    FOLDS: ClassVar[frozenset[type[Event]]] = frozenset({AttemptSucceeded, AttemptFailed})
+    FOLDS: ClassVar[frozenset[type[Event]]] = frozenset({AttemptSucceeded, AttemptFailed, CooldownsReset})
 
     def __init__(self, policy: RoutingPolicy, health: KeyHealth) -> None:
         self._policy = policy
@@ -92,6 +92,13 @@ class Cooldowns:
                 if all(self._health.cooling_until(k.key_id, event.model, event.ts) is not None for k in keys):
                     ref = f"{event.platform}/{event.model}"
                     self._set_penalty(ref, self._of(ref), event.ts, p.penalty_per_429)
+            case CooldownsReset(model=str(model)):
+                info = self._health.keys.get(event.key_id)
+                state = self._models.get(f"{info.platform}/{model}") if info is not None else None
+                if state is not None:
+                    # Lifted, not shortened: `_latest_until` stays an upper bound, which is all it must be.
+                    state.until, state.reason = 0.0, ""
+                    state.failed_keys.clear()
             case _:
                 pass
 

@@ -567,6 +567,44 @@ class _Parts:
         return base
 
 
+@dataclass(frozen=True)
+class MeanScore:
+    """A model's score parts with the bandit's mean in place of a sample: what a decision would score it on
+    average now, in balanced (`auto`) and smart (`auto-smart`) mode."""
+
+    theta_mean: float
+    speed: float
+    ttfb: float
+    intelligence: float
+    penalty: float
+    balanced: float
+    smart: float
+
+
+def mean_scores(view: RoutingView, models: Iterable[CatalogModel], now: float) -> list[MeanScore]:
+    """`MeanScore` of each model, from the same parts a decision scores with (nothing is sampled)."""
+    p = view.policy
+    balanced_parts, smart_parts = _Parts(view, p, "auto", now), _Parts(view, p, "auto-smart", now)
+    out = []
+    for m in models:
+        successes, failures = view.stats.decayed(m.ref, now)
+        prior_s, prior_f = p.prior_successes, p.prior_failures
+        theta = (successes + prior_s) / (successes + failures + prior_s + prior_f)
+        balanced_total, speed, ttfb, intelligence, penalty = balanced_parts.of(m)
+        out.append(
+            MeanScore(
+                theta,
+                speed,
+                ttfb,
+                intelligence,
+                penalty,
+                theta + balanced_total,
+                theta + smart_parts.of(m)[0],
+            )
+        )
+    return out
+
+
 def _ttfb_term(p: RoutingPolicy, ttfb_ms: float | None) -> float:
     if ttfb_ms is None:
         return 0.0

@@ -13,6 +13,7 @@ from events.failures import FailureKind
 from events.types import (
     AttemptFailed,
     AttemptSucceeded,
+    CooldownsReset,
     Event,
     KeyAdded,
     KeyChecked,
@@ -60,6 +61,7 @@ class KeyHealth:
             KeyEnabled,
             KeyInvalidated,
             KeyChecked,
+            CooldownsReset,
             AttemptFailed,
             AttemptSucceeded,
         }
@@ -114,6 +116,11 @@ class KeyHealth:
                     self.keys[key_id] = replace(
                         info, status="invalid", reason=f"health check: HTTP {event.status}"
                     )
+            case CooldownsReset(key_id=key_id):
+                # The operator's word over the provider's: rate-limited and forbidden alike are lifted.
+                for slots in (self._cooling, self._forbidden):
+                    for slot in [s for s in slots if s[0] == key_id and event.model in (None, s[1])]:
+                        del slots[slot]
             case AttemptFailed(kind=FailureKind.RATE_LIMITED):
                 wait = event.retry_after_s if event.retry_after_s is not None else self.rate_limit_cooldown_s
                 self._cool(event.key_id, event.model, event.ts + wait)

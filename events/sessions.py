@@ -24,6 +24,7 @@ from events.types import (
     AttemptSucceeded,
     Event,
     ServiceStarted,
+    SessionBanLifted,
     SessionBanned,
     SessionPinCleared,
     SessionPinned,
@@ -101,7 +102,9 @@ class InFlightState(msgspec.Struct, array_like=True, frozen=True, gc=False):
 class Sessions:
     """Live sessions, least recently used first; expired after `ttl_s` without use, at most `max_sessions`."""
 
-    FOLDS: ClassVar[frozenset[type[Event]]] = frozenset({SessionPinned, SessionPinCleared, SessionBanned})
+    FOLDS: ClassVar[frozenset[type[Event]]] = frozenset(
+        {SessionPinned, SessionPinCleared, SessionBanned, SessionBanLifted}
+    )
 
     def __init__(self, ttl_s: float = 1800.0, max_sessions: int = 10_000) -> None:
         self.ttl_s = ttl_s
@@ -130,6 +133,11 @@ class Sessions:
                     cleared.pin = None
             case SessionBanned():
                 self._touch(event.session, event.ts).bans[event.platform] = event.reason
+            case SessionBanLifted():
+                # Not a use of the session: its last use (and so its expiry) stays.
+                lifted = self._sessions.get(event.session)
+                if lifted is not None:
+                    lifted.bans.pop(event.platform, None)
             case _:
                 pass
 

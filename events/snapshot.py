@@ -24,7 +24,8 @@ from events.store import LogStore
 from events.types import ConfigApplied, Event, ServiceStarted, ServiceStopped
 from events.view import RoutingView, ViewState
 
-FORMAT = 1  # of the encoding below: bump it when any state struct changes shape
+FORMAT = 2  # of the encoding below: bump it when any state struct changes shape (2: catalog overrides
+# carry intelligence ranks and limits)
 LOG_SCHEMA = len(MIGRATIONS)  # the event log's schema version
 KEEP = 3  # snapshots kept; older ones go as a new one is saved
 

@@ -175,6 +175,14 @@ class KeyChecked(Event, tag="key_checked", frozen=True):
     message: str = ""
 
 
+class CooldownsReset(Event, tag="cooldowns_reset", frozen=True):
+    """An operator lifted a key's cooldowns: every model's (`model` None), or one model's, and then that
+    model's own cooldown on the key's platform too."""
+
+    key_id: str
+    model: str | None = None  # the model id (as on the key's platform)
+
+
 class ScoredCandidate(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One model a decision could take, with the parts of its score."""
 
@@ -278,6 +286,30 @@ class SessionBanned(Event, tag="session_banned", frozen=True):
     reason: str
 
 
+class SessionBanLifted(Event, tag="session_ban_lifted", frozen=True):
+    """An operator lifted a platform's ban for this session."""
+
+    session: str
+    platform: str
+
+
+class LimitChanges(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """The limits a `ModelUpdated` changes: a value sets it, null lifts it, a missing field keeps it."""
+
+    rpm: int | msgspec.UnsetType | None = msgspec.UNSET
+    rpd: int | msgspec.UnsetType | None = msgspec.UNSET
+    tpm: int | msgspec.UnsetType | None = msgspec.UNSET
+    tpd: int | msgspec.UnsetType | None = msgspec.UNSET
+
+    def given(self) -> tuple[tuple[str, int | None], ...]:
+        """(limit, value) for every limit this changes, None lifting it."""
+        return tuple(
+            (name, value)
+            for name in self.__struct_fields__
+            if not isinstance(value := getattr(self, name), msgspec.UnsetType)
+        )
+
+
 class ModelUpdated(Event, tag="model_updated", frozen=True):
     """An operator changed a model's catalog entry. Unset fields keep their current value."""
 
@@ -286,6 +318,8 @@ class ModelUpdated(Event, tag="model_updated", frozen=True):
     enabled: bool | None = None
     fallback: bool | None = None
     pool: str | None = None
+    intelligence_rank: int | None = None
+    limits: LimitChanges | None = None
 
 
 class ConfigApplied(Event, tag="config_applied", frozen=True):
@@ -328,6 +362,8 @@ AnyEvent = (
     | SessionPinCleared
     | SessionBanned
     | ConfigApplied
+    | CooldownsReset
+    | SessionBanLifted
 )
 
 EVENT_TYPES: tuple[type[Event], ...] = typing.get_args(AnyEvent)

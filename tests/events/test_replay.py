@@ -35,17 +35,20 @@ from events.types import (
     AttemptStarted,
     AttemptSucceeded,
     ConfigApplied,
+    CooldownsReset,
     Event,
     KeyAdded,
     KeyChecked,
     KeyDisabled,
     KeyEnabled,
     KeyInvalidated,
+    LimitChanges,
     ModelUpdated,
     RequestReceived,
     RouteDecided,
     RouteInput,
     ServiceStarted,
+    SessionBanLifted,
     SessionBanned,
     SessionPinned,
     StreamStalled,
@@ -179,6 +182,7 @@ def random_events(rng: random.Random, n: int, start: float = T0) -> list[Event]:
                             ts=ts, key_id=key, ok=rng.random() < 0.5, status=rng.choice([200, 401, 500])
                         ),
                         key_added("late", "groq", ts),
+                        CooldownsReset(ts=ts, key_id=key, model=rng.choice([None, m.id])),
                     ]
                 )
             )
@@ -191,6 +195,16 @@ def random_events(rng: random.Random, n: int, start: float = T0) -> list[Event]:
                     enabled=rng.choice([None, True, False]),
                     fallback=rng.choice([None, False]),
                     pool=rng.choice([None, "fast", "smart", "balanced"]),
+                    intelligence_rank=rng.choice([None, None, 1, 5, 90]),
+                    limits=rng.choice(
+                        [
+                            None,
+                            None,
+                            LimitChanges(rpm=2),
+                            LimitChanges(rpm=None, tpm=3000),
+                            LimitChanges(rpd=1),
+                        ]
+                    ),
                 )
             )
         elif roll < 0.97:
@@ -199,6 +213,7 @@ def random_events(rng: random.Random, n: int, start: float = T0) -> list[Event]:
                     [
                         SessionPinned(ts=ts, session="s1", platform=m.platform, model=m.id, key_id=key),
                         SessionBanned(ts=ts, session="s2", platform=m.platform, reason="stall"),
+                        SessionBanLifted(ts=ts, session="s2", platform=m.platform),
                     ]
                 )
             )

@@ -26,6 +26,7 @@ from events.types import (
     AttemptSucceeded,
     ClientDisconnected,
     ConfigApplied,
+    CooldownsReset,
     Event,
     KeyChecked,
     KeyDisabled,
@@ -39,6 +40,7 @@ from events.types import (
     RouteInput,
     ServiceStarted,
     ServiceStopped,
+    SessionBanLifted,
     SessionBanned,
     SessionPinCleared,
     SessionPinned,
@@ -220,6 +222,9 @@ def one_of_each(ts: float) -> list[Event]:
         SessionPinned(ts=ts, session="s1", platform="groq", model="llama-70b", key_id="g2"),
         SessionPinCleared(ts=ts, session="s1", reason="x"),
         SessionBanned(ts=ts, session="s1", platform="groq", reason="stall"),
+        SessionBanLifted(ts=ts, session="s1", platform="groq"),
+        CooldownsReset(ts=ts, key_id="g2"),
+        CooldownsReset(ts=ts, key_id="g2", model="llama-70b"),
         ConfigApplied(ts=ts, hash="h", platforms=("groq",), policy={"rate_limit_cooldown_s": 1.0}),
         ServiceStarted(ts=ts, version="t"),  # last: it ends every attempt in flight
     ]
