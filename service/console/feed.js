@@ -8,8 +8,8 @@ export const EVENT_TYPES = [
   "request_received", "route_decided", "attempt_started", "attempt_succeeded", "attempt_failed",
   "stream_stalled", "client_disconnected", "request_completed",
   "key_added", "key_removed", "key_disabled", "key_enabled", "key_invalidated", "key_checked",
-  "key_cooldowns_reset", "model_updated", "model_limits_updated",
-  "session_pinned", "session_pin_cleared", "session_banned", "session_ban_cleared",
+  "cooldowns_reset", "model_updated",
+  "session_pinned", "session_pin_cleared", "session_banned", "session_ban_lifted",
 ];
 
 const KEEP = 1000; // events kept for the Live page, newest last

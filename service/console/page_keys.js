@@ -144,7 +144,7 @@ export function keysPage(root) {
 
   const reload = coalesce(load, 1000);
   const off = feed.onEvent((event) => {
-    if (event.type.startsWith("key_") || (event.type === "attempt_failed" && event.data && event.data.kind === "rate_limited")) reload();
+    if ((event.type.startsWith("key_") || event.type === "cooldowns_reset") || (event.type === "attempt_failed" && event.data && event.data.kind === "rate_limited")) reload();
   });
   load();
   return off;

@@ -20,7 +20,7 @@ const GROUPS = {
 function group(type) {
   if (type.startsWith("request_") || type === "client_disconnected") return "requests";
   if (type.startsWith("attempt_") || type === "route_decided" || type === "stream_stalled") return "attempts";
-  if (type.startsWith("key_")) return "keys";
+  if (type.startsWith("key_") || type === "cooldowns_reset") return "keys";
   if (type.startsWith("model_")) return "models";
   if (type.startsWith("session_")) return "sessions";
   return "service";
@@ -63,6 +63,10 @@ export function describe(event) {
       return `key ${d.key_id} rejected by the provider (${d.status})${d.message ? `: ${d.message}` : ""}`;
     case "key_checked":
       return `key ${d.key_id} checked: ${d.ok ? "ok" : `failed${d.status ? ` (${d.status})` : ""}`}`;
+    case "cooldowns_reset":
+      return `key ${d.key_id}: cooldowns reset${d.model ? ` on ${d.model}` : ""}`;
+    case "session_ban_lifted":
+      return `session ${d.session}: ban on ${d.platform} lifted`;
     case "model_updated": {
       const parts = Object.entries(d).filter(([k, v]) => !["type", "ts", "request_id", "platform", "model"].includes(k) && v !== null);
       return `${ref} changed: ${parts.map(([k, v]) => `${k} ${typeof v === "object" ? JSON.stringify(v) : v}`).join(", ")}`;

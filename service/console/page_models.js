@@ -166,7 +166,7 @@ export function modelsPage(root) {
 
   const reload = coalesce(load, 2000);
   const off = feed.onEvent((event) => {
-    if (event.type.startsWith("model_") || event.type.startsWith("key_") || event.type === "attempt_succeeded" || event.type === "attempt_failed" || event.type === "config_applied") reload();
+    if (event.type.startsWith("model_") || (event.type.startsWith("key_") || event.type === "cooldowns_reset") || event.type === "attempt_succeeded" || event.type === "attempt_failed" || event.type === "config_applied") reload();
   });
   load();
   return off;

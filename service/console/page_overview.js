@@ -102,7 +102,7 @@ export function overviewPage(root) {
   paintCounters();
   counterListeners.add(paintCounters);
   const off = feed.onEvent((event) => {
-    if (event.type === "request_completed" || event.type.startsWith("key_")) reload();
+    if (event.type === "request_completed" || (event.type.startsWith("key_") || event.type === "cooldowns_reset")) reload();
   });
   load();
   return () => {
