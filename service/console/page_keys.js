@@ -93,7 +93,10 @@ export function keysPage(root) {
       ),
       h(
         "td",
-        { class: "actions" },
+        {},
+        h(
+          "div",
+          { class: "actions" },
         h("button", { type: "button", "aria-label": `Check ${key.id} now`, onclick: () => act(key, "checked", () => api.post(`${path}/check`)) }, "Check now"),
         cooldowns.length ? h("button", { type: "button", "aria-label": `Reset every cooldown of ${key.id}`, onclick: () => act(key, "cooldowns reset", () => api.post(`${path}/reset-cooldowns`, {})) }, "Reset cooldowns") : null,
         key.status === "disabled"
@@ -115,6 +118,7 @@ export function keysPage(root) {
               "Remove",
             )
           : null,
+        ),
       ),
     );
   }

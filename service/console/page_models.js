@@ -89,7 +89,7 @@ export function modelsPage(root) {
         h("span", { class: "position" }, inChain ? `#${m.chain_position}` : m.in_chain ? "–" : "out"),
         h("button", { type: "button", class: "icon", "aria-label": `Move ${m.ref} up the chain`, "data-fk": `up:${m.ref}`, disabled: !inChain || m.chain_position <= 1, onclick: () => move(m, -1) }, "▲"),
         h("button", { type: "button", class: "icon", "aria-label": `Move ${m.ref} down the chain`, "data-fk": `down:${m.ref}`, disabled: !inChain || m.chain_position >= chainLength, onclick: () => move(m, 1) }, "▼"),
-        h("button", { type: "button", class: "link", "aria-label": `${m.in_chain ? "Take" : "Put"} ${m.ref} ${m.in_chain ? "out of" : "in"} the chain`, "data-fk": `chain:${m.ref}`, onclick: () => change(m, { in_chain: !m.in_chain }, m.in_chain ? "out of the chain" : "in the chain") }, m.in_chain ? "out" : "in"),
+        h("button", { type: "button", class: "link", "aria-label": `${m.in_chain ? "Take" : "Put"} ${m.ref} ${m.in_chain ? "out of" : "in"} the chain`, "data-fk": `chain:${m.ref}`, onclick: () => change(m, { in_chain: !m.in_chain }, m.in_chain ? "out of the chain" : "in the chain") }, m.in_chain ? "take out" : "put in"),
       ),
       h(
         "td",
