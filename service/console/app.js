@@ -155,6 +155,16 @@ api.whenSignedOut((message) => {
   if (signedIn) signOut(`Your session ended: ${message}`);
 });
 
+feed.whenRefused(async () => {
+  try {
+    await api.session();
+    return true;
+  } catch (err) {
+    if (err.status === 401 && signedIn) signOut("Your session ended: log in again.");
+    return err.status !== 401;
+  }
+});
+
 logoutButton.addEventListener("click", async () => {
   try {
     await api.logout();

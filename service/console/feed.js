@@ -23,6 +23,12 @@ let state = { name: "closed", detail: "" };
 let retryTimer = null;
 let retryDelay = 1000;
 let wanted = false;
+let stillSignedIn = async () => true;
+
+// Asked when the gateway refused the stream: false (the session is over) stops the retries.
+export function whenRefused(check) {
+  stillSignedIn = check;
+}
 
 export function lastEventId() {
   return lastSeq;
@@ -91,10 +97,14 @@ function open() {
     source = null;
     if (!wanted) return;
     setState("disconnected", `retrying in ${Math.round(retryDelay / 1000)} s`);
-    retryTimer = setTimeout(() => {
-      if (wanted && !source) open();
-    }, retryDelay);
+    const delay = retryDelay;
     retryDelay = Math.min(retryDelay * 2, 30000);
+    stillSignedIn().then((yes) => {
+      if (!yes || !wanted) return;
+      retryTimer = setTimeout(() => {
+        if (wanted && !source) open();
+      }, delay);
+    });
   };
   for (const type of EVENT_TYPES) es.addEventListener(type, (message) => deliver(type, message));
   es.addEventListener("message", (message) => deliver("message", message));
