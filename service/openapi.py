@@ -23,6 +23,7 @@ from events.catalog import VIRTUAL_MODELS
 from service import __version__
 from service.admin_api import DisableBody, EmptyBody, KeyAddBody, ModelPatch, ResetBody
 from service.admin_auth import COOKIE, CSRF_HEADER, LoginBody
+from service.admin_console import CONTENT_TYPES as CONSOLE_TYPES
 from service.admin_context import AdminContext
 from service.chat_completions import MAX_MODEL_NAME, MAX_MODELS
 
@@ -405,6 +406,12 @@ _HEADERS: dict[str, Schema] = {
         "description": "models named by the request that were passed over, and why",
         "schema": STR,
     },
+    "Location": {"description": "where the resource is", "schema": STR},
+    "ETag": {"description": "the file's version, for If-None-Match", "schema": STR},
+    "Content-Security-Policy": {
+        "description": "only this origin's scripts, styles and connections",
+        "schema": STR,
+    },
     "Set-Cookie": {
         "description": f"the console session: {COOKIE}=...; HttpOnly; SameSite=Strict",
         "schema": STR,
@@ -553,6 +560,60 @@ SESSION_KEY = _path_param("session", "the session key (GET /admin/api/sessions)"
 WINDOW_Q = _query("window", {**WINDOW, "default": "24h"}, "the window the figures cover")
 
 
+def _chat(op_id: str, summary: str, security: Security) -> Schema:
+    """The chat completion (service/chat_completions.py), by whichever route serves it."""
+    return _op(
+        op_id,
+        summary,
+        "v1" if security is GATEWAY else "console",
+        security,
+        {
+            "200": {
+                "description": "The provider's answer (`stream: true`: server-sent events, to "
+                "`data: [DONE]`; a failure after the headers went out: an error event, `[DONE]`).",
+                "headers": _headers("X-Routed-Via", "X-Fallback-Attempts", "X-Skipped-Models"),
+                "content": {
+                    "application/json": {"schema": _ref("ChatCompletion")},
+                    "text/event-stream": {"schema": _ref("ChatEvent")},
+                },
+            },
+            "4XX": _json(
+                "Every provider tried refused the request as invalid (`upstream_bad_request`): its own 4xx "
+                "status.",
+                _ref("Error"),
+                "X-Fallback-Attempts",
+            ),
+            "502": _json(
+                "Every attempt failed (`all_attempts_failed`).", _ref("Error"), "X-Fallback-Attempts"
+            ),
+            "504": _json(
+                "Every attempt timed out before it answered (`stream_timeout`).",
+                _ref("Error"),
+                "X-Fallback-Attempts",
+            ),
+        },
+        (404,),
+        params=[
+            {
+                "name": "X-Session-Id",
+                "in": "header",
+                "required": False,
+                "description": "names the conversation for pins and thread protection (not empty)",
+                "schema": {"type": "string", "pattern": "\\S"},
+            }
+        ],
+        body=_ref("ChatRequest"),
+    )
+
+
+def _console_file(description: str, content: dict[str, Schema]) -> Schema:
+    return {
+        "description": description,
+        "headers": _headers("ETag", "Content-Security-Policy"),
+        "content": content,
+    }
+
+
 def _paths(structs: dict[str, Schema]) -> dict[str, dict[str, Schema]]:
     key = _json("The key.", _ref("Key"))
     model = _json("The model.", _ref("Model"))
@@ -591,47 +652,8 @@ def _paths(structs: dict[str, Schema]) -> dict[str, dict[str, Schema]]:
             )
         },
         "/v1/chat/completions": {
-            "post": _op(
-                "createChatCompletion",
-                "A chat completion, routed to a model and key, with fallback",
-                "v1",
-                GATEWAY,
-                {
-                    "200": {
-                        "description": "The provider's answer (`stream: true`: server-sent events, to "
-                        "`data: [DONE]`; a failure after the headers went out: an error event, `[DONE]`).",
-                        "headers": _headers("X-Routed-Via", "X-Fallback-Attempts", "X-Skipped-Models"),
-                        "content": {
-                            "application/json": {"schema": _ref("ChatCompletion")},
-                            "text/event-stream": {"schema": _ref("ChatEvent")},
-                        },
-                    },
-                    "4XX": _json(
-                        "Every provider tried refused the request as invalid (`upstream_bad_request`): its "
-                        "own 4xx status.",
-                        _ref("Error"),
-                        "X-Fallback-Attempts",
-                    ),
-                    "502": _json(
-                        "Every attempt failed (`all_attempts_failed`).", _ref("Error"), "X-Fallback-Attempts"
-                    ),
-                    "504": _json(
-                        "Every attempt timed out before it answered (`stream_timeout`).",
-                        _ref("Error"),
-                        "X-Fallback-Attempts",
-                    ),
-                },
-                (404,),
-                params=[
-                    {
-                        "name": "X-Session-Id",
-                        "in": "header",
-                        "required": False,
-                        "description": "names the conversation for pins and thread protection (not empty)",
-                        "schema": {"type": "string", "pattern": "\\S"},
-                    }
-                ],
-                body=_ref("ChatRequest"),
+            "post": _chat(
+                "createChatCompletion", "A chat completion, routed to a model and key, with fallback", GATEWAY
             )
         },
         "/v1/models": {
@@ -951,6 +973,52 @@ def _paths(structs: dict[str, Schema]) -> dict[str, dict[str, Schema]]:
                 ],
             )
         },
+        "/admin": {
+            "get": _op(
+                "consoleRedirect",
+                "The console, at /admin/",
+                "console",
+                PUBLIC,
+                {"308": {"description": "To /admin/.", "headers": _headers("Location")}},
+            )
+        },
+        "/admin/": {
+            "get": _op(
+                "consolePage",
+                "The console's page (it holds no data: it logs in through this API)",
+                "console",
+                PUBLIC,
+                {
+                    "200": _console_file("The page.", {"text/html": {"schema": STR}}),
+                    "304": _empty("Unchanged since the ETag sent in If-None-Match.", "ETag"),
+                },
+            )
+        },
+        "/admin/static/{name}": {
+            "get": _op(
+                "consoleFile",
+                "One of the console's files (its scripts, styles, vendored library)",
+                "console",
+                PUBLIC,
+                {
+                    "200": _console_file(
+                        "The file.",
+                        {media.partition(";")[0]: {"schema": STR} for media in CONSOLE_TYPES.values()},
+                    ),
+                    "304": _empty("Unchanged since the ETag sent in If-None-Match.", "ETag"),
+                },
+                (404,),
+                params=[_path_param("name", "the file's name, e.g. app.js or vendor/...", slashes=True)],
+            )
+        },
+        "/admin/api/playground/chat": {
+            "post": _chat(
+                "playgroundChat",
+                "The console's Playground: a chat completion as /v1/chat/completions answers it, with the "
+                "admin token or session instead of a gateway key",
+                ADMIN_CHANGE,
+            )
+        },
         "/metrics": {
             "get": _op(
                 "metrics",
@@ -973,6 +1041,7 @@ def _paths(structs: dict[str, Schema]) -> dict[str, dict[str, Schema]]:
 def document() -> Schema:
     """The whole document (built once; it depends on nothing but the code)."""
     structs, struct_components = _struct_schemas()
+    paths = _paths(structs)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -985,21 +1054,10 @@ def document() -> Schema:
             "troubleshooting in the README.",
         },
         "tags": [
-            {"name": name}
-            for name in (
-                "v1",
-                "admin",
-                "keys",
-                "models",
-                "sessions",
-                "config",
-                "analytics",
-                "requests",
-                "feed",
-            )
-        ]
-        + [{"name": name} for name in ("metrics", "health", "meta")],
-        "paths": _paths(structs),
+            {"name": tag}
+            for tag in sorted({t for item in paths.values() for op in item.values() for t in op["tags"]})
+        ],
+        "paths": paths,
         "components": {
             "schemas": {**struct_components, **SCHEMAS},
             "responses": _error_responses(),
