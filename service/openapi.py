@@ -500,12 +500,7 @@ ADMIN: Security = [{"adminToken": []}, {"adminSession": []}]
 # A change made with the console's cookie also needs its CSRF token.
 ADMIN_CHANGE: Security = [{"adminToken": []}, {"adminSession": [], "csrfToken": []}]
 PUBLIC: Security = []
-_V1_ERRORS = (
-    401,
-    429,
-    503,
-)  # every /v1 call: a bad key, an address that keeps sending one, the connection cap
-_ADMIN_ERRORS = (401, 429, 503)
+_AUTH_ERRORS = (401, 429)  # every guarded route: no valid credentials, an address that keeps sending bad ones
 _BODY_ERRORS = (400, 408, 413)  # every route that reads a body
 
 
@@ -532,12 +527,15 @@ def _op(
     body: Schema | None = None,
     body_required: bool = True,
     description: str | None = None,
+    busy_503: bool = True,
 ) -> Schema:
+    """One operation; the errors every route of its kind can give are added to `errors`. `busy_503`: at
+    the connection cap it is answered 503 (service/http_server.py) like every route but /healthz."""
     error_statuses = set(errors)
-    if security is GATEWAY:
-        error_statuses.update(_V1_ERRORS)
-    elif security in (ADMIN, ADMIN_CHANGE):
-        error_statuses.update(_ADMIN_ERRORS)
+    if busy_503:
+        error_statuses.add(503)
+    if security is not PUBLIC:
+        error_statuses.update(_AUTH_ERRORS)
     if security is ADMIN_CHANGE:
         error_statuses.add(403)
     if body is not None:
@@ -549,7 +547,8 @@ def _op(
         op["parameters"] = list(params)
     if body is not None:
         op["requestBody"] = {"required": body_required, "content": {"application/json": {"schema": body}}}
-    op["responses"] = {**responses, **_errors(*error_statuses)}
+    # An operation's own answer for a status (e.g. /readyz's 503) is the one it gives.
+    op["responses"] = {**responses, **_errors(*(s for s in error_statuses if str(s) not in responses))}
     return op
 
 
@@ -625,7 +624,8 @@ def _paths(structs: dict[str, Schema]) -> dict[str, dict[str, Schema]]:
                 "Liveness: 200 while the process answers, saying what is wrong if anything",
                 "health",
                 PUBLIC,
-                {"200": _json("The gateway's state.", _ref("Health"))},
+                {"200": _json("The gateway's state (`busy` at the connection cap).", _ref("Health"))},
+                busy_503=False,
             )
         },
         "/readyz": {
@@ -637,7 +637,9 @@ def _paths(structs: dict[str, Schema]) -> dict[str, dict[str, Schema]]:
                 {
                     "200": _json("Ready.", _ref("Health")),
                     "503": _json(
-                        "Not ready: the log cannot be written, or no provider key is usable.", _ref("Health")
+                        "Not ready: the log cannot be written, or no provider key is usable (or, at the "
+                        "connection cap, the error object).",
+                        {"anyOf": [_ref("Health"), _ref("Error")]},
                     ),
                 },
             )
