@@ -19,12 +19,15 @@ import msgspec
 from quart import Response
 from quart_trio import QuartTrio
 
+from events.analytics import BUCKETS, DIMS, WINDOWS, ByDim, Errors, Summary, Timeline
 from events.catalog import VIRTUAL_MODELS
+from events.request_story import MODES, RequestSummary, Story
 from service import __version__
 from service.admin_api import DisableBody, EmptyBody, KeyAddBody, ModelPatch, ResetBody
 from service.admin_auth import COOKIE, CSRF_HEADER, LoginBody
 from service.admin_console import CONTENT_TYPES as CONSOLE_TYPES
 from service.admin_context import AdminContext
+from service.admin_requests import DEFAULT_LIMIT, MAX_LIMIT, OUTCOMES
 from service.chat_completions import MAX_MODEL_NAME, MAX_MODELS
 
 PATH = "/openapi.json"
@@ -62,10 +65,10 @@ INT: Schema = {"type": "integer"}
 NUM: Schema = {"type": "number"}
 BOOL: Schema = {"type": "boolean"}
 TIME: Schema = {"type": "number", "description": "wall-clock seconds since the epoch"}
-PERCENTILES = _obj({"p50": _nullable(NUM), "p95": _nullable(NUM)})
-TOKENS = _obj({"input": INT, "output": INT})
 POOL: Schema = {"enum": ["fast", "balanced", "smart"]}
 
+# The bodies routes decode with msgspec and the answers they encode from Structs: their schemas are what
+# the decoder enforces and the encoder writes.
 _STRUCTS: tuple[type[msgspec.Struct], ...] = (
     LoginBody,
     KeyAddBody,
@@ -73,11 +76,16 @@ _STRUCTS: tuple[type[msgspec.Struct], ...] = (
     ResetBody,
     ModelPatch,
     EmptyBody,
+    Summary,
+    ByDim,
+    Timeline,
+    Errors,
+    RequestSummary,
+    Story,
 )
 
 
 def _struct_schemas() -> tuple[dict[str, Schema], dict[str, Schema]]:
-    """The request bodies routes decode with msgspec: their schemas as the decoder enforces them."""
     refs, components = msgspec.json.schema_components(_STRUCTS, ref_template="#/components/schemas/{name}")
     return {s.__name__: r for s, r in zip(_STRUCTS, refs, strict=True)}, components
 
@@ -222,128 +230,14 @@ SESSION = _obj(
 # hash and applied_at: null until a configuration was recorded.
 CONFIG = _obj({"hash": _nullable(STR), "applied_at": _nullable(TIME), "config": {"type": "object"}})
 
-WINDOW: Schema = {"enum": ["1h", "24h", "7d", "30d"]}
-SUMMARY = _obj(
+WINDOW: Schema = {"enum": list(WINDOWS)}
+REQUEST_PAGE = _obj(
     {
-        "window": WINDOW,
-        "requests": INT,
-        "ok": INT,
-        "errors": INT,
-        "client_aborts": INT,
-        "success_rate": _nullable(NUM),
-        "fallbacks": INT,
-        "latency_ms": PERCENTILES,
-        "ttfb_ms": PERCENTILES,
-        "tokens": TOKENS,
+        "data": {"type": "array", "items": _ref("RequestSummary")},
+        "next_before": _nullable({"type": "integer", "minimum": 1}),
     }
-)
-BY_DIMENSION = _obj(
-    {
-        "window": WINDOW,
-        "data": {
-            "type": "array",
-            "items": _obj(
-                {
-                    "name": STR,
-                    "attempts": INT,
-                    "ok": INT,
-                    "failed": INT,
-                    "success_rate": _nullable(NUM),
-                    "latency_ms": PERCENTILES,
-                    "ttfb_ms": PERCENTILES,
-                    "tokens": TOKENS,
-                }
-            ),
-        },
-    }
-)
-TIMELINE = _obj(
-    {
-        "window": WINDOW,
-        "bucket_s": INT,
-        "points": {
-            "type": "array",
-            "items": _obj(
-                {
-                    "t": TIME,
-                    "requests": INT,
-                    "ok": INT,
-                    "errors": INT,
-                    "latency_ms": PERCENTILES,
-                    "errors_by_kind": {"type": "object", "additionalProperties": INT},
-                }
-            ),
-        },
-    }
-)
-ERRORS_BY_KIND = _obj(
-    {"window": WINDOW, "data": {"type": "array", "items": _obj({"kind": STR, "count": INT})}}
 )
 
-OUTCOME: Schema = {"enum": ["ok", "error", "client_abort"]}
-REQUEST_SUMMARY = _obj(
-    {
-        "id": STR,
-        "ts": TIME,
-        "requested": _nullable(STR),
-        "mode": _nullable(STR),
-        "stream": BOOL,
-        "outcome": _nullable(OUTCOME),
-        "status": _nullable(INT),
-        "attempts": INT,
-        "latency_ms": _nullable(NUM),
-        "platform": _nullable(STR),
-        "model": _nullable(STR),
-        "error": _nullable(STR),
-    }
-)
-REQUEST_PAGE = _obj(
-    {"data": {"type": "array", "items": _ref("RequestSummary")}, "next_before": _nullable(STR)}
-)
-REQUEST_STORY = _obj(
-    {
-        "request": _ref("RequestSummary"),
-        "events": {
-            "type": "array",
-            "items": _obj({"seq": INT, "type": STR, "ts": TIME, "data": {"type": "object"}}),
-        },
-        "attempts": {
-            "type": "array",
-            "items": _obj(
-                {
-                    "attempt": INT,
-                    "platform": STR,
-                    "model": STR,
-                    "key_id": _nullable(STR),
-                    "start_ms": NUM,
-                    "duration_ms": _nullable(NUM),
-                    "ttfb_ms": _nullable(NUM),
-                    "outcome": {"enum": ["ok", "failed", "stalled", "client_gone", "running"]},
-                    "kind": _nullable(STR),
-                    "status": _nullable(INT),
-                    "message": _nullable(STR),
-                }
-            ),
-        },
-        "decisions": {
-            "type": "array",
-            "items": _obj(
-                {
-                    "seq": INT,
-                    "attempt": INT,
-                    "chosen_ref": _nullable(STR),
-                    "chosen_key": _nullable(STR),
-                    "candidates": {"type": "array"},
-                    "excluded": {"type": "array"},
-                    "explanation": STR,
-                    "replayed_ref": _nullable(STR),
-                    "reproduces": _nullable(BOOL),
-                }
-            ),
-        },
-        "reproduces": _nullable(BOOL),
-    }
-)
 FEED_EVENT = _obj(
     {"data": STR, "event": STR},
     {"id": {"type": "string", "pattern": "^[0-9]+$"}, "retry": INT},
@@ -385,13 +279,7 @@ SCHEMAS: dict[str, Schema] = {
     "Session": SESSION,
     "SessionList": _list_of(_ref("Session")),
     "Config": CONFIG,
-    "AnalyticsSummary": SUMMARY,
-    "AnalyticsByDimension": BY_DIMENSION,
-    "AnalyticsTimeline": TIMELINE,
-    "AnalyticsErrors": ERRORS_BY_KIND,
-    "RequestSummary": REQUEST_SUMMARY,
     "RequestPage": REQUEST_PAGE,
-    "RequestStory": REQUEST_STORY,
     "FeedEvent": FEED_EVENT,
 }
 
@@ -862,7 +750,7 @@ def _paths(structs: dict[str, Schema]) -> dict[str, dict[str, Schema]]:
                 "Requests, success rate, latency and TTFB percentiles, tokens, fallbacks",
                 "analytics",
                 ADMIN,
-                {"200": _json("The summary.", _ref("AnalyticsSummary"))},
+                {"200": _json("The summary.", structs["Summary"])},
                 (400,),
                 params=[WINDOW_Q],
             )
@@ -873,14 +761,15 @@ def _paths(structs: dict[str, Schema]) -> dict[str, dict[str, Schema]]:
                 "Attempts by model, platform or key",
                 "analytics",
                 ADMIN,
-                {"200": _json("One row per name.", _ref("AnalyticsByDimension"))},
-                (400, 404),
+                {"200": _json("One row per name.", structs["ByDim"])},
+                (400,),
                 params=[
                     {
                         "name": "dim",
                         "in": "path",
                         "required": True,
-                        "schema": {"enum": ["model", "platform", "key"]},
+                        "description": "what the rows are by",
+                        "schema": {"enum": list(DIMS)},
                     },
                     WINDOW_Q,
                 ],
@@ -892,11 +781,15 @@ def _paths(structs: dict[str, Schema]) -> dict[str, dict[str, Schema]]:
                 "Requests, errors and latency over time",
                 "analytics",
                 ADMIN,
-                {"200": _json("The points, oldest first.", _ref("AnalyticsTimeline"))},
+                {"200": _json("The points, oldest first.", structs["Timeline"])},
                 (400,),
                 params=[
                     WINDOW_Q,
-                    _query("bucket", {"enum": ["minute", "hour"]}, "the bucket (default: by the window)"),
+                    _query(
+                        "bucket",
+                        {"enum": list(BUCKETS)},
+                        "the bucket (default: by the window; minutes are kept for 24 h)",
+                    ),
                 ],
             )
         },
@@ -906,7 +799,7 @@ def _paths(structs: dict[str, Schema]) -> dict[str, dict[str, Schema]]:
                 "Attempt failures by kind, most first",
                 "analytics",
                 ADMIN,
-                {"200": _json("The kinds.", _ref("AnalyticsErrors"))},
+                {"200": _json("The kinds.", structs["Errors"])},
                 (400,),
                 params=[WINDOW_Q],
             )
@@ -920,14 +813,22 @@ def _paths(structs: dict[str, Schema]) -> dict[str, dict[str, Schema]]:
                 {"200": _json("A page of requests.", _ref("RequestPage"))},
                 (400,),
                 params=[
-                    _query("outcome", OUTCOME, "how they ended"),
-                    _query("platform", STR, "the platform that answered or failed last"),
-                    _query("model", STR, "the model that answered or failed last"),
-                    _query("mode", STR, "the mode asked for"),
+                    _query("outcome", {"enum": list(OUTCOMES)}, "how they ended (running: not yet)"),
+                    _query("platform", STR, "where it was answered (or, while it runs, tried last)"),
+                    _query("model", STR, "the model (id or platform/id) that answered or was tried last"),
+                    _query("mode", {"enum": list(MODES)}, "the mode asked for (named: models named)"),
                     _query("since", NUM, "received at or after (epoch seconds)"),
-                    _query("until", NUM, "received before (epoch seconds)"),
-                    _query("limit", {"type": "integer", "minimum": 1, "default": 50}, "at most this many"),
-                    _query("before", STR, "the cursor `next_before` of the previous page"),
+                    _query("until", NUM, "received before (epoch seconds; not before since)"),
+                    _query(
+                        "limit",
+                        {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+                        "at most this many",
+                    ),
+                    _query(
+                        "before",
+                        {"type": "integer", "minimum": 1},
+                        "the cursor: `next_before` of the previous page",
+                    ),
                 ],
             )
         },
@@ -937,7 +838,7 @@ def _paths(structs: dict[str, Schema]) -> dict[str, dict[str, Schema]]:
                 "One request's whole story: its events, attempts, decisions and their replay",
                 "requests",
                 ADMIN,
-                {"200": _json("The request.", _ref("RequestStory"))},
+                {"200": _json("The request.", structs["Story"])},
                 (404,),
                 params=[_path_param("request_id", "the request's id (X-Request-Id)")],
             )
