@@ -27,7 +27,7 @@ from service.admin_api import DisableBody, EmptyBody, KeyAddBody, ModelPatch, Re
 from service.admin_auth import COOKIE, CSRF_HEADER, LoginBody
 from service.admin_console import CONTENT_TYPES as CONSOLE_TYPES
 from service.admin_context import AdminContext
-from service.admin_requests import DEFAULT_LIMIT, MAX_LIMIT, OUTCOMES
+from service.admin_requests import DEFAULT_LIMIT, MAX_LIMIT, MAX_SEQ, OUTCOMES
 from service.chat_completions import MAX_MODEL_NAME, MAX_MODELS
 
 PATH = "/openapi.json"
@@ -826,7 +826,7 @@ def _paths(structs: dict[str, Schema]) -> dict[str, dict[str, Schema]]:
                     ),
                     _query(
                         "before",
-                        {"type": "integer", "minimum": 1},
+                        {"type": "integer", "minimum": 1, "maximum": MAX_SEQ},
                         "the cursor: `next_before` of the previous page",
                     ),
                 ],

@@ -161,3 +161,13 @@ async def test_every_operation_answers_as_its_document_says(tmp_path) -> None:
     }
     assert set(covered) == documented
     assert failures == [], "\n\n".join(failures)
+
+
+async def test_a_cursor_past_sqlites_integers_is_a_400_not_a_500(tmp_path) -> None:
+    # Found by the run above: `before=3588316172324585340928` reached SQLite and answered 500.
+    async with running_gateway(tmp_path, ["ok"]) as gw:
+        async with httpx.AsyncClient(base_url=gw.url, headers=ADMIN_HEADERS) as client:
+            resp = await client.get("/admin/api/requests", params={"before": str(2**63)})
+            last = await client.get("/admin/api/requests", params={"before": str(2**63 - 1)})
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "before"
+    assert last.status_code == 200
