@@ -31,7 +31,7 @@ from actors.model_health import ModelHealth
 from actors.request import Deadlines, RequestActor
 from actors.session import SessionActor
 from actors.snapshotter import Snapshotter
-from actors.stats import StatsActor
+from actors.stats import History, StatsActor
 from actors.upstream import Upstream
 from events.catalog import CatalogModel
 from events.config_applied import record_config
@@ -168,7 +168,8 @@ async def run_service(
 
     log = LogWriter(store, after=view.seq)
     health = ModelHealth(view, log, clock.now)
-    stats = StatsActor(stats_p, log)
+    # The analytics' last 30 days are read up to where the log writer publishes from (actors/stats.py).
+    stats = StatsActor(stats_p, log, history=History(store, view.seq), now=clock.now)
     p = settings.policy
     sessions = SessionActor(log, settings.sessions, clock.now)
     requests = RequestActor(

@@ -202,7 +202,7 @@ def replay_stream(
 
     def evaluate() -> Replayed:
         (_, _, seq), recorded = heapq.heappop(window)
-        return _evaluate(views[which(seq)], seq, recorded)
+        return re_decide(views[which(seq)], seq, recorded)
 
     seq = 0
     while seq < last_needed:
@@ -240,7 +240,9 @@ def replay_order(seq: int, recorded: RouteDecided) -> tuple[int, float, int]:
     return (recorded.view_seq, recorded.now, seq)
 
 
-def _evaluate(view: RoutingView, seq: int, recorded: RouteDecided) -> Replayed:
+def re_decide(view: RoutingView, seq: int, recorded: RouteDecided) -> Replayed:
+    """The decision recorded at `seq` made again on `view` (folded up to its view position), and whether it
+    reproduces: the same choice and the same ranking."""
     try:
         decision = decide(view, recorded.input, recorded.now, random.Random(recorded.seed))
     except UnknownModel:

@@ -12,6 +12,7 @@ it runs on the trio thread, and a thread hop would ignore cancellation (STYLE.md
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from collections.abc import Collection, Iterable, Iterator, Sequence
@@ -399,17 +400,55 @@ class SqliteStore:
         # In WAL mode the rewritten file first lands in the -wal: fold it in and cut the -wal to nothing.
         self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
-    def last_of(self, tag: str) -> Entry | None:
+    def last_of(self, tag: str, before: int | None = None) -> Entry | None:
         # From the (type, ts) index: the rows of a rare type, however long the log.
         row = self._db.execute(
-            "SELECT seq, data FROM events INDEXED BY events_type_ts WHERE type = ? ORDER BY seq DESC LIMIT 1",
-            (tag,),
+            "SELECT seq, data FROM events INDEXED BY events_type_ts WHERE type = ? AND seq < ? "
+            "ORDER BY seq DESC LIMIT 1",
+            (tag, 2**63 - 1 if before is None else before),
         ).fetchone()
         return None if row is None else self._decoded([row])[0]
 
     def read_request(self, request_id: str) -> list[Entry]:
         rows = self._db.execute(
             "SELECT seq, data FROM events WHERE request_id = ? ORDER BY seq", (request_id,)
+        )
+        return self._decoded(rows)
+
+    def read_requests(self, request_ids: Collection[str], types: Collection[str]) -> list[Entry]:
+        ids, wanted = sorted(set(request_ids)), sorted(types)
+        if not ids or not wanted:
+            return []
+        # By the request id index; `+type` keeps SQLite from walking the (type, ts) index instead.
+        rows = self._db.execute(
+            f"SELECT seq, data FROM events WHERE request_id IN ({', '.join('?' * len(ids))}) "
+            f"AND +type IN ({', '.join('?' * len(wanted))}) ORDER BY seq",
+            (*ids, *wanted),
+        )
+        return self._decoded(rows)
+
+    def newest_of_type(
+        self,
+        tag: str,
+        limit: int,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        before: int | None = None,
+    ) -> list[Entry]:
+        top_ts, top_seq = math.inf if until is None else until, 2**63 - 1
+        if before is not None:
+            found = self._db.execute(
+                "SELECT ts FROM events WHERE seq <= ? ORDER BY seq DESC LIMIT 1", (before,)
+            ).get
+            cursor_ts = float(found) if isinstance(found, int | float) else -math.inf
+            top_ts, top_seq = min(top_ts, cursor_ts), before if cursor_ts <= top_ts else top_seq
+        # Backwards along the (type, ts) index, whose entries end with the rowid: no sort, however many
+        # rows the range holds. (ts, seq) below the cursor: the cursor's own ts only for smaller seqs.
+        rows = self._db.execute(
+            "SELECT seq, data FROM events INDEXED BY events_type_ts WHERE type = ? AND ts >= ? AND ts <= ? "
+            "AND (ts < ? OR seq < ?) ORDER BY ts DESC, seq DESC LIMIT ?",
+            (tag, -math.inf if since is None else since, top_ts, top_ts, top_seq, limit),
         )
         return self._decoded(rows)
 

@@ -7,6 +7,7 @@ Stores are synchronous: every call is short, and the log writer batches appends 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Iterator, Sequence
 from typing import Protocol
 
@@ -45,12 +46,35 @@ class LogStore(Protocol):
         that need a field or two, or output that needs no event."""
         ...
 
-    def last_of(self, tag: str) -> Entry | None:
-        """The last event whose type tag is `tag`, if any; cheap however long the log is."""
+    def last_of(self, tag: str, before: int | None = None) -> Entry | None:
+        """The last event whose type tag is `tag` (with a seq below `before`, if given), if any; cheap
+        however long the log is."""
         ...
 
     def read_request(self, request_id: str) -> list[Entry]:
         """Every event of one request, in order."""
+        ...
+
+    def read_requests(self, request_ids: Collection[str], types: Collection[str]) -> list[Entry]:
+        """The events of `types` of the requests named, in log order (found by request id)."""
+        ...
+
+    def newest_of_type(
+        self,
+        tag: str,
+        limit: int,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        before: int | None = None,
+    ) -> list[Entry]:
+        """At most `limit` events of type `tag`, newest first by (ts, seq), stamped within [since, until]
+        and, with `before` (a seq), older than the event at that seq: a cursor for paging back in time.
+        Found by the (type, ts) index: as fast at the end of a long log as at its start."""
+        ...
+
+    def first_seq_at(self, ts: float) -> int:
+        """The first seq of an event stamped at or after `ts` (one past the last seq when there is none)."""
         ...
 
     def last_seq(self) -> int:
@@ -96,6 +120,13 @@ def iter_after(
         seq = entries[-1][0]
 
 
+def _cursor(entries: Sequence[Entry], before: int) -> tuple[float, int]:
+    """`newest_of_type`'s position for `before`: (ts, seq) of the event at that seq, or of the last one
+    before it (a compaction may have removed it)."""
+    found = [(e.ts, s) for s, e in entries if s <= before]
+    return (found[-1][0], before) if found else (-math.inf, before)
+
+
 class MemoryStore:
     """The log in a list. Events go through the same codec as on disk, so tests see what SQLite sees."""
 
@@ -134,14 +165,42 @@ class MemoryStore:
             rows = [row for row in rows if self._types[row[0] - 1] in types]
         return rows[:limit]
 
-    def last_of(self, tag: str) -> Entry | None:
-        for seq in range(len(self._rows), 0, -1):
+    def last_of(self, tag: str, before: int | None = None) -> Entry | None:
+        top = len(self._rows) if before is None else min(len(self._rows), before - 1)
+        for seq in range(top, 0, -1):
             if self._types[seq - 1] == tag:
                 return seq, decode_event(self._rows[seq - 1][1])
         return None
 
     def read_request(self, request_id: str) -> list[Entry]:
         return [(s, e) for s, e in self.read_after(0) if e.request_id == request_id]
+
+    def read_requests(self, request_ids: Collection[str], types: Collection[str]) -> list[Entry]:
+        wanted = set(request_ids)
+        return [(s, e) for s, e in self.read_after(0, types=types) if e.request_id in wanted]
+
+    def newest_of_type(
+        self,
+        tag: str,
+        limit: int,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        before: int | None = None,
+    ) -> list[Entry]:
+        rows = self.read_after(0, types={tag})
+        if since is not None:
+            rows = [r for r in rows if r[1].ts >= since]
+        if until is not None:
+            rows = [r for r in rows if r[1].ts <= until]
+        if before is not None:
+            cursor = _cursor(self.read_after(0), before)
+            rows = [r for r in rows if (r[1].ts, r[0]) < cursor]
+        rows.sort(key=lambda r: (r[1].ts, r[0]), reverse=True)
+        return rows[:limit]
+
+    def first_seq_at(self, ts: float) -> int:
+        return next((s for s, e in self.read_after(0) if e.ts >= ts), len(self._rows) + 1)
 
     def last_seq(self) -> int:
         return len(self._rows)

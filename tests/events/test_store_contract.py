@@ -265,6 +265,51 @@ class StoreContract:
         assert [e for _, e in store.read_request("r2")] == [e for e in second if e.request_id == "r2"]
         assert store.read_request("nobody") == []
 
+    def test_read_requests_gives_those_requests_events_of_those_types_in_order(self, store: LogStore) -> None:
+        first, second, third = (sample_events(r, ts=t) for r, t in (("r1", 1.0), ("r2", 2.0), ("r3", 3.0)))
+        store.append(first[:4])
+        store.append(second)
+        store.append(third)
+        store.append(first[4:])
+        got = store.read_requests(["r1", "r2", "nobody"], {"attempt_failed", "request_completed"})
+        assert [(e.request_id, event_type(e)) for _, e in got] == [
+            ("r1", "attempt_failed"),
+            ("r2", "attempt_failed"),
+            ("r2", "request_completed"),
+            ("r1", "request_completed"),
+        ]
+        assert [s for s, _ in got] == sorted(s for s, _ in got)
+        assert store.read_requests([], {"request_completed"}) == []
+
+    def test_newest_of_type_pages_back_by_time_then_seq(self, store: LogStore) -> None:
+        # Stamps out of seq order (another process's clock, a request that took long): time comes first.
+        stamps = [5.0, 3.0, 5.0, 1.0, 4.0, 5.0]
+        store.append([ServiceStarted(ts=0.5, version="x")])
+        seqs = store.append([ServiceStarted(ts=t, version="x") for t in stamps])
+        store.append([KeyAdded(ts=9.0, key_id="k", platform="p", label="", source="vault")])
+        by_time = sorted(zip(stamps, seqs, strict=True), reverse=True)
+        newest = store.newest_of_type("service_started", 3)
+        assert [(e.ts, s) for s, e in newest] == by_time[:3]
+        following = store.newest_of_type("service_started", 10, before=newest[-1][0])
+        assert [(e.ts, s) for s, e in following] == [*by_time[3:], (0.5, 1)]
+        within = store.newest_of_type("service_started", 10, since=3.0, until=4.5)
+        assert [e.ts for _, e in within] == [4.0, 3.0]
+        assert store.newest_of_type("key_added", 10, until=8.0) == []
+        assert store.newest_of_type("nothing", 10) == []
+
+    def test_last_of_before_a_seq(self, store: LogStore) -> None:
+        a, b, c = store.append([ServiceStarted(ts=float(i), version=str(i)) for i in range(3)])
+        assert store.last_of("service_started") == (c, ServiceStarted(ts=2.0, version="2"))
+        assert store.last_of("service_started", before=c) == (b, ServiceStarted(ts=1.0, version="1"))
+        assert store.last_of("service_started", before=a) is None
+
+    def test_first_seq_at(self, store: LogStore) -> None:
+        seqs = store.append([ServiceStarted(ts=t, version="x") for t in (1.0, 2.0, 3.0)])
+        assert store.first_seq_at(0.0) == seqs[0]
+        assert store.first_seq_at(2.0) == seqs[1]
+        assert store.first_seq_at(2.5) == seqs[2]
+        assert store.first_seq_at(9.0) == seqs[2] + 1
+
     def test_empty_batch_is_a_no_op(self, store: LogStore) -> None:
         assert store.append([]) == []
         assert store.last_seq() == 0
