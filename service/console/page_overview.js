@@ -3,7 +3,7 @@
 // counters counted from the feed since the console opened.
 
 import * as api from "./api.js";
-import { lineChart } from "./charts.js";
+import { fillTimeline, lineChart } from "./charts.js";
 import { coalesce, h, ms, pct, replace } from "./dom.js";
 import * as feed from "./feed.js";
 
@@ -66,8 +66,8 @@ export function overviewPage(root) {
       const list = keys.data || [];
       const ok = list.filter((k) => k.status === "ok").length;
       const cooling = list.filter((k) => (k.cooldowns || []).some((c) => c.until > now)).length;
-      const points = timeline.points || [];
-      const lastFull = points.length > 1 ? points[points.length - 2] : points[0];
+      const points = fillTimeline(timeline, 3600);
+      const lastFull = points[points.length - 2];
       replace(
         cards,
         card("Keys healthy", `${ok} / ${list.length}`, `${list.filter((k) => k.status === "invalid").length} invalid, ${list.filter((k) => k.status === "disabled").length} disabled, ${cooling} cooling`),
