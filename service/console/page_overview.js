@@ -71,7 +71,7 @@ export function overviewPage(root) {
       replace(
         cards,
         card("Keys healthy", `${ok} / ${list.length}`, `${list.filter((k) => k.status === "invalid").length} invalid, ${list.filter((k) => k.status === "disabled").length} disabled, ${cooling} cooling`),
-        card("Requests per minute", (summary.requests / 60).toFixed(1), lastFull ? `${lastFull.requests} in the last full minute` : null),
+        card("Requests per minute", (summary.requests / 60).toFixed(summary.requests < 60 ? 2 : 1), lastFull ? `${lastFull.requests} in the last full minute` : null),
         card("Success rate", pct(summary.success_rate), `${summary.ok} ok, ${summary.errors} errors, ${summary.fallbacks} fallbacks`),
         card("Latency p50 / p95", `${ms(summary.latency_ms && summary.latency_ms.p50)} / ${ms(summary.latency_ms && summary.latency_ms.p95)}`, `TTFB p50 ${ms(summary.ttfb_ms && summary.ttfb_ms.p50)}`),
       );
