@@ -373,6 +373,9 @@ class AdminApi:
         already = next((v for v in await self.runtime.health.keys() if v.info.key_id == key_id), None)
         if already is not None and already.info.source != "vault":
             return _json(key_object(already), 200)  # a config or environment key: stored there already
+        outage = self.runtime.log.outage()
+        if outage is not None:  # before the vault: a key stored that the log never announced helps nobody
+            return _answer(_unwritable(outage.reason, held=False))
         try:
             # On the event loop, as the transport reads the vault: an apsw connection is one thread's.
             self.admin.vault.put(body.platform, secret)

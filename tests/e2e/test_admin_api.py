@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import apsw
 import httpx
 import pytest
 import trio
@@ -259,10 +260,17 @@ async def test_a_change_while_the_log_cannot_be_written_is_refused_with_503(tmp_
             resp = await admin.post(f"/admin/api/keys/{key_id('up-1')}/disable")  # refused outright
             assert_error(resp, 503, "log_unwritable")
             assert "nothing was changed" in resp.json()["error"]["message"]
+            resp = await admin.post("/admin/api/keys", json={"platform": "local", "key": "up-9-0123456789"})
+            assert_error(resp, 503, "log_unwritable")
             keys = (await admin.get("/admin/api/keys")).json()["data"]
-            assert keys[0]["status"] == "ok"
+            assert [k["status"] for k in keys] == ["ok"]
             disks[0].free()
-    assert not of_type(gw, KeyDisabled)
+    assert not of_type(gw, KeyDisabled) and not of_type(gw, KeyAdded)[1:]
+    db = apsw.Connection(str(gw.data_dir / DB_NAME))
+    try:
+        assert db.execute("SELECT count(*) FROM vault").get == 0  # nothing stored the log does not know
+    finally:
+        db.close()
 
 
 # ---- keys --------------------------------------------------------------------------------------------------

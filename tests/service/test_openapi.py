@@ -1,0 +1,129 @@
+"""The OpenAPI document: valid OpenAPI 3.1 (its JSON Schemas valid 2020-12), served at /openapi.json without
+credentials, and held to the app's routes both ways: every route the gateway serves is documented, and every
+documented operation is a route."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jsonschema_rs
+import pytest
+from schemathesis.specs.openapi.definitions import OPENAPI_31
+
+import service.app
+from service import __version__
+from service.fast_route import CHAT_PATH
+from service.openapi import document
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))  # harness.py
+from harness import running_gateway
+
+METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+# Quart's default static route serves `static/` beside the working directory: not part of the API.
+UNDOCUMENTED_ENDPOINTS = {"static"}
+
+
+def test_the_document_is_valid_openapi_3_1() -> None:
+    doc = document()
+    errors = [
+        f"{e.instance_path}: {e.message}" for e in jsonschema_rs.validator_for(OPENAPI_31).iter_errors(doc)
+    ]
+    assert errors == []
+    assert doc["openapi"] == "3.1.0" and doc["info"]["version"] == __version__
+    assert "docs/admin-api.md" in doc["info"]["description"] and "README" in doc["info"]["description"]
+
+
+def _under(node: Any, name: str) -> list[Any]:
+    """Every value held under the key `name`, anywhere in `node`."""
+    found: list[Any] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            found += [value] if key == name else _under(value, name)
+    elif isinstance(node, list):
+        for item in node:
+            found += _under(item, name)
+    return found
+
+
+def test_every_schema_in_it_is_valid_json_schema_2020_12() -> None:
+    doc = document()
+    # Those of components, and of parameters, bodies, responses and headers.
+    schemas = [*doc["components"]["schemas"].values(), *_under(doc, "schema")]
+    assert len(schemas) > 50
+    for schema in schemas:
+        jsonschema_rs.meta.validate(schema)  # raises, naming what is wrong
+
+
+def test_every_reference_resolves() -> None:
+    doc = document()
+    refs = set(_under(doc, "$ref"))
+    assert len(refs) > 30
+    for ref in refs:
+        node: Any = doc
+        for part in ref.removeprefix("#/").split("/"):
+            assert part in node, f"{ref} does not resolve"
+            node = node[part]
+
+
+def test_every_error_answer_is_the_error_object() -> None:
+    # /readyz says why it is not ready in its own body: a probe reads it as it reads a 200.
+    paths = {path: item for path, item in document()["paths"].items() if path != "/readyz"}
+    for path, item in paths.items():
+        for method, op in item.items():
+            for status, response in op["responses"].items():
+                if status.startswith(("4", "5")) and "$ref" not in response:
+                    schema = response["content"]["application/json"]["schema"]
+                    assert schema == {"$ref": "#/components/schemas/Error"}, (method, path, status)
+
+
+def _template(rule: str) -> str:
+    """A werkzeug rule as an OpenAPI path, parameters unnamed: `/v1/models/<path:id>` -> `/v1/models/{}`."""
+    return re.sub(r"<[^>]+>", "{}", rule)
+
+
+def _documented() -> set[tuple[str, str]]:
+    return {
+        (re.sub(r"\{[^}]+\}", "{}", path), method.upper())
+        for path, item in document()["paths"].items()
+        for method in item
+        if method in METHODS
+    }
+
+
+async def test_the_document_and_the_apps_routes_are_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    apps: list[Any] = []
+    create_app = service.app.create_app
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        app = create_app(*args, **kwargs)
+        apps.append(app)
+        return app
+
+    monkeypatch.setattr(service.app, "create_app", recording)  # service/server.py imports it when it serves
+    async with running_gateway(tmp_path, ["ok"]):
+        pass
+    (chat_route,) = apps
+    quart = chat_route._fallback  # the Quart app behind the chat route (service/fast_route.py)
+    served = {(CHAT_PATH, "POST")}  # served before Quart sees it
+    for rule in quart.url_map.iter_rules():
+        if rule.endpoint in UNDOCUMENTED_ENDPOINTS:
+            continue
+        served |= {(_template(rule.rule), m) for m in rule.methods or () if m not in {"HEAD", "OPTIONS"}}
+    documented = _documented()
+    assert sorted(served - documented) == [], "served but not in the document"
+    assert sorted(documented - served) == [], "in the document but not served"
+
+
+async def test_it_is_served_without_credentials(tmp_path: Path) -> None:
+    async with running_gateway(tmp_path, ["ok"]) as gw:
+        async with httpx.AsyncClient(base_url=gw.url) as client:
+            resp = await client.get("/openapi.json")
+    assert resp.status_code == 200
+    assert resp.headers["content-type"] == "application/json"
+    assert resp.json() == document()
