@@ -117,6 +117,27 @@ def test_a_model_disabled_on_the_page_gets_no_more_traffic(page: Page, gateway: 
     expect(row.get_by_role("button", name=f"Disable {target}")).to_be_visible()
 
 
+def test_a_model_moves_in_the_chain_and_changes_pool_on_the_page(page: Page, gateway: Gateway) -> None:
+    open_page(page, "models", "Models & Fallback")
+    ok = page.locator('tr[data-ref="local/ok"]')
+    expect(ok.locator(".position")).to_have_text("#2")
+    ok.get_by_role("button", name="Move local/ok up the chain").click()
+    expect(ok.locator(".position")).to_have_text("#1")
+    expect(page.locator('tr[data-ref="local/fail:503"] .position')).to_have_text("#2")
+    chain = [m["ref"] for m in gateway.admin("GET", "/admin/api/models").json()["data"]][:2]
+    assert chain == ["local/ok", "local/fail:503"]
+    ok.get_by_role("button", name="Move local/ok down the chain").click()
+    expect(ok.locator(".position")).to_have_text("#2")
+
+    page.get_by_label("Pool of local/echo").select_option("smart")
+    moved = page.locator('#pool-smart tr[data-ref="local/echo"]')
+    expect(moved).to_be_visible()
+    expect(page.locator('#pool-balanced tr[data-ref="local/echo"]')).to_have_count(0)
+    assert gateway.admin("GET", "/admin/api/models/local/echo").json()["pool"] == "smart"
+    moved.get_by_label("Pool of local/echo").select_option("balanced")
+    expect(page.locator('#pool-balanced tr[data-ref="local/echo"]')).to_be_visible()
+
+
 def test_a_key_added_on_the_keys_page_is_listed_and_never_shown_again(page: Page, gateway: Gateway) -> None:
     secret = "sk-browser-added-0123456789abcdef"
     open_page(page, "keys", "Keys")
@@ -137,6 +158,18 @@ def test_a_key_added_on_the_keys_page_is_listed_and_never_shown_again(page: Page
     expect(page.locator("#key-list tbody tr", has_text="from the browser")).to_be_visible()
     assert secret not in page.content()
     shot(page, "keys")
+
+
+def test_a_key_is_disabled_enabled_and_checked_on_the_keys_page(page: Page, gateway: Gateway) -> None:
+    key = gateway.admin("GET", "/admin/api/keys").json()["data"][0]["id"]
+    open_page(page, "keys", "Keys")
+    row = page.locator(f'tr[data-key="{key}"]')
+    row.get_by_role("button", name=f"Disable {key}").click()
+    expect(row.locator(".badge")).to_have_text("disabled")
+    row.get_by_role("button", name=f"Enable {key}").click()
+    expect(row.locator(".badge")).to_have_text("ok")
+    row.get_by_role("button", name=f"Check {key} now").click()
+    expect(page.locator("#toast")).to_contain_text(f"{key}: check passed")
 
 
 def test_a_request_appears_in_live_within_a_second(page: Page, gateway: Gateway) -> None:
