@@ -222,6 +222,7 @@ def test_the_playground_streams_an_answer_and_links_its_request(page: Page) -> N
     page.get_by_role("button", name="Send").click()
     expect(page.locator("#pg-answer")).to_have_text("Hello from ok.")
     expect(page.locator("#pg-meta")).to_contain_text("local/ok")
+    expect(page.get_by_role("button", name="Send")).to_be_enabled()  # the stream has ended
     link = page.locator("#pg-request-link")
     request_id = link.inner_text()
     shot(page, "playground")
