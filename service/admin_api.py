@@ -43,7 +43,7 @@ from events.types import (
 from service.admin_context import AdminContext
 from service.config import Config
 from service.edge import Answer, error_answer, quart_response, quoted
-from service.secrets import SecretsError, check_key_text, key_label
+from service.secrets import SecretsError, check_key_text, key_id_for, key_label
 
 _encode = msgspec.json.encode
 T = TypeVar("T")
@@ -106,6 +106,9 @@ def field_of(error: msgspec.ValidationError) -> str | None:
     return ".".join(path) or None
 
 
+HINTS = {"pool": " (fast, balanced or smart)"}
+
+
 async def decode_body(cls: type[T], *, optional: bool = False) -> T | Answer:
     """The request's JSON body as `cls`, or the 400 naming the field. `optional`: no body reads as `{}`."""
     raw = await request.get_data(cache=False, as_text=False, parse_form_data=False)
@@ -114,11 +117,11 @@ async def decode_body(cls: type[T], *, optional: bool = False) -> T | Answer:
     try:
         return msgspec.json.decode(raw, type=cls)
     except msgspec.ValidationError as exc:
-        message = str(exc)
         field = field_of(exc)
+        hint = HINTS.get(field or "", "")
         return error_answer(
             400,
-            f"Invalid {field or 'body'}: {_PATH.sub('', message)}.",
+            f"Invalid {field or 'body'}: {_PATH.sub('', str(exc))}{hint}.",
             "invalid_request_error",
             "invalid_field",
             param=field,
@@ -366,15 +369,19 @@ class AdminApi:
         label = body.label.strip() if body.label is not None else ""
         if body.label is not None and (not label or not label.isprintable()):
             return _answer(_bad("The label must be printable text, not empty.", "label"))
-        views = {v.info.key_id: v for v in await self.runtime.health.keys()}
-        vault = self.admin.vault
+        key_id = key_id_for(self.admin.master_key, body.platform, secret)
+        already = next((v for v in await self.runtime.health.keys() if v.info.key_id == key_id), None)
+        if already is not None and already.info.source != "vault":
+            return _json(key_object(already), 200)  # a config or environment key: stored there already
+        outage = self.runtime.log.outage()
+        if outage is not None:  # before the vault: a key stored that the log never announced helps nobody
+            return _answer(_unwritable(outage.reason, held=False))
         try:
             # On the event loop, as the transport reads the vault: an apsw connection is one thread's.
-            key_id, _ = vault.put(body.platform, secret)
+            self.admin.vault.put(body.platform, secret)
         except apsw.Error as exc:
             return _answer(_unwritable(unwritable_reason(exc), held=False))
         self.admin.secrets[key_id] = secret
-        already = views.get(key_id)
         if already is not None:
             return _json(key_object(already), 200)
         failed = await self.commit(
@@ -588,7 +595,9 @@ class AdminApi:
         if isinstance(found, Answer):
             return _answer(found)
         if platform not in dict(found.bans):
-            return _answer(_not_found(f"Session {session} has no ban on {quoted(platform)!r}.", "platform"))
+            return _answer(
+                _not_found(f"Session {session} has no ban on platform {quoted(platform)!r}.", "platform")
+            )
         failed = await self.commit(SessionBanLifted(ts=self._now(), session=session, platform=platform))
         if failed is not None:
             return _answer(failed)

@@ -32,12 +32,27 @@ function timeLabel(t, spanS) {
   return `${String(d.getHours()).padStart(2, "0")}:${String(d.getMinutes()).padStart(2, "0")}`;
 }
 
-// series: [{name, cls, points: [[t, value|null], ...]}]
-export function lineChart({ title, series, yFormat = (v) => String(v), height = 180 }) {
-  const width = 640;
-  const pad = { left: 52, right: 12, top: 10, bottom: 26 };
+export const WINDOW_S = { "1h": 3600, "24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400 };
+
+// The analytics timeline leaves out buckets without traffic: every bucket of the window, those filled in
+// (counts 0, percentiles none), oldest first.
+export function fillTimeline(timeline, windowS) {
+  const width = timeline.bucket_s || 60;
+  const now = Date.now() / 1000;
+  const byBucket = new Map((timeline.points || []).map((p) => [Math.floor(p.t / width), p]));
+  const filled = [];
+  for (let b = Math.floor((now - windowS) / width); b <= Math.floor(now / width); b += 1) {
+    filled.push(byBucket.get(b) || { t: b * width, requests: 0, ok: 0, errors: 0, latency_ms: null, errors_by_kind: {} });
+  }
+  return filled;
+}
+
+// series: [{name, cls, points: [[t, value|null], ...]}]; the time axis spans every point given.
+export function lineChart({ title, series, yFormat = (v) => String(v), height = 200 }) {
+  const width = 480;
+  const pad = { left: 46, right: 14, top: 10, bottom: 26 };
   const all = series.flatMap((one) => one.points.filter((p) => p[1] !== null && p[1] !== undefined));
-  const ts = all.map((p) => p[0]);
+  const ts = series.flatMap((one) => one.points.map((p) => p[0]));
   const t0 = ts.length ? Math.min(...ts) : 0;
   const t1 = ts.length ? Math.max(...ts) : 1;
   const span = Math.max(t1 - t0, 1);
@@ -55,10 +70,11 @@ export function lineChart({ title, series, yFormat = (v) => String(v), height = 
     svg.appendChild(s("line", { x1: pad.left, x2: width - pad.right, y1: y(v), y2: y(v), class: "gridline" }));
     svg.appendChild(s("text", { x: pad.left - 6, y: y(v) + 4, class: "axis", "text-anchor": "end" }, yFormat(v)));
   }
-  if (ts.length) {
+  if (all.length) {
     for (let i = 0; i <= 4; i += 1) {
       const t = t0 + (span * i) / 4;
-      svg.appendChild(s("text", { x: x(t), y: height - 8, class: "axis", "text-anchor": "middle" }, timeLabel(t, span)));
+      const anchor = i === 0 ? "start" : i === 4 ? "end" : "middle";
+      svg.appendChild(s("text", { x: x(t), y: height - 8, class: "axis", "text-anchor": anchor }, timeLabel(t, span)));
     }
   } else {
     svg.appendChild(s("text", { x: width / 2, y: height / 2, class: "axis", "text-anchor": "middle" }, "no data in this window"));
@@ -76,10 +92,12 @@ export function lineChart({ title, series, yFormat = (v) => String(v), height = 
       pen = true;
     }
     if (path) svg.appendChild(s("path", { d: path, class: `line ${cls}` }));
-    if (one.points.length === 1 && one.points[0][1] !== null) {
-      const [t, v] = one.points[0];
-      svg.appendChild(s("circle", { cx: x(t), cy: y(v), r: 3, class: `dot ${cls}` }));
-    }
+    one.points.forEach(([t, v], i) => {
+      const near = (j) => one.points[j] && one.points[j][1] !== null && one.points[j][1] !== undefined;
+      if (v !== null && v !== undefined && !near(i - 1) && !near(i + 1)) {
+        svg.appendChild(s("circle", { cx: x(t), cy: y(v), r: 3, class: `dot ${cls}` }));
+      }
+    });
   });
   const legend = h(
     "ul",

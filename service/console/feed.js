@@ -131,7 +131,8 @@ function deliver(type, message) {
     if (lastSeq !== null && seq <= lastSeq) return; // already delivered (a resume never repeats, but be sure)
     lastSeq = seq;
   }
-  if (state.name !== "live") setState("live", "");
+  if (state.name === "catching up") setState("live", "caught up from the log after falling behind");
+  else if (state.name !== "live") setState("live", "");
   const event = { seq, type: (data && data.type) || type, data, received: Date.now() };
   recent.push(event);
   if (recent.length > KEEP) recent.splice(0, recent.length - KEEP);

@@ -2,7 +2,7 @@
 // platform and key, for a chosen window. Fetched when opened and when the window or dimension changes.
 
 import * as api from "./api.js";
-import { barChart, lineChart } from "./charts.js";
+import { barChart, fillTimeline, lineChart, WINDOW_S } from "./charts.js";
 import { h, ms, pct, replace, table } from "./dom.js";
 
 const WINDOWS = ["1h", "24h", "7d", "30d"];
@@ -88,7 +88,7 @@ export function analyticsPage(root) {
         card("TTFB p50 / p95", `${ms(s.ttfb_ms && s.ttfb_ms.p50)} / ${ms(s.ttfb_ms && s.ttfb_ms.p95)}`),
         card("Tokens in / out", `${s.tokens ? s.tokens.input : 0} / ${s.tokens ? s.tokens.output : 0}`),
       );
-      const points = timeline.points || [];
+      const points = fillTimeline(timeline, WINDOW_S[chosen.window]);
       const kinds = [...new Set(points.flatMap((p) => Object.keys(p.errors_by_kind || {})))];
       replace(
         overTime,

@@ -3,7 +3,7 @@
 // counters counted from the feed since the console opened.
 
 import * as api from "./api.js";
-import { lineChart } from "./charts.js";
+import { fillTimeline, lineChart } from "./charts.js";
 import { coalesce, h, ms, pct, replace } from "./dom.js";
 import * as feed from "./feed.js";
 
@@ -66,12 +66,12 @@ export function overviewPage(root) {
       const list = keys.data || [];
       const ok = list.filter((k) => k.status === "ok").length;
       const cooling = list.filter((k) => (k.cooldowns || []).some((c) => c.until > now)).length;
-      const points = timeline.points || [];
-      const lastFull = points.length > 1 ? points[points.length - 2] : points[0];
+      const points = fillTimeline(timeline, 3600);
+      const lastFull = points[points.length - 2];
       replace(
         cards,
         card("Keys healthy", `${ok} / ${list.length}`, `${list.filter((k) => k.status === "invalid").length} invalid, ${list.filter((k) => k.status === "disabled").length} disabled, ${cooling} cooling`),
-        card("Requests per minute", (summary.requests / 60).toFixed(1), lastFull ? `${lastFull.requests} in the last full minute` : null),
+        card("Requests per minute", (summary.requests / 60).toFixed(summary.requests < 60 ? 2 : 1), lastFull ? `${lastFull.requests} in the last full minute` : null),
         card("Success rate", pct(summary.success_rate), `${summary.ok} ok, ${summary.errors} errors, ${summary.fallbacks} fallbacks`),
         card("Latency p50 / p95", `${ms(summary.latency_ms && summary.latency_ms.p50)} / ${ms(summary.latency_ms && summary.latency_ms.p95)}`, `TTFB p50 ${ms(summary.ttfb_ms && summary.ttfb_ms.p50)}`),
       );

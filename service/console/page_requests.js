@@ -15,7 +15,7 @@ function outcomeBadge(outcome) {
 
 export function requestsPage(root) {
   const error = h("p", { class: "error", role: "alert" });
-  const outcome = h("select", { id: "rq-outcome" }, ["", "ok", "error", "client_abort"].map((v) => h("option", { value: v, selected: filters.outcome === v }, v || "any")));
+  const outcome = h("select", { id: "rq-outcome" }, ["", "ok", "error", "client_abort", "running"].map((v) => h("option", { value: v, selected: filters.outcome === v }, v || "any")));
   const mode = h("select", { id: "rq-mode" }, ["", "auto", "auto-fast", "auto-smart", "named"].map((v) => h("option", { value: v, selected: filters.mode === v }, v || "any")));
   const platform = h("input", { id: "rq-platform", value: filters.platform, autocomplete: "off" });
   const model = h("input", { id: "rq-model", value: filters.model, autocomplete: "off" });
@@ -203,7 +203,7 @@ export function requestPage(root, id) {
             "article",
             { class: "decision", "data-seq": d.seq },
             h("h3", {}, `Attempt ${d.attempt}: ${d.chosen_ref ? `chose ${d.chosen_ref}` : "nothing available"}`, d.chosen_key ? h("span", { class: "muted small" }, ` key ${d.chosen_key}`) : null, " ", verdict(d.reproduces)),
-            d.explanation ? h("p", { class: "explanation" }, d.explanation) : null,
+            d.explanation ? h("pre", { class: "explanation" }, d.explanation) : null,
             d.replayed_ref !== undefined && d.replayed_ref !== d.chosen_ref ? h("p", { class: "error" }, `Replayed, it chooses ${d.replayed_ref ?? "nothing"}.`) : null,
             candidatesTable(d.candidates),
             exclusionsList(d.excluded),

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 
 from harness import ADMIN_HEADERS, ADMIN_TOKEN, GATEWAY_KEY, SECRET_ENV
 
-__all__ = ["ADMIN_TOKEN", "SECRET_ENV"]
+__all__ = ["ADMIN_TOKEN", "GATEWAY_KEY", "SECRET_ENV"]
 ROOT = Path(__file__).resolve().parents[2]
 
 CHROMIUM_ARGS = [

@@ -7,7 +7,7 @@ from builders import model
 
 from events.catalog import Catalog, CatalogModel, ModelOverride
 from events.quotas import Limits
-from events.types import KeyAdded, ModelUpdated
+from events.types import KeyAdded, LimitChanges, ModelUpdated
 
 MID = model("gemini", "flash", intelligence=4)
 BIG = model("groq", "llama-70b", intelligence=2)
@@ -113,3 +113,22 @@ def test_the_version_changes_with_every_override_and_models_are_cached_until_the
     assert catalog.version == version + 1
     assert catalog.models() is not first
     assert catalog.models()[1].fallback is False
+
+
+def test_rank_and_limit_overrides_and_a_lifted_limit() -> None:
+    base = model("groq", "llama-70b", intelligence=2, limits=Limits(rpm=30, tpd=1000))
+    catalog = Catalog([base])
+    catalog.apply(
+        ModelUpdated(
+            ts=1, platform="groq", model="llama-70b", intelligence_rank=7, limits=LimitChanges(rpm=5)
+        )
+    )
+    (m,) = catalog.models()
+    assert (m.intelligence_rank, m.limits) == (7, Limits(rpm=5, tpd=1000))
+    catalog.apply(ModelUpdated(ts=2, platform="groq", model="llama-70b", limits=LimitChanges(tpd=None)))
+    catalog.apply(ModelUpdated(ts=3, platform="groq", model="llama-70b", enabled=False))
+    (m,) = catalog.models()
+    assert (m.intelligence_rank, m.limits, m.enabled) == (7, Limits(rpm=5), False)
+    again = Catalog([base])
+    again.restore(catalog.state())
+    assert again.models() == catalog.models() and again.version == catalog.version

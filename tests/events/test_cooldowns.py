@@ -12,6 +12,7 @@ from events.policy import RoutingPolicy
 from events.types import (
     AttemptFailed,
     AttemptSucceeded,
+    CooldownsReset,
     Event,
     KeyAdded,
     KeyDisabled,
@@ -334,3 +335,18 @@ def test_penalties_agree_with_penalty_at_the_instant_the_points_run_out() -> Non
     end = 1001.0 + (6.0 - 1.0 / 120.0) * 120.0
     assert end == 1720.0
     assert m.cooldowns.penalties(end) == ({REF: m.penalty(end)} if m.penalty(end) > 0.0 else {})
+
+
+def test_a_reset_of_one_model_lifts_its_own_cooldown_on_the_keys_platform() -> None:
+    m = Model("k1")
+    m.apply(failed("server_error", 100.0))  # the only key failed: the model cools
+    assert m.cooling(101.0) is not None
+    m.apply(CooldownsReset(ts=101.0, key_id="k1"))  # every model of the key: key cooldowns only
+    assert m.cooling(102.0) is not None
+    m.apply(CooldownsReset(ts=102.0, key_id="k1", model="other"))
+    assert m.cooling(103.0) is not None
+    m.apply(CooldownsReset(ts=103.0, key_id="k1", model="llama"))
+    assert m.cooling(104.0) is None
+    m.apply(CooldownsReset(ts=104.0, key_id="unknown", model="llama"))  # no such key: nothing to do
+    m.apply(failed("server_error", 105.0))
+    assert m.cooling(106.0) is not None  # its failures count afresh

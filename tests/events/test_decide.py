@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import events.decide as decide_module
 from events.catalog import ALIASES, VIRTUAL_MODELS, CatalogModel
-from events.decide import Decision, UnknownModel, _group, _Parts, decide
+from events.decide import Decision, UnknownModel, _group, _Parts, decide, mean_scores
 from events.policy import RoutingPolicy
 from events.quotas import Limits, over_limit
 from events.types import (
@@ -900,3 +900,28 @@ def test_the_record_names_pool_exclusions_by_ref_and_keeps_every_other_reason() 
         ts=NOW, request_id="r1", attempt=2, seed=7, view_seq=0, now=NOW, route=req, max_excluded=0
     )
     assert (bounded.excluded, bounded.pool_excluded) == ((), rec.pool_excluded)
+
+
+# ---- the mean score the admin API shows -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["auto", "auto-smart"])
+def test_the_mean_score_has_a_decisions_parts_with_the_bandits_mean_for_theta(mode: str) -> None:
+    history = [succeeded(BIG, "g1", NOW - 600 + i, ttfb_ms=300.0 + i) for i in range(5)]
+    history += [failed(BIG, "g1", NOW - 300), failed(MID, "gm1", NOW - 200, kind="empty")]
+    history += [rate_limited(MID, "gm1", NOW - 100, 10.0)]
+    view = make_view(events=history)
+    decision = route(view, mode, seed=3)
+    assert decision.candidates
+    by_ref = {m.ref: m for m in CATALOG}
+    for c in decision.candidates:
+        [mean] = mean_scores(view, [by_ref[c.ref]], NOW)
+        assert (c.speed, c.ttfb, c.intelligence, c.penalty) == pytest.approx(
+            (mean.speed, mean.ttfb, mean.intelligence, mean.penalty), abs=1e-6
+        )
+        total = mean.smart if mode == "auto-smart" else mean.balanced
+        assert c.score - c.theta == pytest.approx(total - mean.theta_mean, abs=1e-5)
+    s, f = view.stats.decayed(BIG.ref, NOW)
+    [big] = mean_scores(view, [BIG], NOW)
+    assert big.theta_mean == pytest.approx((s + 2) / (s + f + 4)) and s > 4.9 and f > 0.9
+    assert mean_scores(view, [FAST], NOW)[0].theta_mean == 0.5  # no data: the prior's mean

@@ -11,6 +11,7 @@ from events.key_health import KeyHealth, KeyInfo
 from events.types import (
     AttemptFailed,
     AttemptSucceeded,
+    CooldownsReset,
     Event,
     KeyAdded,
     KeyChecked,
@@ -279,3 +280,31 @@ def test_a_success_does_not_shorten_a_429_cooldown() -> None:
         [failed("rate_limited", ts=100.0, retry_after_s=60.0), succeeded(ts=101.0, exhausted_for_s=1.0)],
     )
     assert health.cooling_until("k1", "llama", 130.0) == 160.0
+
+
+# -- An operator's reset
+
+
+def test_a_reset_lifts_every_cooldown_of_the_key_or_one_model() -> None:
+    health = fold(
+        KeyHealth(),
+        [
+            added("k1"),
+            added("k2"),
+            failed("rate_limited", key_id="k1", model="a", retry_after_s=600.0),
+            failed("rate_limited", key_id="k1", model="b", retry_after_s=600.0),
+            failed("forbidden", key_id="k1", model="c"),
+            failed("rate_limited", key_id="k2", model="a", retry_after_s=600.0),
+        ],
+    )
+    health.apply(CooldownsReset(ts=101.0, key_id="k1", model="a"))
+    assert health.cooling_until("k1", "a", 102.0) is None
+    assert health.cooling_until("k1", "b", 102.0) == 700.0
+    assert health.cooling_until("k2", "a", 102.0) == 700.0  # another key's cooldown stays
+    health.apply(CooldownsReset(ts=103.0, key_id="k1"))
+    assert health.cooling_until("k1", "b", 104.0) is None
+    assert health.forbidden_until("k1", "c", 104.0) is None and health.cooling_until("k1", "c", 104.0) is None
+    assert health.cooling_until("k2", "a", 104.0) == 700.0
+    health.apply(failed("rate_limited", ts=105.0, key_id="k1", model="a", retry_after_s=10.0))
+    assert health.cooling_until("k1", "a", 106.0) == 115.0  # a new 429 after the reset cools again
+    assert health.keys["k1"].status == "ok"

@@ -30,6 +30,7 @@ from events.types import (
     RequestReceived,
     RouteInput,
     ServiceStarted,
+    SessionBanLifted,
     SessionBanned,
     SessionPinCleared,
     SessionPinned,
@@ -409,3 +410,16 @@ def test_single_flight_needs_provider_ban() -> None:
     view = view_with({"ban": "model-skip"}, frozenset({"ban"}))
     view.apply(10, started("r1", 1, "ban", "A"))
     assert "ban/b1" in {decide(view, smart("B"), 100.0, random.Random(seed)).chosen_ref for seed in range(40)}
+
+
+def test_a_lifted_ban_goes_and_the_rest_of_the_session_stays() -> None:
+    sessions = Sessions(ttl_s=100.0)
+    sessions.apply(SessionPinned(ts=1.0, session="s1", platform="groq", model="m", key_id="k"))
+    sessions.apply(SessionBanned(ts=2.0, session="s1", platform="groq", reason="stall"))
+    sessions.apply(SessionBanned(ts=3.0, session="s1", platform="longcat", reason="stall"))
+    sessions.apply(SessionBanLifted(ts=50.0, session="s1", platform="groq"))
+    sessions.apply(SessionBanLifted(ts=50.0, session="nobody", platform="groq"))
+    state = sessions.get("s1", 60.0)
+    assert state is not None and state.bans == {"longcat": "stall"} and state.pin == ("groq", "m", "k")
+    assert state.last_use == 3.0  # lifting is not a use: the session still expires on time
+    assert sessions.get("s1", 103.0) is None and sessions.get("nobody", 60.0) is None

@@ -33,6 +33,8 @@ def for_type(kind: Any) -> st.SearchStrategy[Any]:
         return json_values
     if kind is type(None):
         return st.none()
+    if kind is msgspec.UnsetType:  # a field left out (ModelUpdated.limits: a limit not changed)
+        return st.just(msgspec.UNSET)
     if kind is bool:
         return st.booleans()
     if kind is int:
