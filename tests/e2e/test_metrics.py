@@ -3,13 +3,27 @@ stream; the admin token guards it; no key material in it; the gauges follow the 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 import httpx
 import trio
 from custom_gateway import read_log, settled
-from harness import ADMIN_HEADERS, ADMIN_TOKEN, GATEWAY_KEY, SECRET_ENV, Gateway, running_gateway
+from harness import (
+    ADMIN_HEADERS,
+    ADMIN_TOKEN,
+    GATEWAY_KEY,
+    SECRET_ENV,
+    Gateway,
+    config_text,
+    gateway_from,
+    running_gateway,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
-from events.types import KeyDisabled, RequestCompleted
+from events.sqlite_store import SqliteStore
+from events.store import StoreUnwritable
+from events.types import Event, KeyDisabled, RequestCompleted
 from service import __version__
 from service.secrets import key_id_for
 
@@ -122,3 +136,49 @@ async def test_the_key_gauges_follow_the_log(tmp_path) -> None:
         _, found = await scrape(gw)
         assert value(found, "switchboard_key_healthy", key_id=KEY_ID, platform="local") == 0
         assert value(found, "switchboard_model_usable_keys", platform="local", model="ok") == 0
+
+
+class FullDisk(SqliteStore):
+    full = False
+
+    def append(self, events: Sequence[Event]) -> list[int]:
+        if self.full:
+            raise StoreUnwritable("disk full")
+        return super().append(events)
+
+
+async def test_the_log_gauges_show_an_outage_and_its_end(tmp_path: Path) -> None:
+    disks: list[FullDisk] = []
+
+    def full_disk(path: Path) -> FullDisk:
+        disks.append(FullDisk(path))
+        return disks[0]
+
+    def config_for(url: str, data_dir: Path) -> str:
+        return config_text(url, data_dir, ["ok"])
+
+    async with gateway_from(tmp_path, config_for, store=full_disk) as gw:
+        disks[0].full = True
+        async with httpx.AsyncClient(base_url=gw.base_url, headers=AUTH, timeout=10) as client:
+            # Already running when its first event meets the full disk: answered, its events held.
+            resp = await client.post("/chat/completions", json={"model": "ok", "messages": HELLO})
+        assert resp.status_code == 200
+        _, found = await scrape(gw)
+        assert value(found, "switchboard_log_writable") == 0
+        assert (value(found, "switchboard_log_held_events") or 0) >= 3  # received, decided, ..., completed
+        assert value(found, "switchboard_requests_total", platform="local", model="ok", outcome="ok") is None
+
+        disks[0].full = False
+        with trio.fail_after(10):
+            while True:
+                if gw.runtime.log.outage() is None:
+                    break
+                await trio.sleep(0.05)
+        _, found = await scrape(gw)
+        assert value(found, "switchboard_log_writable") == 1
+        assert value(found, "switchboard_log_held_events") == 0
+        # Folded once committed, late: the lag says so.
+        assert value(found, "switchboard_requests_total", platform="local", model="ok", outcome="ok") == 1
+        assert (value(found, "switchboard_log_commit_lag_seconds_bucket", le="+Inf") or 0) > (
+            value(found, "switchboard_log_commit_lag_seconds_bucket", le="0.25") or 0
+        )
