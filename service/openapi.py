@@ -22,6 +22,7 @@ from quart_trio import QuartTrio
 from events.analytics import BUCKETS, DIMS, WINDOWS, ByDim, Errors, Summary, Timeline
 from events.catalog import VIRTUAL_MODELS
 from events.request_story import MODES, RequestSummary, Story
+from events.types import EVENT_TYPES, event_tag
 from service import __version__
 from service.admin_api import DisableBody, EmptyBody, KeyAddBody, ModelPatch, ResetBody
 from service.admin_auth import COOKIE, CSRF_HEADER, LoginBody
@@ -238,8 +239,12 @@ REQUEST_PAGE = _obj(
     }
 )
 
+# One feed event as an SSE client reads it: `event` a log event's type (or `lagged`), `id` its seq.
 FEED_EVENT = _obj(
-    {"data": STR, "event": STR},
+    {
+        "data": {"type": "string", "contentMediaType": "application/json"},
+        "event": {"enum": [*sorted(event_tag(t) for t in EVENT_TYPES), "lagged"]},
+    },
     {"id": {"type": "string", "pattern": "^[0-9]+$"}, "retry": INT},
     closed=False,
 )
@@ -869,7 +874,12 @@ def _paths(structs: dict[str, Schema]) -> dict[str, dict[str, Schema]]:
                         "schema": {"type": "string", "pattern": "^[0-9]+$"},
                     },
                     _query("after", {"type": "integer", "minimum": 0}, "resume after this seq"),
-                    _query("types", STR, "event types, comma-separated"),
+                    _query(
+                        "types",
+                        {"type": "string", "minLength": 1},
+                        "event types, comma-separated: "
+                        + ", ".join(sorted(event_tag(t) for t in EVENT_TYPES)),
+                    ),
                     _query("platform", STR, "only this platform's events"),
                     _query("model", STR, "only this model's events"),
                     _query("request_id", STR, "only this request's events"),
