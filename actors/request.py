@@ -187,10 +187,13 @@ class RequestActor:
         finally:
             self._in_flight -= 1
         latency = (trio.current_time() - started) * 1000
+        first = _first_content_ms(handle, started)
         if isinstance(result, Failure):
-            await self._completed(req, "error", result.status, result.attempts, latency, "", result.message)
+            await self._completed(
+                req, "error", result.status, result.attempts, latency, "", result.message, first
+            )
         else:
-            await self._completed(req, "ok", 200, result.attempts, latency, result.routed_via)
+            await self._completed(req, "ok", 200, result.attempts, latency, result.routed_via, None, first)
         return result
 
     async def _loop(self, req: ChatRequest, emit: Emit, progress: _Progress) -> Completion | Failure:
@@ -330,6 +333,7 @@ class RequestActor:
         latency_ms: float,
         ref: str,
         error: str | None = None,
+        first_content_ms: float | None = None,
     ) -> None:
         platform, _, model = ref.partition("/")
         await self._log.append(
@@ -343,6 +347,7 @@ class RequestActor:
                 platform=platform or None,
                 model=model or None,
                 error=error[:300] if error is not None else None,
+                first_content_ms=first_content_ms,
             )
         )
 
@@ -371,7 +376,16 @@ class RequestActor:
             )
         )
         latency = (trio.current_time() - started) * 1000
-        await self._completed(req, "client_abort", 499, progress.attempts, latency, progress.current)
+        first = _first_content_ms(handle, started)
+        await self._completed(
+            req, "client_abort", 499, progress.attempts, latency, progress.current, None, first
+        )
+
+
+def _first_content_ms(handle: StreamHandle | None, started: float) -> float | None:
+    if handle is None or handle.first_content_at is None:
+        return None
+    return (handle.first_content_at - started) * 1000
 
 
 LOG_RETRY_AFTER_S = 5.0

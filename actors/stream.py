@@ -58,6 +58,7 @@ class StreamHandle:
         self.client_gone = False
         self.answered = False  # the producer sent END: what is left is bookkeeping, not to be cancelled
         self.content_sent = False
+        self.first_content_at: float | None = None  # trio time the first content went to the consumer
 
     def close(self, *, client_gone: bool) -> None:
         """Idempotent. Cancels the producer if it is still running and has not answered yet."""
@@ -86,6 +87,8 @@ async def produce(
         if item is END:  # before sending: the consumer may close as soon as it has it
             handle.answered = True
         elif isinstance(item, Chunk):
+            if not handle.content_sent:
+                handle.first_content_at = trio.current_time()
             handle.content_sent = True
         with trio.move_on_after(CONSUMER_GONE_S) as waited:
             try:

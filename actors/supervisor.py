@@ -27,6 +27,7 @@ import trio
 from actors.clock import WallClock
 from actors.key_checker import KeyChecker
 from actors.log_writer import LogWriter
+from actors.metrics import MetricsActor
 from actors.model_health import ModelHealth
 from actors.request import Deadlines, RequestActor
 from actors.session import SessionActor
@@ -70,6 +71,7 @@ class Runtime:
     key_checker: KeyChecker
     clock: WallClock
     shutting_down: trio.Event
+    metrics: MetricsActor
     unclean_previous_start: float | None = None  # the last run was killed or crashed: when it had started
     unfinished: Unfinished | None = None  # ... and what it left open
     snapshotter: Snapshotter | None = None
@@ -198,12 +200,23 @@ async def run_service(
         every_s=settings.snapshot_every_s,
         now=clock.now,
     )
+    metrics = MetricsActor(log, settings.version, clock.now)
     shutting_down = trio.Event()
     # A start with no stop after it: that run was killed or crashed (a hard kill loses at most one batch).
     unclean = lifecycle.ts if isinstance(lifecycle, ServiceStarted) else None
     left_open = _unfinished(store) if unclean is not None else None
     runtime = Runtime(
-        log, health, stats, requests, key_checker, clock, shutting_down, unclean, left_open, snapshotter
+        log,
+        health,
+        stats,
+        requests,
+        key_checker,
+        clock,
+        shutting_down,
+        metrics,
+        unclean,
+        left_open,
+        snapshotter,
     )
 
     async with trio.open_nursery() as outer:
@@ -215,6 +228,7 @@ async def run_service(
             await inner.start(requests.run)
             await inner.start(key_checker.run)
             await inner.start(snapshotter.run)
+            await inner.start(metrics.run)
             if handle_signals:
                 inner.start_soon(_watch_signals, shutting_down)
             config = settings.config_record(clock.now())

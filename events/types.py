@@ -124,6 +124,9 @@ class RequestCompleted(Event, tag="request_completed", frozen=True):
     platform: str | None = None
     model: str | None = None
     error: str | None = None
+    # A stream's first content sent to its client, from the request's start (None: not a stream, or no
+    # content went out while it ran): the time to first token the client saw, fallbacks before it included.
+    first_content_ms: float | None = None
 
 
 KeySource = Literal["config", "env", "vault"]

@@ -152,7 +152,7 @@ class AdminAuth:
         if session is None:
             return _unauthorized(
                 "Admin access needs 'Authorization: Bearer <admin token>', or a console session: log in at "
-                "/admin/ (a session ends after 12 h or at logout)."
+                f"/admin/ (a session ends after {self._ttl_s / 3600:g} h or at logout)."
             )
         if method in UNSAFE_METHODS:
             if origin is not None and origin != own_origin:

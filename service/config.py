@@ -332,7 +332,16 @@ class _Gateway(_Table, frozen=True):
     api_keys: Annotated[tuple[Token, ...], _STRINGS] = ()
 
 
-class _Admin(_Table, frozen=True):
+class ConsoleSettings(_Table, frozen=True):
+    """`[admin]`'s console session settings (service/admin_auth.py)."""
+
+    session_ttl_s: Seconds = 12 * 3600.0  # a console login lasts this long (or until logout)
+    # Mark the session cookie Secure even on plain HTTP: behind a proxy that terminates TLS, the gateway
+    # sees http while browsers see https.
+    secure_cookie: Flag = False
+
+
+class _Admin(ConsoleSettings, frozen=True):
     token: Token | None = None
 
 
@@ -406,6 +415,7 @@ class Config:
     env_keys: dict[str, tuple[str, ...]] = field(repr=False)
     limits: ServerLimits = field(default_factory=ServerLimits)
     snapshots: Snapshots = field(default_factory=Snapshots)
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)
 
 
 class _CatalogFile(msgspec.Struct):
@@ -481,6 +491,9 @@ def load_config(path: Path | None, env: Mapping[str, str] | None = None, *, serv
         models=models,
         env_keys=_env_keys(env, platforms),
         limits=ServerLimits(**{name: getattr(file.server, name) for name in ServerLimits.__struct_fields__}),
+        console=ConsoleSettings(
+            session_ttl_s=file.admin.session_ttl_s, secure_cookie=file.admin.secure_cookie
+        ),
     )
 
 

@@ -391,7 +391,11 @@ async def _run_locked(
             admin = AdminContext(
                 runtime=runtime,
                 admin_tokens=tokens.admin,
-                auth=AdminAuth(tokens.admin),
+                auth=AdminAuth(
+                    tokens.admin,
+                    ttl_s=config.console.session_ttl_s,
+                    secure_cookie=config.console.secure_cookie,
+                ),
                 config=config,
                 vault=vault,
                 master_key=master_key,
