@@ -69,8 +69,9 @@ FeedItem = FeedEvent | Lagged | Heartbeat
 
 @dataclass(frozen=True)
 class FeedQuery:
-    """Which events a subscriber wants (every one given must match). `model` matches a model's id or its
-    `platform/id` ref; a routing decision matches by the model it chose."""
+    """Which events a subscriber wants (every one given must match). `model` matches an event's model by
+    its id or its `platform/id` ref (a routing decision: the model it chose; a received request: the model
+    it named, as the client wrote it)."""
 
     types: frozenset[str] | None = None
     platform: str | None = None
@@ -88,7 +89,7 @@ class FeedQuery:
         if self.platform is not None and platform != self.platform:
             return False
         if self.model is not None:
-            named = {model, f"{platform}/{model}"} if model is not None else set()
+            named = {model, f"{platform}/{model}"} if platform is not None else {model}
             if isinstance(requested := getattr(event, "requested_models", None), tuple):
                 named.update(requested)  # a request names the models it asked for
             if self.model not in named:

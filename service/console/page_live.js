@@ -31,14 +31,20 @@ function isFailure(event) {
   return event.type === "attempt_failed" || event.type === "stream_stalled" || event.type === "key_invalidated" || (event.type === "request_completed" && d.outcome !== "ok");
 }
 
+function plural(n, word) {
+  return `${n} ${word}${n === 1 ? "" : "s"}`;
+}
+
 export function describe(event) {
   const d = event.data || {};
   const ref = d.platform && d.model ? `${d.platform}/${d.model}` : d.model || "";
   switch (event.type) {
     case "request_received":
-      return `asked for ${d.model}${d.stream ? " (stream)" : ""}, ${d.messages} message${d.messages === 1 ? "" : "s"}, ~${d.est_input_tokens} tokens`;
+      return `asked for ${d.model}${d.stream ? " (stream)" : ""}, ${plural(d.messages, "message")}, ~${d.est_input_tokens} tokens`;
     case "route_decided":
-      return d.chosen_ref ? `attempt ${d.attempt} goes to ${d.chosen_ref} (${(d.candidates || []).length} candidates, ${(d.excluded || []).length} excluded)` : `attempt ${d.attempt}: nothing available (${(d.excluded || []).length} excluded)`;
+      return d.chosen_ref
+        ? `attempt ${d.attempt} goes to ${d.chosen_ref} (${plural((d.candidates || []).length, "candidate")}, ${(d.excluded || []).length} excluded)`
+        : `attempt ${d.attempt}: nothing available (${(d.excluded || []).length} excluded)`;
     case "attempt_started":
       return `attempt ${d.attempt} on ${ref} with key ${d.key_id}`;
     case "attempt_succeeded":
@@ -50,7 +56,7 @@ export function describe(event) {
     case "client_disconnected":
       return `the client went away${ref ? ` during ${ref}` : ""}`;
     case "request_completed":
-      return `${d.outcome} ${d.status} after ${d.attempts} attempt${d.attempts === 1 ? "" : "s"} in ${ms(d.latency_ms)}${ref ? ` via ${ref}` : ""}${d.error ? ` – ${d.error}` : ""}`;
+      return `${d.outcome} ${d.status} after ${plural(d.attempts, "attempt")} in ${ms(d.latency_ms)}${ref ? ` via ${ref}` : ""}${d.error ? ` – ${d.error}` : ""}`;
     case "key_added":
       return `key ${d.key_id} added for ${d.platform} (${d.source})`;
     case "key_removed":

@@ -1,6 +1,10 @@
 """The feed actor: live fan-out, resuming from the log with no gap and no duplicate, filters, a subscriber
 that falls behind its buffer (lagged, then caught up from the log, never holding the log writer up), the
-heartbeat, and the end of every subscription at shutdown."""
+heartbeat, and the end of every subscription at shutdown.
+
+Tests that read the log's part run on the real clock: the feed reads it in a worker thread, and under
+`autojump_clock` virtual time jumps while a thread runs (deadlines would fire at random). They wait on no
+timer, so they take no longer for it."""
 
 from __future__ import annotations
 
@@ -164,9 +168,7 @@ async def test_without_a_position_only_events_after_the_subscription_come(
         assert await follower.seqs(2) == [4, 5]
 
 
-async def test_resume_reads_the_log_then_joins_live_with_no_gap_and_no_duplicate(
-    autojump_clock: trio.abc.Clock,
-) -> None:
+async def test_resume_reads_the_log_then_joins_live_with_no_gap_and_no_duplicate() -> None:
     async with running() as r:
         await r.append([attempt(n) for n in range(1, 11)])
         await r.committed(10)
@@ -194,7 +196,7 @@ async def test_a_position_past_the_log_end_sends_only_what_comes_after_it(
 # -- Filters, on the log's part and the live part alike
 
 
-async def test_filters_apply_to_history_and_live_alike(autojump_clock: trio.abc.Clock) -> None:
+async def test_filters_apply_to_history_and_live_alike() -> None:
     mixed: list[Event] = [
         attempt(1, platform="groq", model="llama", request_id="a"),
         attempt(2, platform="cerebras", model="llama", request_id="b"),
@@ -242,9 +244,7 @@ async def test_filters_apply_to_history_and_live_alike(autojump_clock: trio.abc.
 # -- A subscriber that falls behind
 
 
-async def test_a_stuck_subscriber_is_lagged_and_then_gets_every_event_once_from_the_log(
-    autojump_clock: trio.abc.Clock,
-) -> None:
+async def test_a_stuck_subscriber_is_lagged_and_then_gets_every_event_once_from_the_log() -> None:
     async with running(buffer=8) as r:
         stuck, reader = await r.follow(), await r.follow()
         await r.append([attempt(1)])
@@ -276,9 +276,7 @@ async def test_a_stuck_subscriber_is_lagged_and_then_gets_every_event_once_from_
         assert [i.seq for i in items if isinstance(i, FeedEvent)] == list(range(2, 511))  # each once
 
 
-async def test_a_subscriber_lagged_again_while_it_catches_up_loses_nothing(
-    autojump_clock: trio.abc.Clock,
-) -> None:
+async def test_a_subscriber_lagged_again_while_it_catches_up_loses_nothing() -> None:
     async with running(buffer=4) as r:
         follower = await r.follow()
         await r.append([attempt(1)])

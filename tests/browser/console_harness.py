@@ -149,8 +149,19 @@ keys = ["up-1"]
     return text
 
 
+# Every form control has a label and every button a name (what a screen reader says for it).
+UNNAMED = """() => [
+  ...[...document.querySelectorAll("input, select, textarea")]
+    .filter((el) => el.type !== "hidden" && !el.labels.length && !el.getAttribute("aria-label")),
+  ...[...document.querySelectorAll("button")]
+    .filter((el) => !el.textContent.trim() && !el.getAttribute("aria-label")),
+].map((el) => el.outerHTML.slice(0, 120))"""
+
+
 def shot(page: object, name: str) -> None:
+    """A screenshot of the page as it is now, after checking that all its controls are named."""
     from playwright.sync_api import Page
 
     assert isinstance(page, Page)
+    assert page.evaluate(UNNAMED) == [], f"unnamed controls on {name}"
     page.screenshot(path=str(output_dir() / f"{name}.png"), full_page=True)

@@ -194,6 +194,21 @@ def test_a_request_appears_in_live_within_a_second(page: Page, gateway: Gateway)
     shot(page, "live")
 
 
+def test_live_reconnects_after_the_last_event_it_saw_with_no_duplicate(page: Page, gateway: Gateway) -> None:
+    open_page(page, "live", "Live")
+    expect(page.locator("#live-state")).to_contain_text("live")
+    first = gateway.chat("local/ok").headers["x-request-id"]
+    expect(page.locator(f'tr[data-request="{first}"]', has_text="request_completed")).to_be_visible()
+    page.get_by_role("button", name="Reconnect").click()
+    expect(page.locator("#live-state")).to_contain_text("live")
+    second = gateway.chat("local/ok").headers["x-request-id"]
+    expect(page.locator(f'tr[data-request="{second}"]', has_text="request_completed")).to_be_visible()
+    # Resumed after the last seq seen: nothing twice, nothing missing, in the log's order.
+    expect(page.locator(f'tr[data-request="{first}"]', has_text="request_completed")).to_have_count(1)
+    seqs = page.locator("#live-rows tr").evaluate_all("rows => rows.map(r => Number(r.dataset.seq))")
+    assert seqs == list(range(seqs[0], seqs[0] - len(seqs), -1)), seqs
+
+
 def test_a_fallbacks_request_page_shows_every_attempt(page: Page, gateway: Gateway) -> None:
     answer = gateway.chat("local/fail:503")  # named first, fails; the chain answers
     assert answer.status_code == 200 and answer.headers["x-fallback-attempts"] != "0"

@@ -171,3 +171,17 @@ def test_the_order_of_folding_does_not_change_the_answers(seed: int) -> None:
         assert a.summary(NOW, w) == b.summary(NOW, w)
         assert a.by(NOW, w, "model") == b.by(NOW, w, "model")
         assert a.timeline(NOW, w) == b.timeline(NOW, w)
+
+
+def test_past_days_are_merged_once_and_still_see_a_late_event() -> None:
+    events = [done(NOW - 3 * 86400 + i * 600, latency=100.0 + i) for i in range(50)] + [ok(NOW - 2 * 86400)]
+    a = folded(events)
+    first = a.summary(NOW, "7d")
+    assert first.requests == 50 and a.summary(NOW, "7d") == first  # the second from the merged days
+    late = done(NOW - 3 * 86400 + 1, "error")  # another process's, committed after the question
+    a.apply(late)
+    again = a.summary(NOW, "7d")
+    assert (again.requests, again.errors) == (51, 1)
+    fresh = folded([*events, late])
+    assert again == fresh.summary(NOW, "7d")
+    assert a.by(NOW, "30d", "model") == fresh.by(NOW, "30d", "model")

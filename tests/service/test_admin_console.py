@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 from harness import ADMIN_HEADERS, ADMIN_TOKEN, GATEWAY_KEY, running_gateway
 
 from events.sqlite_store import SqliteStore
-from events.types import RequestCompleted
+from events.types import EVENT_TYPES, RequestCompleted, event_tag
 from service.admin_console import CONSOLE_DIR, CSP, load_files
 from service.server import DB_NAME
 
@@ -99,6 +99,15 @@ def test_the_page_runs_no_inline_script_and_every_module_it_imports_is_shipped()
             for target in re.findall(r'from "\./([^"]+)"', text):
                 assert target in files, f"{name} imports {target}, which is not shipped"
             assert not re.search(r"\.innerHTML\s*=|\beval\(|new Function\(", text), name
+
+
+def test_the_console_listens_for_every_event_type_the_log_has() -> None:
+    # EventSource delivers a named event only to a listener for that name: a type missing from feed.js
+    # would never reach the Live page.
+    text = load_files()["feed.js"].body.decode()
+    listed = re.search(r"EVENT_TYPES = \[(.*?)\];", text, re.S)
+    assert listed is not None
+    assert set(re.findall(r'"([a-z_]+)"', listed.group(1))) == {event_tag(t) for t in EVENT_TYPES}
 
 
 async def test_the_playground_answers_as_chat_completions_behind_the_admin_session(tmp_path: Path) -> None:
