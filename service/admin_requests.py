@@ -30,6 +30,7 @@ from service.edge import error_answer, quart_response, quoted
 from service.server import routing_settings
 
 MAX_LIMIT, DEFAULT_LIMIT = 500, 50
+MAX_SEQ = 2**63 - 1  # SQLite's largest integer: a larger cursor cannot be bound to a query
 SCAN_LIMIT = 10_000  # requests examined by one page of a filtered list
 CHUNK = 500  # requests read at once while filtering
 OUTCOMES = ("ok", "error", "client_abort", "running")
@@ -103,8 +104,8 @@ def parse_query() -> Query:
     if limit is not None and not 1 <= limit <= MAX_LIMIT:
         raise BadQuery("limit", f"'limit' must be from 1 to {MAX_LIMIT}; got {limit}.")
     before = _number("before", int, "a seq (a whole number) from a previous page's next_before")
-    if before is not None and before < 1:
-        raise BadQuery("before", f"'before' must be a seq of 1 or more; got {before}.")
+    if before is not None and not 1 <= before <= MAX_SEQ:
+        raise BadQuery("before", f"'before' must be a seq from 1 to {MAX_SEQ}; got {quoted(str(before))}.")
     since = _number("since", float, "a time in seconds since the epoch")
     until = _number("until", float, "a time in seconds since the epoch")
     if since is not None and until is not None and until < since:

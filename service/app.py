@@ -81,7 +81,9 @@ def _quart_app(
     max_body_bytes: int,
     body_timeout_s: float,
 ) -> QuartTrio:
-    app = QuartTrio("switchboard")
+    # No static folder: Quart's default serves `static/` under the working directory to anyone, unguarded
+    # (the console serves its own files from the package: service/admin_console.py).
+    app = QuartTrio("switchboard", static_folder=None)
     # Quart reads every body as it arrives (whatever the route) and drops what is past this limit.
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
     app.config["RESPONSE_TIMEOUT"] = None  # streams end when they end; our deadlines bound them
