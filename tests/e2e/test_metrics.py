@@ -29,7 +29,7 @@ from service.secrets import key_id_for
 
 AUTH = {"Authorization": f"Bearer {GATEWAY_KEY}"}
 HELLO = [{"role": "user", "content": "hi"}]
-UPSTREAM_KEY = "sk-upstream-secret-0123456789"
+UPSTREAM_KEY = "sk-upstream-secret-QzXwVyTu"  # a tail no number can contain
 KEY_ID = key_id_for(bytes.fromhex(SECRET_ENV["SWITCHBOARD_SECRET_KEY"]), "local", UPSTREAM_KEY)
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
