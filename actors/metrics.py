@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector, generate_late
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
+from actors.feed import FeedStatistics
 from actors.log_writer import LogWriter, LogWriterStatistics
 from actors.model_health import KeyView, ModelAvailability
 from actors.request import RequestStatistics
@@ -67,7 +68,7 @@ class Live:
     requests: RequestStatistics
     log: LogWriterStatistics
     log_writable: bool
-    feed_subscribers: int | None  # None: this gateway runs no feed
+    feed: FeedStatistics
 
 
 @dataclass(frozen=True)
@@ -377,12 +378,16 @@ class GatewayMetrics:
             "Events this process committed to the log.",
             value=live.log.events_written,
         )
-        if live.feed_subscribers is not None:
-            yield GaugeMetricFamily(
-                "switchboard_feed_subscribers",
-                "Clients connected to the admin feed (/admin/events).",
-                value=live.feed_subscribers,
-            )
+        yield GaugeMetricFamily(
+            "switchboard_feed_subscribers",
+            "Clients connected to the admin feed (/admin/events).",
+            value=live.feed.subscribers,
+        )
+        yield CounterMetricFamily(
+            "switchboard_feed_lagged",
+            "Times a feed subscriber fell behind its buffer and was caught up from the log.",
+            value=live.feed.lagged,
+        )
         info = GaugeMetricFamily("switchboard_info", "The gateway's version (always 1).", labels=("version",))
         info.add_metric((self.version,), 1.0)
         yield info

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 import trio
 
 from actors.clock import WallClock
+from actors.feed import Feed
 from actors.key_checker import KeyChecker
 from actors.log_writer import LogWriter
 from actors.metrics import MetricsActor
@@ -72,6 +73,7 @@ class Runtime:
     clock: WallClock
     shutting_down: trio.Event
     metrics: MetricsActor
+    feed: Feed  # the live feed (/admin/events)
     unclean_previous_start: float | None = None  # the last run was killed or crashed: when it had started
     unfinished: Unfinished | None = None  # ... and what it left open
     snapshotter: Snapshotter | None = None
@@ -202,6 +204,7 @@ async def run_service(
     )
     metrics = MetricsActor(log, settings.version, clock.now)
     shutting_down = trio.Event()
+    feed = Feed(log, shutting_down)
     # A start with no stop after it: that run was killed or crashed (a hard kill loses at most one batch).
     unclean = lifecycle.ts if isinstance(lifecycle, ServiceStarted) else None
     left_open = _unfinished(store) if unclean is not None else None
@@ -214,6 +217,7 @@ async def run_service(
         clock,
         shutting_down,
         metrics,
+        feed,
         unclean,
         left_open,
         snapshotter,
@@ -229,6 +233,7 @@ async def run_service(
             await inner.start(key_checker.run)
             await inner.start(snapshotter.run)
             await inner.start(metrics.run)
+            await inner.start(feed.run)
             if handle_signals:
                 inner.start_soon(_watch_signals, shutting_down)
             config = settings.config_record(clock.now())

@@ -22,7 +22,7 @@ async def live_values(runtime: Runtime) -> Live:
         requests=runtime.requests.statistics(),
         log=runtime.log.statistics(),
         log_writable=runtime.log.outage() is None,
-        feed_subscribers=None,
+        feed=runtime.feed.statistics(),
     )
 
 

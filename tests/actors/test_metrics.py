@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
+from actors.feed import FeedStatistics
 from actors.log_writer import LogWriter, LogWriterStatistics
 from actors.metrics import GatewayMetrics, Live, MetricsActor
 from actors.model_health import KeyView, ModelAvailability
@@ -35,7 +36,8 @@ def live(
     *,
     in_flight: int = 0,
     writable: bool = True,
-    feed: int | None = None,
+    feed: int = 0,
+    lagged: int = 0,
 ) -> Live:
     return Live(
         keys=keys,
@@ -52,7 +54,9 @@ def live(
             dropped=0,
         ),
         log_writable=writable,
-        feed_subscribers=feed,
+        feed=FeedStatistics(
+            subscribers=feed, lagged=lagged, events_sent=0, buffered=0, catching_up=0, position=0
+        ),
     )
 
 
@@ -247,6 +251,7 @@ def test_the_gauges_are_what_the_scrape_read() -> None:
         in_flight=4,
         writable=False,
         feed=2,
+        lagged=3,
     )
     found = scrape(m, current)
     assert value(found, "switchboard_key_healthy", key_id="groq.aaa", platform="groq") == 1
@@ -259,10 +264,10 @@ def test_the_gauges_are_what_the_scrape_read() -> None:
     assert value(found, "switchboard_log_writable") == 0
     assert value(found, "switchboard_log_events_written_total") == 7
     assert value(found, "switchboard_feed_subscribers") == 2
+    assert value(found, "switchboard_feed_lagged_total") == 3
     assert value(found, "switchboard_info", version="1.2.3") == 1
     text = m.render(m.folded(), current).decode()
     assert "…abcd" not in text  # a key's label is a piece of its secret: never a label value
-    assert "feed_subscribers" not in m.render(m.folded(), live()).decode()  # no feed, no gauge
 
 
 def test_two_gateways_in_one_process_have_their_own_registries() -> None:
