@@ -280,6 +280,11 @@ def test_the_overview_and_analytics_pages_show_the_traffic(page: Page, gateway: 
     gateway.chat("local/ok")
     open_page(page, "overview", "Overview")
     expect(page.locator(".card", has_text="Keys healthy")).to_contain_text("/")
+    expect(page.locator("#feed-state")).to_contain_text("live")
+    gateway.chat("local/ok")  # counted live, from the feed
+    expect(page.locator("#live-counters .card", has_text="Succeeded").locator(".card-value")).to_have_text(
+        "1"
+    )
     expect(page.locator("figure", has_text="Latency").locator("path.line").first).to_be_attached()
     shot(page, "overview")
     open_page(page, "analytics", "Analytics")
