@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import trio
@@ -120,19 +121,19 @@ class StatsActor:
 
     async def _rebuild(self, history: History) -> None:
         started = time.perf_counter()
-        since = self._now() - HOURS_KEPT_S
+        now = self._now()
         if isinstance(history.store, SqliteStore):
             # The writer's connection belongs to the event loop's thread: the thread reads on its own.
             path = history.store.path
             stop = threading.Event()
             try:
                 analytics = await trio.to_thread.run_sync(
-                    _read_history, path, since, history.upto, stop.is_set, abandon_on_cancel=True
+                    _read_history, path, now, history.upto, stop.is_set, abandon_on_cancel=True
                 )
             finally:
                 stop.set()  # cancelled (a shutdown): the abandoned thread stops at its next page
         else:  # an in-memory log (tests): read on this thread, it is short
-            analytics = _fold_history(history.store, since, history.upto, lambda: False)
+            analytics = _fold_history(history.store, now, history.upto, lambda: False)
         for _, event in self._pending:
             analytics.apply(event)
         self._pending.clear()
@@ -147,19 +148,19 @@ class StatsActor:
         )
 
 
-def _read_history(path: Any, since: float, upto: int, stopped: Callable[[], bool]) -> Analytics:
+def _read_history(path: Path, now: float, upto: int, stopped: Callable[[], bool]) -> Analytics:
     store = SqliteStore(path, read_only=True)
     try:
-        return _fold_history(store, since, upto, stopped)
+        return _fold_history(store, now, upto, stopped)
     finally:
         store.close()
 
 
-def _fold_history(store: LogStore, since: float, upto: int, stopped: Callable[[], bool]) -> Analytics:
-    """The analytics of the events stamped since `since` with a seq up to `upto`, read type by type along
-    the (type, ts) index (the fold does not care in which order): only the rows it folds are read, not the
-    decisions between them that are most of the log's bytes."""
-    analytics = Analytics()
+def _fold_history(store: LogStore, now: float, upto: int, stopped: Callable[[], bool]) -> Analytics:
+    """The analytics of the 30 days before `now`, events with a seq up to `upto`, read type by type along the
+    (type, ts) index (the fold does not care in which order): only the rows it folds are read, not the
+    decisions between them that are most of the log's bytes. Past days are merged here, off the loop."""
+    analytics, since = Analytics(), now - HOURS_KEPT_S
     for tag in sorted(FOLDED_TAGS):
         before: int | None = None
         while not stopped():
@@ -170,4 +171,5 @@ def _fold_history(store: LogStore, since: float, upto: int, stopped: Callable[[]
             if len(page) < PAGE:
                 break
             before = page[-1][0]
+    analytics.merge_past_days(now)
     return analytics

@@ -32,14 +32,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, TypeVar
 
 import msgspec
 
 from events.failures import FailureKind
 from events.types import AttemptFailed, AttemptSucceeded, Event, RequestCompleted, event_tag
 
-MINUTE, HOUR = 60, 3600
+MINUTE, HOUR, DAY = 60, 3600, 86400
 MINUTES_KEPT_S = 24 * HOUR
 HOURS_KEPT_S = 30 * 24 * HOUR
 WINDOWS: dict[str, int] = {"1h": HOUR, "24h": 24 * HOUR, "7d": 7 * 24 * HOUR, "30d": 30 * 24 * HOUR}
@@ -68,17 +68,21 @@ def value_of(b: int) -> float:
 
 
 Histogram = dict[int, int]  # bin -> samples, only bins with samples
+_K = TypeVar("_K")
 
 
-def percentiles(dense: list[int], total: int, ps: Iterable[float]) -> list[float | None]:
-    """The value at each quantile `p` (0..1) of a dense histogram holding `total` samples."""
+def percentiles(hist: Histogram, ps: Iterable[float]) -> list[float | None]:
+    """The value at each quantile `p` (0..1) of a histogram (None when it is empty); walks only the bins
+    it has."""
+    total = sum(hist.values())
+    ordered = sorted(hist.items())
     out: list[float | None] = []
     for p in ps:
         if total == 0:
             out.append(None)
             continue
         rank, seen = max(1, math.ceil(p * total)), 0
-        for b, n in enumerate(dense):
+        for b, n in ordered:
             seen += n
             if seen >= rank:
                 out.append(round(value_of(b), 1))
@@ -92,12 +96,10 @@ class Percentiles(msgspec.Struct, frozen=True):
 
 
 def _pcts(hists: Iterable[Histogram]) -> Percentiles:
-    dense, total = [0] * BINS, 0
+    merged: Histogram = {}
     for hist in hists:
-        for b, n in hist.items():
-            dense[b] += n
-            total += n
-    p50, p95 = percentiles(dense, total, (0.5, 0.95))
+        _merge(merged, hist)
+    p50, p95 = percentiles(merged, (0.5, 0.95))
     return Percentiles(p50, p95)
 
 
@@ -240,6 +242,7 @@ class Analytics:
         self.minutes = _Layer(MINUTE, MINUTES_KEPT_S)
         self.hours = _Layer(HOUR, HOURS_KEPT_S)
         self.events = 0
+        self._days: dict[int, Bucket] = {}  # whole past days' hour buckets merged, until one of them changes
 
     # ---- the fold ------------------------------------------------------------------------------------
 
@@ -248,6 +251,7 @@ class Analytics:
         match event:
             case RequestCompleted():
                 latency = bin_of(event.latency_ms)
+                self._changed(event.ts)
                 for layer in (self.minutes, self.hours):
                     bucket = layer.at(event.ts)
                     if bucket is not None:
@@ -266,6 +270,7 @@ class Analytics:
                     if isinstance(event, AttemptSucceeded)
                     else None
                 )
+                self._changed(event.ts)
                 for layer in (self.minutes, self.hours):
                     bucket = layer.at(event.ts)
                     if bucket is None:
@@ -282,18 +287,46 @@ class Analytics:
                 return
         self.events += 1
 
+    def _changed(self, ts: float) -> None:
+        if self._days:
+            self._days.pop(int(ts // DAY) * DAY, None)
+
     def prune(self, now: float) -> None:
         self.minutes.prune(now)
         self.hours.prune(now)
+        for day in [d for d in self._days if d < now - HOURS_KEPT_S]:
+            del self._days[day]
 
     # ---- questions, for a window ending at `now` -------------------------------------------------------
 
     def _window(self, now: float, window_s: int) -> list[Bucket]:
+        """The buckets that make up the window, whole days already past merged into one each (cached):
+        a 30-day question adds up some 80 buckets, not 720 (it runs on the event loop)."""
         self.prune(now)
         start = now - window_s
         hours = list(self.hours.since(start))
         first_hour = hours[0][0] if hours else math.ceil(start / HOUR) * HOUR
-        return [b for _, b in self.minutes.since(start, first_hour)] + [b for _, b in hours]
+        out = [b for _, b in self.minutes.since(start, first_hour)]
+        today = int(now // DAY) * DAY
+        days: list[int] = []
+        for s, b in hours:
+            day = s - s % DAY
+            if start <= day and day + DAY <= today:
+                if not days or days[-1] != day:
+                    days.append(day)
+            else:
+                out.append(b)
+        for day in days:
+            merged = self._days.get(day)
+            if merged is None:
+                found = (self.hours.buckets.get(h) for h in range(day, day + DAY, HOUR))
+                merged = self._days[day] = _merged(b for b in found if b is not None)
+            out.append(merged)
+        return out
+
+    def merge_past_days(self, now: float) -> None:
+        """Merge the past days now (a rebuild does, off the event loop) rather than at the first question."""
+        self._window(now, WINDOWS["30d"])
 
     def summary(self, now: float, window: str) -> Summary:
         buckets = self._window(now, WINDOWS[window])
@@ -369,6 +402,38 @@ class Analytics:
                 kinds[kind] = kinds.get(kind, 0) + n
         data = [KindCount(k, n) for k, n in sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0]))]
         return Errors(window=window, data=data)
+
+
+def _merged(buckets: Iterable[Bucket]) -> Bucket:
+    """One bucket holding what `buckets` hold together."""
+    out = Bucket()
+    o = out.requests
+    for b in buckets:
+        r = b.requests
+        o.requests += r.requests
+        o.ok += r.ok
+        o.errors += r.errors
+        o.client_aborts += r.client_aborts
+        o.fallbacks += r.fallbacks
+        _merge(o.latency, r.latency)
+        for name, c in b.cells.items():
+            t = out.cells.get(name)
+            if t is None:
+                t = out.cells[name] = AttemptCell()
+            t.attempts += c.attempts
+            t.ok += c.ok
+            t.failed += c.failed
+            t.input_tokens += c.input_tokens
+            t.output_tokens += c.output_tokens
+            _merge(t.latency, c.latency)
+            _merge(t.ttfb, c.ttfb)
+        _merge(out.kinds, b.kinds)
+    return out
+
+
+def _merge(into: dict[_K, int], counts: dict[_K, int]) -> None:
+    for k, n in counts.items():
+        into[k] = into.get(k, 0) + n
 
 
 def _request(cell: RequestCell, event: RequestCompleted, latency: int) -> None:

@@ -7,10 +7,11 @@ from events.replay import Replayed
 from events.view import POOL_REASON, split_pool
 
 
-def explain(r: Replayed) -> str:
+def explain(r: Replayed, replayed: bool = True) -> str:
+    """`r` in words; `replayed` False: the record alone, its decision not made again (`r` holds none)."""
     rec = r.recorded
     d = r.decision
-    verdict = "reproduced" if r.matches else "DIFFERS"
+    verdict = ("reproduced" if r.matches else "DIFFERS") if replayed else "not replayed"
     lines = [
         f"{rec.request_id} attempt {rec.attempt} at seq {r.seq} (view {rec.view_seq}, mode {rec.input.mode},"
         f" seed {rec.seed}): chose {rec.chosen_ref or 'nothing'}"

@@ -142,7 +142,7 @@ class DecisionRow(msgspec.Struct, frozen=True):
     not_admitted: str | None
     explanation: str | None
     replayed_ref: str | None
-    reproduces: bool | None  # None: it could not be replayed
+    reproduces: bool | None  # None: not replayed (its view is too far from any start: see events/view_at.py)
 
 
 class Story(msgspec.Struct, frozen=True):
@@ -150,7 +150,7 @@ class Story(msgspec.Struct, frozen=True):
     events: list[EventRow]
     attempts: list[AttemptRow]
     decisions: list[DecisionRow]
-    reproduces: bool | None  # every decision reproduced; None when it has none
+    reproduces: bool | None  # every decision reproduced (None: it has none, or one was not replayed)
 
 
 def story(request_id: str, entries: Sequence[Entry], replayed: Mapping[int, Replayed]) -> Story:
@@ -167,7 +167,7 @@ def story(request_id: str, entries: Sequence[Entry], replayed: Mapping[int, Repl
         events=rows,
         attempts=_attempts(events, received_ts),
         decisions=decisions,
-        reproduces=None if not verdicts else all(v is True for v in verdicts),
+        reproduces=None if not verdicts or None in verdicts else all(verdicts),
     )
 
 
@@ -226,7 +226,9 @@ def _decision(seq: int, rec: RouteDecided, replayed: Replayed | None) -> Decisio
         candidates=[msgspec.to_builtins(c) for c in rec.candidates],
         excluded=excluded,
         not_admitted=rec.not_admitted,
-        explanation=explain(replayed) if replayed is not None else None,
+        explanation=explain(replayed)
+        if replayed is not None
+        else explain(Replayed(seq, rec, None, False), replayed=False),
         replayed_ref=replayed.recomputed[0] if replayed is not None else None,
         reproduces=replayed.matches if replayed is not None else None,
     )

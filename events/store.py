@@ -73,10 +73,6 @@ class LogStore(Protocol):
         Found by the (type, ts) index: as fast at the end of a long log as at its start."""
         ...
 
-    def first_seq_at(self, ts: float) -> int:
-        """The first seq of an event stamped at or after `ts` (one past the last seq when there is none)."""
-        ...
-
     def last_seq(self) -> int:
         """The highest sequence number in the log (0 when empty)."""
         ...
@@ -198,9 +194,6 @@ class MemoryStore:
             rows = [r for r in rows if (r[1].ts, r[0]) < cursor]
         rows.sort(key=lambda r: (r[1].ts, r[0]), reverse=True)
         return rows[:limit]
-
-    def first_seq_at(self, ts: float) -> int:
-        return next((s for s, e in self.read_after(0) if e.ts >= ts), len(self._rows) + 1)
 
     def last_seq(self) -> int:
         return len(self._rows)

@@ -25,18 +25,26 @@ from events.types import ConfigApplied
 from events.view import RoutingView, ViewState, rebuild
 
 KEPT = 8  # views' states kept: a few requests' worth, a few hundred KB each on a large catalog
+# The most events a view is folded over from its start: about what the snapshots a gateway keeps span (3
+# of them, every 100k events), a second or two of reading. Older decisions are left to `switchboard
+# replay`, which folds the log once for all of them.
+MAX_FOLD = 300_000
 
 
 class ViewsAt:
-    def __init__(self, new_view: Callable[[], RoutingView], kept: int = KEPT) -> None:
+    def __init__(
+        self, new_view: Callable[[], RoutingView], kept: int = KEPT, max_fold: int = MAX_FOLD
+    ) -> None:
         self._new_view = new_view
         self._kept = kept
+        self.max_fold = max_fold
         self._states: OrderedDict[tuple[str | None, int], ViewState] = OrderedDict()
         self._lock = threading.Lock()
         self.folded = 0  # events folded by every build so far (what the cache and snapshots save)
 
-    def view_for(self, store: LogStore, decision_seq: int, view_seq: int) -> RoutingView:
-        """A fresh view as the decision recorded at `decision_seq` saw it (at `view_seq`)."""
+    def view_for(self, store: LogStore, decision_seq: int, view_seq: int) -> RoutingView | None:
+        """A fresh view as the decision recorded at `decision_seq` saw it (at `view_seq`); None when it
+        would take folding more than `max_fold` events (no cached view or snapshot close enough)."""
         with self._lock:
             found = store.last_of(CONFIG_TAG, before=decision_seq)
             config = found[1] if found is not None and isinstance(found[1], ConfigApplied) else None
@@ -47,6 +55,8 @@ class ViewsAt:
                 snapshot, _ = newest_fitting(store.snapshots(), config_hash, view_seq)
                 if snapshot is not None and (start is None or snapshot.seq > start.seq):
                     start = snapshot.view
+            if view_seq - (start.seq if start is not None else 0) > self.max_fold:
+                return None
             if start is not None:
                 view.restore(start)
             if view.seq < view_seq:

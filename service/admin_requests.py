@@ -155,7 +155,9 @@ def request_story(store: LogStore, views: ViewsAt, request_id: str) -> Story | N
     replayed: dict[int, Replayed] = {}
     for seq, event in entries:
         if isinstance(event, RouteDecided):
-            replayed[seq] = re_decide(views.view_for(store, seq, event.view_seq), seq, event)
+            view = views.view_for(store, seq, event.view_seq)
+            if view is not None:
+                replayed[seq] = re_decide(view, seq, event)
     return story(request_id, entries, replayed)
 
 

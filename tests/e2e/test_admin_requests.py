@@ -151,3 +151,23 @@ async def test_requests_need_the_admin_token(tmp_path, path):
                 anonymous = await client.get(path)
                 gateway_key = await client.get(path, headers=AUTH)
     assert anonymous.status_code == 401 and gateway_key.status_code == 401
+
+
+async def test_a_request_still_running_is_listed_without_an_outcome(tmp_path):
+    with trio.fail_after(20):
+        async with running_gateway(tmp_path, ["slow:30"]) as gw:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(chat, gw, {"model": "local/slow:30"})
+                while not gw.upstream.requests:  # noqa: ASYNC110 - until the attempt reaches the upstream
+                    await trio.sleep(0.01)
+                await settled(gw)
+                running = (await admin_get(gw, "/admin/api/requests", outcome="running")).json()["data"]
+                nursery.cancel_scope.cancel()  # the client goes away: no waiting for the slow answer
+            await settled(gw)
+            ended = (await admin_get(gw, "/admin/api/requests")).json()["data"]
+            story = (await admin_get(gw, f"/admin/api/requests/{ended[0]['id']}")).json()
+    assert [(r["outcome"], r["attempts"], r["platform"], r["model"]) for r in running] == [
+        (None, 1, "local", "slow:30")
+    ]
+    assert [(r["id"], r["outcome"]) for r in ended] == [(running[0]["id"], "client_abort")]
+    assert [a["outcome"] for a in story["attempts"]] == ["client_gone"]

@@ -303,13 +303,6 @@ class StoreContract:
         assert store.last_of("service_started", before=c) == (b, ServiceStarted(ts=1.0, version="1"))
         assert store.last_of("service_started", before=a) is None
 
-    def test_first_seq_at(self, store: LogStore) -> None:
-        seqs = store.append([ServiceStarted(ts=t, version="x") for t in (1.0, 2.0, 3.0)])
-        assert store.first_seq_at(0.0) == seqs[0]
-        assert store.first_seq_at(2.0) == seqs[1]
-        assert store.first_seq_at(2.5) == seqs[2]
-        assert store.first_seq_at(9.0) == seqs[2] + 1
-
     def test_empty_batch_is_a_no_op(self, store: LogStore) -> None:
         assert store.append([]) == []
         assert store.last_seq() == 0
