@@ -108,7 +108,7 @@ def register(app: QuartTrio, admin: AdminContext) -> None:
 
     @app.get("/admin", strict_slashes=False)
     async def console_root() -> Response:
-        # Relative URLs in the page (and its hash routes) need the trailing slash.
+        # One address for the page (operators type it without the slash), so its links are one URL.
         return Response(b"", status=308, headers={**SECURITY_HEADERS, "Location": "/admin/"})
 
     @app.get("/admin/")

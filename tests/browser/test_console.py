@@ -158,6 +158,11 @@ def test_a_key_added_on_the_keys_page_is_listed_and_never_shown_again(page: Page
     expect(page.locator("#key-list tbody tr", has_text="from the browser")).to_be_visible()
     assert secret not in page.content()
     shot(page, "keys")
+    key_id = added.get_attribute("data-key")
+    page.once("dialog", lambda dialog: dialog.accept())  # "Remove key ...?"
+    added.get_by_role("button", name=f"Remove {key_id}").click()
+    expect(page.locator(f'tr[data-key="{key_id}"]')).to_have_count(0)
+    assert key_id not in gateway.admin("GET", "/admin/api/keys").text
 
 
 def test_a_key_is_disabled_enabled_and_checked_on_the_keys_page(page: Page, gateway: Gateway) -> None:
@@ -228,6 +233,13 @@ def test_a_fallbacks_request_page_shows_every_attempt(page: Page, gateway: Gatew
     open_page(page, "requests", "Requests")
     expect(page.locator(f'tr[data-request="{request_id}"]')).to_be_visible()
     shot(page, "requests")
+    page.get_by_label("Model", exact=True).fill("local/echo")  # answered by another model: filtered out
+    page.get_by_role("button", name="Apply").click()
+    expect(page.locator(f'tr[data-request="{request_id}"]')).to_have_count(0)
+    page.get_by_label("Model", exact=True).fill("")
+    page.get_by_label("Mode", exact=True).select_option("named")
+    page.get_by_role("button", name="Apply").click()
+    expect(page.locator(f'tr[data-request="{request_id}"]')).to_be_visible()
 
 
 def test_the_playground_streams_an_answer_and_links_its_request(page: Page) -> None:
@@ -268,6 +280,11 @@ def test_the_overview_and_analytics_pages_show_the_traffic(page: Page, gateway: 
     gateway.chat("local/ok")
     open_page(page, "overview", "Overview")
     expect(page.locator(".card", has_text="Keys healthy")).to_contain_text("/")
+    expect(page.locator("#feed-state")).to_contain_text("live")
+    gateway.chat("local/ok")  # counted live, from the feed
+    expect(page.locator("#live-counters .card", has_text="Succeeded").locator(".card-value")).to_have_text(
+        "1"
+    )
     expect(page.locator("figure", has_text="Latency").locator("path.line").first).to_be_attached()
     shot(page, "overview")
     open_page(page, "analytics", "Analytics")
