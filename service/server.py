@@ -422,6 +422,7 @@ async def _run_locked(
                 )
                 tokens.announce(credentials, out)
                 print(f"switchboard listening on {url}", file=out, flush=True)
+                print(f"console: {url}/admin/ (log in with the admin token)", file=out, flush=True)
                 for line in await startup_summary(runtime, config, env):
                     print(line, file=out, flush=True)
                 if on_listening is not None:
