@@ -322,6 +322,7 @@ async def test_the_start_summary_names_keyed_platforms_usable_models_and_mistype
             lines = gw.output.getvalue().splitlines()
     after = lines[next(i for i, line in enumerate(lines) if "listening on" in line) + 1 :]
     assert after == [
+        f"console: {gw.url}/admin/ (log in with the admin token)",
         "provider keys: local 2; 2 of 3 models usable",
         "warning: LOCL_API_KEY is set but matches no platform (did you mean LOCAL_API_KEY?)",
         "warning: OTHER_API_KEY is set but matches no platform (platform keys are named like GROQ_API_KEY)",
