@@ -43,7 +43,7 @@ from events.types import (
 from service.admin_context import AdminContext
 from service.config import Config
 from service.edge import Answer, error_answer, quart_response, quoted
-from service.secrets import SecretsError, check_key_text, key_id_for, key_label
+from service.secrets import MemoryVault, SecretsError, Vault, check_key_text, key_id_for, key_label
 
 _encode = msgspec.json.encode
 T = TypeVar("T")
@@ -377,8 +377,7 @@ class AdminApi:
         if outage is not None:  # before the vault: a key stored that the log never announced helps nobody
             return _answer(_unwritable(outage.reason, held=False))
         try:
-            # On the event loop, as the transport reads the vault: an apsw connection is one thread's.
-            self.admin.vault.put(body.platform, secret)
+            await self.in_vault(lambda vault: vault.put(body.platform, secret))
         except apsw.Error as exc:
             return _answer(_unwritable(unwritable_reason(exc), held=False))
         self.admin.secrets[key_id] = secret
@@ -454,16 +453,38 @@ class AdminApi:
                     "disable it here (POST /admin/api/keys/{id}/disable)."
                 )
             )
+        # Out of the vault first: a removal the log holds during an outage (or that a crash loses) must not
+        # bring the key back at the next start, which announces vault keys the log does not know. The
+        # secret stays in memory until the removal is committed: routing may use the key until then.
+        outage = self.runtime.log.outage()
+        if outage is not None:
+            return _answer(_unwritable(outage.reason, held=False))
+        try:
+            await self.in_vault(lambda vault: vault.remove(key_id))
+        except apsw.Error as exc:
+            return _answer(_unwritable(unwritable_reason(exc), held=False))
         failed = await self.commit(KeyRemoved(ts=self._now(), key_id=key_id, reason="removed by operator"))
         if failed is not None:
             return _answer(failed)
         self.admin.secrets.pop(key_id, None)
-        try:
-            self.admin.vault.remove(key_id)
-        except apsw.Error as exc:
-            # The log says it is gone (routing no longer uses it); a start would announce it again.
-            return _answer(_unwritable(unwritable_reason(exc), held=False))
         return Response(b"", status=204)
+
+    async def in_vault(self, change: Callable[[Vault | MemoryVault], object]) -> None:
+        """Make a change to the vault off the event loop: on a connection of its own in a worker thread,
+        since another process holding the database's write lock would block it for the busy timeout."""
+        vault = self.admin.vault
+        if not isinstance(vault, Vault):
+            change(vault)
+            return
+
+        def apply() -> None:
+            own = Vault(vault.path, self.admin.master_key)
+            try:
+                change(own)
+            finally:
+                own.close()
+
+        await trio.to_thread.run_sync(apply)
 
     async def check_key(self, key_id: str) -> Response:
         view = await self.key(key_id)

@@ -224,6 +224,7 @@ class Vault:
     def __init__(self, db_path: Path, master_key: bytes) -> None:
         self._aead = _check_master_key(master_key)
         self._master_key = master_key
+        self.path = db_path
         self._conn = _connect(db_path)
         self._conn.execute(
             "CREATE TABLE IF NOT EXISTS vault(key_id TEXT PRIMARY KEY, platform TEXT NOT NULL, "

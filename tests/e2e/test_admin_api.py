@@ -628,3 +628,38 @@ async def test_a_log_with_admin_changes_replays_every_decision(tmp_path, clock):
     [recorded] = of_type(gw, ConfigApplied)
     run = run_replay(gw.data_dir / DB_NAME, lambda: view_of(recorded), config_from_log=True, parallel=False)
     assert run.total >= 24 and run.changed == 0
+
+
+async def test_a_removal_the_log_holds_does_not_bring_the_key_back_at_the_next_start(tmp_path):
+    """The disk fills while the removal is being committed: the event is held (503, "held"), the vault row is
+    already gone, so the next start announces the key removed instead of routing to it again."""
+    disks: list[SmallDisk] = []
+
+    def small_disk(path: Path) -> SmallDisk:
+        disks.append(SmallDisk(path))
+        return disks[-1]
+
+    def config_for(url: str, data_dir: Path) -> str:
+        return config_text(url, data_dir, ["m-a"])
+
+    added = key_id("up-9-0123456789")
+    with trio.fail_after(60):
+        async with gateway_from(tmp_path, config_for, store=small_disk) as gw, clients(gw) as (admin, _):
+            resp = await admin.post("/admin/api/keys", json={"platform": "local", "key": "up-9-0123456789"})
+            assert resp.status_code == 201
+            real = gw.runtime.log.append_durable
+
+            async def fill_then_append(event: Any) -> int | None:  # the disk fills as this one is written
+                disks[0].full = True
+                return await real(event)
+
+            gw.runtime.log.append_durable = fill_then_append  # type: ignore[method-assign]
+            resp = await admin.delete(f"/admin/api/keys/{added}")
+            assert_error(resp, 503, "log_unwritable")
+            assert "held" in resp.json()["error"]["message"]
+            gw.runtime.log.append_durable = real  # type: ignore[method-assign]
+            disks[0].free()
+        data_dir = gw.data_dir
+    async with gateway_from(tmp_path, config_for, data_dir=data_dir) as gw, clients(gw) as (admin, _):
+        keys = {k["id"] for k in (await admin.get("/admin/api/keys")).json()["data"]}
+        assert added not in keys
