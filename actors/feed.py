@@ -226,17 +226,25 @@ class Feed:
         self._position = entries[-1][0]
         if not self._subscriptions:
             return
-        # Subscribers with the same query (most often: none) share one filtered, encoded list per batch.
+        # Subscribers with the same query (most often: none) share one filtered list per batch, and every
+        # query shares each event's encoding (made once, when some subscriber first wants it): many
+        # different filters cost a match each, not an encoding each, on the request path's loop.
         matching: dict[FeedQuery, list[FeedEvent]] = {}
+        encoded: dict[int, FeedEvent] = {}
+
+        def item(seq: int, event: Event) -> FeedEvent:
+            found = encoded.get(seq)
+            if found is None:
+                found = encoded[seq] = FeedEvent(seq, event_type(event), encode_event(event))
+            return found
+
         for sub in self._subscriptions:
             if sub.lagged or sub.closed:
                 continue
             items = matching.get(sub.query)
             if items is None:
                 items = matching[sub.query] = [
-                    FeedEvent(seq, event_type(event), encode_event(event))
-                    for seq, event in entries
-                    if sub.query.matches(event)
+                    item(seq, event) for seq, event in entries if sub.query.matches(event)
                 ]
             if items and items[0].seq <= sub.start:  # joined in the middle of this batch's delivery
                 items = [item for item in items if item.seq > sub.start]

@@ -17,17 +17,19 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import msgspec
 from quart import Response, current_app, request
 from quart_trio import QuartTrio
 
-from service.edge import Answer, AuthThrottle, error_answer, quart_response, throttled
+from service.edge import Answer, AuthThrottle, error_answer, quart_response, quoted
 from service.secrets import TokenCheck
 
 COOKIE = "sb_admin"
@@ -36,15 +38,17 @@ SESSION_TTL_S = 12 * 3600.0
 MAX_SESSIONS = 1000
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 LOGIN_PATH = "/admin/api/login"
+LOGOUT_PATH = "/admin/api/logout"
 
 _encode = msgspec.json.encode
 
 
 def is_guarded(path: str) -> bool:
     """Paths only an operator may use. The console's own files (`/admin/`, `/admin/static/...`) are not:
-    they hold no data, and the page logs in through the API."""
+    they hold no data, and the page logs in through the API. Nor are login and logout, which judge their
+    callers themselves (a logout clears the cookie even of a session that has expired)."""
     if path.startswith("/admin/api/"):
-        return path != LOGIN_PATH
+        return path not in {LOGIN_PATH, LOGOUT_PATH}
     return path in {"/admin/events", "/metrics"}
 
 
@@ -73,12 +77,15 @@ class AdminAuth:
         *,
         ttl_s: float = SESSION_TTL_S,
         secure_cookie: bool = False,
+        allowed_origins: tuple[str, ...] = (),
         throttle: AuthThrottle | None = None,
         now: Callable[[], float] = time.time,
     ) -> None:
         self._tokens = tokens
         self._ttl_s = ttl_s
         self._secure_cookie = secure_cookie  # [admin] secure_cookie: behind a TLS-terminating proxy
+        # [admin] allowed_origins: the console's origins as browsers see them, when a proxy rewrites Host.
+        self._allowed_origins = frozenset(o.rstrip("/").lower() for o in allowed_origins)
         self.throttle = throttle or AuthThrottle(limit=10, window_s=60.0)
         self._now = now
         self._sessions: OrderedDict[str, ConsoleSession] = OrderedDict()  # by the hash of the cookie
@@ -91,7 +98,7 @@ class AdminAuth:
         """A new console session (the cookie's value and the session), or the error to answer."""
         wait = self.throttle.blocked_for(address)
         if wait is not None:
-            return throttled(wait)
+            return _throttled(wait)
         if not self._tokens.ok(token):
             self.throttle.failed(address)
             return error_answer(
@@ -125,6 +132,14 @@ class AdminAuth:
             return None
         return session
 
+    def origin_ok(self, origin: str | None, host: str) -> bool:
+        """A browser's `Origin` names this gateway: its host as the request addressed it (whatever the
+        scheme, so a TLS-terminating proxy in front is fine), or one of `[admin] allowed_origins`."""
+        if origin is None:
+            return True  # not a browser's cross-site request: browsers send Origin on every POST
+        origin = origin.rstrip("/").lower()
+        return origin in self._allowed_origins or urlsplit(origin).netloc == host.lower()
+
     def check(
         self,
         *,
@@ -134,15 +149,19 @@ class AdminAuth:
         cookie: str | None,
         csrf: str | None,
         origin: str | None,
-        own_origin: str,
+        host: str,
     ) -> Admitted | Answer:
-        """May this request use a guarded path? A bearer token is judged first; then the cookie."""
-        wait = self.throttle.blocked_for(address)
-        if wait is not None:
-            return throttled(wait)
+        """May this request use a guarded path? A bearer token is judged first, then the cookie. Only a
+        wrong bearer token counts as a failed attempt (another scheme, e.g. a proxy's Basic auth, is not
+        ours and falls through to the cookie), and a valid session is let in even while its address is
+        throttled: a cookie cannot be guessed, and one guesser behind a shared proxy must not lock the
+        operators out."""
         scheme, _, token = authorization.partition(" ")
-        if authorization:
-            if scheme.lower() == "bearer" and self._tokens.ok(token.strip()):
+        if scheme.lower() == "bearer":
+            wait = self.throttle.blocked_for(address)
+            if wait is not None:
+                return _throttled(wait)
+            if self._tokens.ok(token.strip()):
                 return Admitted("bearer")
             self.throttle.failed(address)
             return _unauthorized(
@@ -155,15 +174,28 @@ class AdminAuth:
                 f"/admin/ (a session ends after {self._ttl_s / 3600:g} h or at logout)."
             )
         if method in UNSAFE_METHODS:
-            if origin is not None and origin != own_origin:
-                return _forbidden(f"Origin {origin!r} is not this gateway ({own_origin}).", "bad_origin")
-            if csrf is None or not hmac.compare_digest(csrf.encode(), session.csrf_token.encode()):
-                return _forbidden(
-                    f"A change made with the console's session needs its {CSRF_HEADER} header (from "
-                    "POST /admin/api/login or GET /admin/api/session).",
-                    "csrf_failed",
-                )
+            refused = self.refuse_change(session, csrf, origin, host)
+            if refused is not None:
+                return refused
         return Admitted("cookie", session)
+
+    def refuse_change(
+        self, session: ConsoleSession, csrf: str | None, origin: str | None, host: str
+    ) -> Answer | None:
+        """Why a change made with this session's cookie is refused (a foreign Origin, no CSRF token)."""
+        if not self.origin_ok(origin, host):
+            return _forbidden(
+                f"Origin {quoted(origin or '')!r} is not this gateway ({quoted(host)}); behind a proxy that "
+                "rewrites Host, list the console's origin in [admin] allowed_origins.",
+                "bad_origin",
+            )
+        if csrf is None or not hmac.compare_digest(csrf.encode(), session.csrf_token.encode()):
+            return _forbidden(
+                f"A change made with the console's session needs its {CSRF_HEADER} header (from "
+                "POST /admin/api/login or GET /admin/api/session).",
+                "csrf_failed",
+            )
+        return None
 
     def set_cookie(self, response: Response, cookie: str, secure: bool) -> None:
         response.set_cookie(
@@ -189,9 +221,15 @@ def _forbidden(message: str, code: str) -> Answer:
     return error_answer(403, message, "permission_error", code)
 
 
-def own_origin() -> str:
-    """This gateway's origin as the client addressed it (what a browser sends as `Origin`)."""
-    return f"{request.scheme}://{request.host}"
+def _throttled(wait_s: float) -> Answer:
+    return error_answer(
+        429,
+        "Too many wrong admin tokens from this address; wait before trying again (a console session "
+        "already open still works).",
+        "rate_limit_error",
+        "too_many_failed_attempts",
+        headers={"Retry-After": str(max(1, math.ceil(wait_s)))},
+    )
 
 
 def guard() -> Response | None:
@@ -207,7 +245,7 @@ def guard() -> Response | None:
         cookie=request.cookies.get(COOKIE),
         csrf=request.headers.get(CSRF_HEADER),
         origin=request.headers.get("Origin"),
-        own_origin=own_origin(),
+        host=request.host,
     )
     if isinstance(verdict, Answer):
         return quart_response(verdict)
@@ -238,8 +276,14 @@ def register(app: QuartTrio, auth: AdminAuth) -> None:
                 )
             )
         origin = request.headers.get("Origin")
-        if origin is not None and origin != own_origin():
-            return quart_response(_forbidden(f"Origin {origin!r} is not this gateway.", "bad_origin"))
+        if not auth.origin_ok(origin, request.host):
+            return quart_response(
+                _forbidden(
+                    f"Origin {quoted(origin or '')!r} is not this gateway ({quoted(request.host)}); behind a "
+                    "proxy that rewrites Host, list the console's origin in [admin] allowed_origins.",
+                    "bad_origin",
+                )
+            )
         result = auth.login(body.token, request.remote_addr or "unknown")
         if isinstance(result, Answer):
             return quart_response(result)
@@ -251,9 +295,17 @@ def register(app: QuartTrio, auth: AdminAuth) -> None:
         auth.set_cookie(response, cookie, secure=request.scheme == "https")
         return response
 
-    @app.post("/admin/api/logout")
+    @app.post(LOGOUT_PATH)
     async def logout() -> Response:
-        auth.logout(request.cookies.get(COOKIE))
+        cookie = request.cookies.get(COOKIE)
+        session = auth.session_of(cookie)
+        if session is not None:  # a live session ends only by its own page (CSRF token, same origin)
+            refused = auth.refuse_change(
+                session, request.headers.get(CSRF_HEADER), request.headers.get("Origin"), request.host
+            )
+            if refused is not None:
+                return quart_response(refused)
+        auth.logout(cookie)
         response = Response(b"", status=204)
         response.delete_cookie(COOKIE, path="/", httponly=True, samesite="Strict")
         return response

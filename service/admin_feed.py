@@ -84,6 +84,9 @@ async def stream(items: AsyncGenerator[Sequence[FeedItem]]) -> AsyncGenerator[by
             yield wire(ready)
 
 
+MAX_SUBSCRIBERS = 64
+
+
 def register(app: QuartTrio, admin: AdminContext) -> None:
     @app.get("/admin/events")
     async def events() -> Response:
@@ -91,5 +94,16 @@ def register(app: QuartTrio, admin: AdminContext) -> None:
         if isinstance(parsed, Answer):
             return quart_response(parsed)
         query, after = parsed
+        if admin.runtime.feed.statistics().subscribers >= MAX_SUBSCRIBERS:
+            # Each one costs a filter per committed batch on the request path's loop: bounded.
+            return quart_response(
+                error_answer(
+                    503,
+                    f"{MAX_SUBSCRIBERS} clients already follow the feed; close one (or share one).",
+                    "server_error",
+                    "too_many_subscribers",
+                    headers={"Retry-After": "5"},
+                )
+            )
         body = stream(admin.runtime.feed.follow(query, after, admin.open_reader))
         return quart_response(Answer(200, body, dict(HEADERS), content_type="text/event-stream"))

@@ -177,9 +177,15 @@ def _json(body: object) -> Response:
     return Response(_encode(body), content_type="application/json")
 
 
+ADMIN_READERS = 3
+
+
 def register(app: QuartTrio, admin: AdminContext) -> None:
     # Decisions older than any recorded configuration replay under this one's (as `switchboard replay`).
     views = ViewsAt(routing_settings(admin.config).new_view)
+    # Histories and stories can take a second or two each: a few at a time, so a burst of them cannot take
+    # every worker thread from the feed's catch-up and the metrics' rendering (trio's default limiter).
+    readers = trio.CapacityLimiter(ADMIN_READERS)
 
     @app.get("/admin/api/requests")
     async def recent_requests() -> Response:
@@ -187,12 +193,16 @@ def register(app: QuartTrio, admin: AdminContext) -> None:
             q = parse_query()
         except BadQuery as exc:
             return bad_query(exc)
-        data, next_before = await trio.to_thread.run_sync(_reading(admin, lambda s: list_requests(s, q)))
+        data, next_before = await trio.to_thread.run_sync(
+            _reading(admin, lambda s: list_requests(s, q)), limiter=readers
+        )
         return _json({"data": data, "next_before": next_before})
 
     @app.get("/admin/api/requests/<request_id>")
     async def one_request(request_id: str) -> Response:
-        found = await trio.to_thread.run_sync(_reading(admin, lambda s: request_story(s, views, request_id)))
+        found = await trio.to_thread.run_sync(
+            _reading(admin, lambda s: request_story(s, views, request_id)), limiter=readers
+        )
         if found is None:
             return quart_response(
                 error_answer(

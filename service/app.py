@@ -106,6 +106,10 @@ def _quart_app(
     @app.after_request
     async def add_request_id(response: Response) -> Response:
         response.headers["X-Request-Id"] = getattr(request, "request_id", "")
+        if admin_auth.is_guarded(request.path) or request.path.startswith("/admin/api/"):
+            # Operators' data: never kept by a browser's or a proxy's cache (the feed says so itself).
+            response.headers.setdefault("Cache-Control", "no-store")
+            response.headers["X-Content-Type-Options"] = "nosniff"
         return response
 
     @app.errorhandler(HTTPException)

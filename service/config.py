@@ -335,10 +335,16 @@ class _Gateway(_Table, frozen=True):
 class ConsoleSettings(_Table, frozen=True):
     """`[admin]`'s console session settings (service/admin_auth.py)."""
 
-    session_ttl_s: Seconds = 12 * 3600.0  # a console login lasts this long (or until logout)
+    # A console login lasts this long (or until logout); at most 30 days.
+    session_ttl_s: Annotated[float, Meta(gt=0, le=30 * 86400, description="seconds, at most 30 days")] = (
+        12 * 3600.0
+    )
     # Mark the session cookie Secure even on plain HTTP: behind a proxy that terminates TLS, the gateway
     # sees http while browsers see https.
     secure_cookie: Flag = False
+    # The console's origins as browsers see them (e.g. "https://llm.example.com"), for a proxy that rewrites
+    # the Host header; an Origin whose host is the request's Host is accepted without being listed.
+    allowed_origins: Annotated[tuple[Text, ...], Meta(description="an array of origins")] = ()
 
 
 class _Admin(ConsoleSettings, frozen=True):
@@ -492,7 +498,9 @@ def load_config(path: Path | None, env: Mapping[str, str] | None = None, *, serv
         env_keys=_env_keys(env, platforms),
         limits=ServerLimits(**{name: getattr(file.server, name) for name in ServerLimits.__struct_fields__}),
         console=ConsoleSettings(
-            session_ttl_s=file.admin.session_ttl_s, secure_cookie=file.admin.secure_cookie
+            session_ttl_s=file.admin.session_ttl_s,
+            secure_cookie=file.admin.secure_cookie,
+            allowed_origins=file.admin.allowed_origins,
         ),
     )
 

@@ -587,8 +587,13 @@ def _paths(structs: dict[str, Schema]) -> dict[str, dict[str, Schema]]:
                 "adminLogout",
                 "End the console session",
                 "admin",
-                ADMIN_CHANGE,
+                PUBLIC,
                 {"204": _empty("Logged out; the cookie is cleared.", "Set-Cookie")},
+                (403,),
+                description=(
+                    "A live session ends only with its CSRF token (and no foreign Origin): 403 otherwise. "
+                    "Without a live session (expired, or none) the cookie is just cleared."
+                ),
             )
         },
         "/admin/api/session": {

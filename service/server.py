@@ -395,6 +395,7 @@ async def _run_locked(
                     tokens.admin,
                     ttl_s=config.console.session_ttl_s,
                     secure_cookie=config.console.secure_cookie,
+                    allowed_origins=config.console.allowed_origins,
                 ),
                 config=config,
                 vault=vault,

@@ -100,7 +100,7 @@ function showLogin(message) {
   const submit = h("button", { type: "submit" }, "Log in");
   const form = h(
     "form",
-    { class: "login", "aria-labelledby": "login-title" },
+    { class: "login", method: "post", "aria-labelledby": "login-title" },
     h("h1", { id: "login-title" }, "Log in"),
     h("label", { for: "token" }, "Admin token"),
     field,

@@ -17,7 +17,7 @@ export function keysPage(root) {
   const addButton = h("button", { type: "submit" }, "Add key");
   const form = h(
     "form",
-    { class: "inline-form", "aria-labelledby": "add-key-title" },
+    { class: "inline-form", method: "post", "aria-labelledby": "add-key-title" },
     h("h2", { id: "add-key-title" }, "Add a key"),
     h("div", { class: "field" }, h("label", { for: "key-platform" }, "Platform"), platform, platforms),
     h("div", { class: "field" }, h("label", { for: "key-secret" }, "Key"), secret),

@@ -405,3 +405,18 @@ async def test_a_feed_that_reads_nothing_does_not_hold_the_shutdown(tmp_path: Pa
                 # Leaving the block waits for the gateway to stop.
         stopped = trio.current_time() - started
     assert stopped < 10, f"the shutdown took {stopped:.1f} s"
+
+
+async def test_past_the_subscriber_cap_a_new_feed_is_refused_with_503(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from service import admin_feed
+
+    monkeypatch.setattr(admin_feed, "MAX_SUBSCRIBERS", 1)
+    with trio.fail_after(30):
+        async with running_gateway(tmp_path, ["ok"]) as gw, feed(gw) as (_, live):
+            assert await live.next() == Frame(retry=2000)
+            await subscribed(gw, 1)
+            async with httpx.AsyncClient(base_url=gw.url, headers=ADMIN_HEADERS) as client:
+                resp = await client.get("/admin/events")
+            assert resp.status_code == 503
+            assert resp.json()["error"]["code"] == "too_many_subscribers"
+            assert resp.headers["retry-after"] == "5"

@@ -226,3 +226,58 @@ async def test_a_bad_login_body_names_the_token() -> None:
         resp = await client.post("/admin/api/login", data=raw, headers={"Content-Type": "application/json"})
         assert resp.status_code == 400
         assert msgspec.json.decode(await resp.get_data())["error"]["param"] == "token"
+
+
+async def test_behind_a_tls_proxy_an_https_origin_of_the_same_host_is_this_gateway() -> None:
+    app, auth = make_app(Clock())
+    client = app.test_client()
+    resp = await login(client, Origin="https://localhost")  # the proxy speaks TLS; the gateway sees http
+    assert resp.status_code == 200
+    csrf = msgspec.json.decode(await resp.get_data())["csrf_token"]
+    change = await client.post(
+        "/admin/api/thing", headers={"X-CSRF-Token": csrf, "Origin": "https://localhost"}
+    )
+    assert change.status_code == 200
+    assert auth.origin_ok("https://localhost/", "localhost")
+    assert not auth.origin_ok("https://localhost.evil.example", "localhost")
+
+
+async def test_a_proxy_that_rewrites_host_lists_the_consoles_origin() -> None:
+    auth = AdminAuth(TokenCheck([hash_token(TOKEN)]), allowed_origins=("https://LLM.example.com/",))
+    assert auth.origin_ok("https://llm.example.com", "127.0.0.1:8080")
+    assert not auth.origin_ok("https://other.example.com", "127.0.0.1:8080")
+
+
+async def test_another_authorization_scheme_is_not_a_guess_and_falls_through_to_the_cookie() -> None:
+    """Behind a proxy's Basic auth every request carries `Authorization: Basic ...`: the console's cookie
+    still works, and nothing is counted against the address."""
+    app, _ = make_app(Clock(), limit=2)
+    client = app.test_client()
+    assert (await login(client)).status_code == 200
+    basic = {"Authorization": "Basic dXNlcjpwYXNz"}
+    for _ in range(5):
+        assert (await client.get("/admin/api/thing", headers=basic)).status_code == 200
+    assert (await app.test_client().get("/admin/api/thing", headers=BEARER)).status_code == 200
+
+
+async def test_a_session_already_open_still_works_while_its_address_is_throttled() -> None:
+    """One guesser behind a shared proxy must not lock the operators out."""
+    app, _ = make_app(Clock(), limit=2)
+    operator = app.test_client()
+    assert (await login(operator)).status_code == 200
+    guesser = app.test_client()
+    for _ in range(3):
+        await login(guesser, "wrong-token")
+    assert (await login(guesser)).status_code == 429  # the address is throttled...
+    assert (await operator.get("/admin/api/thing")).status_code == 200  # ... but not an open session
+
+
+async def test_logout_clears_the_cookie_of_a_session_that_has_expired() -> None:
+    clock = Clock()
+    app, _ = make_app(clock, ttl_s=60.0)
+    client = app.test_client()
+    await login(client)
+    clock.t += 61.0
+    out = await client.post("/admin/api/logout")  # no CSRF token: there is no live session to protect
+    assert out.status_code == 204
+    assert set_cookie(out.headers)[COOKIE].value == ""
