@@ -103,7 +103,7 @@ class FeedQuery:
         if self.platform is not None and platform != self.platform:
             return False
         if self.model is not None:
-            named = {model, f"{platform}/{model}"} if platform is not None else {model}
+            named = {model, f"{platform}/{model}"} if platform is not None and model is not None else {model}
             if isinstance(requested := getattr(event, "requested_models", None), tuple):
                 named.update(requested)  # a request names the models it asked for
             if self.model not in named:
@@ -119,6 +119,8 @@ def _platform_model(event: Event) -> tuple[str | None, str | None]:
         return platform, model
     on = getattr(event, "platform", None)
     named = getattr(event, "model", None)
+    if on is None and isinstance(key_id := getattr(event, "key_id", None), str) and "." in key_id:
+        on = key_id.partition(".")[0]  # a key's id is `<platform>.<hash>` (service/secrets.py: key_id_for)
     return (on if isinstance(on, str) else None, named if isinstance(named, str) else None)
 
 

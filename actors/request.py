@@ -180,7 +180,8 @@ class RequestActor:
                     # A bug met by this request (the traceback goes to the log above us): it still has an end.
                     latency = (trio.current_time() - started) * 1000
                     error = f"gateway error: {type(exc).__name__}"
-                    await self._completed(req, "error", 500, progress.attempts, latency, "", error)
+                    first = _first_content_ms(handle, started)
+                    await self._completed(req, "error", 500, progress.attempts, latency, "", error, first)
                 elif handle is None or handle.client_gone:
                     await self._record_disconnect(req, progress, started, handle)
             raise
@@ -362,7 +363,10 @@ class RequestActor:
         if self._cut_off:
             latency = (trio.current_time() - started) * 1000
             error = "cut off by the gateway's shutdown (its grace period was over)"
-            await self._completed(req, "error", 503, progress.attempts, latency, progress.current, error)
+            first = _first_content_ms(handle, started)
+            await self._completed(
+                req, "error", 503, progress.attempts, latency, progress.current, error, first
+            )
             return
         self._disconnects += 1
         platform, _, model = progress.current.partition("/")

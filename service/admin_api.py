@@ -490,6 +490,9 @@ class AdminApi:
         view = await self.key(key_id)
         if isinstance(view, Answer):
             return _answer(view)
+        outage = self.runtime.log.outage()
+        if outage is not None:  # before calling the provider: a check the log cannot record changes nothing
+            return _answer(_unwritable(outage.reason, held=False))
         result = await self.runtime.key_checker.check_now(view.info.platform, key_id)
         failed = await self.commit(result)
         if failed is not None:

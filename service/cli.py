@@ -40,6 +40,7 @@ from events.types import (
     KeyAdded,
     KeyDisabled,
     KeyEnabled,
+    LimitChanges,
     ModelUpdated,
     RouteDecided,
     encode_event,
@@ -543,6 +544,8 @@ def _show(value: object) -> str:
         return f"{round(value, 3):.10g}"
     if isinstance(value, tuple):
         return ",".join(_show(v) for v in value)
+    if isinstance(value, LimitChanges):  # only the limits it changes; "none" lifts one
+        return ",".join(f"{name}:{'none' if v is None else v}" for name, v in value.given())
     text = str(value)
     return json.dumps(text, ensure_ascii=False) if not text or any(c in text for c in ' ="') else text
 

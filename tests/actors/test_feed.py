@@ -377,3 +377,16 @@ async def test_a_subscriber_still_reading_the_log_at_shutdown_is_sent_nothing_pa
         # Last-Event-ID stays where a resume loses nothing.
         assert sent == list(range(1, len(sent) + 1))
         assert len(sent) < 2000
+
+
+def test_a_keys_events_match_the_platform_in_its_id_and_a_model_filter_never_matches_none() -> None:
+    from actors.feed import FeedQuery
+    from events.types import CooldownsReset, KeyAdded, KeyDisabled
+
+    reset = CooldownsReset(ts=1.0, key_id="local.0123456789", model="m-b")
+    assert FeedQuery(platform="local").matches(reset)
+    assert FeedQuery(model="local/m-b").matches(reset) and FeedQuery(model="m-b").matches(reset)
+    assert FeedQuery(platform="local").matches(KeyDisabled(ts=1.0, key_id="local.0123456789"))
+    assert not FeedQuery(platform="groq").matches(reset)
+    added = KeyAdded(ts=1.0, key_id="local.0123456789", platform="local", label="…1234", source="vault")
+    assert not FeedQuery(model="local/None").matches(added)

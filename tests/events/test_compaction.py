@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from events.analytics import Analytics
 from events.config_applied import CONFIG_TAG, last_config, view_of
 from events.op_stats import OperationalStats
 from events.replay import Replayed
@@ -66,8 +67,11 @@ ALWAYS_KEPT = {
 
 
 def test_nothing_a_projection_folds_or_the_log_must_keep_is_removable() -> None:
-    folded = {event_tag(t) for t in EVENT_TYPES if any(t in p.FOLDS for p in (*FOLD_ORDER, OperationalStats))}
-    assert folded == RoutingView.FOLDED_TAGS | {event_tag(t) for t in OperationalStats.FOLDS}
+    folders = (*FOLD_ORDER, OperationalStats, Analytics)
+    folded = {event_tag(t) for t in EVENT_TYPES if any(t in p.FOLDS for p in folders)}
+    assert folded == RoutingView.FOLDED_TAGS | {
+        event_tag(t) for t in (*OperationalStats.FOLDS, *Analytics.FOLDS)
+    }
     assert not REMOVABLE & folded
     assert not REMOVABLE & ALWAYS_KEPT
     assert {event_tag(RouteDecided), event_tag(RequestReceived)} <= REMOVABLE

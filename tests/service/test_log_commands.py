@@ -18,7 +18,7 @@ import pytest
 from events.retention import REMOVABLE
 from events.sqlite_store import SqliteStore
 from events.store import StoreUnwritable
-from events.types import KeyChecked, event_type
+from events.types import KeyChecked, LimitChanges, ModelUpdated, event_type
 from service import cli, server
 from service.server import DB_NAME
 
@@ -360,3 +360,8 @@ def test_a_read_only_directory_with_committed_events_in_the_wal_says_to_copy_the
         "that SQLite can only read beside a writable -shm; copy the database and its -wal to a writable "
         "directory\n"
     )
+
+
+def test_log_tail_shows_a_models_limit_changes_as_the_limits_it_changes() -> None:
+    event = ModelUpdated(ts=1.0, platform="p", model="m", limits=LimitChanges(rpm=None, tpm=5))
+    assert cli.event_line(7, event).endswith("p/m limits=rpm:none,tpm:5")
