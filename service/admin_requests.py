@@ -77,6 +77,7 @@ def _choice(name: str, choices: tuple[str, ...]) -> str | None:
 @dataclass(frozen=True)
 class Query:
     outcome: str | None = None
+    status: int | None = None
     platform: str | None = None
     model: str | None = None
     mode: str | None = None
@@ -87,10 +88,12 @@ class Query:
 
     @property
     def filtered(self) -> bool:
-        return any(v is not None for v in (self.outcome, self.platform, self.model, self.mode))
+        return any(v is not None for v in (self.outcome, self.status, self.platform, self.model, self.mode))
 
     def matches(self, s: RequestSummary) -> bool:
         if self.outcome is not None and (s.outcome or "running") != self.outcome:
+            return False
+        if self.status is not None and s.status != self.status:
             return False
         if self.platform is not None and s.platform != self.platform:
             return False
@@ -106,12 +109,16 @@ def parse_query() -> Query:
     before = _number("before", int, "a seq (a whole number) from a previous page's next_before")
     if before is not None and not 1 <= before <= MAX_SEQ:
         raise BadQuery("before", f"'before' must be a seq from 1 to {MAX_SEQ}; got {quoted(str(before))}.")
+    status = _number("status", int, "an HTTP status code, e.g. 502")
+    if status is not None and not 100 <= status <= 599:
+        raise BadQuery("status", f"'status' must be an HTTP status code from 100 to 599; got {status}.")
     since = _number("since", float, "a time in seconds since the epoch")
     until = _number("until", float, "a time in seconds since the epoch")
     if since is not None and until is not None and until < since:
         raise BadQuery("until", f"'until' ({until:g}) is before 'since' ({since:g}).")
     return Query(
         outcome=_choice("outcome", OUTCOMES),
+        status=status,
         platform=request.args.get("platform") or None,
         model=request.args.get("model") or None,
         mode=_choice("mode", MODES),

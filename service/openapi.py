@@ -824,6 +824,11 @@ def _paths(structs: dict[str, Schema]) -> dict[str, dict[str, Schema]]:
                 (400,),
                 params=[
                     _query("outcome", {"enum": list(OUTCOMES)}, "how they ended (running: not yet)"),
+                    _query(
+                        "status",
+                        {"type": "integer", "minimum": 100, "maximum": 599},
+                        "the HTTP status they were answered with",
+                    ),
                     _query("platform", STR, "where it was answered (or, while it runs, tried last)"),
                     _query("model", STR, "the model (id or platform/id) that answered or was tried last"),
                     _query("mode", {"enum": list(MODES)}, "the mode asked for (named: models named)"),

@@ -100,6 +100,8 @@ async def test_the_list_filters_and_pages_back_in_time(tmp_path):
             assert await listed(outcome="error") == [ids["error"]]
             assert await listed(outcome="ok") == [ids["named"], ids["auto"]]
             assert await listed(outcome="running") == []
+            assert await listed(status=200) == [ids["named"], ids["auto"]]
+            assert await listed(status=failing.status_code) == [ids["error"]]
             assert await listed(mode="auto") == [ids["auto"]]
             assert await listed(mode="named") == [ids["named"], ids["error"]]
             assert await listed(model="local/ok") == [ids["named"], ids["auto"]]
@@ -130,6 +132,7 @@ async def test_the_list_filters_and_pages_back_in_time(tmp_path):
                 "limit": ["0", "501", "many"],
                 "before": ["0", "x"],
                 "outcome": ["fine"],
+                "status": ["99", "600", "ok"],
                 "mode": ["auto-best"],
                 "since": ["yesterday", "nan"],
             }
