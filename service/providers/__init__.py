@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from actors.upstream import ProviderAdapter
+from service.providers.gemini import GeminiAdapter
 from service.providers.openai import OpenAIAdapter
 
-ADAPTERS: dict[str, ProviderAdapter] = {"openai": OpenAIAdapter()}
+ADAPTERS: dict[str, ProviderAdapter] = {"openai": OpenAIAdapter(), "gemini": GeminiAdapter()}
