@@ -71,6 +71,8 @@ _SCHEMA_DROPPED = frozenset(
 _TOOL_MODES = {"none": "NONE", "auto": "AUTO", "required": "ANY"}
 # Gemini's wording for a prompt over the model's window (a 400 INVALID_ARGUMENT like any other).
 _CONTEXT_MARKERS = ("input token count", "exceeds the maximum number of tokens")
+# Model families that take no systemInstruction (Gemma on the Gemini API).
+_NO_SYSTEM_INSTRUCTION = ("gemma-",)
 _LIMIT_ZERO = re.compile(r"\blimit: 0(?![\d.])")
 
 
@@ -172,7 +174,17 @@ def gemini_body(body: Mapping[str, Any]) -> dict[str, Any]:
     system, contents = _contents(messages if isinstance(messages, list) else [])
     out: dict[str, Any] = {"contents": contents}
     if system:
-        out["systemInstruction"] = {"parts": [{"text": "\n\n".join(system)}]}
+        text = "\n\n".join(system)
+        model = str(body.get("model") or "").removeprefix("models/")
+        if model.startswith(_NO_SYSTEM_INSTRUCTION):
+            # These models answer a systemInstruction with 400 "Developer instruction is not enabled": the
+            # instructions go first in the conversation instead.
+            if contents and contents[0]["role"] == "user":
+                contents[0]["parts"].insert(0, {"text": text})
+            else:
+                contents.insert(0, {"role": "user", "parts": [{"text": text}]})
+        else:
+            out["systemInstruction"] = {"parts": [{"text": text}]}
     tools = _tools(body.get("tools"))
     if tools:
         out["tools"] = [{"functionDeclarations": tools}]
@@ -209,7 +221,13 @@ def _contents(messages: list[Any]) -> tuple[list[str], list[dict[str, Any]]]:
                 name = str(fn.get("name") or "")
                 if isinstance(call.get("id"), str):
                     names[call["id"]] = name
-                parts.append({"functionCall": {"name": name, "args": _arguments(fn.get("arguments"))}})
+                part: dict[str, Any] = {
+                    "functionCall": {"name": name, "args": _arguments(fn.get("arguments"))}
+                }
+                signature = _signature(call)
+                if signature is not None:
+                    part["thoughtSignature"] = signature
+                parts.append(part)
             _append(contents, "model", parts)
         elif role == "tool":
             name = names.get(str(message.get("tool_call_id")), str(message.get("name") or ""))
@@ -265,6 +283,13 @@ def _image(url: str) -> dict[str, Any]:
         return {"inlineData": {"mimeType": mime or "image/png", "data": data}}
     mime = mimetypes.guess_type(url.split("?", 1)[0])[0] or "image/jpeg"
     return {"fileData": {"mimeType": mime, "fileUri": url}}
+
+
+def _signature(call: Mapping[str, Any]) -> str | None:
+    extra = call.get("extra_content")
+    google = extra.get("google") if isinstance(extra, dict) else None
+    signature = google.get("thought_signature") if isinstance(google, dict) else None
+    return signature if isinstance(signature, str) and signature else None
 
 
 def _arguments(arguments: Any) -> dict[str, Any]:
@@ -420,6 +445,10 @@ def _choice(candidate: Mapping[str, Any], index: int, *, delta: bool) -> dict[st
                 "type": "function",
                 "function": {"name": str(fn.get("name") or ""), "arguments": _args_text(fn.get("args"))},
             }
+            if isinstance(part.get("thoughtSignature"), str):
+                # A thinking model's call must come back with its signature on the next turn; it rides on
+                # the tool call where Google's own OpenAI-compatible API puts it, which clients keep.
+                call["extra_content"] = {"google": {"thought_signature": part["thoughtSignature"]}}
             calls.append({"index": n, **call} if delta else call)
     message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts or not delta else None}
     if not texts and not delta and calls:

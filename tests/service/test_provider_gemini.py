@@ -149,6 +149,41 @@ def test_tool_calls_become_function_calls_and_tool_results_function_responses() 
     ]
 
 
+def test_a_thought_signature_on_a_tool_call_goes_back_on_its_function_call() -> None:
+    completion = ADAPTER.completion(fixture("generate_tool_calls.json"))
+    message = completion["choices"][0]["message"]
+    first, second = message["tool_calls"]
+    assert first["extra_content"] == {"google": {"thought_signature": "CiQBVKhc7g3PaHVVFsR9fHD5v0n7d1cM"}}
+    assert "extra_content" not in second
+    # The client sends the message back as it got it (with the results): the signature is on its call.
+    body = sent(
+        {
+            "messages": [
+                {"role": "user", "content": "Weather and time in Paris?"},
+                message,
+                {"role": "tool", "tool_call_id": first["id"], "content": "{}"},
+                {"role": "tool", "tool_call_id": second["id"], "content": "{}"},
+            ]
+        }
+    )
+    model_parts = body["contents"][1]["parts"]
+    assert model_parts[0]["thoughtSignature"] == "CiQBVKhc7g3PaHVVFsR9fHD5v0n7d1cM"
+    assert "thoughtSignature" not in model_parts[1]
+    assert [p["functionResponse"]["name"] for p in body["contents"][2]["parts"]] == [
+        "get_weather",
+        "get_time",
+    ]
+
+
+def test_gemma_gets_its_system_messages_inlined_in_the_first_user_turn() -> None:
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+    body = sent({"model": "gemma-3-27b-it", "messages": messages})
+    assert "systemInstruction" not in body
+    assert body["contents"] == [{"role": "user", "parts": [{"text": "Be brief."}, {"text": "hi"}]}]
+    alone = sent({"model": "gemma-3-27b-it", "messages": messages[:1]})
+    assert alone["contents"] == [{"role": "user", "parts": [{"text": "Be brief."}]}]
+
+
 def test_images_become_inline_data_or_file_data() -> None:
     body = sent(
         {
@@ -391,6 +426,7 @@ async def test_streamed_function_calls_are_tool_call_deltas_with_an_index() -> N
         {"city": "Tokyo"},
     ]
     assert end.usage.output_reported == 56
+    assert calls[0]["extra_content"] == {"google": {"thought_signature": "CiQBVKhc7g3PaHVVFsR9fHD5v0n7d1cM"}}
 
 
 async def test_a_stream_cut_before_its_finish_is_an_honest_failure() -> None:
