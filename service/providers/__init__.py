@@ -4,6 +4,12 @@
 from __future__ import annotations
 
 from actors.upstream import ProviderAdapter
+from service.providers.cloudflare import CloudflareAdapter
+from service.providers.cohere import CohereAdapter
 from service.providers.openai import OpenAIAdapter
 
-ADAPTERS: dict[str, ProviderAdapter] = {"openai": OpenAIAdapter()}
+ADAPTERS: dict[str, ProviderAdapter] = {
+    "openai": OpenAIAdapter(),
+    "cohere": CohereAdapter(),
+    "cloudflare": CloudflareAdapter(),
+}
