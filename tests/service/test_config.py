@@ -25,6 +25,7 @@ from service.config import (
     load_builtin_catalog,
     load_config,
 )
+from service.providers import ADAPTERS
 from service.server import routing_settings
 
 SEED = Path("/work/shared/catalog/seed-catalog.json")
@@ -604,10 +605,11 @@ def test_sessions_table(tmp_path: Path) -> None:
             '"provider-ban", "model-skip", "off"',
         ),
         (
-            '[[platforms]]\nname = "gem"\nkind = "gemini"\nbase_url = "https://x"\n',
+            '[[platforms]]\nname = "aws"\nkind = "bedrock"\nbase_url = "https://x"\n',
             3,
             "[[platforms]][1].kind",
-            'supported platform kind ("openai"), found a string ("gemini")',
+            # (the kinds it lists grow with each adapter: the kind it names is what this pins)
+            'found a string ("bedrock")',
         ),
         (
             '[[platforms]]\nname = "x"\nkind = "openai"\nbase_url = "ftp://x"\n',
@@ -995,7 +997,7 @@ def test_defaults_have_one_home() -> None:
     assert Sessions() == Sessions(policy.pin_ttl_s, policy.max_sessions, policy.provider_ban_window_s)
     assert Timeouts().transient_cooldown_s == RoutingPolicy().transient_cooldown_s
     assert Routing().rate_limit_cooldown_s == RoutingPolicy().rate_limit_cooldown_s
-    assert KINDS == ("openai",)
+    assert set(KINDS) == set(ADAPTERS)  # every kind the config accepts has its adapter, and only those
 
 
 def test_catalog_models_carry_the_config_models(tmp_path: Path) -> None:
