@@ -38,7 +38,7 @@ from events.quotas import Limits
 from events.view import SessionPolicy
 
 # The platform kinds the gateway has an adapter for: a new adapter adds its kind here and nowhere else.
-Kind = Literal["openai", "gemini"]
+Kind = Literal["openai", "gemini", "cohere", "cloudflare"]
 Protection = Literal["provider-ban", "model-skip", "off"]
 Pool = Literal["fast", "balanced", "smart"]
 QuotaDay = Literal["utc", "rolling"]  # daily limits reset at UTC midnight / count the last 24 hours

@@ -4,7 +4,14 @@
 from __future__ import annotations
 
 from actors.upstream import ProviderAdapter
+from service.providers.cloudflare import CloudflareAdapter
+from service.providers.cohere import CohereAdapter
 from service.providers.gemini import GeminiAdapter
 from service.providers.openai import OpenAIAdapter
 
-ADAPTERS: dict[str, ProviderAdapter] = {"openai": OpenAIAdapter(), "gemini": GeminiAdapter()}
+ADAPTERS: dict[str, ProviderAdapter] = {
+    "openai": OpenAIAdapter(),
+    "gemini": GeminiAdapter(),
+    "cohere": CohereAdapter(),
+    "cloudflare": CloudflareAdapter(),
+}

@@ -1,0 +1,75 @@
+"""The Cohere adapter: its OpenAI-compatible endpoint (`https://api.cohere.ai/compatibility/v1`), which
+answers in OpenAI's shapes (so parsing answers and frames is the OpenAI adapter's) but differs on the way in
+and on errors:
+
+- tool schemas: Cohere rejects `additionalProperties` (a 400 for a schema any OpenAI client sends, e.g.
+  pydantic's and the openai SDK's strict tools), so it is removed at every depth of `parameters`;
+- `parallel_tool_calls` is not accepted, so it is not forwarded (Cohere decides on parallel calls itself);
+- errors carry a root `message` string (`{"message": "invalid api token"}`), not OpenAI's `error` object.
+
+The key check is the OpenAI one (`GET {base_url}/models`, the key as a Bearer token).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+from actors.upstream import HttpRequest, UpstreamCall
+from events import taxonomy
+from events.judge import judge_error
+from events.outcomes import Failed
+from service.providers.openai import _UNREADABLE, OpenAIAdapter, _decode
+
+
+def without_additional_properties(schema: Any) -> Any:
+    """A copy of a JSON schema with every `additionalProperties` removed, at every depth (nested objects,
+    `items`, `anyOf`, `$defs`...). A property *named* additionalProperties stays: it is a key of
+    `properties`, not the keyword."""
+    if isinstance(schema, list):
+        return [without_additional_properties(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key == "additionalProperties":
+            continue
+        if key == "properties" and isinstance(value, dict):
+            out[key] = {name: without_additional_properties(sub) for name, sub in value.items()}
+        else:
+            out[key] = without_additional_properties(value)
+    return out
+
+
+def _tool(tool: Any) -> Any:
+    fn = tool.get("function") if isinstance(tool, dict) else None
+    if not isinstance(fn, dict) or "parameters" not in fn:
+        return tool
+    return {**tool, "function": {**fn, "parameters": without_additional_properties(fn["parameters"])}}
+
+
+class CohereAdapter(OpenAIAdapter):
+    kind = "cohere"
+
+    def request(self, call: UpstreamCall, base_url: str, secret: str) -> HttpRequest:
+        body = {k: v for k, v in call.body.items() if k != "parallel_tool_calls"}
+        if isinstance(body.get("tools"), list):
+            body["tools"] = [_tool(tool) for tool in body["tools"]]
+        return super().request(replace(call, body=body), base_url, secret)
+
+    def error(self, status: int, headers: Mapping[str, str], raw: bytes, now: float) -> Failed:
+        try:
+            payload = _decode(raw) if raw else None
+        except _UNREADABLE:
+            payload = None
+        if not isinstance(payload, dict) or "error" in payload or not isinstance(payload.get("message"), str):
+            return judge_error(status, headers, raw, now)  # not Cohere's shape: OpenAI's, or none
+        message: str = payload["message"]
+        error = {"message": message}
+        return Failed(
+            taxonomy.kind_for_status(status, error),
+            taxonomy.error_message(error, f"HTTP {status}"),
+            status,
+            retry_after_s=taxonomy.retry_after_s(headers, now),
+        )
