@@ -3,8 +3,10 @@
     .venv/bin/python scripts/build_catalog.py /work/shared/catalog/seed-catalog.json --version 2026-11-26.1
 
 What it does, and why:
-- Keeps only platforms of kind `openai`: the gemini, cohere and cloudflare adapters do not exist yet, so their
-  platforms and models are dropped rather than shipped as rows nothing can call.
+- Keeps the platforms of every kind the gateway has an adapter for (`KINDS`: openai, gemini, cohere,
+  cloudflare: all 17 of the seed's platforms); a kind without an adapter would be rows nothing can call.
+- Where the seed's platform notes describe the seed's own transport rather than ours (Gemini's key in the
+  query string), `NOTES` replaces them.
 - Per platform: name, kind, display_name (the seed's provider name), base_url, headers, timeout_s, key_page,
   notes, the thread-protection level from the seed's defaults (`provider-ban` for longcat, `model-skip` for
   the rest) and the env var its keys may come from (`GROQ_API_KEY` style).
@@ -23,7 +25,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-KIND = "openai"
+KINDS = ("openai", "gemini", "cohere", "cloudflare")
+NOTES = {
+    "google": (
+        "Native Gemini API (kind gemini: service/providers/gemini.py). POST {base_url}/models/{model}:"
+        "generateContent, or :streamGenerateContent?alt=sse; the key travels only in the x-goog-api-key "
+        "header, never in the URL. System messages go to systemInstruction (inlined for Gemma); tool "
+        "schemas are cleaned of the JSON-Schema keywords Gemini rejects; a 429 cools the key for "
+        "RetryInfo.retryDelay."
+    ),
+}
 SMART_MAX_INTELLIGENCE_RANK = 3
 FAST_MAX_SPEED_RANK = 2
 # The seed's router preferred these in smart mode although their ranks alone would not put them there.
@@ -62,10 +73,10 @@ def build(seed: dict[str, Any], version: str) -> dict[str, Any]:
             "key_page": p["key_page"],
             "protection": protection.get(p["name"], other_protection),
             "env_var": env_var(p["name"]),
-            "notes": p["notes"],
+            "notes": NOTES.get(p["name"], p["notes"]),
         }
         for p in seed["platforms"]
-        if p["kind"] == KIND
+        if p["kind"] in KINDS
     ]
     names = {p["name"] for p in platforms}
     models = [
@@ -97,7 +108,10 @@ def build(seed: dict[str, Any], version: str) -> dict[str, Any]:
         raise SystemExit("an expected `uncertain` note is missing from the seed")
     return {
         "version": version,
-        "source": f"switchboard seed catalog (kind {KIND!r} platforms only), extracted from {seed['source']}",
+        "source": (
+            f"switchboard seed catalog (platforms of kinds {', '.join(KINDS)}), extracted from "
+            f"{seed['source']}"
+        ),
         "conventions": {
             "intelligence_rank": "lower = smarter; ties allowed",
             "speed_rank": "lower = faster",

@@ -67,9 +67,14 @@ def test_defaults_without_a_file() -> None:
     assert config.builtin_catalog
     assert config.env_keys == {}
 
-    assert len(config.platforms) == 14
-    assert {p.kind for p in config.platforms.values()} == {"openai"}
-    assert not {"google", "cohere", "cloudflare"} & set(config.platforms)
+    assert len(config.platforms) == 17
+    assert {p.kind for p in config.platforms.values()} == {"openai", "gemini", "cohere", "cloudflare"}
+    assert {n: config.platforms[n].kind for n in ("google", "cohere", "cloudflare")} == {
+        "google": "gemini",
+        "cohere": "cohere",
+        "cloudflare": "cloudflare",
+    }
+    assert config.platforms["google"].env_var == "GOOGLE_API_KEY"
     assert config.platforms["longcat"].protection == "provider-ban"
     assert {p.protection for n, p in config.platforms.items() if n != "longcat"} == {"model-skip"}
     assert config.platforms["groq"].env_var == "GROQ_API_KEY"
@@ -80,7 +85,7 @@ def test_defaults_without_a_file() -> None:
         (p.quota_day, p.single_flight == (p.protection == "provider-ban")) for p in config.platforms.values()
     } == {("utc", True)}
 
-    assert len(config.models) == 81
+    assert len(config.models) == 98
     assert all(m.platform in config.platforms for m in config.models)
     assert {m.pool for m in config.models} == set(POOLS)
     assert all(m.fallback == m.enabled for m in config.models)
@@ -219,7 +224,7 @@ def test_full_valid_file(tmp_path: Path) -> None:
     assert (llama.rpm, llama.rpd, llama.tpm, llama.tpd) == (10, 100, 1000, 10000)
     assert (llama.intelligence_rank, llama.speed_rank, llama.enabled) == (2, 3, True)
     assert llama.display_name == "Llama 3.3 70B"  # not given: kept
-    assert len(config.models) == 81
+    assert len(config.models) == 98
 
 
 def test_override_builtin_platform_base_url_and_keys(tmp_path: Path) -> None:
@@ -849,7 +854,7 @@ def test_env_thread_protection_empty_means_unset(value: str) -> None:
 @pytest.mark.parametrize(
     ("value", "entry", "words"),
     [
-        ("nope:off", "nope:off", 'unknown platform "nope" (known: groq, cerebras'),
+        ("nope:off", "nope:off", 'unknown platform "nope" (known: google, groq, cerebras'),
         ("groq:ban", "groq:ban", 'unknown level "ban"'),
         ("groq:Off", "groq:Off", 'unknown level "Off"'),
         ("longcat:provider-ban,groq", "groq", 'no ":"'),
