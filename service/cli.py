@@ -50,7 +50,7 @@ from events.types import (
 from events.view import RoutingView, folded_tags, rebuild
 from service import __version__
 from service.backup import BackupError, backup
-from service.config import Config, ConfigError, load_config
+from service.config import Config, ConfigError, env_var_for, load_config
 from service.replay_runner import run_replay
 from service.secrets import KEY_FILE, SecretsError, key_label, open_vault
 from service.server import (
@@ -313,6 +313,26 @@ def cmd_models(args: argparse.Namespace) -> int:
             )
         )
     _table(("MODEL", "POOL", "RANK", "CONTEXT", "ENABLED", "CHAIN", "KEYS", "OK/TOTAL"), rows)
+    # Where each platform's keys come from: the variable to set is the first thing a new user needs.
+    keyed: dict[str, int] = {}
+    for info in view.health.keys.values():
+        if info.status == "ok":
+            keyed[info.platform] = keyed.get(info.platform, 0) + 1
+    # The platforms of the catalog shown (the recorded one when no config file is given).
+    platforms = list(dict.fromkeys(m.platform for m in view.catalog.models()))
+    print()
+    _table(
+        ("PLATFORM", "KIND", "KEY VARIABLE", "USABLE KEYS"),
+        [
+            (
+                name,
+                config.platforms[name].kind if name in config.platforms else "-",
+                env_var_for(name),
+                str(keyed.get(name, 0)),
+            )
+            for name in platforms
+        ],
+    )
     return 0
 
 

@@ -111,13 +111,15 @@ async def test_read_only_commands_show_the_recorded_configuration(tmp_path, caps
     capsys.readouterr()
     # No config file: the catalog the gateway ran with (not the built-in one), its keys, its sessions.
     assert cli.main(["models", "--data-dir", data_dir]) == 0
-    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    models, platforms = capsys.readouterr().out.split("\n\n")
+    rows = [line.split() for line in models.splitlines()[1:]]
     assert [(r[0], r[2], r[6]) for r in rows] == [
         ("local/echo", "1", "2"),
         ("local/ok", "2", "2"),
         ("local/fail:503", "3", "2"),
     ]
     assert rows[0][7] == "1/1"
+    assert [line.split() for line in platforms.splitlines()[1:]] == [["local", "-", "LOCAL_API_KEY", "2"]]
     assert cli.main(["keys", "list", "--data-dir", data_dir]) == 0
     keys = capsys.readouterr().out.splitlines()[1:]
     assert len(keys) == 2 and all(" local " in line and " config " in line for line in keys)

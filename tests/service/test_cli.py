@@ -83,7 +83,7 @@ def raw_bytes(data_dir: Path) -> bytes:
 
 def table(text: str) -> dict[str, str]:
     """Rows of a CLI table by their first column."""
-    return {line.split()[0]: line for line in text.strip().splitlines()[1:]}
+    return {line.split()[0]: line for line in text.strip().splitlines()[1:] if line.strip()}
 
 
 def test_keys_add_reads_the_key_from_stdin_and_stores_it_encrypted(setup, monkeypatch, capsys):
@@ -214,6 +214,9 @@ def test_models_lists_the_catalog_and_toggles_models(setup, monkeypatch, capsys)
     rows = table(out)
     assert rows["local/ok"].split() == ["local/ok", "balanced", "1", "8192", "yes", "yes", "1", "-"]
     assert rows["local/echo"].split() == ["local/echo", "balanced", "2", "-", "yes", "yes", "1", "-"]
+    # ... and where each platform's keys come from.
+    assert rows["PLATFORM"].split() == ["PLATFORM", "KIND", "KEY", "VARIABLE", "USABLE", "KEYS"]
+    assert rows["local"].split() == ["local", "openai", "LOCAL_API_KEY", "1"]
 
     assert run("models", "disable", "local/echo", config=config) == 0
     assert capsys.readouterr().out.strip() == "disabled local/echo"
