@@ -315,6 +315,13 @@ async def startup_summary(runtime: Runtime, config: Config, env: Mapping[str, st
             unusable = len(statuses) - statuses.count("ok")
             parts.append(f"{platform} {len(statuses)}" + (f" ({unusable} not ok)" if unusable else ""))
         lines.append(f"provider keys: {', '.join(parts)}; {usable} of {len(enabled)} models usable")
+        unkeyed = [p for p in config.platforms.values() if p.name not in keys]
+        if unkeyed:
+            lines.append(
+                "no keys yet for: "
+                + ", ".join(f"{p.name} ({p.env_var})" for p in unkeyed)
+                + " ('switchboard models' lists each platform's variable)"
+            )
     else:
         example = "groq" if "groq" in config.platforms else next(iter(sorted(config.platforms)), "groq")
         lines.append(

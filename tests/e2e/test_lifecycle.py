@@ -324,6 +324,7 @@ async def test_the_start_summary_names_keyed_platforms_usable_models_and_mistype
     assert after == [
         f"console: {gw.url}/admin/ (log in with the admin token)",
         "provider keys: local 2; 2 of 3 models usable",
+        "no keys yet for: spare (SPARE_API_KEY) ('switchboard models' lists each platform's variable)",
         "warning: LOCL_API_KEY is set but matches no platform (did you mean LOCAL_API_KEY?)",
         "warning: OTHER_API_KEY is set but matches no platform (platform keys are named like GROQ_API_KEY)",
     ]
