@@ -36,6 +36,16 @@ What a request gets is its *behaviour*, a spec ``name[:arg[:arg]]``, looked up i
 
 ``stream_options.include_usage`` adds the usual usage chunk before ``[DONE]``.
 
+Gemini: ``POST /v1beta/models/<model>:generateContent`` and ``:streamGenerateContent?alt=sse`` answer in
+Google's native shapes (``candidates`` / ``usageMetadata``; a stream is one ``data:`` frame per piece, the
+last with ``finishReason``, no ``[DONE]``). The key must come in ``x-goog-api-key`` (none: 403
+PERMISSION_DENIED; a ``key=`` query parameter: 400 INVALID_ARGUMENT). The model in the path (URL-decoded)
+picks the behaviour as above: ``ok`` / ``echo`` / ``truncated`` (MAX_TOKENS) / ``empty`` answer, with
+``functionDeclarations`` a ``functionCall`` to the first; ``fail:<status>`` errors as
+``{"error": {"code", "message", "status"}}``; ``rate-limit[:<s>]`` is a 429 RESOURCE_EXHAUSTED whose
+``details`` carry ``RetryInfo.retryDelay`` "<s>s"; ``auth`` a 400 "API key not valid"; ``stall-pre:<s>`` and
+``slow:<s>`` wait, then answer. Other behaviours answer as ``ok``.
+
 Use it in-process::
 
     state = UpstreamState()
@@ -65,6 +75,7 @@ import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import unquote
 
 import h11
 import msgspec
@@ -288,6 +299,42 @@ class _Answer:
             "function": {"name": self.tool, "arguments": "{}"},
         }
 
+    def _gemini_payload(self, parts: list[dict], finish: str | None, usage: bool) -> dict:
+        candidate: dict = {"content": {"parts": parts, "role": "model"}, "index": 0}
+        if finish is not None:
+            candidate["finishReason"] = _GEMINI_FINISH[finish]
+        u = self.usage()
+        metadata = {"promptTokenCount": u["prompt_tokens"], "totalTokenCount": u["prompt_tokens"]}
+        if usage:
+            metadata = {
+                "promptTokenCount": u["prompt_tokens"],
+                "candidatesTokenCount": u["completion_tokens"],
+                "totalTokenCount": u["total_tokens"],
+            }
+        return {
+            "candidates": [candidate],
+            "usageMetadata": metadata,
+            "modelVersion": self.model,
+            "responseId": self.id,
+        }
+
+    def _gemini_parts(self) -> list[dict]:
+        if self.tool is not None:
+            return [{"functionCall": {"name": self.tool, "args": {}}}]
+        return [{"text": "".join(self.pieces)}]
+
+    def gemini_completion(self) -> bytes:
+        return _encode(self._gemini_payload(self._gemini_parts(), self.finish, True))
+
+    def gemini_frames(self) -> list[bytes]:
+        """One SSE frame per content piece (Gemini sends no role chunk and no ``[DONE]``); the last one
+        carries ``finishReason`` and the full usage."""
+        parts = [[{"text": p}] for p in self.pieces] if self.tool is None else [self._gemini_parts()]
+        parts = parts or [[{"text": ""}]]
+        payloads = [self._gemini_payload(p, None, False) for p in parts[:-1]]
+        payloads.append(self._gemini_payload(parts[-1], self.finish, True))
+        return [b"data: " + _encode(p) + b"\n\n" for p in payloads]
+
     def _chunk(self, delta: dict, finish: str | None = None) -> bytes:
         return (
             b"data: "
@@ -375,6 +422,44 @@ def _build_answer(name: str, args: list[str], model: str, body: dict) -> _Answer
         id=f"chatcmpl-{n:08d}",
         created=int(time.time()),
     )
+
+
+# ------------------------------------------------------------------------------------- gemini bodies
+
+_GEMINI_PREFIX = "/v1beta/models/"
+_RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
+_GEMINI_STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+_GEMINI_FINISH = {"stop": "STOP", "length": "MAX_TOKENS", "tool_calls": "STOP"}
+
+
+def _gemini_answer(name: str, model: str, body: dict) -> _Answer:
+    """The chat answer for a Gemini request: ``contents`` read as messages, ``functionDeclarations`` as
+    tools, so every plain behaviour answers the same words in either shape."""
+    messages = []
+    contents = body.get("contents")
+    if isinstance(contents, list):
+        for c in contents:
+            if isinstance(c, dict) and isinstance(c.get("parts"), list):
+                text = "".join(
+                    p["text"] for p in c["parts"] if isinstance(p, dict) and isinstance(p.get("text"), str)
+                )
+                messages.append(
+                    {"role": "user" if c.get("role") != "model" else "assistant", "content": text}
+                )
+    tools = []
+    for t in body.get("tools") or []:
+        if isinstance(t, dict):
+            tools.extend({"function": d} for d in t.get("functionDeclarations") or [] if isinstance(d, dict))
+    return _build_answer(name, [], model, {"messages": messages, "tools": tools})
 
 
 # ------------------------------------------------------------------------------------------ connection
@@ -476,6 +561,8 @@ class _Conn:
         method = request.method.decode()
         target = request.target.decode("latin-1")
         path = target.split("?", 1)[0]
+        if path.startswith(_GEMINI_PREFIX):
+            return await self._gemini(request, target, path, raw)
 
         body: dict | None = None
         model = None
@@ -509,6 +596,67 @@ class _Conn:
                 return await self._error(405, None)
             return await self._models(path, api_key)
         return await self._error(404, None, f"no route for {method} {path}", code="not_found")
+
+    async def _gemini(self, request: h11.Request, target: str, path: str, raw: bytes) -> bool:
+        """Google's native API: the key in ``x-goog-api-key``, the model and action in the path."""
+        state = self.state
+        api_key = next((v.decode("latin-1") for k, v in request.headers if k == b"x-goog-api-key"), None)
+        quoted, _, action = path[len(_GEMINI_PREFIX) :].rpartition(":")
+        model = unquote(quoted)  # the adapter quotes the id, so a spec's own ":" arrives as %3A
+        stream = action == "streamGenerateContent"
+        body: dict | None = None
+        if raw:
+            try:
+                decoded = _decode_json(raw)
+            except msgspec.DecodeError:
+                decoded = None
+            body = decoded if isinstance(decoded, dict) else None
+        if state.record:
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in request.headers}
+            state.requests.append(RecordedRequest("POST", path, model, api_key, stream, body, headers))
+        query = target.partition("?")[2]
+        if request.method != b"POST" or action not in ("generateContent", "streamGenerateContent"):
+            return await self._gemini_error(404, f"no route for {request.method.decode()} {path}")
+        if any(p.startswith("key=") for p in query.split("&")):
+            return await self._gemini_error(
+                400, "fault upstream: the key belongs in x-goog-api-key, not the URL"
+            )
+        if api_key is None:
+            message = "Method doesn't allow unregistered callers. Please use an API Key."
+            return await self._gemini_error(403, message)
+        if body is None:
+            return await self._gemini_error(400, "Invalid JSON payload received.")
+        name, args = parse_spec(state.behaviour_for(model, api_key))
+        if name == "fail":
+            status = _int(args, 0, 500)
+            return await self._gemini_error(status if 400 <= status <= 599 else 500, None)
+        if name == "rate-limit":
+            details = [{"@type": _RETRY_INFO, "retryDelay": f"{args[0]}s"}] if args and args[0] else []
+            message = "You exceeded your current quota, please check your plan and billing details."
+            return await self._gemini_error(429, message, details)
+        if name == "auth":
+            return await self._gemini_error(400, "API key not valid. Please pass a valid API key.")
+        answer = _gemini_answer(name, model, body)
+        delay = _float(args, 0, 1.0) if name in _DELAYED else 0.0
+        if stream:
+            return await self._stream(None, [(0.0, f) for f in answer.gemini_frames()], delay=delay)
+        if delay > 0:
+            return await self._watched(self._delayed_gemini, delay, answer)
+        return await self._json(200, answer.gemini_completion())
+
+    async def _delayed_gemini(self, delay: float, answer: _Answer) -> bool:
+        await trio.sleep(delay)
+        return await self._json(200, answer.gemini_completion())
+
+    async def _gemini_error(self, status: int, message: str | None, details: list | None = None) -> bool:
+        error: dict = {
+            "code": status,
+            "message": message or f"fault upstream: injected HTTP {status}",
+            "status": _GEMINI_STATUS.get(status, "INTERNAL" if status >= 500 else "FAILED_PRECONDITION"),
+        }
+        if details:
+            error["details"] = details
+        return await self._json(status, _encode({"error": error}))
 
     async def _models(self, path: str, api_key: str | None) -> bool:
         spec = self.state.key_behaviours.get(api_key, "ok") if api_key is not None else "ok"
