@@ -121,3 +121,28 @@ async def test_the_fault_upstream_takes_the_gemini_key_only_from_its_header(tmp_
     assert (in_url.status_code, in_url.json()["error"]["status"]) == (400, "INVALID_ARGUMENT")
     assert (missing.status_code, missing.json()["error"]["status"]) == (403, "PERMISSION_DENIED")
     assert good.json()["candidates"][0]["content"]["parts"] == [{"text": "Hello from ok."}]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_gemini_function_call_reaches_the_sdk_as_a_tool_call(tmp_path: Path, stream: bool) -> None:
+    tools: Any = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    with trio.fail_after(20):
+        async with gateway_from(tmp_path, gemini_platform("ok")) as gw:
+            async with client(gw.base_url) as sdk:
+                if stream:
+                    chunks = await sdk.chat.completions.create(
+                        model="ok", messages=HELLO, tools=tools, stream=True
+                    )
+                    got = [c async for c in chunks if c.choices]
+                    calls = [t for c in got for t in c.choices[0].delta.tool_calls or []]
+                    names = [t.function.name for t in calls if t.function and t.function.name]
+                    finish = [c.choices[0].finish_reason for c in got if c.choices[0].finish_reason]
+                else:
+                    answer = await sdk.chat.completions.create(model="ok", messages=HELLO, tools=tools)
+                    names = [t.function.name for t in answer.choices[0].message.tool_calls or []]
+                    finish = [answer.choices[0].finish_reason]
+            (seen,) = gemini_calls(gw)
+    assert names == ["get_weather"]
+    assert finish == ["tool_calls"]
+    assert seen.body is not None
+    assert seen.body["tools"][0]["functionDeclarations"][0]["name"] == "get_weather"
