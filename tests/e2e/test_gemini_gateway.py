@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 import trio
-from custom_gateway import gateway_from, model_toml, read_log, server_toml
+from custom_gateway import gateway_from, model_toml, read_log, server_toml, settled
 from harness import GATEWAY_KEY
 
 from events.types import AttemptFailed
@@ -81,10 +81,15 @@ async def test_a_gemini_429_cools_the_model_for_its_retry_delay(tmp_path: Path) 
                         model="rate-limit:30", messages=HELLO, extra_body={"models": models}
                     )
                     assert answer.choices[0].message.content == "Hello from ok."
+            await settled(gw)
+            (view,) = await gw.runtime.health.keys()
             tried = [r.model for r in gemini_calls(gw)]
     assert tried == ["rate-limit:30", "ok", "ok"]  # the second request skips the cooled model
     failed = [e for e in read_log(gw.data_dir) if isinstance(e, AttemptFailed)]
     assert [(e.model, e.status, e.retry_after_s) for e in failed] == [("rate-limit:30", 429, 30.0)]
+    ((model, until),) = view.cooling
+    assert model == "rate-limit:30"
+    assert until - failed[0].ts == pytest.approx(30, abs=1)  # the retry delay, not the 60 s default
 
 
 @pytest.mark.parametrize("stream", [False, True])
