@@ -20,6 +20,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 
 from harness import ADMIN_HEADERS, ADMIN_TOKEN, GATEWAY_KEY, SECRET_ENV
+from harness import config_text as e2e_config_text
 
 __all__ = ["ADMIN_TOKEN", "GATEWAY_KEY", "SECRET_ENV"]
 ROOT = Path(__file__).resolve().parents[2]
@@ -125,23 +126,8 @@ class Gateway:
 
 
 def config_text(upstream_url: str, data_dir: Path) -> str:
-    text = f"""
-[server]
-host = "127.0.0.1"
-port = 0
-data_dir = "{data_dir}"
-[gateway]
-api_keys = ["{GATEWAY_KEY}"]
-[admin]
-token = "{ADMIN_TOKEN}"
-[catalog]
-builtin = false
-[[platforms]]
-name = "local"
-kind = "openai"
-base_url = "{upstream_url}"
-keys = ["up-1"]
-"""
+    """The e2e harness's gateway config, with the console's models in their pools."""
+    text = e2e_config_text(upstream_url, data_dir, [])
     for model, pool, rank in MODELS:
         text += (
             f'\n[[models]]\nplatform = "local"\nid = "{model}"\npool = "{pool}"\nintelligence_rank = {rank}\n'
