@@ -34,7 +34,7 @@ from events.decide import UnknownModel
 from events.frames import Call, reply_text
 from events.outcomes import Answered, Failed, Outcome, Stalled
 from events.sessions import NO_ACTION
-from events.types import ClientDisconnected, RequestCompleted, RequestReceived, RouteInput
+from events.types import ClientDisconnected, Protocol, RequestCompleted, RequestReceived, RouteInput
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,7 @@ class ChatRequest:
     est_tokens: int
     use_chain: bool = True
     session_header: str | None = None  # X-Session-Id, as the client sent it
+    protocol: Protocol = "chat"  # the client protocol it came in by (recorded in `request_received`)
 
     @cached_property
     def call(self) -> Call:
@@ -167,6 +168,7 @@ class RequestActor:
             messages=len(req.body.get("messages", ())),
             est_input_tokens=req.est_tokens,
             requested_models=req.requested,
+            protocol=req.protocol,
         )
         with trio.CancelScope(shield=True):  # every request that gets an end event has its start
             await self._log.append(received)

@@ -45,6 +45,10 @@ class ServiceStopped(Event, tag="service_stopped", frozen=True):
     reason: str = "signal"
 
 
+# The client protocol a request came in by: chat completions, Responses, Anthropic Messages, embeddings.
+Protocol = Literal["chat", "responses", "messages", "embeddings"]
+
+
 class RequestReceived(Event, tag="request_received", frozen=True):
     """A client asked for a completion; `model` is what it asked for (a virtual or concrete model)."""
 
@@ -53,6 +57,7 @@ class RequestReceived(Event, tag="request_received", frozen=True):
     messages: int
     est_input_tokens: int
     requested_models: tuple[str, ...] = ()
+    protocol: Protocol = "chat"  # the client protocol it came in by
 
 
 class AttemptStarted(Event, tag="attempt_started", frozen=True):

@@ -28,7 +28,7 @@ from quart_trio import QuartTrio
 
 from service import chat_completions as chat
 from service.admin_context import AdminContext
-from service.edge import error_answer, quart_response, quoted
+from service.edge import error_answer, header_map, quart_response, quoted
 
 CONSOLE_DIR = Path(__file__).resolve().parent / "console"
 SUBDIRS = ("", "vendor")  # what pyproject's package-data ships: console/* and console/vendor/*
@@ -133,5 +133,5 @@ def register(app: QuartTrio, admin: AdminContext) -> None:
     async def playground_chat() -> Response:
         raw = await request.get_data(cache=False, as_text=False, parse_form_data=False)
         request_id: str = request.request_id  # type: ignore[attr-defined]  # set by the app's before_request
-        answer = await chat.handle(admin.runtime, raw, request_id, request.headers.get("X-Session-Id"))
+        answer = await chat.handle(admin.runtime, raw, request_id, header_map(request.headers.items()))
         return quart_response(answer)

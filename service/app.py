@@ -42,10 +42,14 @@ from service.edge import (
     too_large,
     unauthorized,
 )
-from service.fast_route import ASGIApp, ChatRoute
+from service.fast_route import ASGIApp, ProtocolRoutes
+from service.protocol import ClientProtocol
 from service.secrets import TokenCheck
 
 _encode = msgspec.json.encode
+
+# Every client protocol's POST route, served by service/fast_route.py (one entry a line).
+PROTOCOLS: tuple[ClientProtocol, ...] = (chat.PROTOCOL,)
 
 
 def create_app(
@@ -56,19 +60,21 @@ def create_app(
     max_body_bytes: int,
     body_timeout_s: float,
 ) -> ASGIApp:
-    """The gateway's ASGI app: the chat route served directly (service/fast_route.py), the rest by Quart;
-    both refuse an address that keeps sending invalid keys, and bound a body's size and time alike. The
-    operators' surface (`/admin/...`, `/metrics`) takes the admin token only (service/admin_auth.py)."""
+    """The gateway's ASGI app: the client protocols' routes served directly (service/fast_route.py), the
+    rest by Quart; both refuse an address that keeps sending invalid keys, and bound a body's size and
+    time alike. The operators' surface (`/admin/...`, `/metrics`) takes the admin token only
+    (service/admin_auth.py)."""
     throttle = AuthThrottle()
     quart = _quart_app(runtime, gateway_tokens, throttle, max_body_bytes, body_timeout_s)
     admin_auth.register(quart, admin.auth)
     for module in (admin_api, admin_requests, admin_analytics, admin_feed, metrics, admin_console, openapi):
         module.register(quart, admin)
-    return ChatRoute(
+    return ProtocolRoutes(
         quart,
         runtime,
         gateway_tokens,
         throttle,
+        PROTOCOLS,
         max_body_bytes=max_body_bytes,
         body_timeout_s=body_timeout_s,
     )
@@ -123,8 +129,9 @@ def _quart_app(
             return quart_response(
                 error_answer(
                     404,
-                    f"Unknown path {quoted(request.path)}. "
-                    "This gateway serves /v1/chat/completions and /v1/models; the console is at /admin/.",
+                    f"Unknown path {quoted(request.path)}. This gateway serves "
+                    + ", ".join(protocol.path for protocol in PROTOCOLS)
+                    + " and /v1/models; the console is at /admin/.",
                     "invalid_request_error",
                     "not_found",
                     headers=dict(CLOSE),
@@ -186,13 +193,6 @@ def _quart_app(
                 param="model",
             )
         )
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions() -> Response:
-        raw = await request.get_data(cache=False, as_text=False, parse_form_data=False)
-        request_id: str = request.request_id  # type: ignore[attr-defined]  # set by assign_request_id
-        answer = await chat.handle(runtime, raw, request_id, request.headers.get("X-Session-Id"))
-        return quart_response(answer)
 
     return app
 

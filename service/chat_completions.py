@@ -4,31 +4,39 @@ request, render the runner's neutral results as OpenAI chat completions (a JSON 
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
 from typing import Any
 
 import msgspec
-import trio
 
 from actors.request import ChatRequest
-from actors.sse import DONE, KEEPALIVE, error_frame, frame
-from actors.stream import Routed, StreamEnd, StreamItem
+from actors.sse import DONE, error_frame, frame
+from actors.stream import Routed
 from actors.supervisor import Runtime
 from events.attempts import Failure
 from events.frames import Chunk
-from service.edge import Answer, BadRequest, error_answer, failure_answer, one_line, routing_headers
+from service.edge import (
+    Answer,
+    BadRequest,
+    Headers,
+    error_answer,
+    failure_answer,
+    one_line,
+    routing_headers,
+)
+from service.protocol import ClientProtocol
+from service.streaming import StreamRender, stream_answer
 
 GATEWAY_FIELDS = ("models", "fallback")  # ours: never forwarded to a provider
 MAX_MODEL_NAME = 256  # characters of a model id a client may send
 MAX_MODELS = 32  # ids in a request's `models`
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+CHAT_PATH = "/v1/chat/completions"
 _encode = msgspec.json.encode
 _decode = msgspec.json.decode
 
 
-async def handle(runtime: Runtime, raw: bytes, request_id: str, session_header: str | None) -> Answer:
+async def handle(runtime: Runtime, raw: bytes, request_id: str, headers: Headers) -> Answer:
     try:
-        req = parse_chat_request(raw, request_id, session_header)
+        req = parse_chat_request(raw, request_id, headers.get("x-session-id"))
     except BadRequest as exc:
         return error_answer(400, str(exc), "invalid_request_error", exc.code, param=exc.param)
     if not req.stream:
@@ -36,83 +44,34 @@ async def handle(runtime: Runtime, raw: bytes, request_id: str, session_header: 
         if isinstance(result, Failure):
             return failure_answer(result)
         return Answer(200, result.body, routing_headers(result))
-    return await _stream_response(runtime, req)
+    return await stream_answer(runtime, req, ChatRender(), error_answer)
 
 
-def _routed_comment(routed: Routed) -> bytes:
-    """A stream committed by a keep-alive has sent its headers before the model was known: the routing
-    reaches the client as an SSE comment before the first data frame (clients ignore comments)."""
-    lines = [f": routed-via {routed.routed_via}", f": fallback-attempts {routed.attempts - 1}"]
-    if routed.skipped:
-        lines.append(": skipped-models " + one_line(routed.skipped))
-    return "\n".join(lines).encode() + b"\n\n"
+PROTOCOL = ClientProtocol(CHAT_PATH, handle)
 
 
-def render_chat(item: StreamItem) -> bytes | None:
-    """A neutral stream item as chat-completions SSE (None: nothing to write for it)."""
-    if isinstance(item, Chunk):
-        return frame(item.raw)
-    if isinstance(item, StreamEnd):
+class ChatRender(StreamRender):
+    """Chat-completions SSE: the chunks as the provider sent them (their bytes), `data: [DONE]` at the end."""
+
+    def routed(self, routed: Routed, *, in_headers: bool) -> bytes:
+        """A stream committed by a keep-alive has sent its headers before the model was known: the routing
+        reaches the client as an SSE comment before the first data frame (clients ignore comments)."""
+        if in_headers:
+            return b""
+        lines = [f": routed-via {routed.routed_via}", f": fallback-attempts {routed.attempts - 1}"]
+        if routed.skipped:
+            lines.append(": skipped-models " + one_line(routed.skipped))
+        return "\n".join(lines).encode() + b"\n\n"
+
+    def chunk(self, chunk: Chunk) -> bytes:
+        return frame(chunk.raw)
+
+    async def end(self) -> bytes:
         return DONE
-    if isinstance(item, Failure):
+
+    def failure(self, failure: Failure) -> bytes:
         # Headers are out: a failure, before or after content, is an error event, then the end.
-        return error_frame(item.message, item.type, item.code) + DONE
-    return None
-
-
-async def _stream_response(runtime: Runtime, req: ChatRequest) -> Answer:
-    """Commit contract: wait for the first content (or the first keepalive tick), then send headers."""
-    handle = await runtime.requests.open_stream(req)
-    keepalive_s = runtime.requests.keepalive_s
-    first: list[bytes] = []
-    headers = dict(SSE_HEADERS)
-    try:
-        with trio.move_on_after(keepalive_s):
-            item = await handle.items.receive()
-            if isinstance(item, Failure):
-                handle.close(client_gone=False)
-                return failure_answer(item)
-            assert isinstance(item, Routed)
-            headers.update(routing_headers(item))
-        if not headers.get("X-Routed-Via"):
-            first.append(KEEPALIVE)  # committed by the keepalive tick: the model is not known yet
-    except trio.EndOfChannel:
-        handle.close(client_gone=False)
-        return error_answer(502, "The stream ended before it started.", "upstream_error", None)
-    except BaseException:
-        handle.close(client_gone=True)
-        raise
-
-    async def body() -> AsyncGenerator[bytes]:
-        try:
-            for chunk in first:
-                yield chunk
-            while True:
-                item: StreamItem | None = None
-                try:
-                    try:
-                        # While chunks flow they are already waiting: no keepalive timer at all.
-                        item = handle.items.receive_nowait()
-                    except trio.WouldBlock:
-                        with trio.move_on_after(keepalive_s):
-                            item = await handle.items.receive()
-                except trio.EndOfChannel:
-                    return
-                if item is None:
-                    yield KEEPALIVE
-                elif isinstance(item, Routed):
-                    yield _routed_comment(item)
-                else:
-                    out = render_chat(item)
-                    if out is not None:
-                        yield out
-                    if isinstance(item, Failure | StreamEnd):
-                        return  # the client's answer is whole: the runner's bookkeeping goes on alone
-        finally:
-            handle.close(client_gone=True)
-
-    # `close` too: a generator that never started would not run its `finally`.
-    return Answer(200, body(), headers, "text/event-stream", lambda: handle.close(client_gone=True))
+        return error_frame(failure.message, failure.type, failure.code) + DONE
 
 
 def parse_chat_request(raw: bytes, request_id: str, session_header: str | None = None) -> ChatRequest:

@@ -9,8 +9,9 @@ import math
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import msgspec
 from quart import Response
@@ -28,9 +29,41 @@ def new_request_id() -> str:
     return "req_" + uuid.uuid4().hex[:24]
 
 
-def authorized(tokens: TokenCheck, authorization: str) -> bool:
+Headers = Mapping[str, str]  # a request's headers: lower-case names, latin-1 values, the first of a repeat
+
+
+def header_map(items: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Headers as every protocol handler takes them (`Headers`), from (name, value) pairs."""
+    headers: dict[str, str] = {}
+    for name, value in items:
+        headers.setdefault(name.lower(), value)
+    return headers
+
+
+def bearer(authorization: str) -> str:
+    """The token of an `Authorization: Bearer <token>` value ("" for another scheme or none)."""
     scheme, _, token = authorization.partition(" ")
-    return scheme.lower() == "bearer" and tokens.ok(token.strip())
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def authorized(tokens: TokenCheck, authorization: str) -> bool:
+    token = bearer(authorization)
+    return bool(token) and tokens.ok(token)
+
+
+class ErrorRender(Protocol):
+    """A client protocol's error body: every error a protocol's route answers is made by its renderer, so
+    a client always gets errors in the shape its SDK parses (OpenAI's `error_answer` by default)."""
+
+    def __call__(
+        self,
+        status: int,
+        message: str,
+        type_: str,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+        param: str | None = None,
+    ) -> Answer: ...
 
 
 class AuthThrottle:
@@ -76,8 +109,8 @@ class AuthThrottle:
             )
 
 
-def body_timeout(body_timeout_s: float) -> Answer:
-    return error_answer(
+def body_timeout(body_timeout_s: float, error: ErrorRender | None = None) -> Answer:
+    return (error or error_answer)(
         408,
         f"The request body did not arrive within {body_timeout_s:g} s.",
         "invalid_request_error",
@@ -86,8 +119,8 @@ def body_timeout(body_timeout_s: float) -> Answer:
     )
 
 
-def throttled(wait_s: float) -> Answer:
-    return error_answer(
+def throttled(wait_s: float, error: ErrorRender | None = None) -> Answer:
+    return (error or error_answer)(
         429,
         "Too many requests with an invalid API key from this address; wait before trying again.",
         "rate_limit_error",
@@ -96,10 +129,14 @@ def throttled(wait_s: float) -> Answer:
     )
 
 
-def unauthorized() -> Answer:
-    return error_answer(
+BEARER_HOW = "'Authorization: Bearer <key>'"
+
+
+def unauthorized(error: ErrorRender | None = None, how: str = BEARER_HOW) -> Answer:
+    """`how`: the header(s) this protocol takes the key in, as the message tells the client."""
+    return (error or error_answer)(
         401,
-        "Invalid or missing API key. Send your gateway key as 'Authorization: Bearer <key>' "
+        f"Invalid or missing API key. Send your gateway key as {how} "
         "(printed when the gateway first started; see README, Troubleshooting).",
         "invalid_request_error",
         "invalid_api_key",
@@ -107,8 +144,8 @@ def unauthorized() -> Answer:
     )
 
 
-def too_large(max_body_bytes: int) -> Answer:
-    return error_answer(
+def too_large(max_body_bytes: int, error: ErrorRender | None = None) -> Answer:
+    return (error or error_answer)(
         413,
         f"The request body is larger than {max_body_bytes / (1024 * 1024):g} MB ([server] max_body_mb).",
         "invalid_request_error",
@@ -182,8 +219,9 @@ def one_line(parts: tuple[str, ...]) -> str:
     return "".join(c if " " <= c <= "~" else "?" for c in text)
 
 
-def failure_answer(failure: Failure) -> Answer:
+def failure_answer(failure: Failure, error: ErrorRender | None = None) -> Answer:
+    """A request that failed before anything was sent: an HTTP error in the protocol's shape."""
     headers = {"X-Fallback-Attempts": str(max(failure.attempts - 1, 0))}
     if failure.retry_after_s is not None:
         headers["Retry-After"] = str(max(1, round(failure.retry_after_s)))
-    return error_answer(failure.status, failure.message, failure.type, failure.code, headers)
+    return (error or error_answer)(failure.status, failure.message, failure.type, failure.code, headers)

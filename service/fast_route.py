@@ -1,10 +1,12 @@
-"""`POST /v1/chat/completions` served on ASGI directly; every other request goes to the Quart app.
+"""Every client protocol's `POST` route (`/v1/chat/completions`, ...: service/protocol.py) served on ASGI
+directly; every other request goes to the Quart app.
 
 Why: on the request path every request takes, Quart's dispatch (request and response objects, routing,
-hooks, context variables) measured about a tenth of the gateway's CPU per request. This route does the
-same things Quart did for it, no more: a request id on every answer, the gateway key checked before the
-body is read, the body bounded in size (413) and time (408), answers that close the connection when the
-body was not read, a client that goes away cancelling the request, a bug answered with a 500 and logged.
+hooks, context variables) measured about a tenth of the gateway's CPU per request. These routes do the
+same things Quart did for them, no more, each answer in the protocol's own shape: a request id on every
+answer, the gateway key checked before the body is read, the body bounded in size (413) and time (408),
+answers that close the connection when the body was not read, a client that goes away cancelling the
+request, a bug answered with a 500 and logged.
 
 Resource handling: the request runs in a nursery beside a task that waits for `http.disconnect`; a client
 that goes away cancels the nursery, so the runner sees a disconnect at whatever it was awaiting. A
@@ -28,40 +30,41 @@ from hypercorn.typing import (
 )
 
 from actors.supervisor import Runtime
-from service import chat_completions as chat
 from service.edge import (
+    CLOSE,
     Answer,
     AuthThrottle,
-    authorized,
     body_timeout,
-    error_answer,
     new_request_id,
+    quoted,
     throttled,
     too_large,
     unauthorized,
 )
+from service.protocol import ClientProtocol
 from service.secrets import TokenCheck
 
 ASGIApp = ASGIFramework
 Receive = ASGIReceiveCallable
 Send = ASGISendCallable
 
-CHAT_PATH = "/v1/chat/completions"
 logger = logging.getLogger("switchboard.http")
 
 
-class ChatRoute:
+class ProtocolRoutes:
     def __init__(
         self,
         fallback: ASGIApp,
         runtime: Runtime,
         tokens: TokenCheck,
         throttle: AuthThrottle,
+        protocols: tuple[ClientProtocol, ...],
         *,
         max_body_bytes: int,
         body_timeout_s: float,
     ) -> None:
         self._fallback = fallback
+        self.protocols = {protocol.path: protocol for protocol in protocols}
         self._runtime = runtime
         self._tokens = tokens
         self._throttle = throttle
@@ -69,30 +72,37 @@ class ChatRoute:
         self._body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == CHAT_PATH and scope["method"] == "POST":
-            await self._chat(scope, receive, send)
-        else:
-            await self._fallback(scope, receive, send)
+        if scope["type"] == "http":
+            protocol = self.protocols.get(scope["path"])
+            if protocol is not None:
+                if scope["method"] == "POST":
+                    await self._serve(protocol, scope, receive, send)
+                else:
+                    await _answer(send, new_request_id(), _not_allowed(protocol, scope["method"]))
+                return
+        await self._fallback(scope, receive, send)
 
-    async def _chat(self, scope: HTTPScope, receive: Receive, send: Send) -> None:
+    async def _serve(self, protocol: ClientProtocol, scope: HTTPScope, receive: Receive, send: Send) -> None:
         request_id = new_request_id()
-        headers: dict[bytes, bytes] = {}
+        headers: dict[str, str] = {}
         for name, value in scope["headers"]:  # ASGI names are lower-case; the first of a repeat wins
-            headers.setdefault(name, value)
+            headers.setdefault(name.decode("latin-1"), value.decode("latin-1"))
         client = scope.get("client")
         address = client[0] if client else "unknown"
+        error = protocol.error
         wait = self._throttle.blocked_for(address)
         if wait is not None:
-            await _answer(send, request_id, throttled(wait))
+            await _answer(send, request_id, throttled(wait, error))
             return
-        if not authorized(self._tokens, headers.get(b"authorization", b"").decode("latin-1")):
+        key = protocol.credential(headers)
+        if not key or not self._tokens.ok(key):
             self._throttle.failed(address)
-            await _answer(send, request_id, unauthorized())
+            await _answer(send, request_id, unauthorized(error, protocol.how))
             return
-        length = headers.get(b"content-length", b"")
+        length = headers.get("content-length", "")
         max_body = self._max_body_bytes
         if length.isdigit() and int(length) > max_body:
-            await _answer(send, request_id, too_large(max_body))
+            await _answer(send, request_id, too_large(max_body, error))
             return
         body = bytearray()
         early: Answer | None = None  # decided while reading, sent after (never inside the time bound)
@@ -105,30 +115,28 @@ class ChatRoute:
                     continue
                 body += message.get("body", b"")
                 if len(body) > max_body:
-                    early = too_large(max_body)
+                    early = too_large(max_body, error)
                     break
                 if not message.get("more_body", False):
                     break
         if waited.cancelled_caught:
-            early = body_timeout(self._body_timeout_s)
+            early = body_timeout(self._body_timeout_s, error)
         if early is not None:
             await _answer(send, request_id, early)
             return
         raw = bytes(body)
         del body  # one copy of a large body in memory while the request runs, not two
-        session = headers.get(b"x-session-id")
-        session_id = session.decode("latin-1") if session is not None else None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
             sent = _Sent()
             try:
-                answer = await chat.handle(self._runtime, raw, request_id, session_id)
+                answer = await protocol.handle(self._runtime, raw, request_id, headers)
                 await _answer(send, request_id, answer, sent)
             except Exception:
                 # A bug met by this request: loud in the log, a 500 for this client (as Quart answers one).
                 logger.exception("request %s failed", request_id)
                 if not sent.started:
-                    failed = error_answer(
+                    failed = error(
                         500,
                         f"The gateway failed on this request (see its log, request id {request_id}).",
                         "server_error",
@@ -136,6 +144,16 @@ class ChatRoute:
                     )
                     await _answer(send, request_id, failed)
             nursery.cancel_scope.cancel()
+
+
+def _not_allowed(protocol: ClientProtocol, method: str) -> Answer:
+    return protocol.error(
+        405,
+        f"Method {quoted(method)} is not allowed on {protocol.path}; use POST.",
+        "invalid_request_error",
+        "method_not_allowed",
+        headers={"Allow": "POST", **CLOSE},  # any body it sent is unread
+    )
 
 
 async def _cancel_on_disconnect(receive: Receive, scope: trio.CancelScope) -> None:

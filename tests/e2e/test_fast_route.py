@@ -3,6 +3,7 @@ time, an answer to a bug, and nothing logged for a client that leaves before its
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
@@ -12,6 +13,7 @@ import trio
 from custom_gateway import read_log
 from harness import GATEWAY_KEY, config_text, gateway_from, running_gateway
 
+import service.app
 from service import chat_completions
 
 AUTH = {"Authorization": f"Bearer {GATEWAY_KEY}"}
@@ -64,7 +66,8 @@ async def test_a_bug_on_the_chat_route_is_a_500_with_its_request_id(tmp_path, mo
     async def broken(*args: object) -> None:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(chat_completions, "handle", broken)
+    protocol = dataclasses.replace(chat_completions.PROTOCOL, handle=broken)
+    monkeypatch.setattr(service.app, "PROTOCOLS", (protocol,))
     with trio.fail_after(20):
         async with running_gateway(tmp_path, ["ok"]) as gw:
             async with httpx.AsyncClient(base_url=gw.url, headers=AUTH, timeout=10) as client:

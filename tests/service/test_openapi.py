@@ -18,7 +18,6 @@ from schemathesis.specs.openapi.definitions import OPENAPI_31
 
 import service.app
 from service import __version__
-from service.fast_route import CHAT_PATH
 from service.openapi import document
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))  # harness.py
@@ -110,7 +109,7 @@ async def test_the_document_and_the_apps_routes_are_the_same(
         pass
     (chat_route,) = apps
     quart = chat_route._fallback  # the Quart app behind the chat route (service/fast_route.py)
-    served = {(CHAT_PATH, "POST")}  # served before Quart sees it
+    served = {(path, "POST") for path in chat_route.protocols}  # served before Quart sees them
     for rule in quart.url_map.iter_rules():
         served |= {(_template(rule.rule), m) for m in rule.methods or () if m not in {"HEAD", "OPTIONS"}}
     documented = _documented()
