@@ -4,9 +4,10 @@ Starts ``scripts/fault_upstream.py`` and ``switchboard serve`` as child processe
 process with a lean trio HTTP/1.1 keep-alive client (raw sockets, one connection per concurrent worker).
 
 Scenarios: {direct upstream, through the gateway} x {non-stream, stream} x concurrency {1, 32}, each with a
-short warm-up and a measured run; then a soak (many non-streaming requests at concurrency 32 through the
-gateway) and the gateway's memory (VmRSS, VmHWM). The upstream's CPU use per scenario shows it is not the
-bottleneck. Prints a table and writes JSON (``--out``).
+short warm-up and a measured run; then the client protocols' cost over chat completions (the same request
+by /v1/chat/completions, /v1/responses and /v1/messages at c=1, interleaved in rounds); then a soak (many
+non-streaming requests at concurrency 32 through the gateway) and the gateway's memory (VmRSS, VmHWM).
+The upstream's CPU use per scenario shows it is not the bottleneck. Prints a table, writes JSON (``--out``).
 
     scripts/bench                  # full run (5 s per scenario, soak 50000)
     scripts/bench --quick          # smoke run (1 s per scenario, soak 2000)
@@ -76,6 +77,52 @@ intelligence_rank = 10
 # ------------------------------------------------------------------------------------------ the client
 
 
+@dataclass(frozen=True)
+class Proto:
+    """One client protocol as the benchmark speaks it: its path, body, and how its stream ends."""
+
+    name: str
+    path: str
+    end: bytes  # in the last bytes of a whole stream
+    error: bytes  # anywhere in a stream: it failed
+    content: re.Pattern[bytes]  # the first content frame (time to first token)
+    extra_headers: str = ""
+
+    def body(self, stream: bool) -> dict:
+        text = "Say hello in five words."
+        if self.name == "responses":
+            return {"model": "bench-model", "input": text, "stream": stream}
+        if self.name == "messages":
+            return {
+                "model": "bench-model",
+                "max_tokens": 256,
+                "messages": [{"role": "user", "content": text}],
+                "stream": stream,
+            }
+        return {"model": "bench-model", "messages": [{"role": "user", "content": text}], "stream": stream}
+
+
+CHAT = Proto("chat", "/v1/chat/completions", b"data: [DONE]", b'{"error"', _CONTENT)
+PROTOCOLS = (
+    CHAT,
+    Proto(
+        "responses",
+        "/v1/responses",
+        b"response.completed",
+        b"response.failed",
+        re.compile(rb"response\.output_text\.delta"),
+    ),
+    Proto(
+        "messages",
+        "/v1/messages",
+        b"message_stop",
+        b"event: error",
+        re.compile(rb"text_delta"),
+        "anthropic-version: 2023-06-01\r\n",
+    ),
+)
+
+
 class BenchError(Exception):
     """The benchmark cannot go on (a child failed to start); the message says why."""
 
@@ -106,8 +153,11 @@ class HttpConn:
             raise ResponseError("server closed the connection")
         self.buf += data
 
-    async def exchange(self, request: bytes, stream: bool, t0: float) -> tuple[bool, float | None, int]:
+    async def exchange(
+        self, request: bytes, stream: bool, t0: float, proto: Proto = CHAT
+    ) -> tuple[bool, float | None, int]:
         """Send ``request``; return (keep-alive, time to first content frame or None, SSE data frames)."""
+        content = proto.content
         await self.stream.send_all(request)
         buf = self.buf
         while (hend := buf.find(b"\r\n\r\n")) < 0:
@@ -150,7 +200,7 @@ class HttpConn:
                     await self._fill()
                 body += buf[start : start + size]
                 pos = start + size + 2
-                if stream and ttft is None and _CONTENT.search(body, max(0, checked - 32)):
+                if stream and ttft is None and content.search(body, max(0, checked - 32)):
                     ttft = time.perf_counter() - t0
                 checked = len(body)
         else:
@@ -160,31 +210,26 @@ class HttpConn:
                 await self._fill()
             body = buf[pos : pos + length]
             pos += length
-            if stream and _CONTENT.search(body):
+            if stream and content.search(body):
                 ttft = time.perf_counter() - t0
         del buf[:pos]
         if status != 200:
             raise ResponseError(f"HTTP {status}: {bytes(body[:200])!r}")
         frames = 0
         if stream:
-            if b"data: [DONE]" not in body[-64:] or b'{"error"' in body:
+            if proto.end not in body[-2048:] or proto.error in body:
                 raise ResponseError(f"bad stream ending: {bytes(body[-200:])!r}")
             frames = body.count(b"data:") - 1
         return keep, ttft, frames
 
 
-def build_request(host: str, port: int, path: str, stream: bool) -> bytes:
-    body = msgspec.json.encode(
-        {
-            "model": "bench-model",
-            "messages": [{"role": "user", "content": "Say hello in five words."}],
-            "stream": stream,
-        }
-    )
+def build_request(host: str, port: int, path: str, stream: bool, proto: Proto = CHAT) -> bytes:
+    body = msgspec.json.encode(proto.body(stream))
     head = (
         f"POST {path} HTTP/1.1\r\n"
         f"Host: {host}:{port}\r\n"
         "Authorization: Bearer sk-bench-0123456789abcdef\r\n"
+        f"{proto.extra_headers}"
         "Content-Type: application/json\r\n"
         "Accept: */*\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
@@ -213,6 +258,7 @@ async def run_phase(
     *,
     seconds: float | None = None,
     requests: int | None = None,
+    proto: Proto = CHAT,
 ) -> Phase:
     """Drive one worker per slot until ``seconds`` pass or ``requests`` are done. Slots keep connections."""
     phase = Phase()
@@ -233,7 +279,7 @@ async def run_phase(
                 with trio.fail_after(_REQUEST_TIMEOUT_S):
                     if conn is None:
                         conn = slots[i] = await HttpConn.open(host, port)
-                    keep, ttft, frames = await conn.exchange(request, stream, t0)
+                    keep, ttft, frames = await conn.exchange(request, stream, t0, proto)
             except (OSError, trio.BrokenResourceError, trio.TooSlowError, ResponseError, ValueError) as exc:
                 phase.errors += 1
                 if phase.first_error is None:
@@ -469,6 +515,66 @@ async def scenario(
     )
 
 
+async def protocol_costs(gateway: Child, args: argparse.Namespace) -> list[dict]:
+    """What each client protocol's translation costs over chat completions at c=1: the same request
+    through /v1/chat/completions, /v1/responses and /v1/messages, interleaved in rounds (the machine's
+    speed drifts; each protocol sees the same moments), as p50 latency and gateway CPU per request."""
+    parts = urlsplit(gateway.url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    cell_s = max(args.seconds / 2, 0.3)
+    samples: dict[tuple[str, bool], list[float]] = {}
+    cpu: dict[tuple[str, bool], list[float]] = {}
+    for _ in range(args.protocol_rounds):
+        for stream in (False, True):
+            for proto in PROTOCOLS:
+                request = build_request(host, port, proto.path, stream, proto)
+                slots: list[HttpConn | None] = [None]
+                try:
+                    await run_phase(slots, host, port, request, stream, seconds=args.warmup, proto=proto)
+                    gw0 = cpu_seconds(gateway.pid)
+                    phase = await run_phase(slots, host, port, request, stream, seconds=cell_s, proto=proto)
+                    used = cpu_seconds(gateway.pid) - gw0
+                finally:
+                    for conn in slots:
+                        if conn is not None:
+                            await conn.aclose()
+                if phase.errors:
+                    raise BenchError(f"!! {proto.name} stream={stream}: {phase.first_error}")
+                samples.setdefault((proto.name, stream), []).extend(phase.latencies)
+                cpu.setdefault((proto.name, stream), []).append(used / max(len(phase.latencies), 1))
+    out = []
+    for stream in (False, True):
+        base_p50 = percentile(samples[("chat", stream)], 0.5) or 0.0
+        base_cpu = sum(cpu[("chat", stream)]) / len(cpu[("chat", stream)])
+        for proto in PROTOCOLS:
+            lat = samples[(proto.name, stream)]
+            p50 = percentile(lat, 0.5) or 0.0
+            per_request = sum(cpu[(proto.name, stream)]) / len(cpu[(proto.name, stream)])
+            out.append(
+                {
+                    "protocol": proto.name,
+                    "stream": stream,
+                    "requests": len(lat),
+                    "p50_ms": ms(p50),
+                    "added_p50_ms": round((p50 - base_p50) * 1000, 3),
+                    "cpu_us_per_request": round(per_request * 1e6, 1),
+                    "added_cpu_us": round((per_request - base_cpu) * 1e6, 1),
+                }
+            )
+    return out
+
+
+def print_protocol_costs(costs: list[dict]) -> None:
+    print("\nclient protocols at c=1 over chat completions (interleaved rounds):")
+    for c in costs:
+        mode = "stream" if c["stream"] else "non-stream"
+        print(
+            f"  {c['protocol']:<10} {mode:<10} n={c['requests']:<6} p50 {fmt(c['p50_ms'])} ms "
+            f"({c['added_p50_ms']:+.3f})  gateway cpu {c['cpu_us_per_request']:.0f} us/request "
+            f"({c['added_cpu_us']:+.0f})"
+        )
+
+
 def overheads(results: list[Result]) -> list[dict]:
     """Gateway minus direct, per (stream, concurrency)."""
     direct = {(r.stream, r.concurrency): r for r in results if r.target == "direct"}
@@ -621,6 +727,10 @@ async def bench(args: argparse.Namespace) -> tuple[int, dict]:
             report["scenarios"] = [asdict(r) for r in results]
             report["overhead"] = extra
 
+            if gateway is not None and args.protocol_rounds > 0:
+                report["protocols"] = await protocol_costs(gateway, args)
+                print_protocol_costs(report["protocols"])
+
             if gateway is not None and args.soak > 0:
                 print(f"\nsoak: {args.soak} non-streaming requests, c=32, through the gateway", flush=True)
                 parts = urlsplit(gateway.url)
@@ -694,6 +804,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", default="bench-results.json", help="JSON results file")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, config, data)")
     parser.add_argument("--no-routing", action="store_true", help="skip the routing benchmark")
+    parser.add_argument(
+        "--protocol-rounds",
+        type=int,
+        default=3,
+        help="interleaved rounds of chat / Responses / Messages at c=1 (0: skip)",
+    )
     parser.add_argument(
         "--gateway-cmd",
         default=None,
