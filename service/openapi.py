@@ -1057,7 +1057,7 @@ MESSAGES_SCHEMAS: dict[str, Schema] = {
 }
 # Every error a Messages route gives, by status (the connection cap's 503 comes before any route: chat's
 # error shape).
-MESSAGES_ERRORS: dict[int, tuple[str, Schema, tuple[str, ...]]] = {
+MESSAGES_ERRORS: dict[int | str, tuple[str, Schema, tuple[str, ...]]] = {
     400: ("Bad input (`invalid_request_error`); the message names the field.", _ref("MessagesError"), ()),
     401: (
         "No valid gateway key in x-api-key or a bearer (`authentication_error`).",
@@ -1089,10 +1089,16 @@ MESSAGES_ERRORS: dict[int, tuple[str, Schema, tuple[str, ...]]] = {
         _ref("MessagesError"),
         ("X-Fallback-Attempts",),
     ),
+    "4XX": (
+        "Every provider tried refused the request as invalid: its own 4xx status.",
+        _ref("MessagesError"),
+        ("X-Fallback-Attempts",),
+    ),
 }
 
 
 def _messages_error_responses() -> dict[str, Schema]:
+    # "4XX" too: a routed request that every provider refused as invalid gets the provider's own status.
     return {
         f"Messages{status}": {
             "description": description,
@@ -1107,15 +1113,9 @@ MESSAGES_KEY: Security = [{"gatewayKey": []}, {"messagesKey": []}]
 
 
 def _messages_op(
-    op_id: str, summary: str, ok: Schema, body: str, statuses: tuple[int, ...], description: str
+    op_id: str, summary: str, ok: Schema, body: str, statuses: tuple[int | str, ...], description: str
 ) -> Schema:
     responses: dict[str, Schema] = {"200": ok}
-    if 502 in statuses:  # a routed request: a provider's own refusal comes back with its status
-        responses["4XX"] = _json(
-            "Every provider tried refused the request as invalid: its own 4xx status.",
-            _ref("MessagesError"),
-            "X-Fallback-Attempts",
-        )
     responses.update({str(s): {"$ref": f"#/components/responses/Messages{s}"} for s in statuses})
     return {
         "operationId": op_id,
@@ -1142,7 +1142,7 @@ def _messages_op(
 
 
 def _messages_paths() -> dict[str, dict[str, Schema]]:
-    routed = (400, 401, 404, 408, 413, 429, 502, 503, 504)
+    routed: tuple[int | str, ...] = (400, 401, 404, 408, 413, 429, 502, 503, 504, "4XX")
     return {
         MESSAGES_PATH: {
             "post": _messages_op(
