@@ -9,17 +9,21 @@ collector, which trio reports as a ResourceWarning (filtered, as the openai test
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from functools import partial
 from typing import Any
+from urllib.parse import urlsplit
 
 import anthropic
 import httpx
 import pytest
 import trio
 from custom_gateway import read_log, settled
-from harness import GATEWAY_KEY, running_gateway
+from harness import GATEWAY_KEY, gateway_from, running_gateway
+from test_fast_route import with_server
 
+import service.app
 from events.types import RequestReceived, RouteDecided, SessionPinned, StreamStalled
 
 pytestmark = pytest.mark.filterwarnings(
@@ -398,3 +402,64 @@ async def test_the_claude_code_session_header_pins_the_conversation(tmp_path):
     pins = events(gw.data_dir, SessionPinned)
     assert len(pins) == 3 and len({p.session for p in pins}) == 1
     assert [d.request_id for d in events(gw.data_dir, RouteDecided)] == request_ids
+
+
+# ---- the fast route's own answers, in Anthropic's shape -----------------------------------------------
+
+
+def anthropic_shaped(resp: httpx.Response, kind: str) -> str:
+    body = resp.json()
+    assert set(body) == {"type", "error"} and body["type"] == "error"
+    assert body["error"]["type"] == kind and set(body["error"]) == {"type", "message"}
+    return str(body["error"]["message"])
+
+
+async def test_the_edges_refusals_are_anthropic_errors(tmp_path, clock):
+    headers = {"x-api-key": GATEWAY_KEY}
+    body = {"model": "local/ok", "max_tokens": 5, "messages": HELLO}
+    async with gateway_from(tmp_path, with_server("max_body_mb = 0.001")) as gw:  # 1,048 bytes
+        async with httpx.AsyncClient(base_url=gw.url, timeout=100) as http:
+            too_large = await http.post("/v1/messages", headers=headers, json={**body, "system": "x" * 2000})
+            not_allowed = await http.get("/v1/messages/count_tokens", headers=headers)
+            where = urlsplit(gw.url)
+            stream = await trio.open_tcp_stream(where.hostname or "127.0.0.1", where.port or 80)
+            async with stream:
+                await stream.send_all(
+                    b"POST /v1/messages HTTP/1.1\r\nHost: x\r\n"
+                    + f"x-api-key: {GATEWAY_KEY}\r\n".encode()
+                    + b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"model"'
+                )
+                late = b""
+                while b"timeout_error" not in late:  # the whole answer, before hanging up
+                    late += await stream.receive_some(4096)
+            guesses = [
+                (await http.post("/v1/messages", json=body, headers={"x-api-key": "sk-guess"})).status_code
+                for _ in range(21)
+            ]
+            throttled = await http.post("/v1/messages", json=body, headers=headers)
+    assert too_large.status_code == 413
+    assert "max_body_mb" in anthropic_shaped(too_large, "request_too_large")
+    assert not_allowed.status_code == 405 and not_allowed.headers["allow"] == "POST"
+    assert "POST" in anthropic_shaped(not_allowed, "invalid_request_error")
+    assert late.startswith(b"HTTP/1.1 408") and b'"type":"error"' in late
+    assert guesses == [401] * 21
+    assert throttled.status_code == 429 and int(throttled.headers["retry-after"]) > 0
+    anthropic_shaped(throttled, "rate_limit_error")
+
+
+async def test_a_bug_on_the_messages_route_is_an_sdk_internal_server_error(tmp_path, monkeypatch):
+    async def broken(*args: object) -> None:
+        raise RuntimeError("a bug")
+
+    protocols = tuple(
+        dataclasses.replace(p, handle=broken) if p.path == "/v1/messages" else p
+        for p in service.app.PROTOCOLS
+    )
+    monkeypatch.setattr(service.app, "PROTOCOLS", protocols)
+    with trio.fail_after(20):
+        async with running_gateway(tmp_path, MODELS) as gw:
+            with sync_client(gw.url) as client:
+                with pytest.raises(anthropic.InternalServerError) as failed:
+                    await in_thread(client.messages.create, model="local/ok", max_tokens=5, messages=HELLO)
+    assert failed.value.status_code == 500 and failed.value.type == "api_error"
+    assert failed.value.response.headers["x-request-id"] in (failed.value.api_message or "")
