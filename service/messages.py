@@ -12,6 +12,8 @@ coming and a gateway that refused them would break Claude Code on its next relea
   blocks (a result's images join that user message: chat tool messages carry text only).
 - assistant blocks: `text` -> content, `tool_use` -> `tool_calls` (arguments = the input's JSON);
   `thinking` / `redacted_thinking` are dropped (no provider here could verify their signatures).
+- `thinking` (enabled): the provider's reasoning (`reasoning_content`) comes back as thinking blocks
+  with an empty signature; without it, reasoning is dropped, as Anthropic sends no thinking unasked.
 - `tools` -> function tools (server tools such as `web_search_*` are refused: no provider runs them),
   `tool_choice`, `stop_sequences`, `temperature`, `top_p`, `max_tokens`, `stream`.
 
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -111,17 +114,19 @@ def credential(headers: Headers) -> str:
 
 async def handle(runtime: Runtime, raw: bytes, request_id: str, headers: Headers) -> Answer:
     try:
-        req = parse_messages_request(raw, request_id, runtime.claude_model, session_header(headers))
+        call = parse_messages_request(raw, request_id, runtime.claude_model, session_header(headers))
     except BadRequest as exc:
         return anthropic_error(400, str(exc), "invalid_request_error")
+    req, msg_id = call.req, message_id(request_id)
     if not req.stream:
         result = await runtime.requests.complete(req)
         if isinstance(result, Failure):
             return failure_answer(result, anthropic_error)
-        message = message_from_completion(_decode(result.body), message_id(request_id), req.est_tokens)
+        completion = _decode(result.body)
+        message = message_from_completion(completion, msg_id, req.est_tokens, thinking=call.thinking)
         message["model"] = result.routed_via
         return Answer(200, _encode(message), routing_headers(result))
-    render = MessagesRender(message_id(request_id), req.est_tokens)
+    render = MessagesRender(msg_id, req.est_tokens, thinking=call.thinking)
     return await stream_answer(runtime, req, render, anthropic_error)
 
 
@@ -156,9 +161,17 @@ def message_id(request_id: str) -> str:
 # ---- the request --------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class MessagesCall:
+    """A Messages request: the neutral request, and what rendering its answer needs to know."""
+
+    req: ChatRequest
+    thinking: bool  # the client asked for thinking: the provider's reasoning comes back as thinking blocks
+
+
 def parse_messages_request(
     raw: bytes, request_id: str, claude_model: str, session: str | None = None
-) -> ChatRequest:
+) -> MessagesCall:
     body = _body(raw)
     chat = translate(body)
     model = chat["model"]
@@ -166,7 +179,7 @@ def parse_messages_request(
     chat["model"] = requested
     if session is not None and not session.strip():
         raise BadRequest("The session header (X-Claude-Code-Session-Id or X-Session-Id) must not be empty.")
-    return ChatRequest(
+    req = ChatRequest(
         request_id=request_id,
         body=chat,
         requested=(requested,),
@@ -175,6 +188,8 @@ def parse_messages_request(
         session_header=session,
         protocol="messages",
     )
+    thinking = body.get("thinking")
+    return MessagesCall(req, isinstance(thinking, dict) and thinking.get("type") not in (None, "disabled"))
 
 
 def input_estimate(chat: dict[str, Any]) -> int:
@@ -534,17 +549,24 @@ def _input(arguments: Any, msg_id: str) -> dict[str, Any]:
     return {}
 
 
-def message_from_completion(completion: Any, msg_id: str, est_input: int) -> dict[str, Any]:
+def message_from_completion(
+    completion: Any, msg_id: str, est_input: int, *, thinking: bool = False
+) -> dict[str, Any]:
     """A chat.completion (already judged a good answer by the runner) as an Anthropic message; the caller
-    sets `model` to where it was served."""
+    sets `model` to where it was served. `thinking`: the client asked for thinking, so the provider's
+    reasoning beside an answer comes first as a thinking block (a reasoning-only answer is the text)."""
     choice: dict[str, Any] = {}
     if isinstance(completion, dict):
         choices = completion.get("choices")
         if isinstance(choices, list) and choices and isinstance(choices[0], dict):
             choice = choices[0]
     message = dict(choice.get("message") or {})
+    reasoning = message.get("reasoning_content") or message.get("reasoning")
+    answered = bool(message.get("content") or message.get("tool_calls"))
     normalise_message(message)
     content: list[dict[str, Any]] = []
+    if thinking and answered and isinstance(reasoning, str) and reasoning:
+        content.append(_thinking_block(reasoning))
     text = message.get("content")
     if isinstance(text, str) and text:
         content.append({"type": "text", "text": text})
@@ -563,7 +585,10 @@ def message_from_completion(completion: Any, msg_id: str, est_input: int) -> dic
         )
     has_calls = any(block["type"] == "tool_use" for block in content)
     usage = completion.get("usage") if isinstance(completion, dict) else None
-    out_chars = sum(len(b.get("text", "")) + len(_encode(b.get("input", ""))) for b in content)
+    out_chars = sum(
+        len(b.get("text", "")) + len(b.get("thinking", "")) + len(_encode(b.get("input", "")))
+        for b in content
+    )
     return {
         "id": msg_id,
         "type": "message",
@@ -592,25 +617,33 @@ def _usage(input_tokens: int, output_tokens: int) -> dict[str, int]:
     }
 
 
+def _thinking_block(thinking: str) -> dict[str, Any]:
+    # No signature: no Anthropic model made it (and the gateway drops thinking blocks it is sent back).
+    return {"type": "thinking", "thinking": thinking, "signature": ""}
+
+
 def sse_event(kind: str, data: dict[str, Any]) -> bytes:
     return b"event: " + kind.encode() + b"\ndata: " + _encode(data) + b"\n\n"
 
 
 class MessagesRender(StreamRender):
     """Messages SSE from chat chunks: `message_start` when the model is known, then content blocks (text,
-    tool_use) with their indices, `message_delta` and `message_stop`; a failure is an `error` event.
+    tool_use; thinking when the client asked for it) with their indices, `message_delta` and
+    `message_stop`; a failure is an `error` event.
 
-    Blocks are opened and closed one at a time, as Anthropic sends them: text until a tool call starts, each
-    call until the next begins. A provider that interleaves the argument fragments of several calls gets
-    its late fragments sent on the earlier call's block index (the SDKs accumulate by index)."""
+    Blocks are opened and closed one at a time, as Anthropic sends them: a block lasts until a delta of
+    another kind (or another tool call) comes. A provider that interleaves the argument fragments of
+    several calls gets its late fragments sent on the earlier call's block index (the SDKs accumulate by
+    index), so no argument is lost."""
 
-    def __init__(self, msg_id: str, est_input: int) -> None:
+    def __init__(self, msg_id: str, est_input: int, *, thinking: bool = False) -> None:
         self.msg_id = msg_id
         self.est_input = est_input
+        self.thinking = thinking  # the provider's reasoning goes out as thinking blocks (else it is dropped)
         self.started = False
         self.blocks = 0  # blocks opened so far: the next block's index
         self.open: int | None = None  # the index of the open block
-        self.open_text = False  # the open block is text (else a tool call)
+        self.open_kind: str | None = None  # "text", "thinking" or "tool_use"
         self.calls: dict[Any, int] = {}  # a chat tool call's `index` -> its block index
         self.pending: dict[Any, dict[str, Any]] = {}  # calls whose name has not come yet
         self.finish: Any = None
@@ -653,9 +686,12 @@ class MessagesRender(StreamRender):
             return b"".join(out)
         delta = choice.get("delta")
         if isinstance(delta, dict):
+            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+            if self.thinking and isinstance(reasoning, str) and reasoning:
+                out.append(self._delta("thinking", {"type": "thinking_delta", "thinking": reasoning}))
             text = delta.get("content")
             if isinstance(text, str) and text:
-                out.append(self._text(text))
+                out.append(self._delta("text", {"type": "text_delta", "text": text}))
             calls = delta.get("tool_calls")
             for call in calls if isinstance(calls, list) else ():
                 if isinstance(call, dict):
@@ -664,14 +700,18 @@ class MessagesRender(StreamRender):
             self.finish = choice["finish_reason"]
         return b"".join(out)
 
-    def _text(self, text: str) -> bytes:
+    def _delta(self, kind: str, delta: dict[str, Any]) -> bytes:
+        """A text or thinking delta, in the open block of its kind (opened here if another is open)."""
         out = b""
-        if not (self.open is not None and self.open_text):
-            out += self._open({"type": "text", "text": ""}, text=True)
-        self.out_chars += len(text)
-        delta = {"type": "text_delta", "text": text}
-        return out + sse_event(
-            "content_block_delta", {"type": "content_block_delta", "index": self.open, "delta": delta}
+        if self.open is None or self.open_kind != kind:
+            block = {"type": "text", "text": ""} if kind == "text" else _thinking_block("")
+            out += self._open(block, kind)
+        self.out_chars += len(delta[kind])
+        return out + self._block_delta(self.blocks - 1, delta)  # the open block is the newest
+
+    def _block_delta(self, index: int, delta: dict[str, Any]) -> bytes:
+        return sse_event(
+            "content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}
         )
 
     def _call(self, call: dict[str, Any]) -> bytes:
@@ -682,7 +722,8 @@ class MessagesRender(StreamRender):
             arguments if isinstance(arguments, str) else _encode(arguments).decode() if arguments else ""
         )
         out = b""
-        if key not in self.calls:
+        index = self.calls.get(key)
+        if index is None:
             pending = self.pending.setdefault(key, {"id": None, "name": None, "arguments": ""})
             pending["id"] = pending["id"] or call.get("id")
             pending["name"] = pending["name"] or function.get("name")
@@ -696,21 +737,17 @@ class MessagesRender(StreamRender):
                 "name": str(pending["name"]),
                 "input": {},
             }
-            out += self._open(block, text=False)
-            self.calls[key] = self.open  # type: ignore[assignment]  # just opened
+            out += self._open(block, "tool_use")
+            index = self.calls[key] = self.blocks - 1
             fragment = pending["arguments"]
         if fragment:
             self.out_chars += len(fragment)
-            delta = {"type": "input_json_delta", "partial_json": fragment}
-            out += sse_event(
-                "content_block_delta",
-                {"type": "content_block_delta", "index": self.calls[key], "delta": delta},
-            )
+            out += self._block_delta(index, {"type": "input_json_delta", "partial_json": fragment})
         return out
 
-    def _open(self, block: dict[str, Any], *, text: bool) -> bytes:
+    def _open(self, block: dict[str, Any], kind: str) -> bytes:
         out = self._close()
-        self.open, self.open_text = self.blocks, text
+        self.open, self.open_kind = self.blocks, kind
         self.blocks += 1
         return out + sse_event(
             "content_block_start", {"type": "content_block_start", "index": self.open, "content_block": block}

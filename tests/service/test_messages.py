@@ -44,7 +44,7 @@ def fixture(name: str) -> Any:
 
 
 def parse(body: dict[str, Any], claude_model: str = "auto-smart", session: str | None = None) -> Any:
-    return parse_messages_request(msgspec.json.encode(body), "req_0123", claude_model, session)
+    return parse_messages_request(msgspec.json.encode(body), "req_0123", claude_model, session).req
 
 
 def finish(coroutine: Any) -> Any:
