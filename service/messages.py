@@ -241,15 +241,13 @@ def translate(body: dict[str, Any], *, count_only: bool = False) -> dict[str, An
         if not isinstance(stream, bool):
             raise _fail("stream", "must be true or false.")
     chat["stream"] = stream
-    messages = _system(body.get("system"))
     turns = body.get("messages")
     if not isinstance(turns, list) or not turns:
         raise _fail("messages", "Field required: a non-empty list of messages.")
-    for i, turn in enumerate(turns):
-        messages.extend(_turn(i, turn))
+    messages = [message for i, turn in enumerate(turns) for message in _turn(i, turn)]
     if not messages:
         raise _fail("messages", "has no content the gateway can send (only thinking blocks).")
-    chat["messages"] = messages
+    chat["messages"] = _system(body.get("system")) + messages
     tools = _tools(body.get("tools"))
     if tools:
         chat["tools"] = tools
@@ -271,12 +269,9 @@ def translate(body: dict[str, Any], *, count_only: bool = False) -> dict[str, An
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
             raise _fail(name, "must be a number from 0 to 1.")
         chat[name] = value
-    if "top_k" in body and body["top_k"] is not None:
-        top_k = body["top_k"]
-        if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 0:
-            raise _fail(
-                "top_k", "must be a non-negative integer."
-            )  # checked; chat has no top_k to send it as
+    top_k = body.get("top_k")  # checked, not sent: chat has no top_k
+    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 0):
+        raise _fail("top_k", "must be a non-negative integer.")
     return chat
 
 

@@ -238,6 +238,15 @@ def test_claude_model_names_route_as_the_configured_mode(
             "messages[0].content[0].content[0].type",
         ),
         ({"model": "m", "max_tokens": 5, "messages": HELLO, "system": 5}, "system"),
+        (
+            {
+                "model": "m",
+                "max_tokens": 5,
+                "system": "only a system prompt",
+                "messages": [{"role": "user", "content": [{"type": "thinking", "thinking": "t"}]}],
+            },
+            "messages",
+        ),
         ({"model": "m", "max_tokens": 5, "messages": HELLO, "system": [{"type": "image"}]}, "system[0].type"),
         ({"model": "m", "max_tokens": 5, "messages": HELLO, "tools": {}}, "tools"),
         (
