@@ -72,6 +72,17 @@ async def test_create_answers_a_message_routed_like_chat(tmp_path):
                     messages=HELLO,
                 )
                 message = raw.parse()
+                # Claude Code calls the beta resource: the same routes, with `?beta=true`.
+                beta = await in_thread(
+                    client.beta.messages.create,
+                    model="local/ok",
+                    max_tokens=100,
+                    messages=HELLO,
+                    betas=["interleaved-thinking-2025-05-14"],
+                )
+                counted = await in_thread(client.beta.messages.count_tokens, model="local/ok", messages=HELLO)
+    assert beta.content[0].text == "Hello from ok." and counted.input_tokens > 0
+    assert gw.upstream.requests[-1].path.endswith("/chat/completions")
     assert message.type == "message" and message.role == "assistant"
     assert message.id.startswith("msg_")
     assert [block.type for block in message.content] == ["text"]
@@ -80,10 +91,10 @@ async def test_create_answers_a_message_routed_like_chat(tmp_path):
     assert message.model == "local/ok"
     assert message.usage.input_tokens > 0 and message.usage.output_tokens > 0
     assert raw.headers["x-routed-via"] == "local/ok"
-    [received] = events(gw.data_dir, RequestReceived)
+    received, _ = events(gw.data_dir, RequestReceived)
     assert received.protocol == "messages"
     assert message.id.removeprefix("msg_") == received.request_id.removeprefix("req_")
-    sent = gw.upstream.requests[-1].body
+    sent = gw.upstream.requests[0].body
     assert sent["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
     assert sent["max_tokens"] == 100
 
