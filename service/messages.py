@@ -643,6 +643,7 @@ class MessagesRender(StreamRender):
         self.pending: dict[Any, dict[str, Any]] = {}  # calls whose name has not come yet
         self.finish: Any = None
         self.output_tokens: int | None = None
+        self.input_tokens: int | None = None  # the provider's count, when it sends usage
         self.out_chars = 0
 
     def keepalive(self) -> bytes:
@@ -673,8 +674,11 @@ class MessagesRender(StreamRender):
             return b""
         out = [self._start("")]
         usage = obj.get("usage")
-        if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
-            self.output_tokens = usage["completion_tokens"]
+        if isinstance(usage, dict):
+            if isinstance(usage.get("completion_tokens"), int):
+                self.output_tokens = usage["completion_tokens"]
+            if isinstance(usage.get("prompt_tokens"), int):
+                self.input_tokens = usage["prompt_tokens"]
         choices = obj.get("choices")
         choice = choices[0] if isinstance(choices, list) and choices else None
         if not isinstance(choice, dict):
@@ -756,15 +760,17 @@ class MessagesRender(StreamRender):
 
     async def end(self) -> bytes:
         out = self._start("")
-        for key in list(self.pending):  # calls that never named their tool: sent with what they have
-            self.pending[key]["name"] = self.pending[key]["name"] or "unknown"
-            out += self._call({"index": key, "function": {"name": self.pending[key]["name"]}})
+        for key in list(self.pending):
+            # A call that never named its tool: sent as "unknown" so the client answers that no such tool
+            # exists (and the model can recover) rather than the call vanishing.
+            out += self._call({"index": key, "function": {"name": "unknown"}})
         out += self._close()
         output = self.output_tokens if self.output_tokens is not None else self.out_chars // 4
+        usage = {"output_tokens": output}
+        if self.input_tokens is not None:  # message_start had the estimate: the SDKs take this over it
+            usage["input_tokens"] = self.input_tokens
         delta = {"stop_reason": stop_reason(self.finish, bool(self.calls)), "stop_sequence": None}
-        out += sse_event(
-            "message_delta", {"type": "message_delta", "delta": delta, "usage": {"output_tokens": output}}
-        )
+        out += sse_event("message_delta", {"type": "message_delta", "delta": delta, "usage": usage})
         return out + sse_event("message_stop", {"type": "message_stop"})
 
     def failure(self, failure: Failure) -> bytes:

@@ -460,6 +460,7 @@ def test_chunks_become_the_documented_event_sequence_and_the_sdk_accumulates_the
     assert snapshot is not None
     assert [block.model_dump(exclude_none=True) for block in snapshot.content] == case["final_content"]
     assert snapshot.stop_reason == "tool_use" and snapshot.usage.output_tokens == 12
+    assert snapshot.usage.input_tokens == 30  # the provider's count replaces message_start's estimate
 
 
 def test_a_call_named_late_and_fragments_of_an_earlier_call_keep_their_block() -> None:
@@ -481,6 +482,18 @@ def test_a_call_named_late_and_fragments_of_an_earlier_call_keep_their_block() -
     assert snapshot is not None
     assert [block.input for block in snapshot.content] == [{"a": 1}, {}]  # type: ignore[union-attr]
     assert events[-2][1]["delta"]["stop_reason"] == "tool_use"
+
+
+def test_a_call_that_never_names_its_tool_still_goes_out() -> None:
+    events = render(MessagesRender("msg_1", 1), [call_chunk(0, "{}", call_id="c0")])
+    starts = [d["content_block"] for k, d in events if k == "content_block_start"]
+    assert starts == [{"type": "tool_use", "id": "c0", "name": "unknown", "input": {}}]
+    assert [k for k, _ in events][-4:] == [
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
 
 
 def test_output_tokens_are_estimated_without_usage_and_the_stream_starts_once() -> None:
