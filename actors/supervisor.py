@@ -77,6 +77,7 @@ class Runtime:
     unclean_previous_start: float | None = None  # the last run was killed or crashed: when it had started
     unfinished: Unfinished | None = None  # ... and what it left open
     snapshotter: Snapshotter | None = None
+    claude_model: str = "auto-smart"  # what a Claude model name routes as (service/messages.py)
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,7 @@ class Settings:
     platforms: frozenset[str] = frozenset()  # every configured platform, keyed or not
     snapshot_every_events: int = 100_000  # a snapshot of the projections after this many events...
     snapshot_every_s: float = 600.0  # ... or this long after the last one, if anything was folded since
+    claude_model: str = "auto-smart"  # `[messages] claude_model`: a Claude model name's mode or model
 
     def new_view(self) -> RoutingView:
         return RoutingView(self.models, self.policy, self.rolling_day_platforms, self.sessions)
@@ -221,6 +223,7 @@ async def run_service(
         unclean,
         left_open,
         snapshotter,
+        settings.claude_model,
     )
 
     async with trio.open_nursery() as outer:

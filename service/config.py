@@ -32,7 +32,7 @@ from typing import Annotated, Any, Literal, Union, cast, get_args, get_origin, g
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
-from events.catalog import CatalogModel
+from events.catalog import ALIASES, VIRTUAL_MODELS, CatalogModel
 from events.policy import RoutingPolicy
 from events.quotas import Limits
 from events.view import SessionPolicy
@@ -247,6 +247,14 @@ class Sessions(_Table, frozen=True):
     provider_ban_window_s: Seconds = SessionPolicy.provider_ban_window_s
 
 
+class Messages(_Table, frozen=True):
+    """`[messages]`: the Anthropic Messages protocol (service/messages.py)."""
+
+    # What a Claude model name (`claude-*`) routes as: a mode or a model id of the catalog. Claude clients
+    # (Claude Code) name Anthropic's models, which no provider here serves.
+    claude_model: Text = "auto-smart"
+
+
 class Snapshots(_Table, frozen=True):
     """`[snapshots]`: how often the projections are saved (README: start-up on a long log)."""
 
@@ -391,6 +399,7 @@ class ConfigFile(_Table, frozen=True):
     routing: RoutingTable = msgspec.field(default_factory=RoutingTable)  # type: ignore[valid-type]  # defstruct
     sessions: Sessions = msgspec.field(default_factory=Sessions)
     snapshots: Snapshots = msgspec.field(default_factory=Snapshots)
+    messages: Messages = msgspec.field(default_factory=Messages)
     catalog: _Catalog = msgspec.field(default_factory=_Catalog)
     platforms: Annotated[list[_PlatformEntry], Meta(description="an array of tables ([[platforms]])")] = []
     models: Annotated[list[_ModelEntry], Meta(description="an array of tables ([[models]])")] = []
@@ -422,6 +431,7 @@ class Config:
     limits: ServerLimits = field(default_factory=ServerLimits)
     snapshots: Snapshots = field(default_factory=Snapshots)
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
+    messages: Messages = field(default_factory=Messages)
 
 
 class _CatalogFile(msgspec.Struct):
@@ -474,6 +484,7 @@ def load_config(path: Path | None, env: Mapping[str, str] | None = None, *, serv
     platforms = _merge_platforms(source, file.platforms, platforms, file.catalog.builtin)
     models = _merge_models(source, file.models, platforms, models)
     routing = _routing(source, file)
+    _check_claude_model(source, file.messages.claude_model, models)
 
     host, port, data_dir = _server_env(env, file.server.host, file.server.port, data_dir)
     platforms = _protection_env(env, platforms)
@@ -502,6 +513,17 @@ def load_config(path: Path | None, env: Mapping[str, str] | None = None, *, serv
             secure_cookie=file.admin.secure_cookie,
             allowed_origins=file.admin.allowed_origins,
         ),
+        messages=file.messages,
+    )
+
+
+def _check_claude_model(source: _Source, name: str, models: tuple[ModelConfig, ...]) -> None:
+    """A typo here would answer every Claude client's request with a 404: refused at start instead."""
+    if name in VIRTUAL_MODELS or name in ALIASES or any(name in (m.ref, m.id) for m in models):
+        return
+    raise source.error(
+        ("messages", "claude_model"),
+        f"{json.dumps(name)} is neither a mode ({', '.join(VIRTUAL_MODELS)}) nor a model of the catalog",
     )
 
 

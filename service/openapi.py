@@ -30,6 +30,7 @@ from service.admin_console import CONTENT_TYPES as CONSOLE_TYPES
 from service.admin_context import AdminContext
 from service.admin_requests import DEFAULT_LIMIT, MAX_LIMIT, MAX_SEQ, OUTCOMES
 from service.chat_completions import MAX_MODEL_NAME, MAX_MODELS
+from service.messages import COUNT_TOKENS_PATH, ERROR_TYPES, MESSAGES_PATH, STOP_REASONS
 
 PATH = "/openapi.json"
 Schema = dict[str, Any]
@@ -960,11 +961,227 @@ def _paths(structs: dict[str, Schema]) -> dict[str, dict[str, Schema]]:
     }
 
 
+# -- Anthropic Messages (service/messages.py) -----------------------------------------------------------
+# Its own error shape (Anthropic's) and its own credentials (x-api-key, or a bearer): its operations take
+# their error answers from these components, not from the OpenAI-shaped ones above.
+
+MESSAGES_ERROR = _obj(
+    {
+        "type": {"const": "error"},
+        "error": _obj({"type": {"enum": sorted({*ERROR_TYPES.values(), "api_error"})}, "message": STR}),
+    }
+)
+_BLOCK: Schema = {"type": "object", "properties": {"type": STR}, "required": ["type"]}
+_MESSAGES_FIELDS: dict[str, Schema] = {
+    "system": {"anyOf": [STR, {"type": "array", "items": _BLOCK}]},
+    "tools": {"type": "array", "items": {"type": "object"}},
+    "tool_choice": {"type": "object", "properties": {"type": {"enum": ["auto", "any", "tool", "none"]}}},
+}
+_MESSAGES_TURNS: Schema = {
+    "type": "array",
+    "minItems": 1,
+    "items": _obj(
+        {
+            "role": {"enum": ["user", "assistant"]},
+            "content": {"anyOf": [STR, {"type": "array", "items": _BLOCK}]},
+        },
+        closed=False,
+    ),
+}
+_CLAUDE = "a Claude model name (claude-*) routes as [messages] claude_model; any other name as chat's `model`"
+MESSAGES_REQUEST = _obj(
+    {
+        "model": {**_MODEL_NAME, "description": _CLAUDE},
+        "max_tokens": {"type": "integer", "minimum": 1},
+        "messages": _MESSAGES_TURNS,
+    },
+    {
+        **_MESSAGES_FIELDS,
+        "stream": BOOL,
+        "stop_sequences": {"type": "array", "items": STR},
+        "temperature": {"type": "number", "minimum": 0, "maximum": 1},
+        "top_p": {"type": "number", "minimum": 0, "maximum": 1},
+    },
+    closed=False,
+)
+COUNT_TOKENS_REQUEST = _obj(
+    {"model": {**_MODEL_NAME, "description": _CLAUDE}, "messages": _MESSAGES_TURNS},
+    _MESSAGES_FIELDS,
+    closed=False,
+)
+MESSAGE = _obj(
+    {
+        "id": STR,
+        "type": {"const": "message"},
+        "role": {"const": "assistant"},
+        "model": STR,
+        "content": {"type": "array", "items": _BLOCK},
+        "stop_reason": {"enum": sorted({*STOP_REASONS.values(), "end_turn"})},
+        "stop_sequence": {"type": "null"},
+        "usage": _obj(
+            {
+                "input_tokens": INT,
+                "output_tokens": INT,
+                "cache_creation_input_tokens": INT,
+                "cache_read_input_tokens": INT,
+            }
+        ),
+    }
+)
+MESSAGES_EVENT = _obj(
+    {
+        "data": STR,
+        "event": {
+            "enum": [
+                "ping",
+                "message_start",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_stop",
+                "message_delta",
+                "message_stop",
+                "error",
+            ]
+        },
+    },
+    {"id": STR, "retry": INT},
+    closed=False,
+)
+MESSAGES_SCHEMAS: dict[str, Schema] = {
+    "MessagesError": MESSAGES_ERROR,
+    "MessagesRequest": MESSAGES_REQUEST,
+    "CountTokensRequest": COUNT_TOKENS_REQUEST,
+    "Message": MESSAGE,
+    "MessagesEvent": MESSAGES_EVENT,
+    "InputTokens": _obj({"input_tokens": INT}),
+}
+# Every error a Messages route gives, by status (the connection cap's 503 comes before any route: chat's
+# error shape).
+MESSAGES_ERRORS: dict[int | str, tuple[str, Schema, tuple[str, ...]]] = {
+    400: ("Bad input (`invalid_request_error`); the message names the field.", _ref("MessagesError"), ()),
+    401: (
+        "No valid gateway key in x-api-key or a bearer (`authentication_error`).",
+        _ref("MessagesError"),
+        (),
+    ),
+    404: ("The model does not exist or is disabled (`not_found_error`).", _ref("MessagesError"), ()),
+    408: ("The request body did not arrive in time (`timeout_error`).", _ref("MessagesError"), ()),
+    413: (
+        "The request body is larger than [server] max_body_mb (`request_too_large`).",
+        _ref("MessagesError"),
+        (),
+    ),
+    429: (
+        "Too many failed key attempts from this address, or every candidate is rate-limited "
+        "(`rate_limit_error`).",
+        _ref("MessagesError"),
+        ("Retry-After",),
+    ),
+    502: ("Every attempt failed (`api_error`).", _ref("MessagesError"), ("X-Fallback-Attempts",)),
+    503: (
+        "No model can take the request, or the log cannot be written (`overloaded_error`); at the "
+        "connection cap, chat's error object.",
+        {"anyOf": [_ref("MessagesError"), _ref("Error")]},
+        ("Retry-After",),
+    ),
+    504: (
+        "Every attempt timed out before it answered (`timeout_error`).",
+        _ref("MessagesError"),
+        ("X-Fallback-Attempts",),
+    ),
+    "4XX": (
+        "Every provider tried refused the request as invalid: its own 4xx status.",
+        _ref("MessagesError"),
+        ("X-Fallback-Attempts",),
+    ),
+}
+
+
+def _messages_error_responses() -> dict[str, Schema]:
+    # "4XX" too: a routed request that every provider refused as invalid gets the provider's own status.
+    return {
+        f"Messages{status}": {
+            "description": description,
+            "headers": _headers(*headers),
+            "content": {"application/json": {"schema": schema}},
+        }
+        for status, (description, schema, headers) in MESSAGES_ERRORS.items()
+    }
+
+
+MESSAGES_KEY: Security = [{"gatewayKey": []}, {"messagesKey": []}]
+
+
+def _messages_op(
+    op_id: str, summary: str, ok: Schema, body: str, statuses: tuple[int | str, ...], description: str
+) -> Schema:
+    responses: dict[str, Schema] = {"200": ok}
+    responses.update({str(s): {"$ref": f"#/components/responses/Messages{s}"} for s in statuses})
+    return {
+        "operationId": op_id,
+        "summary": summary,
+        "description": description,
+        "tags": ["v1"],
+        "security": MESSAGES_KEY,
+        "parameters": [
+            {
+                "name": name,
+                "in": "header",
+                "required": False,
+                "description": what,
+                "schema": {"type": "string", "pattern": "\\S"},
+            }
+            for name, what in (
+                ("X-Claude-Code-Session-Id", "names the conversation for pins and thread protection"),
+                ("X-Session-Id", "the same, when X-Claude-Code-Session-Id is not sent"),
+            )
+        ],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(body)}}},
+        "responses": responses,
+    }
+
+
+def _messages_paths() -> dict[str, dict[str, Schema]]:
+    routed: tuple[int | str, ...] = (400, 401, 404, 408, 413, 429, 502, 503, 504, "4XX")
+    return {
+        MESSAGES_PATH: {
+            "post": _messages_op(
+                "createMessage",
+                "Anthropic Messages, routed to a model and key, with fallback",
+                {
+                    "description": "The answer as a message (`stream: true`: Messages server-sent events, "
+                    "with `ping` keep-alives; a failure after the headers went out: an `error` event).",
+                    "headers": _headers("X-Routed-Via", "X-Fallback-Attempts", "X-Skipped-Models"),
+                    "content": {
+                        "application/json": {"schema": _ref("Message")},
+                        "text/event-stream": {"schema": _ref("MessagesEvent")},
+                    },
+                },
+                "MessagesRequest",
+                routed,
+                "The same routing, fallback, deadlines, sessions and events as chat completions "
+                "(service/messages.py says what is translated). anthropic-version and anthropic-beta are "
+                "accepted and ignored.",
+            )
+        },
+        COUNT_TOKENS_PATH: {
+            "post": _messages_op(
+                "countMessageTokens",
+                "The gateway's input-token estimate for a Messages body (no provider is called)",
+                _json("The estimate.", _ref("InputTokens")),
+                "CountTokensRequest",
+                (400, 401, 408, 413, 429, 503),
+                "The estimate the router uses for this body: its messages (system included) and tools.",
+            )
+        },
+    }
+
+
 @cache
 def document() -> Schema:
     """The whole document (built once; it depends on nothing but the code)."""
     structs, struct_components = _struct_schemas()
-    paths = _paths(structs)
+    paths = {**_paths(structs), **_messages_paths()}
     return {
         "openapi": "3.1.0",
         "info": {
@@ -982,14 +1199,20 @@ def document() -> Schema:
         ],
         "paths": paths,
         "components": {
-            "schemas": {**struct_components, **SCHEMAS},
-            "responses": _error_responses(),
+            "schemas": {**struct_components, **SCHEMAS, **MESSAGES_SCHEMAS},
+            "responses": {**_error_responses(), **_messages_error_responses()},
             "headers": _HEADERS,
             "securitySchemes": {
                 "gatewayKey": {
                     "type": "http",
                     "scheme": "bearer",
                     "description": "a gateway API key ([gateway] api_keys, or printed at the first start)",
+                },
+                "messagesKey": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "x-api-key",
+                    "description": "a gateway API key, as Anthropic's clients send it (Messages routes)",
                 },
                 "adminToken": {
                     "type": "http",

@@ -192,6 +192,7 @@ def routing_settings(config: Config, keys: list[tuple[str, str, str, KeySource]]
         ),
         snapshot_every_events=config.snapshots.every_events,
         snapshot_every_s=config.snapshots.every_s,
+        claude_model=config.messages.claude_model,
         sessions=SessionPolicy(
             protection={p.name: p.protection for p in config.platforms.values()},
             single_flight=frozenset(

@@ -158,4 +158,5 @@ async def test_errors_quote_only_a_prefix_of_a_clients_long_path_or_model_id(tmp
     for resp in (missing, unknown):
         assert resp.status_code == 404
         message = resp.json()["error"]["message"]
-        assert "x" * 70 in message and "x" * 80 not in message and len(message) < 200, message
+        # The 404 also lists every protocol's path: bounded, whatever the client sent.
+        assert "x" * 70 in message and "x" * 80 not in message and len(message) < 300, message
