@@ -113,26 +113,10 @@ def parse_chat_request(raw: bytes, request_id: str, session_header: str | None =
             "model",
             "invalid_value",
         )
-    models = body.get("models")
-    requested: tuple[str, ...] = (model,)
-    if models is not None:
-        if not isinstance(models, list) or not models or not all(isinstance(m, str) and m for m in models):
-            raise BadRequest(
-                "'models' must be a non-empty list of model id strings.", "models", "invalid_type"
-            )
-        if len(models) > MAX_MODELS or any(len(m) > MAX_MODEL_NAME for m in models):
-            raise BadRequest(
-                f"'models' lists at most {MAX_MODELS} model ids of at most {MAX_MODEL_NAME} characters each.",
-                "models",
-                "invalid_value",
-            )
-        requested = (model, *models)  # a virtual `model` gives the mode, concrete ones are tried first
+    requested, use_chain = gateway_routing(model, body.get("models"), body.get("fallback", True))
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise BadRequest("'stream' must be true or false.", "stream", "invalid_type")
-    fallback = body.get("fallback", True)
-    if not isinstance(fallback, bool):
-        raise BadRequest("'fallback' must be true or false.", "fallback", "invalid_type")
     for name in ("max_tokens", "max_completion_tokens"):
         value = body.get(name)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
@@ -147,9 +131,31 @@ def parse_chat_request(raw: bytes, request_id: str, session_header: str | None =
         requested=requested,
         stream=stream,
         est_tokens=estimate_tokens(messages),
-        use_chain=fallback,
+        use_chain=use_chain,
         session_header=session_header,
     )
+
+
+def gateway_routing(model: str, models: Any, fallback: Any) -> tuple[tuple[str, ...], bool]:
+    """The gateway's own request fields, the same in every protocol: `models` (tried in order after a
+    concrete `model`, or in the mode a virtual one names) and `fallback` (false: stop after them). Returns
+    what the runner is asked for and whether the chain follows."""
+    requested: tuple[str, ...] = (model,)
+    if models is not None:
+        if not isinstance(models, list) or not models or not all(isinstance(m, str) and m for m in models):
+            raise BadRequest(
+                "'models' must be a non-empty list of model id strings.", "models", "invalid_type"
+            )
+        if len(models) > MAX_MODELS or any(len(m) > MAX_MODEL_NAME for m in models):
+            raise BadRequest(
+                f"'models' lists at most {MAX_MODELS} model ids of at most {MAX_MODEL_NAME} characters each.",
+                "models",
+                "invalid_value",
+            )
+        requested = (model, *models)  # a virtual `model` gives the mode, concrete ones are tried first
+    if not isinstance(fallback, bool):
+        raise BadRequest("'fallback' must be true or false.", "fallback", "invalid_type")
+    return requested, fallback
 
 
 def _check_message(i: int, message: Any) -> None:

@@ -44,7 +44,7 @@ from actors.stream import Routed
 from actors.supervisor import Runtime
 from events.attempts import Failure
 from events.frames import Chunk, normalise_message
-from service.chat_completions import MAX_MODEL_NAME, estimate_tokens
+from service.chat_completions import MAX_MODEL_NAME, estimate_tokens, gateway_routing
 from service.edge import Answer, BadRequest, Headers, bearer, failure_answer, routing_headers
 from service.protocol import ClientProtocol
 from service.streaming import StreamRender, stream_answer
@@ -175,16 +175,18 @@ def parse_messages_request(
     body = _body(raw)
     chat = translate(body)
     model = chat["model"]
-    requested = claude_model if model.lower().startswith(CLAUDE_PREFIX) else model
-    chat["model"] = requested
+    mode = claude_model if model.lower().startswith(CLAUDE_PREFIX) else model
+    chat["model"] = mode
+    requested, use_chain = gateway_routing(mode, body.get("models"), body.get("fallback", True))
     if session is not None and not session.strip():
         raise BadRequest("The session header (X-Claude-Code-Session-Id or X-Session-Id) must not be empty.")
     req = ChatRequest(
         request_id=request_id,
         body=chat,
-        requested=(requested,),
+        requested=requested,
         stream=chat["stream"],
         est_tokens=input_estimate(chat),
+        use_chain=use_chain,
         session_header=session,
         protocol="messages",
     )

@@ -48,9 +48,14 @@ def chat_body(model: str, models: list[str] | None, stream: bool, text: str) -> 
     return body
 
 
+def messages_body(model: str, models: list[str] | None, stream: bool, text: str) -> dict[str, Any]:
+    return {**chat_body(model, models, stream, text), "max_tokens": 200}
+
+
 # (protocol path, the body for (model, models, stream, text), extra headers)
 PROTOCOLS: list[tuple[str, Any, dict[str, str]]] = [
     ("/v1/chat/completions", chat_body, {}),
+    ("/v1/messages", messages_body, {"anthropic-version": "2023-06-01"}),
 ]
 
 # What each request asks for: a named model that fails (falls back), a rate-limited one (cools), lists
