@@ -25,6 +25,7 @@ from service import (
     admin_console,
     admin_feed,
     admin_requests,
+    embeddings,
     metrics,
     openapi,
 )
@@ -49,7 +50,10 @@ from service.secrets import TokenCheck
 _encode = msgspec.json.encode
 
 # Every client protocol's POST route, served by service/fast_route.py (one entry a line).
-PROTOCOLS: tuple[ClientProtocol, ...] = (chat.PROTOCOL,)
+PROTOCOLS: tuple[ClientProtocol, ...] = (
+    chat.PROTOCOL,
+    embeddings.PROTOCOL,
+)
 
 
 def create_app(
