@@ -152,7 +152,11 @@ CHAT_EVENT = _obj(
     {"id": STR, "retry": INT},
     closed=False,
 )
-MODEL_OBJECT = _obj({"id": STR, "object": {"const": "model"}, "created": INT, "owned_by": STR})
+MODEL_OBJECT = _obj(
+    {"id": STR, "object": {"const": "model"}, "created": INT, "owned_by": STR},
+    # Ours: the route that serves the model (embedding models only POST /v1/embeddings).
+    {"task": {"enum": ["chat", "embedding"]}},
+)
 
 HEALTH = _obj(
     {"status": {"enum": ["ok", "degraded", "log_unwritable", "busy"]}},
