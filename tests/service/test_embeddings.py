@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import struct
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -13,6 +14,7 @@ import pytest
 
 from events.attempts import Completion, Failure
 from events.catalog import CatalogModel
+from service.config import ConfigError, load_config
 from service.edge import BadRequest
 from service.embeddings import (
     MAX_INPUTS,
@@ -169,3 +171,25 @@ def test_the_familys_failure_says_why_no_other_model_was_tried() -> None:
     assert (said.status, said.code, said.retry_after_s, said.attempts) == (503, "x", 5.0, 2)
     rejected = Failure(400, "nvidia/baai/bge-m3: bad", "invalid_request_error", "upstream_bad_request")
     assert family_failure(rejected, "BAAI/bge-m3") is rejected
+
+
+def test_a_config_file_makes_embedding_models_and_refuses_an_unknown_task(tmp_path: Path) -> None:
+    text = (
+        '[catalog]\nbuiltin = false\n[[platforms]]\nname = "local"\nbase_url = "http://127.0.0.1:1/v1"\n'
+        '[[models]]\nplatform = "local"\nid = "e1"\ntask = "embedding"\nfamily = "fam"\n'
+        '[[models]]\nplatform = "local"\nid = "e2"\ntask = "embedding"\n'
+        '[[models]]\nplatform = "local"\nid = "c"\n'
+    )
+    path = tmp_path / "switchboard.toml"
+    path.write_text(text)
+    models = {m.id: m.catalog_model() for m in load_config(path, {}).models}
+    assert (models["e1"].task, models["e1"].family, models["e1"].vectors) == ("embedding", "fam", "fam")
+    assert (models["e2"].task, models["e2"].family, models["e2"].vectors) == ("embedding", None, "local/e2")
+    assert (models["c"].task, models["c"].family) == ("chat", None)
+    path.write_text(text.replace('task = "embedding"\nfamily', 'task = "vision"\nfamily'))
+    with pytest.raises(ConfigError) as raised:
+        load_config(path, {})
+    assert str(raised.value).endswith(
+        'switchboard.toml:9: [[models]][1].task: expected a model task ("chat", "embedding"), '
+        'found a string ("vision")'
+    )
