@@ -207,6 +207,9 @@ class StreamJudge:
             parts.append(arguments if isinstance(arguments, str) else "")
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # a vector's values must fit float32: base64 encodings are float32
+
+
 def judge_embeddings(payload: Any, inputs: int, dimensions: int | None = None) -> Answered | Failed:
     """A whole 200 embeddings answer (neutral form, decoded; None when it did not decode), for a request of
     `inputs` texts: one vector of numbers per input, or a failure the next key or platform may not have.
@@ -231,7 +234,10 @@ def judge_embeddings(payload: Any, inputs: int, dimensions: int | None = None) -
         if (
             not isinstance(vector, list)
             or not vector
-            or not all(isinstance(x, int | float) and not isinstance(x, bool) for x in vector)
+            or not all(
+                isinstance(x, int | float) and not isinstance(x, bool) and -FLOAT32_MAX <= x <= FLOAT32_MAX
+                for x in vector
+            )
         ):
             return Failed(
                 FailureKind.SERVER_ERROR, f"the provider's embedding {i} is not a list of numbers", 502
