@@ -27,7 +27,7 @@ from actors.upstream import ProviderAdapter, TransportFailure, Upstream, Upstrea
 from events import taxonomy
 from events.failures import FailureKind, traits
 from events.frames import completion_as_chunk
-from events.judge import StreamJudge, judge_completion
+from events.judge import StreamJudge, judge_completion, judge_embeddings
 from events.outcomes import Answered, ClientGone, Failed, Outcome, Stalled
 from events.types import AttemptFailed, AttemptStarted, AttemptSucceeded, KeyInvalidated, StreamStalled
 
@@ -157,7 +157,7 @@ class Attempt:
                         if resp.status != 200:
                             out = adapter.error(resp.status, resp.headers, raw, self._now())
                         else:
-                            out = judge_completion(adapter.completion(raw), s.client_max_tokens)
+                            out = self._judge_whole(adapter, raw)
                         if self.judge is not None and isinstance(out, Answered) and out.body is not None:
                             deadline.deadline = math.inf
                             out = await self._send_whole(out, emit, routed)
@@ -169,6 +169,14 @@ class Attempt:
         if deadline.cancelled_caught:
             out = await self._stalled()
         return out
+
+    def _judge_whole(self, adapter: ProviderAdapter, raw: bytes) -> Answered | Failed:
+        """A whole 200 answer, judged by what the call asked for."""
+        call = self.spec.call
+        if call.operation == "embeddings":
+            inputs, dimensions = len(call.body.get("input") or ()), call.body.get("dimensions")
+            return judge_embeddings(adapter.embeddings(raw), inputs, dimensions)
+        return judge_completion(adapter.completion(raw), self.spec.client_max_tokens)
 
     async def _read_body(self, chunks: AsyncGenerator[bytes], deadline: trio.CancelScope) -> bytes:
         raw = bytearray()

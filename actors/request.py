@@ -27,10 +27,10 @@ from actors.log_writer import LogOutage, LogWriter
 from actors.model_health import ModelHealth
 from actors.session import Conversation, SessionActor
 from actors.stream import Emit, Routed, StreamHandle, StreamItem, produce
-from actors.upstream import Upstream, UpstreamCall
+from actors.upstream import Operation, Upstream, UpstreamCall
 from events.attempts import AttemptLoop, Completion, Failure
 from events.catalog import ALIASES, VIRTUAL_MODELS, CatalogModel
-from events.decide import UnknownModel
+from events.decide import UnknownModel, WrongTask
 from events.frames import Call, reply_text
 from events.outcomes import Answered, Failed, Outcome, Stalled
 from events.sessions import NO_ACTION
@@ -64,6 +64,12 @@ class ChatRequest:
     @cached_property
     def call(self) -> Call:
         return Call(self.body, self.stream)
+
+    @property
+    def operation(self) -> Operation:
+        """What the upstream is asked: chat completions, or (from /v1/embeddings) embedding vectors, whose
+        `body` is OpenAI's embeddings body and whose `requested` are one family's models."""
+        return "embeddings" if self.protocol == "embeddings" else "chat"
 
 
 @dataclass(frozen=True)
@@ -206,26 +212,35 @@ class RequestActor:
         mode = next(
             (m for n in reversed(req.requested) if (m := ALIASES.get(n, n)) in VIRTUAL_MODELS), "auto"
         )
-        conv = self._sessions.conversation(
-            req.request_id, req.body.get("messages", ()), req.session_header, mode
-        )
-        default, cap = self._output_reserve
-        call = req.call
+        embeddings = req.operation == "embeddings"
+        if embeddings:
+            # Not a conversation: no session key, no pins, no thread protection; nothing is generated,
+            # so no output tokens are reserved.
+            conv, reserve = Conversation(req.request_id, None, False), 0
+        else:
+            conv = self._sessions.conversation(
+                req.request_id, req.body.get("messages", ()), req.session_header, mode
+            )
+            default, cap = self._output_reserve
+            reserve = min(req.call.client_max_tokens or default, cap)
         loop = AttemptLoop(
             RouteInput(
                 mode=mode,
                 requested=req.requested,
                 use_chain=req.use_chain,
                 est_tokens=req.est_tokens,
-                reserve_tokens=min(call.client_max_tokens or default, cap),
+                reserve_tokens=reserve,
                 session=conv.session,
                 use_pin=conv.pins,
+                task="embedding" if embeddings else "chat",
             ),
             self._max_attempts,
         )
         while loop.more():
             try:
                 decided = await self._health.decide(loop.route)
+            except WrongTask as exc:
+                return Failure(400, exc.message, "invalid_request_error", "model_not_supported")
             except UnknownModel as exc:
                 return Failure(
                     404,
@@ -290,7 +305,9 @@ class RequestActor:
         spec = AttemptSpec(
             request_id=req.request_id,
             attempt=number,
-            call=UpstreamCall(model.platform, model.id, key_id, req.call.for_model(model.id), req.stream),
+            call=UpstreamCall(
+                model.platform, model.id, key_id, req.call.for_model(model.id), req.stream, req.operation
+            ),
             reserved_tokens=route.est_tokens + route.reserve_tokens,
             est_tokens=req.est_tokens,
             client_max_tokens=req.call.client_max_tokens,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 from events.frames import Chunk
 from events.outcomes import Failed
@@ -27,13 +27,20 @@ class TransportFailure(Exception):
         self.local = local
 
 
+Operation = Literal["chat", "embeddings"]
+
+
 @dataclass(frozen=True)
 class UpstreamCall:
     platform: str
     model: str
     key_id: str
-    body: dict[str, Any]  # neutral: the client's chat body with the upstream model id, no gateway fields
+    # Neutral, with the upstream model id and no gateway fields: a chat-completions body, or for
+    # `embeddings` OpenAI's embeddings body with `input` a list of strings and no `encoding_format` (the
+    # edge encodes base64 itself, from the floats every provider can send).
+    body: dict[str, Any]
     stream: bool
+    operation: Operation = "chat"
 
 
 class HttpRequest(NamedTuple):
@@ -65,6 +72,23 @@ class ProviderAdapter(Protocol):
     def error(self, status: int, headers: Mapping[str, str], raw: bytes, now: float) -> Failed:
         """A non-200 answer: its failure kind, message and retry time."""
         ...
+
+    def embeddings_request(self, call: UpstreamCall, base_url: str, secret: str) -> HttpRequest:
+        """The provider's request for a neutral embeddings call (the secret in a header)."""
+        ...
+
+    def embeddings(self, raw: bytes) -> Any:
+        """A whole 200 embeddings answer in the neutral form (OpenAI's `{"object": "list", "data":
+        [{"object": "embedding", "index", "embedding": [floats]}], "model", "usage"}`; a root `error`
+        for a failure wrapped in a 200), or None if unreadable."""
+        ...
+
+
+def request_for(adapter: ProviderAdapter, call: UpstreamCall, base_url: str, secret: str) -> HttpRequest:
+    """The upstream request of `call`, by its operation."""
+    if call.operation == "embeddings":
+        return adapter.embeddings_request(call, base_url, secret)
+    return adapter.request(call, base_url, secret)
 
 
 class UpstreamResponse(Protocol):

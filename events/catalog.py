@@ -13,6 +13,7 @@ from events.quotas import Limits
 from events.types import Event, ModelUpdated
 
 VIRTUAL_MODELS = ("auto", "auto-smart", "auto-fast")
+TASKS = ("chat", "embedding")  # what a model does: chat completions, or embedding vectors (/v1/embeddings)
 ALIASES = {
     "freellmapi/auto": "auto",
     "freellmapi/auto-smart": "auto-smart",
@@ -31,10 +32,19 @@ class CatalogModel:
     intelligence_rank: int
     speed_rank: int
     limits: Limits = field(default_factory=Limits)
+    task: str = "chat"  # one of TASKS: chat routing never picks an embedding model, nor the reverse
+    # The vectors an embedding model produces: models of one family (the same weights on two platforms)
+    # give comparable vectors, so only they stand in for each other. None: the model is its own family.
+    family: str | None = None
     ref: str = field(init=False, compare=False)  # `platform/id`, read on every decision: computed once
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ref", f"{self.platform}/{self.id}")
+
+    @property
+    def vectors(self) -> str:
+        """The family whose vectors this (embedding) model gives: its `family`, else its own ref."""
+        return self.family or self.ref
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,18 @@ class UnknownModel(LookupError):
     pass
 
 
+class WrongTask(UnknownModel):
+    """A request named a model of another task (a chat request an embedding model, or the reverse): no
+    model of that name can take it. `args`: (name, the task the named model has)."""
+
+    @property
+    def message(self) -> str:
+        name, task = self.args
+        if task == "embedding":
+            return f"'{name}' is an embedding model; use /v1/embeddings."
+        return f"'{name}' is a chat model, not an embedding model."
+
+
 @dataclass(frozen=True)
 class Decision:
     ranked: tuple[_Scored, ...]  # scored, best first (named models first, in request order), as recorded
@@ -103,8 +115,11 @@ class Decision:
         )
 
 
-def mode_and_models(view: RoutingView, requested: tuple[str, ...]) -> tuple[str, list[CatalogModel]]:
-    """The virtual mode named (default `auto`) and the concrete models named, in order."""
+def mode_and_models(
+    view: RoutingView, requested: tuple[str, ...], task: str = "chat"
+) -> tuple[str, list[CatalogModel]]:
+    """The virtual mode named (default `auto`) and the concrete models named, in order: only models of
+    `task` (a name that resolves only to models of another task raises WrongTask)."""
     mode = "auto"
     named: list[CatalogModel] = []
     for asked in requested:
@@ -112,7 +127,10 @@ def mode_and_models(view: RoutingView, requested: tuple[str, ...]) -> tuple[str,
         if name in VIRTUAL_MODELS:
             mode = name
             continue
-        found = view.catalog.resolve(name)
+        resolved = view.catalog.resolve(name)
+        found = [m for m in resolved if m.task == task]
+        if resolved and not found:
+            raise WrongTask(name, resolved[0].task)
         if not found:
             raise UnknownModel(name)
         named.extend(sorted(found, key=lambda m: m.intelligence_rank))
@@ -125,7 +143,7 @@ _Scored = tuple[float, float, "Parts", CatalogModel, bool]
 
 def decide(view: RoutingView, req: RouteInput, now: float, rng: random.Random) -> Decision:
     p = view.policy
-    mode, named = mode_and_models(view, req.requested)
+    mode, named = mode_and_models(view, req.requested, req.task)
     skip_models = dict(req.skip_models)
     skip_platforms = dict(req.skip_platforms)
     session = view.sessions.get(req.session, now) if req.session else None

@@ -205,3 +205,50 @@ class StreamJudge:
             name, arguments = fn.get("name"), fn.get("arguments")
             parts[0] += name if isinstance(name, str) else ""
             parts.append(arguments if isinstance(arguments, str) else "")
+
+
+FLOAT32_MAX = 3.4028234663852886e38  # a vector's values must fit float32: base64 encodings are float32
+
+
+def judge_embeddings(payload: Any, inputs: int, dimensions: int | None = None) -> Answered | Failed:
+    """A whole 200 embeddings answer (neutral form, decoded; None when it did not decode), for a request of
+    `inputs` texts: one vector of numbers per input, or a failure the next key or platform may not have.
+    `dimensions` (the client's): vectors of another length mean the provider ignored it, which the client
+    must hear as a rejected request rather than get vectors of a size it did not ask for."""
+    wrapped = wrapped_failure(payload, "error in a 200 response")
+    if wrapped is not None:
+        return wrapped
+    data = payload.get("data") if isinstance(payload, dict) else None
+    if not isinstance(data, list):
+        return Failed(FailureKind.SERVER_ERROR, "the provider's answer is not an embeddings list", 502)
+    if not data:
+        return Failed(FailureKind.EMPTY, "the answer has no embeddings", 200)
+    if len(data) != inputs:
+        return Failed(
+            FailureKind.SERVER_ERROR,
+            f"the provider's answer has {len(data)} embeddings for {inputs} inputs",
+            502,
+        )
+    for i, item in enumerate(data):
+        vector = item.get("embedding") if isinstance(item, dict) else None
+        if (
+            not isinstance(vector, list)
+            or not vector
+            or not all(
+                isinstance(x, int | float) and not isinstance(x, bool) and -FLOAT32_MAX <= x <= FLOAT32_MAX
+                for x in vector
+            )
+        ):
+            return Failed(
+                FailureKind.SERVER_ERROR, f"the provider's embedding {i} is not a list of numbers", 502
+            )
+        if dimensions is not None and len(vector) != dimensions:
+            return Failed(
+                FailureKind.BAD_REQUEST,
+                f"the model gives {len(vector)}-dimensional vectors, not the {dimensions} "
+                "'dimensions' asks for",
+                400,
+            )
+    usage = Usage()
+    usage.take(payload.get("usage"))
+    return Answered(usage, _encode(payload))

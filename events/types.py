@@ -246,6 +246,7 @@ class RouteInput(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     min_context: int | None = None  # after a context error: only larger windows
     session: str | None = None  # the conversation's session key, if any
     use_pin: bool = False  # pins apply: auto-smart, or the client sent X-Session-Id
+    task: str = "chat"  # the model task it needs: chat, or embedding (only models of that task are named)
 
 
 class RouteDecided(Event, tag="route_decided", frozen=True):

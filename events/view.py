@@ -179,7 +179,7 @@ class RoutingView:
         if index is None:
             models, excluded, no_key = [], [], 0
             for m in self.catalog.models():
-                if not (m.enabled and m.fallback):
+                if not (m.enabled and m.fallback) or m.task != "chat":  # the chain is chat's alone
                     continue
                 if mode == "auto" and m.pool == "smart":
                     excluded.append(Excluded(ref=m.ref, reason=POOL_REASON, code=ExclusionCode.POOL))

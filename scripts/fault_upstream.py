@@ -46,6 +46,13 @@ picks the behaviour as above: ``ok`` / ``echo`` / ``truncated`` (MAX_TOKENS) / `
 ``details`` carry ``RetryInfo.retryDelay`` "<s>s"; ``auth`` a 400 "API key not valid"; ``stall-pre:<s>`` and
 ``slow:<s>`` wait, then answer. Other behaviours answer as ``ok``.
 
+Embeddings: ``POST /v1/embeddings`` (OpenAI's shape) and Gemini's ``:batchEmbedContents`` answer one
+deterministic vector per input (``embedding_vector``: a function of the model id and the text, 8 numbers
+unless ``dimensions`` / ``outputDimensionality`` asks otherwise). The model picks the behaviour as above:
+``fail``, ``rate-limit``, ``auth`` and ``reset`` fail as for chat, ``wrapped-body`` wraps an error in a 200,
+``empty`` answers no vectors, ``dims:<n>`` gives n-dimensional vectors whatever was asked, ``stall-pre`` /
+``slow`` wait; anything else answers.
+
 Use it in-process::
 
     state = UpstreamState()
@@ -66,6 +73,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import hashlib
 import itertools
 import signal
 import socket
@@ -591,6 +599,8 @@ class _Conn:
                 return await self._error(400, None, "request body must be a JSON object")
             spec = state.behaviour_for(model, api_key)
             return await self._chat(spec, model or "unknown", body, stream)
+        if path == "/v1/embeddings":
+            return await self._embeddings(method, body, model, api_key)
         if path == "/v1/models" or path.startswith("/v1/models/"):
             if method != "GET":
                 return await self._error(405, None)
@@ -615,6 +625,8 @@ class _Conn:
             headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in request.headers}
             state.requests.append(RecordedRequest("POST", path, model, api_key, stream, body, headers))
         query = target.partition("?")[2]
+        if request.method == b"POST" and action == "batchEmbedContents" and "key=" not in query:
+            return await self._gemini_embeddings(model, api_key, body)
         if request.method != b"POST" or action not in ("generateContent", "streamGenerateContent"):
             return await self._gemini_error(404, f"no route for {request.method.decode()} {path}")
         if any(p.startswith("key=") for p in query.split("&")):
@@ -735,6 +747,73 @@ class _Conn:
         else:
             frames.append((_float(args, 0, 1.0), b""))
         return await self._stream(answer, frames)
+
+    # ------------------------------------------------------------------------------------- embeddings
+
+    async def _embeddings(
+        self, method: str, body: dict | None, model: str | None, api_key: str | None
+    ) -> bool:
+        """OpenAI's ``POST /v1/embeddings``: one vector per input (see ``embedding_vector``), or the
+        behaviour's failure: ``fail``, ``rate-limit``, ``auth``, ``wrapped-body``, ``empty`` (no data),
+        ``dims:<n>`` (n-dimensional vectors whatever ``dimensions`` asks), ``stall-pre`` / ``slow``."""
+        if method != "POST":
+            return await self._error(405, None)
+        if body is None:
+            return await self._error(400, None, "request body must be a JSON object")
+        texts = _embedding_inputs(body.get("input"))
+        if texts is None:
+            return await self._error(400, model, "'input' must be a string or an array of strings")
+        name, args = parse_spec(self.state.behaviour_for(model, api_key))
+        model = model or "unknown"
+        if name in ("fail", "rate-limit", "auth", "reset"):
+            return await self._chat(self.state.behaviour_for(model, api_key), model, body, False)
+        if name in ("wrapped-body", "wrapped-sse", "fail-mid"):
+            return await self._json(200, _wrapped(model, _int(args, 0, 503)))
+        dims = body.get("dimensions")
+        dims = _int(args, 0, 8) if name == "dims" else dims if isinstance(dims, int) and dims > 0 else 8
+        vectors = [] if name == "empty" else [embedding_vector(model, t, dims) for t in texts]
+        tokens = sum(len(t.split()) for t in texts)
+        answer = _encode(
+            {
+                "object": "list",
+                "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
+                "model": model,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+        )
+        if name in _DELAYED:
+            return await self._watched(self._delayed_body, _float(args, 0, 1.0), answer)
+        return await self._json(200, answer)
+
+    async def _delayed_body(self, delay: float, body: bytes) -> bool:
+        await trio.sleep(delay)
+        return await self._json(200, body)
+
+    async def _gemini_embeddings(self, model: str, api_key: str | None, body: dict | None) -> bool:
+        """Google's ``:batchEmbedContents``: ``{"embeddings": [{"values": [...]}]}``, one per request,
+        ``outputDimensionality`` honoured; failures as ``_gemini``'s (``fail``, ``rate-limit``, ``auth``)."""
+        if api_key is None:
+            message = "Method doesn't allow unregistered callers. Please use an API Key."
+            return await self._gemini_error(403, message)
+        requests = body.get("requests") if isinstance(body, dict) else None
+        if not isinstance(requests, list) or not requests:
+            return await self._gemini_error(400, "* BatchEmbedContentsRequest.requests: must not be empty")
+        name, args = parse_spec(self.state.behaviour_for(model, api_key))
+        if name == "fail":
+            status = _int(args, 0, 500)
+            return await self._gemini_error(status if 400 <= status <= 599 else 500, None)
+        if name == "rate-limit":
+            details = [{"@type": _RETRY_INFO, "retryDelay": f"{args[0]}s"}] if args and args[0] else []
+            return await self._gemini_error(429, "You exceeded your current quota.", details)
+        if name == "auth":
+            return await self._gemini_error(400, "API key not valid. Please pass a valid API key.")
+        out = []
+        for r in requests:
+            parts = ((r.get("content") or {}).get("parts") or []) if isinstance(r, dict) else []
+            text = "".join(p.get("text", "") for p in parts if isinstance(p, dict))
+            dims = r.get("outputDimensionality") if isinstance(r, dict) else None
+            out.append({"values": embedding_vector(model, text, dims if isinstance(dims, int) else 8)})
+        return await self._json(200, _encode({"embeddings": out}))
 
     # ---------------------------------------------------------------------------------------- writing
 
@@ -857,6 +936,21 @@ class _Conn:
         with contextlib.suppress(OSError):
             self.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
         await self.stream.aclose()
+
+
+def embedding_vector(model: str, text: str, dims: int) -> list[float]:
+    """A deterministic vector for ``text`` from ``model``: the same on every platform serving the same
+    model id, different between models (as real vectors of different families are)."""
+    seed = hashlib.sha256(f"{model}\0{text}".encode()).digest()
+    return [round(seed[i % len(seed)] / 255 - 0.5, 4) for i in range(max(1, min(dims, 4096)))]
+
+
+def _embedding_inputs(value: Any) -> list[str] | None:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return value
+    return None
 
 
 def _wrapped(model: str, code: int) -> bytes:

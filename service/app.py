@@ -25,6 +25,7 @@ from service import (
     admin_console,
     admin_feed,
     admin_requests,
+    embeddings,
     messages,
     metrics,
     openapi,
@@ -54,6 +55,7 @@ PROTOCOLS: tuple[ClientProtocol, ...] = (
     chat.PROTOCOL,
     messages.PROTOCOL,
     messages.COUNT_TOKENS_PROTOCOL,
+    embeddings.PROTOCOL,
 )
 
 
@@ -177,7 +179,7 @@ def _quart_app(
         data = [_model_object(name, "switchboard") for name in VIRTUAL_MODELS]
         for avail in await runtime.health.models():
             if avail.model.enabled and avail.usable_keys:
-                data.append(_model_object(avail.model.ref, avail.model.platform))
+                data.append(_model_object(avail.model.ref, avail.model.platform, avail.model.task))
         return Response(_encode({"object": "list", "data": data}), content_type="application/json")
 
     @app.get("/v1/models/<path:model_id>")
@@ -188,7 +190,8 @@ def _quart_app(
         for avail in await runtime.health.models():
             m = avail.model
             if m.enabled and model_id in (m.ref, m.id):
-                return Response(_encode(_model_object(m.ref, m.platform)), content_type="application/json")
+                body = _model_object(m.ref, m.platform, m.task)
+                return Response(_encode(body), content_type="application/json")
         return quart_response(
             error_answer(
                 404,
@@ -253,5 +256,6 @@ def _task_count() -> int:
     return count
 
 
-def _model_object(model_id: str, owner: str) -> dict[str, Any]:
-    return {"id": model_id, "object": "model", "created": 0, "owned_by": owner}
+def _model_object(model_id: str, owner: str, task: str = "chat") -> dict[str, Any]:
+    """OpenAI's model object; `task` (ours) says which route serves it: chat, or embedding."""
+    return {"id": model_id, "object": "model", "created": 0, "owned_by": owner, "task": task}

@@ -41,6 +41,7 @@ from events.view import SessionPolicy
 Kind = Literal["openai", "gemini", "cohere", "cloudflare"]
 Protection = Literal["provider-ban", "model-skip", "off"]
 Pool = Literal["fast", "balanced", "smart"]
+Task = Literal["chat", "embedding"]  # events/catalog.py TASKS: chat completions, or /v1/embeddings
 QuotaDay = Literal["utc", "rolling"]  # daily limits reset at UTC midnight / count the last 24 hours
 KINDS: tuple[str, ...] = get_args(Kind)
 PROTECTIONS: tuple[str, ...] = get_args(Protection)
@@ -135,6 +136,8 @@ class ModelConfig:
     tpd: int | None = None
     intelligence_rank: int = DEFAULT_INTELLIGENCE_RANK
     speed_rank: int = DEFAULT_SPEED_RANK
+    task: Task = "chat"
+    family: str | None = None  # embedding models: the vectors they give (same family = comparable vectors)
 
     @property
     def ref(self) -> str:
@@ -222,6 +225,7 @@ Headers = Annotated[
 KindField = Annotated[Kind, Meta(description=_choices("a supported platform kind", Kind))]
 ProtectionField = Annotated[Protection, Meta(description=_choices("a protection level", Protection))]
 PoolField = Annotated[Pool, Meta(description=_choices("a pool", Pool))]
+TaskField = Annotated[Task, Meta(description=_choices("a model task", Task))]
 QuotaDayField = Annotated[QuotaDay, Meta(description=_choices("a quota day", QuotaDay))]
 
 
@@ -389,6 +393,8 @@ class _ModelEntry(_Table, frozen=True):
     tpd: Limit | UnsetType = UNSET
     intelligence_rank: Count | UnsetType = UNSET
     speed_rank: Count | UnsetType = UNSET
+    task: TaskField | UnsetType = UNSET
+    family: Text | UnsetType = UNSET
 
 
 class ConfigFile(_Table, frozen=True):

@@ -30,6 +30,8 @@ from service.admin_console import CONTENT_TYPES as CONSOLE_TYPES
 from service.admin_context import AdminContext
 from service.admin_requests import DEFAULT_LIMIT, MAX_LIMIT, MAX_SEQ, OUTCOMES
 from service.chat_completions import MAX_MODEL_NAME, MAX_MODELS
+from service.embeddings import EMBEDDINGS_PATH
+from service.embeddings import MAX_INPUTS as EMBEDDINGS_MAX_INPUTS
 from service.messages import COUNT_TOKENS_PATH, ERROR_TYPES, MESSAGES_PATH, STOP_REASONS
 
 PATH = "/openapi.json"
@@ -151,7 +153,11 @@ CHAT_EVENT = _obj(
     {"id": STR, "retry": INT},
     closed=False,
 )
-MODEL_OBJECT = _obj({"id": STR, "object": {"const": "model"}, "created": INT, "owned_by": STR})
+MODEL_OBJECT = _obj(
+    {"id": STR, "object": {"const": "model"}, "created": INT, "owned_by": STR},
+    # Ours: the route that serves the model (embedding models only POST /v1/embeddings).
+    {"task": {"enum": ["chat", "embedding"]}},
+)
 
 HEALTH = _obj(
     {"status": {"enum": ["ok", "degraded", "log_unwritable", "busy"]}},
@@ -288,6 +294,103 @@ SCHEMAS: dict[str, Schema] = {
     "RequestPage": REQUEST_PAGE,
     "FeedEvent": FEED_EVENT,
 }
+
+# -- embeddings (service/embeddings.py) ------------------------------------------------------------------
+
+# What service/embeddings.py reads and checks; other fields pass through to the provider (open object).
+EMBEDDINGS_REQUEST = _obj(
+    {
+        "model": {
+            **_MODEL_NAME,
+            "description": "an embedding model: a ref (platform/id), an id, or a family name; fallback "
+            "stays within its family (other families' vectors are not comparable)",
+        },
+        "input": {
+            "anyOf": [
+                {"type": "string", "minLength": 1},
+                {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": EMBEDDINGS_MAX_INPUTS,
+                    "items": {"type": "string", "minLength": 1},
+                },
+            ],
+            "description": "the text, or texts, to embed (token ids are not supported)",
+        },
+    },
+    {
+        "encoding_format": {"enum": ["float", "base64"], "default": "float"},
+        "dimensions": {"type": "integer", "minimum": 1},
+        "user": STR,
+    },
+    closed=False,
+)
+EMBEDDING_LIST = _obj(
+    {
+        "object": {"const": "list"},
+        "data": {
+            "type": "array",
+            "items": _obj(
+                {
+                    "object": {"const": "embedding"},
+                    "index": INT,
+                    "embedding": {
+                        "anyOf": [{"type": "array", "items": NUM}, STR],
+                        "description": "floats, or (encoding_format base64) their float32 little-endian "
+                        "bytes in base64",
+                    },
+                }
+            ),
+        },
+        "model": {"type": "string", "description": "the model that answered: platform/id"},
+        "usage": _obj({"prompt_tokens": INT, "total_tokens": INT}),
+    }
+)
+EMBEDDINGS_SCHEMAS: dict[str, Schema] = {
+    "EmbeddingsRequest": EMBEDDINGS_REQUEST,
+    "EmbeddingList": EMBEDDING_LIST,
+}
+
+
+def _embeddings_paths() -> dict[str, dict[str, Schema]]:
+    """`POST /v1/embeddings`, documented apart from the chat routes it shares the runner with."""
+    return {
+        EMBEDDINGS_PATH: {
+            "post": _op(
+                "createEmbedding",
+                "Embedding vectors, routed among the keys and platforms of one embedding model family",
+                "v1",
+                GATEWAY,
+                {
+                    "200": _json(
+                        "The vectors, one per input, in input order.",
+                        _ref("EmbeddingList"),
+                        "X-Routed-Via",
+                        "X-Fallback-Attempts",
+                    ),
+                    "4XX": _json(
+                        "A chat model or a mode named (400 `model_not_supported`), or every provider "
+                        "tried refused the request as invalid (`upstream_bad_request`).",
+                        _ref("Error"),
+                        "X-Fallback-Attempts",
+                    ),
+                    "502": _json(
+                        "Every attempt within the family failed (`all_attempts_failed`).",
+                        _ref("Error"),
+                        "X-Fallback-Attempts",
+                    ),
+                    "504": _json(
+                        "Every attempt timed out before it answered (`stream_timeout`).",
+                        _ref("Error"),
+                        "X-Fallback-Attempts",
+                    ),
+                },
+                (404,),
+                body=_ref("EmbeddingsRequest"),
+            )
+        }
+    }
+
 
 # -- responses ------------------------------------------------------------------------------------------
 
@@ -1181,7 +1284,7 @@ def _messages_paths() -> dict[str, dict[str, Schema]]:
 def document() -> Schema:
     """The whole document (built once; it depends on nothing but the code)."""
     structs, struct_components = _struct_schemas()
-    paths = {**_paths(structs), **_messages_paths()}
+    paths = {**_paths(structs), **_messages_paths(), **_embeddings_paths()}
     return {
         "openapi": "3.1.0",
         "info": {
@@ -1199,7 +1302,7 @@ def document() -> Schema:
         ],
         "paths": paths,
         "components": {
-            "schemas": {**struct_components, **SCHEMAS, **MESSAGES_SCHEMAS},
+            "schemas": {**struct_components, **SCHEMAS, **MESSAGES_SCHEMAS, **EMBEDDINGS_SCHEMAS},
             "responses": {**_error_responses(), **_messages_error_responses()},
             "headers": _HEADERS,
             "securitySchemes": {

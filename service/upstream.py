@@ -21,7 +21,7 @@ from typing import cast
 
 import httpx
 
-from actors.upstream import HttpRequest, ProviderAdapter, TransportFailure, UpstreamCall
+from actors.upstream import HttpRequest, ProviderAdapter, TransportFailure, UpstreamCall, request_for
 from service.providers import ADAPTERS
 from service.secrets import SecretsError
 
@@ -101,7 +101,7 @@ class HttpUpstream:
         endpoint = self._platforms[call.platform]
         adapter = endpoint.adapter
         request = self._send(
-            endpoint, adapter.request(call, endpoint.base_url, self._secret_for(call.key_id))
+            endpoint, request_for(adapter, call, endpoint.base_url, self._secret_for(call.key_id))
         )
         try:
             resp = await next(self._next).handle_async_request(request)

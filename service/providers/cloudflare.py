@@ -132,6 +132,34 @@ class CloudflareAdapter(OpenAIAdapter):
         error = {"code": effective, "message": message}
         return Failed(taxonomy.kind_for_status(effective, error), message, effective, retry_after_s=retry)
 
+    # ---- embeddings -----------------------------------------------------------------------------------
+
+    def embeddings_request(self, call: UpstreamCall, base_url: str, secret: str) -> HttpRequest:
+        """The OpenAI-compatible `.../ai/v1/embeddings` of the key's account, the token as the Bearer."""
+        account, token = split_key(secret)
+        return super().embeddings_request(call, account_url(base_url, account), token)
+
+    def embeddings(self, raw: bytes) -> Any:
+        """OpenAI's list; a `success: false` envelope in a 200 is a wrapped failure, and the native API's
+        success envelope (`result: {"shape": [n, dim], "data": [[...], ...]}`) becomes OpenAI's list."""
+        payload = super().embeddings(raw)
+        failure = _envelope_failure(payload, 200)
+        if failure is not None:
+            return _wrapped(failure)
+        if isinstance(payload, dict) and payload.get("success") is True and "data" not in payload:
+            result = payload.get("result")
+            vectors = result.get("data") if isinstance(result, dict) else None
+            if isinstance(vectors, list):
+                return {
+                    "object": "list",
+                    "data": [
+                        {"object": "embedding", "index": i, "embedding": vector}
+                        for i, vector in enumerate(vectors)
+                    ],
+                    "model": None,
+                }
+        return payload
+
 
 def _envelope_failure(payload: Any, status: int) -> tuple[int | None, int, str] | None:
     """(Cloudflare code, the status it is judged as, a secret-free message) of a `success: false` envelope."""

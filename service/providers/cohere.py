@@ -73,3 +73,11 @@ class CohereAdapter(OpenAIAdapter):
             status,
             retry_after_s=taxonomy.retry_after_s(headers, now),
         )
+
+    # ---- embeddings -----------------------------------------------------------------------------------
+
+    def embeddings_request(self, call: UpstreamCall, base_url: str, secret: str) -> HttpRequest:
+        """The compatibility API's `/embeddings`, which takes `model`, `input`, `encoding_format` and
+        `dimensions` but not `user` (Cohere keeps no end-user ids), so that is not forwarded."""
+        body = {k: v for k, v in call.body.items() if k != "user"}
+        return super().embeddings_request(replace(call, body=body), base_url, secret)

@@ -53,3 +53,17 @@ class OpenAIAdapter:
 
     def error(self, status: int, headers: Mapping[str, str], raw: bytes, now: float) -> Failed:
         return judge_error(status, headers, raw, now)
+
+    # ---- embeddings -----------------------------------------------------------------------------------
+
+    def embeddings_request(self, call: UpstreamCall, base_url: str, secret: str) -> HttpRequest:
+        """`POST {base_url}/embeddings` with the neutral body as it stands: it is OpenAI's already."""
+        headers = {
+            "authorization": f"Bearer {secret}",
+            "accept-encoding": "gzip",
+            "content-type": "application/json",
+        }
+        return HttpRequest("POST", base_url.rstrip("/") + "/embeddings", headers, _encode(call.body))
+
+    def embeddings(self, raw: bytes) -> Any:
+        return self.completion(raw)  # OpenAI's list is the neutral form: decoding is all there is

@@ -85,10 +85,24 @@ def test_defaults_without_a_file() -> None:
         (p.quota_day, p.single_flight == (p.protection == "provider-ban")) for p in config.platforms.values()
     } == {("utc", True)}
 
-    assert len(config.models) == 98
+    chat = [m for m in config.models if m.task == "chat"]
+    assert len(chat) == 98
     assert all(m.platform in config.platforms for m in config.models)
-    assert {m.pool for m in config.models} == set(POOLS)
-    assert all(m.fallback == m.enabled for m in config.models)
+    assert {m.pool for m in chat} == set(POOLS)
+    assert all(m.fallback == m.enabled for m in chat)
+    # Embedding models: each with the family of vectors it gives, none in the chat chain.
+    embedding = {m.ref: m.family for m in config.models if m.task == "embedding"}
+    assert embedding == {
+        "google/gemini-embedding-001": "google/gemini-embedding-001",
+        "mistral/mistral-embed": "mistralai/mistral-embed",
+        "cohere/embed-v4.0": "cohere/embed-v4.0",
+        "cloudflare/@cf/baai/bge-m3": "BAAI/bge-m3",
+        "cloudflare/@cf/baai/bge-base-en-v1.5": "BAAI/bge-base-en-v1.5",
+        "nvidia/baai/bge-m3": "BAAI/bge-m3",
+        "nvidia/nvidia/nv-embedqa-e5-v5": "nvidia/nv-embedqa-e5-v5",
+        "github/openai/text-embedding-3-small": "openai/text-embedding-3-small",
+    }
+    assert not any(m.fallback for m in config.models if m.task == "embedding")
     assert model(config, "longcat/LongCat-2.0-Preview").pool == "smart"
     assert model(config, "openrouter/openrouter/owl-alpha").pool == "smart"
     assert model(config, "cerebras/gpt-oss-120b").pool == "fast"
@@ -99,7 +113,7 @@ def test_builtin_catalog_pools_follow_ranks() -> None:
     version, _, models = load_builtin_catalog()
     assert version
     extras = {"longcat/LongCat-2.0-Preview", "openrouter/openrouter/owl-alpha"}
-    for m in models:
+    for m in (m for m in models if m.task == "chat"):
         smart = m.intelligence_rank <= 3 or m.ref in extras
         expected = "smart" if smart else "fast" if m.speed_rank <= 2 else "balanced"
         assert m.pool == expected, m.ref
@@ -224,7 +238,7 @@ def test_full_valid_file(tmp_path: Path) -> None:
     assert (llama.rpm, llama.rpd, llama.tpm, llama.tpd) == (10, 100, 1000, 10000)
     assert (llama.intelligence_rank, llama.speed_rank, llama.enabled) == (2, 3, True)
     assert llama.display_name == "Llama 3.3 70B"  # not given: kept
-    assert len(config.models) == 98
+    assert len([m for m in config.models if m.task == "chat"]) == 98
 
 
 def test_override_builtin_platform_base_url_and_keys(tmp_path: Path) -> None:
