@@ -7,7 +7,10 @@ and on errors:
 - `parallel_tool_calls` is not accepted, so it is not forwarded (Cohere decides on parallel calls itself);
 - errors carry a root `message` string (`{"message": "invalid api token"}`), not OpenAI's `error` object.
 
-The key check is the OpenAI one (`GET {base_url}/models`, the key as a Bearer token).
+The key check lists one model through Cohere's own API (`GET https://api.cohere.ai/v1/models?page_size=1`,
+the key as a Bearer token: docs.cohere.com/reference/list-models): the compatibility endpoint serves chat
+completions and embeddings only, so its `/models` would answer 404 for every key. A base URL that does not
+end in `/compatibility/v1` (a proxy speaking OpenAI's API) is checked with `GET {base_url}/models`.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from events import taxonomy
 from events.judge import judge_error
 from events.outcomes import Failed
 from service.providers.openai import _UNREADABLE, OpenAIAdapter, _decode
+
+_COMPATIBILITY = "/compatibility/v1"
 
 
 def without_additional_properties(schema: Any) -> Any:
@@ -57,6 +62,13 @@ class CohereAdapter(OpenAIAdapter):
         if isinstance(body.get("tools"), list):
             body["tools"] = [_tool(tool) for tool in body["tools"]]
         return super().request(replace(call, body=body), base_url, secret)
+
+    def key_check(self, base_url: str, secret: str) -> HttpRequest:
+        base = base_url.rstrip("/")
+        if not base.endswith(_COMPATIBILITY):
+            return super().key_check(base_url, secret)
+        headers = {"authorization": f"Bearer {secret}", "accept-encoding": "gzip"}
+        return HttpRequest("GET", base.removesuffix(_COMPATIBILITY) + "/v1/models?page_size=1", headers)
 
     def error(self, status: int, headers: Mapping[str, str], raw: bytes, now: float) -> Failed:
         try:

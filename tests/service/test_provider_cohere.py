@@ -124,11 +124,16 @@ def test_parallel_tool_calls_is_not_forwarded() -> None:
     assert c.body["parallel_tool_calls"] is False  # the call itself is left as it was (a fallback reuses it)
 
 
-def test_the_key_check_lists_models_with_the_key_in_its_header() -> None:
-    built = CohereAdapter().key_check(BASE, SECRET)
-    assert built == HttpRequest(
-        "GET", BASE + "/models", {"authorization": f"Bearer {SECRET}", "accept-encoding": "gzip"}
-    )
+def test_the_key_check_lists_one_model_through_cohere_s_own_api() -> None:
+    # The compatibility endpoint has no /models: its list would be a 404 for every key.
+    built = CohereAdapter().key_check(BASE + "/", SECRET)
+    headers = {"authorization": f"Bearer {SECRET}", "accept-encoding": "gzip"}
+    assert built == HttpRequest("GET", "https://api.cohere.ai/v1/models?page_size=1", headers)
+
+
+def test_a_base_url_that_is_not_the_compatibility_endpoint_is_checked_with_its_models() -> None:
+    built = CohereAdapter().key_check("https://proxy.example/openai/v1", SECRET)
+    assert (built.method, built.url) == ("GET", "https://proxy.example/openai/v1/models")
 
 
 # ---- answers -----------------------------------------------------------------------------------------------
