@@ -833,6 +833,7 @@ class _Conn:
         """``GET /v1beta/models`` (the adapter's key check): key behaviour ``auth`` is Google's bad-key
         400."""
         api_key = next((v.decode("latin-1") for k, v in request.headers if k == b"x-goog-api-key"), None)
+        self._record_request(request, "/v1beta/models", None, None, api_key, False)
         if api_key is None:
             return await self._gemini_error(403, "Method doesn't allow unregistered callers.")
         spec = self.state.key_behaviours.get(api_key, "ok")
