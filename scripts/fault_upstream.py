@@ -757,6 +757,12 @@ class _Conn:
             return await self._gemini_error(429, message, details)
         if name == "auth":
             return await self._gemini_error(400, _GEMINI_BAD_KEY, [_GEMINI_KEY_INVALID])
+        if name == "context":
+            message = (
+                f"The input token count ({_prompt_tokens(body) + 1048576}) exceeds the maximum number of "
+                "tokens allowed (1048576)."
+            )
+            return await self._gemini_error(400, message)
         own, *own_args = state.behaviour_for(model, api_key).split(":")
         if own in _GEMINI_ONLY:
             return await self._gemini_fault(own, own_args, model, body, stream)

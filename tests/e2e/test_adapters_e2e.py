@@ -95,14 +95,22 @@ ALL = pytest.mark.parametrize("kind", list(KINDS), ids=list(KINDS))
 BOTH = pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
 
 
-def platform(kind: Kind, *models: str, extra: str = "") -> Any:
+def platform(
+    kind: Kind, *models: str, extra: str = "", fields: dict[str, dict[str, Any]] | None = None
+) -> Any:
+    """The config of one platform of `kind` serving `models` (ranked in order; `fields`: a model's own
+    settings)."""
+
     def config_for(upstream_url: str, data_dir: Path) -> str:
         text = server_toml(
             data_dir, gateway_key=GATEWAY_KEY, extra=f'[admin]\ntoken = "{ADMIN_TOKEN}"\n' + extra
         )
         text += f'\n[[platforms]]\nname = "{kind.name}"\nkind = "{kind.name}"\n'
         text += f'base_url = "{kind.base_url(upstream_url)}"\nkeys = ["{kind.key}"]\n'
-        return text + "".join(model_toml(kind.name, m, rank) for rank, m in enumerate(models, start=1))
+        return text + "".join(
+            model_toml(kind.name, m, rank, **(fields or {}).get(m, {}))
+            for rank, m in enumerate(models, start=1)
+        )
 
     return config_for
 
@@ -309,23 +317,32 @@ async def test_a_cloudflare_error_frame_before_content_falls_over(tmp_path: Path
     assert (failed.kind, failed.status) == ("model_missing", 404)
 
 
-# ---- Gemini mid-stream faults -----------------------------------------------------------------------------
+# ---- faults after content, and errors every kind names -------------------------------------------------
+
+# A stream that breaks after two content frames: (spec, failure kind, what the client's error says) by kind.
+# Cloudflare's error frame is its envelope (3040: out of capacity); the others carry an HTTP status.
+MIDSTREAM = [
+    (kind, spec, failure, said)
+    for kind in KINDS
+    for spec, failure, said in (
+        ("stall-mid:30", "stall_mid", "stopped sending within 5s"),
+        ("reset-mid", "connect", "connection"),
+        (
+            ("fail-mid:3040", "rate_limited", "(code 3040)")
+            if kind == "cloudflare"
+            else ("fail-mid:503", "server_error", "wrapped error 503")
+        ),
+    )
+]
 
 
-@pytest.mark.parametrize(
-    ("spec", "kind", "said"),
-    [
-        ("stall-mid:30", "stall_mid", "stopped sending"),
-        ("reset-mid", "connect", ""),
-        ("fail-mid:503", "server_error", "503"),
-    ],
-)
-async def test_a_gemini_stream_that_breaks_after_content_ends_honestly(
-    tmp_path: Path, clock: Any, spec: str, kind: str, said: str
+@pytest.mark.parametrize(("kind", "spec", "failure", "said"), MIDSTREAM)
+async def test_a_stream_that_breaks_after_content_ends_honestly(
+    tmp_path: Path, clock: Any, kind: str, spec: str, failure: str, said: str
 ) -> None:
     models = [spec, "ok"]
     async with (
-        gateway_from(tmp_path, platform(KINDS["gemini"], *models, extra=FAST)) as gw,
+        gateway_from(tmp_path, platform(KINDS[kind], *models, extra=FAST)) as gw,
         client(gw) as sdk,
     ):
         raw = await sdk.chat.completions.with_raw_response.create(
@@ -338,11 +355,41 @@ async def test_a_gemini_stream_that_breaks_after_content_ends_honestly(
         await settled(gw)
         tried = [r.model for r in chat_calls(gw)]
     assert text == "Hello from"  # what the first two frames said, and nothing made up after it
-    assert raw.headers["x-routed-via"] == f"gemini/{spec}"
-    assert said in str(caught.value.message)
+    assert raw.headers["x-routed-via"] == f"{kind}/{spec}"
+    assert said in caught.value.message
     assert tried == [spec]  # after content, no fallback: the client has part of this model's answer
     (failed,) = failures(gw)
-    assert (failed.model, failed.kind, failed.mid_stream) == (spec, kind, True)
+    assert (failed.model, failed.kind, failed.mid_stream) == (spec, failure, True)
+
+
+@ALL
+async def test_a_context_error_skips_to_a_larger_window_in_every_kind(tmp_path: Path, kind: str) -> None:
+    models = ["context", "ok"]
+    with trio.fail_after(20):
+        windows = {"context": {"context_window": 8192}, "ok": {"context_window": 131072}}
+        config = platform(KINDS[kind], *models, fields=windows)
+        async with gateway_from(tmp_path, config) as gw, client(gw) as sdk:
+            _, text, _ = await ask(sdk, "context", False, extra_body={"models": models})
+            await settled(gw)
+    assert text == "Hello from ok."
+    (failed,) = failures(gw)
+    assert (failed.kind, failed.status) == ("context_exceeded", 400)
+
+
+@ALL
+async def test_a_bad_key_is_set_aside_in_every_kind(tmp_path: Path, kind: str) -> None:
+    # Gemini says it with a 400 API_KEY_INVALID, Cloudflare with code 10000, the others with a 401.
+    k = KINDS[kind]
+    with trio.fail_after(20):
+        async with gateway_from(tmp_path, platform(k, "ok")) as gw, client(gw) as sdk:
+            gw.upstream.key_behaviours[k.sent_key] = "auth"
+            with pytest.raises(openai.APIStatusError):
+                await sdk.chat.completions.create(model="ok", messages=HELLO)
+            await settled(gw)
+            (view,) = await gw.runtime.health.keys()
+    (failed,) = failures(gw)
+    assert failed.kind == "auth"
+    assert view.info.status == "invalid"
 
 
 # ---- the key check ----------------------------------------------------------------------------------------
