@@ -36,15 +36,53 @@ What a request gets is its *behaviour*, a spec ``name[:arg[:arg]]``, looked up i
 
 ``stream_options.include_usage`` adds the usual usage chunk before ``[DONE]``.
 
-Gemini: ``POST /v1beta/models/<model>:generateContent`` and ``:streamGenerateContent?alt=sse`` answer in
-Google's native shapes (``candidates`` / ``usageMetadata``; a stream is one ``data:`` frame per piece, the
-last with ``finishReason``, no ``[DONE]``). The key must come in ``x-goog-api-key`` (none: 403
-PERMISSION_DENIED; a ``key=`` query parameter: 400 INVALID_ARGUMENT). The model in the path (URL-decoded)
-picks the behaviour as above: ``ok`` / ``echo`` / ``truncated`` (MAX_TOKENS) / ``empty`` answer, with
-``functionDeclarations`` a ``functionCall`` to the first; ``fail:<status>`` errors as
-``{"error": {"code", "message", "status"}}``; ``rate-limit[:<s>]`` is a 429 RESOURCE_EXHAUSTED whose
-``details`` carry ``RetryInfo.retryDelay`` "<s>s"; ``auth`` a 400 "API key not valid"; ``stall-pre:<s>`` and
-``slow:<s>`` wait, then answer. Other behaviours answer as ``ok``.
+Provider shapes are chosen **by route**, as the real providers' base URLs differ, so a platform of each
+``kind`` points its ``base_url`` at its provider's path on this server and gets that provider's shapes (no
+setting to flip; one upstream serves every kind at once):
+
+    kind         base_url (ROOT: the address without /v1)      the chat call it makes
+    openai       ROOT/v1                                        POST /v1/chat/completions
+    gemini       ROOT/v1beta                                    POST /v1beta/models/<model>:generateContent
+    cohere       ROOT/compatibility/v1                          POST /compatibility/v1/chat/completions
+    cloudflare   ROOT/client/v4/accounts/{account_id}/ai/v1     POST .../accounts/<id>/ai/v1/chat/completions
+
+Gemini: ``:generateContent`` and ``:streamGenerateContent?alt=sse`` answer in Google's native shapes
+(``candidates`` / ``usageMetadata``; a stream is one ``data:`` frame per piece, the last with
+``finishReason``, no ``[DONE]``). The key must come in ``x-goog-api-key`` (none: 403 PERMISSION_DENIED; a
+``key=`` query parameter: 400 INVALID_ARGUMENT). The model in the path (URL-decoded) picks the behaviour as
+above: ``ok`` / ``echo`` / ``truncated`` (MAX_TOKENS) / ``empty`` answer, with ``functionDeclarations`` a
+``functionCall`` to the first; ``fail:<status>`` errors as ``{"error": {"code", "message", "status"}}``;
+``rate-limit[:<s>]`` is a 429 RESOURCE_EXHAUSTED whose ``details`` carry ``RetryInfo.retryDelay`` "<s>s";
+``quota-zero[:<s>]`` the 429 for a model the key's tier has no quota for ("limit: 0", a ``QuotaFailure``
+without ``quotaValue``, RetryInfo "<s>s", default 42); ``auth`` a 400 INVALID_ARGUMENT "API key not valid"
+with ``ErrorInfo.reason`` API_KEY_INVALID; ``context`` a 400 "The input token count ... exceeds the maximum
+number of tokens allowed"; ``stall-pre:<s>`` and ``slow:<s>`` wait, then answer. Faults in its form:
+``stall-mid:<s>`` (two frames, s seconds of silence, the last frame), ``reset-mid`` (two frames, then RST),
+``fail-mid[:<code>]`` (two frames, then an error frame ``{"error": {...}}``), ``wrapped-body[:<code>]`` /
+``wrapped-sse[:<code>]`` (a 200 whose body, or whose only frame, is an error object; code default 503);
+``tools-split``: a call to every declared function, each in its own stream frame. ``GET /v1beta/models``
+(the adapter's key check): key behaviour ``auth`` is the bad-key 400, ``fail:<status>`` that status.
+
+Cohere (its compatibility endpoint): answers are OpenAI's (every behaviour above as on ``/v1``), errors
+are Cohere's ``{"id", "message"}``: ``fail:<status>``, ``rate-limit[:<s>]`` (429, ``Retry-After: <s>``
+when given), ``auth`` (401 "invalid api token"), ``context`` (400 "too many tokens: ..."). Wrapped and
+mid-stream errors keep OpenAI's ``{"error": ...}`` form, as the endpoint is OpenAI-compatible. Its key
+check is Cohere's own ``GET /v1/models`` (served by the OpenAI route: ``auth`` is a 401 there too).
+
+Cloudflare (Workers AI's OpenAI-compatible endpoint under an account): answers are OpenAI's, errors are
+the ``{"result": null, "success": false, "errors": [{"code", "message"}], "messages": []}`` envelope with
+Workers AI's internal codes: ``fail:<status>`` sends the code for it at the status Cloudflare uses (400
+3003, 401 10000, 403 3023, 404 as 400 5007 "No such model", 408 3007, 413 3006, 429 3040, 500 3043);
+``rate-limit[:<s>]`` 429 code 3040 (``Retry-After: <s>`` when given); ``daily-quota`` 429 code 3036 (the
+daily free allocation, which lasts until UTC midnight); ``auth`` 401 code 10000; ``context`` 400 code 5021
+("... exceeded this model context window limit"); ``wrapped-body[:<code>]`` a **200** with the envelope
+(code default 3040), ``wrapped-sse[:<code>]`` the envelope as an SSE frame, ``fail-mid[:<code>]`` two
+content frames then the envelope frame. An empty (or unfilled ``{account_id}``) account is 400 code 7003;
+an unknown path 400 code 7000. ``GET .../accounts/<acct>/ai/models/search`` (the adapter's key check)
+lists one model; key behaviour ``auth`` is its 401 code 10000.
+
+Names only some routes answer (``quota-zero``, ``tools-split``, ``daily-quota``: ``PROVIDER_BEHAVIOURS``)
+behave as ``ok`` elsewhere, like any unknown name.
 
 Use it in-process::
 
