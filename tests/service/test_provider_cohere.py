@@ -174,6 +174,30 @@ def test_a_stream_is_judged_frame_by_frame() -> None:
     assert judge.reply_text is not None and "Recursive loops" in judge.reply_text
 
 
+def test_streamed_tool_calls_keep_their_indexes_through_one_stream_parser() -> None:
+    adapter = CohereAdapter()
+    parser, judge = adapter.stream_frames(), StreamJudge(None, keep_reply=False)
+    assert parser is adapter  # OpenAI-shaped frames stand alone
+    deltas, done = [], False
+    for line in (FIXTURES / "stream_tool_calls.sse").read_bytes().splitlines():
+        payload = line.removeprefix(b"data: ")
+        if not line.startswith(b"data: "):
+            continue
+        if payload == b"[DONE]":
+            done = True
+            break
+        out = judge.feed(parser.frame(payload))
+        assert not isinstance(out, Failed)
+        deltas += [t for c in out or [] for t in c.obj["choices"][0]["delta"].get("tool_calls", [])]
+    assert [(t["index"], t.get("id")) for t in deltas] == [
+        (0, "get_weather_8x2kq7fz1m3n"),
+        (0, None),
+        (1, "get_weather_4p9wd2hs6t0v"),
+    ]
+    end = judge.end(done)
+    assert isinstance(end, Answered) and end.usage.output_reported == 29
+
+
 # ---- errors ------------------------------------------------------------------------------------------------
 
 
@@ -184,7 +208,7 @@ def test_a_stream_is_judged_frame_by_frame() -> None:
         ("expired_401", FailureKind.AUTH, None),
         ("rate_limited_429", FailureKind.RATE_LIMITED, 27.0),
         ("bad_request_400", FailureKind.BAD_REQUEST, None),
-        ("context_400", FailureKind.CONTEXT_EXCEEDED, None),
+        ("context_400", FailureKind.CONTEXT_EXCEEDED, None),  # "too many tokens"
         ("not_found_404", FailureKind.MODEL_MISSING, None),
         ("server_500", FailureKind.SERVER_ERROR, None),
         ("unavailable_503", FailureKind.SERVER_ERROR, None),
@@ -223,3 +247,8 @@ def test_an_error_not_in_cohere_shape_is_judged_as_openai_shaped(
 ) -> None:
     out = CohereAdapter().error(status, {}, raw, NOW)
     assert (out.kind, out.status, out.message) == (kind, status, message)
+
+
+def test_a_key_check_s_answer_is_its_status() -> None:
+    raw = msgspec.json.encode(fixture("error_auth_401.json")["body"])
+    assert [CohereAdapter().key_check_status(s, raw) for s in (200, 400, 401, 404)] == [200, 400, 401, 404]
