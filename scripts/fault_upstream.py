@@ -951,7 +951,7 @@ class _Conn:
         account, _, rest = path[len(_CLOUDFLARE_PREFIX) :].partition("/")
         body, model, stream = _chat_body(raw)
         self._record_request(request, path, body, model, api_key, stream)
-        if not account or account == "{account_id}":
+        if not account or unquote(account) == "{account_id}":
             message = f"Could not route to {path}, perhaps your object identifier is invalid?"
             return await self._json(400, _cloudflare_envelope(7003, message))
         if api_key is None:

@@ -436,3 +436,42 @@ def test_the_kinds_here_are_every_adapter_kind() -> None:
     from service.providers import ADAPTERS
 
     assert set(KINDS) == set(ADAPTERS)
+
+
+# ---- the fault upstream's provider routes, as a client of them sees them ----------------------------------
+
+
+async def test_each_provider_route_answers_errors_in_its_own_shape(tmp_path: Path) -> None:
+    body = {"model": "fail:404", "messages": HELLO}
+    with trio.fail_after(20):
+        async with gateway_from(tmp_path, platform(KINDS["openai"], "ok")) as gw:
+            root = gw.upstream_url.removesuffix("/v1")
+            async with httpx.AsyncClient(base_url=root, headers={"authorization": "Bearer t"}) as http:
+                cohere = await http.post("/compatibility/v1/chat/completions", json=body)
+                cloudflare = await http.post(
+                    f"/client/v4/accounts/{ACCOUNT}/ai/v1/chat/completions", json=body
+                )
+                wrapped = await http.post(
+                    f"/client/v4/accounts/{ACCOUNT}/ai/v1/chat/completions",
+                    json={**body, "model": "wrapped-body:3036"},
+                )
+                no_account = await http.post(
+                    "/client/v4/accounts/{account_id}/ai/v1/chat/completions", json=body
+                )
+                gemini = await http.post(
+                    "/v1beta/models/quota-zero:generateContent",
+                    headers={"x-goog-api-key": "k"},
+                    json={"contents": [{"role": "user", "parts": [{"text": "hi"}]}]},
+                )
+    assert cohere.status_code == 404 and set(cohere.json()) == {"id", "message"}
+    assert "model 'fail:404' not found" in cohere.json()["message"]
+    assert cloudflare.status_code == 400  # Workers AI says "no such model" with a 400
+    assert cloudflare.json()["success"] is False and cloudflare.json()["errors"][0]["code"] == 5007
+    assert wrapped.status_code == 200 and wrapped.json()["errors"][0]["code"] == 3036
+    assert (no_account.status_code, no_account.json()["errors"][0]["code"]) == (400, 7003)
+    error = gemini.json()["error"]
+    assert (gemini.status_code, error["status"]) == (429, "RESOURCE_EXHAUSTED")
+    assert "limit: 0" in error["message"]
+    kinds = [d["@type"].rsplit(".", 1)[1] for d in error["details"]]
+    assert kinds == ["QuotaFailure", "RetryInfo"]
+    assert all("quotaValue" not in v for v in error["details"][0]["violations"])
