@@ -127,35 +127,48 @@ def failures(gw: Gateway) -> list[AttemptFailed]:
     return [e for e in read_log(gw.data_dir) if isinstance(e, AttemptFailed)]
 
 
-async def ask(sdk: openai.AsyncOpenAI, model: str, stream: bool, **extra: Any) -> tuple[Any, str, list[Any]]:
-    """(the raw response, the answer's text, its tool calls as (index, id, name, arguments)), stream or not;
-    a stream's tool-call deltas are merged by index the way the SDK's users merge them."""
+@dataclass(frozen=True)
+class Call:
+    index: int
+    id: str | None
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
+class Reply:
+    raw: Any  # the SDK's raw response (its headers)
+    text: str
+    finish: str | None
+    calls: list[Call]
+
+
+async def ask(sdk: openai.AsyncOpenAI, model: str, stream: bool, **extra: Any) -> Reply:
+    """One chat call through the SDK, stream or not; a stream's tool-call deltas are merged by `index`,
+    the way the SDK's users merge them (so two calls given one index would come out as one)."""
     raw = await sdk.chat.completions.with_raw_response.create(
         model=model, messages=HELLO, stream=stream, **extra
     )
     if not stream:
-        message = raw.parse().choices[0].message
+        choice = raw.parse().choices[0]
         calls = [
-            (i, t.id, t.function.name, t.function.arguments) for i, t in enumerate(message.tool_calls or [])
+            Call(i, t.id, t.function.name, t.function.arguments)
+            for i, t in enumerate(choice.message.tool_calls or [])
         ]
-        return raw, message.content or "", [("finish", raw.parse().choices[0].finish_reason), *calls]
-    text, merged, finish = "", {}, None
+        return Reply(raw, choice.message.content or "", choice.finish_reason, calls)
+    text, finish, merged = "", None, dict[int, Call]()
     async for chunk in raw.parse():
         if not chunk.choices:
             continue
-        choice = chunk.choices[0]
-        text += choice.delta.content or ""
-        finish = choice.finish_reason or finish
-        for t in choice.delta.tool_calls or []:
-            i, call_id, name, args = merged.get(t.index, (t.index, None, "", ""))
-            fn = t.function
-            merged[t.index] = (
-                i,
-                t.id or call_id,
-                name + (fn.name or "" if fn else ""),
-                args + (fn.arguments or "" if fn else ""),
-            )
-    return raw, text, [("finish", finish), *(merged[i] for i in sorted(merged))]
+        delta = chunk.choices[0].delta
+        text += delta.content or ""
+        finish = chunk.choices[0].finish_reason or finish
+        for t in delta.tool_calls or []:
+            was = merged.get(t.index, Call(t.index, None, "", ""))
+            name = t.function.name if t.function and t.function.name else ""
+            arguments = t.function.arguments if t.function and t.function.arguments else ""
+            merged[t.index] = Call(t.index, t.id or was.id, was.name + name, was.arguments + arguments)
+    return Reply(raw, text, finish, [merged[i] for i in sorted(merged)])
 
 
 # ---- answers and tool calls -------------------------------------------------------------------------------
@@ -167,11 +180,10 @@ async def test_an_answer_reaches_the_sdk(tmp_path: Path, kind: str, stream: bool
     k = KINDS[kind]
     with trio.fail_after(20):
         async with gateway_from(tmp_path, platform(k, "ok")) as gw, client(gw) as sdk:
-            raw, text, finish = await ask(sdk, "ok", stream)
+            reply = await ask(sdk, "ok", stream)
             (seen,) = chat_calls(gw)
-    assert text == "Hello from ok."
-    assert finish == [("finish", "stop")]
-    assert raw.headers["x-routed-via"] == f"{kind}/ok"
+    assert (reply.text, reply.finish, reply.calls) == ("Hello from ok.", "stop", [])
+    assert reply.raw.headers["x-routed-via"] == f"{kind}/ok"
     path = (
         k.chat_path("ok").replace(":generateContent", ":streamGenerateContent")
         if stream
@@ -185,12 +197,11 @@ async def test_an_answer_reaches_the_sdk(tmp_path: Path, kind: str, stream: bool
 async def test_a_tool_call_reaches_the_sdk(tmp_path: Path, kind: str, stream: bool) -> None:
     with trio.fail_after(20):
         async with gateway_from(tmp_path, platform(KINDS[kind], "ok")) as gw, client(gw) as sdk:
-            _, text, got = await ask(sdk, "ok", stream, tools=[WEATHER])
-    assert text == ""
-    assert got[0] == ("finish", "tool_calls")
-    ((index, call_id, name, arguments),) = got[1:]
-    assert (index, name, arguments) == (0, "get_weather", "{}")
-    assert call_id
+            reply = await ask(sdk, "ok", stream, tools=[WEATHER])
+    assert (reply.text, reply.finish) == ("", "tool_calls")
+    (call,) = reply.calls
+    assert (call.index, call.name, call.arguments) == (0, "get_weather", "{}")
+    assert call.id
 
 
 @BOTH
@@ -199,13 +210,13 @@ async def test_gemini_calls_in_separate_frames_stay_separate_tool_calls(tmp_path
     # or the SDK's users merge the two calls into one.
     with trio.fail_after(20):
         async with gateway_from(tmp_path, platform(KINDS["gemini"], "tools-split")) as gw, client(gw) as sdk:
-            _, _, got = await ask(sdk, "tools-split", stream, tools=[WEATHER, TIME])
-    assert got[0] == ("finish", "tool_calls")
-    assert [(i, name, args) for i, _, name, args in got[1:]] == [
+            reply = await ask(sdk, "tools-split", stream, tools=[WEATHER, TIME])
+    assert reply.finish == "tool_calls"
+    assert [(c.index, c.name, c.arguments) for c in reply.calls] == [
         (0, "get_weather", '{"n":0}'),
         (1, "get_time", '{"n":1}'),
     ]
-    assert len({call_id for _, call_id, _, _ in got[1:]}) == 2
+    assert len({c.id for c in reply.calls}) == 2
 
 
 # ---- a 429's retry delay ----------------------------------------------------------------------------------
@@ -220,8 +231,8 @@ async def test_a_429_cools_the_key_x_model_for_exactly_its_retry_delay(tmp_path:
     with trio.fail_after(20):
         async with gateway_from(tmp_path, platform(k, *models)) as gw, client(gw) as sdk:
             for _ in range(2):
-                raw, text, _ = await ask(sdk, "rate-limit:30", False, extra_body={"models": models})
-                assert (text, raw.headers["x-routed-via"]) == ("Hello from ok.", f"{kind}/ok")
+                reply = await ask(sdk, "rate-limit:30", False, extra_body={"models": models})
+                assert (reply.text, reply.raw.headers["x-routed-via"]) == ("Hello from ok.", f"{kind}/ok")
             await settled(gw)
             async with httpx.AsyncClient(base_url=gw.url, headers=ADMIN_HEADERS) as admin:
                 (key,) = (await admin.get("/admin/api/keys")).json()["data"]
@@ -241,7 +252,7 @@ async def test_cloudflare_s_daily_allocation_cools_the_key_until_utc_midnight(tm
     models = ["daily-quota", "ok"]
     with trio.fail_after(20):
         async with gateway_from(tmp_path, platform(KINDS["cloudflare"], *models)) as gw, client(gw) as sdk:
-            _, text, _ = await ask(sdk, "daily-quota", False, extra_body={"models": models})
+            text = (await ask(sdk, "daily-quota", False, extra_body={"models": models})).text
             await settled(gw)
             (view,) = await gw.runtime.health.keys()
     assert text == "Hello from ok."
@@ -260,7 +271,7 @@ async def test_a_gemini_quota_of_limit_zero_sets_the_key_x_model_aside_for_long(
     with trio.fail_after(20):
         async with gateway_from(tmp_path, platform(KINDS["gemini"], *models)) as gw, client(gw) as sdk:
             for _ in range(2):
-                _, text, _ = await ask(sdk, "quota-zero:42", False, extra_body={"models": models})
+                text = (await ask(sdk, "quota-zero:42", False, extra_body={"models": models})).text
                 assert text == "Hello from ok."
             await settled(gw)
             (view,) = await gw.runtime.health.keys()
@@ -275,46 +286,35 @@ async def test_a_gemini_quota_of_limit_zero_sets_the_key_x_model_aside_for_long(
 
 # ---- an error inside a 200 -------------------------------------------------------------------------------
 
-# (the model's spec, the kind and status it is judged as): Cloudflare's envelope names its own codes (3040:
-# out of capacity, a 429); the others carry an HTTP status as the code.
-WRAPPED = {
-    "openai": ("wrapped-body:503", "server_error", 503),
-    "gemini": ("wrapped-body:503", "server_error", 503),
-    "cohere": ("wrapped-body:503", "server_error", 503),
-    "cloudflare": ("wrapped-body:3040", "rate_limited", 429),
-}
+# (kind, the model's spec, the failure kind and status it is judged as). `wrapped-body` is a 200 JSON error
+# (also to a stream request), `wrapped-sse` a stream whose only frame is the error. Cloudflare's envelope
+# names its own codes (3040: out of capacity, a 429; 5007: no such model, a 404); the others carry an HTTP
+# status as the code.
+WRAPPED = [
+    (kind, f"{shape}:{code}", failure, status)
+    for kind in KINDS
+    for shape in ("wrapped-body", "wrapped-sse")
+    for code, failure, status in (
+        [(3040, "rate_limited", 429), (5007, "model_missing", 404)]
+        if kind == "cloudflare"
+        else [(503, "server_error", 503), (429, "rate_limited", 429)]
+    )
+]
 
 
-@ALL
+@pytest.mark.parametrize(("kind", "spec", "failure", "status"), WRAPPED)
 @BOTH
 async def test_an_error_inside_a_200_counts_as_the_status_its_code_names(
-    tmp_path: Path, kind: str, stream: bool
+    tmp_path: Path, kind: str, spec: str, failure: str, status: int, stream: bool
 ) -> None:
-    spec, failure_kind, status = WRAPPED[kind]
     models = [spec, "ok"]
     with trio.fail_after(20):
         async with gateway_from(tmp_path, platform(KINDS[kind], *models)) as gw, client(gw) as sdk:
-            raw, text, _ = await ask(sdk, spec, stream, extra_body={"models": models})
+            reply = await ask(sdk, spec, stream, extra_body={"models": models})
             await settled(gw)
-    assert (text, raw.headers["x-routed-via"]) == ("Hello from ok.", f"{kind}/ok")
+    assert (reply.text, reply.raw.headers["x-routed-via"]) == ("Hello from ok.", f"{kind}/ok")
     (failed,) = failures(gw)
-    assert (failed.model, failed.kind, failed.status, failed.mid_stream) == (
-        spec,
-        failure_kind,
-        status,
-        False,
-    )
-
-
-@BOTH
-async def test_a_cloudflare_error_frame_before_content_falls_over(tmp_path: Path, stream: bool) -> None:
-    models = ["wrapped-sse:5007", "ok"]
-    with trio.fail_after(20):
-        async with gateway_from(tmp_path, platform(KINDS["cloudflare"], *models)) as gw, client(gw) as sdk:
-            _, text, _ = await ask(sdk, "wrapped-sse:5007", stream, extra_body={"models": models})
-    assert text == "Hello from ok."
-    (failed,) = failures(gw)
-    assert (failed.kind, failed.status) == ("model_missing", 404)
+    assert (failed.model, failed.kind, failed.status, failed.mid_stream) == (spec, failure, status, False)
 
 
 # ---- faults after content, and errors every kind names -------------------------------------------------
@@ -369,7 +369,7 @@ async def test_a_context_error_skips_to_a_larger_window_in_every_kind(tmp_path: 
         windows = {"context": {"context_window": 8192}, "ok": {"context_window": 131072}}
         config = platform(KINDS[kind], *models, fields=windows)
         async with gateway_from(tmp_path, config) as gw, client(gw) as sdk:
-            _, text, _ = await ask(sdk, "context", False, extra_body={"models": models})
+            text = (await ask(sdk, "context", False, extra_body={"models": models})).text
             await settled(gw)
     assert text == "Hello from ok."
     (failed,) = failures(gw)
