@@ -4,6 +4,11 @@ to and from the neutral OpenAI chat shapes at this edge.
 Gemini's own API rather than its OpenAI-compatible endpoint, because only the native errors say what a 429
 is: `RetryInfo.retryDelay` gives the exact cooldown, and a quota whose limit is 0 says the key may never
 use the model (a free tier without it), which no retry fixes.
+
+A stream is read by one `GeminiStream` per stream (`stream_frames()`): Gemini sends whole `functionCall`
+parts, a later frame may bring another, and OpenAI's deltas number a stream's calls by `index`. The key
+check lists one model; its answer is read by `key_check_status`, as Google says a bad key with a 400
+(reason API_KEY_INVALID), not a 401.
 """
 
 from __future__ import annotations
