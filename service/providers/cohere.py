@@ -5,7 +5,10 @@ and on errors:
 - tool schemas: Cohere rejects `additionalProperties` (a 400 for a schema any OpenAI client sends, e.g.
   pydantic's and the openai SDK's strict tools), so it is removed at every depth of `parameters`;
 - `parallel_tool_calls` is not accepted, so it is not forwarded (Cohere decides on parallel calls itself);
-- errors carry a root `message` string (`{"message": "invalid api token"}`), not OpenAI's `error` object.
+- errors carry a root `message` string (`{"message": "invalid api token"}`), not OpenAI's `error` object;
+  Cohere answers 400, 401, 402, 404, 429, 499 and 5xx (docs.cohere.com/reference/errors). A 402 is the key's
+  billing limit, which resets at the start of the next month: it cools the key x model like a spent quota
+  (for at most a day, the longest any cooldown lasts; the next attempt after it finds out again).
 
 The key check lists one model through Cohere's own API (`GET https://api.cohere.ai/v1/models?page_size=1`,
 the key as a Bearer token: docs.cohere.com/reference/list-models): the compatibility endpoint serves chat
@@ -17,10 +20,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 from actors.upstream import HttpRequest, UpstreamCall
 from events import taxonomy
+from events.failures import FailureKind
 from events.judge import judge_error
 from events.outcomes import Failed
 from service.providers.openai import _UNREADABLE, OpenAIAdapter, _decode
@@ -79,9 +84,28 @@ class CohereAdapter(OpenAIAdapter):
             return judge_error(status, headers, raw, now)  # not Cohere's shape: OpenAI's, or none
         message: str = payload["message"]
         error = {"message": message}
+        retry = taxonomy.retry_after_s(headers, now)
+        if status == 402:
+            # The key's billing limit (a missing payment method, or the monthly maximum set for the key):
+            # a quota spent until the month turns, not a bad request to hand back to the client.
+            wait = min(taxonomy.MAX_WAIT_S, _next_month_s(now))
+            text = taxonomy.error_message(error, "HTTP 402")
+            return Failed(
+                FailureKind.RATE_LIMITED,
+                f"this key reached its Cohere billing limit: {text}",
+                status,
+                retry_after_s=retry if retry is not None else wait,
+            )
         return Failed(
             taxonomy.kind_for_status(status, error),
             taxonomy.error_message(error, f"HTTP {status}"),
             status,
-            retry_after_s=taxonomy.retry_after_s(headers, now),
+            retry_after_s=retry,
         )
+
+
+def _next_month_s(now: float) -> float:
+    """Seconds from `now` to the start of the next UTC month (when Cohere's billing capacity resets)."""
+    today = datetime.fromtimestamp(now, UTC)
+    start = datetime(today.year + today.month // 12, today.month % 12 + 1, 1, tzinfo=UTC)
+    return start.timestamp() - now

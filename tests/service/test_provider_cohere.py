@@ -5,6 +5,7 @@ the runner judges them, and each error answer's failure kind, message and retry 
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -252,3 +253,14 @@ def test_an_error_not_in_cohere_shape_is_judged_as_openai_shaped(
 def test_a_key_check_s_answer_is_its_status() -> None:
     raw = msgspec.json.encode(fixture("error_auth_401.json")["body"])
     assert [CohereAdapter().key_check_status(s, raw) for s in (200, 400, 401, 404)] == [200, 400, 401, 404]
+
+
+def test_a_402_is_the_key_s_billing_limit_spent_until_the_month_turns() -> None:
+    case = fixture("error_payment_402.json")
+    raw = msgspec.json.encode(case["body"])
+    out = CohereAdapter().error(402, {}, raw, NOW)  # mid-November: the month turns in 16 days
+    assert (out.kind, out.status, out.retry_after_s) == (FailureKind.RATE_LIMITED, 402, 86400.0)
+    assert out.message.startswith("this key reached its Cohere billing limit: Please add or update")
+    late_december = datetime(2025, 12, 31, 23, 0, tzinfo=UTC).timestamp()
+    assert CohereAdapter().error(402, {}, raw, late_december).retry_after_s == 3600.0
+    assert CohereAdapter().error(402, {"retry-after": "30"}, raw, NOW).retry_after_s == 30.0
