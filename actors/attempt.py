@@ -23,7 +23,7 @@ from actors.key_checker import check_key
 from actors.log_writer import LogWriter
 from actors.sse import data_frames
 from actors.stream import END, Emit, Routed
-from actors.upstream import ProviderAdapter, TransportFailure, Upstream, UpstreamCall
+from actors.upstream import FrameParser, ProviderAdapter, TransportFailure, Upstream, UpstreamCall
 from events import taxonomy
 from events.failures import FailureKind, traits
 from events.frames import completion_as_chunk
@@ -162,7 +162,8 @@ class Attempt:
                             deadline.deadline = math.inf
                             out = await self._send_whole(out, emit, routed)
                     else:
-                        out = await self._relay(resp.chunks(), adapter, deadline, emit, routed)
+                        parser = adapter.stream_frames()  # one per stream: frames may depend on earlier ones
+                        out = await self._relay(resp.chunks(), parser, deadline, emit, routed)
         except TransportFailure as exc:
             kind = FailureKind.INTERNAL if exc.local else FailureKind.CONNECT  # ours, not the provider's
             out = Failed(kind, str(exc), after_content=self.content_sent)
@@ -200,7 +201,7 @@ class Attempt:
     async def _relay(
         self,
         chunks: AsyncGenerator[bytes],
-        adapter: ProviderAdapter,
+        parser: FrameParser,
         deadline: trio.CancelScope,
         emit: Emit,
         routed: Routed | None,
@@ -229,7 +230,7 @@ class Attempt:
                         return out
                     break
                 first = not judge.sent
-                verdict = judge.feed(adapter.frame(payload))
+                verdict = judge.feed(parser.frame(payload))
                 if verdict is None:
                     continue
                 if isinstance(verdict, Failed):

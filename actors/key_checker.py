@@ -3,6 +3,10 @@ what it found as `KeyChecked`, so an invalid key that starts working again comes
 revoked while cooling is marked invalid before a request finds out). A cooling key stays cooling: a model
 list says nothing about that model's quota.
 
+The status recorded is the adapter's reading of the check's answer (`ProviderAdapter.key_check_status`): a
+provider that says "bad key" with another status (Gemini: 400 with reason API_KEY_INVALID) is recorded as
+the 401 it means, so key health and the 403 check read one status whatever the kind.
+
 Error handling: every check has its own deadline; a provider that does not answer is recorded as such.
 """
 

@@ -50,6 +50,12 @@ class HttpRequest(NamedTuple):
     body: bytes | None = None
 
 
+class FrameParser(Protocol):
+    def frame(self, payload: bytes) -> Chunk | None:
+        """One stream `data:` payload in the neutral form, or None for one that carries nothing."""
+        ...
+
+
 class ProviderAdapter(Protocol):
     kind: str
 
@@ -61,12 +67,24 @@ class ProviderAdapter(Protocol):
         """A cheap authenticated call that succeeds exactly when the key works."""
         ...
 
+    def key_check_status(self, status: int, raw: bytes) -> int:
+        """What the key check's answer (`status`, body `raw`) says, as a status: 401 or 403 when it says the
+        key is bad. Most providers say so by the status itself; one that says it otherwise (Gemini: a 400
+        whose reason is API_KEY_INVALID) is read here, so the key's health never special-cases a kind."""
+        ...
+
     def completion(self, raw: bytes) -> Any:
         """A whole 200 answer in the neutral form (a chat.completion object), or None if unreadable."""
         ...
 
     def frame(self, payload: bytes) -> Chunk | None:
         """One stream `data:` payload in the neutral form, or None for one that carries nothing."""
+        ...
+
+    def stream_frames(self) -> FrameParser:
+        """The parser of one stream's frames. A frame's neutral form may depend on the frames before it
+        (Gemini numbers a stream's tool calls across frames, OpenAI's delta `index` must count them), so
+        the runner asks for one parser per stream; a kind whose frames stand alone returns itself."""
         ...
 
     def error(self, status: int, headers: Mapping[str, str], raw: bytes, now: float) -> Failed:
@@ -118,7 +136,8 @@ class Upstream(Protocol):
         ...
 
     async def check_key(self, platform: str, key_id: str) -> int:
-        """Status of the adapter's key check with this key."""
+        """Status of the adapter's key check with this key, as the adapter reads the answer
+        (`ProviderAdapter.key_check_status`)."""
         ...
 
     def redact(self, key_id: str, text: str) -> str:

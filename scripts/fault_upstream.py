@@ -36,15 +36,53 @@ What a request gets is its *behaviour*, a spec ``name[:arg[:arg]]``, looked up i
 
 ``stream_options.include_usage`` adds the usual usage chunk before ``[DONE]``.
 
-Gemini: ``POST /v1beta/models/<model>:generateContent`` and ``:streamGenerateContent?alt=sse`` answer in
-Google's native shapes (``candidates`` / ``usageMetadata``; a stream is one ``data:`` frame per piece, the
-last with ``finishReason``, no ``[DONE]``). The key must come in ``x-goog-api-key`` (none: 403
-PERMISSION_DENIED; a ``key=`` query parameter: 400 INVALID_ARGUMENT). The model in the path (URL-decoded)
-picks the behaviour as above: ``ok`` / ``echo`` / ``truncated`` (MAX_TOKENS) / ``empty`` answer, with
-``functionDeclarations`` a ``functionCall`` to the first; ``fail:<status>`` errors as
-``{"error": {"code", "message", "status"}}``; ``rate-limit[:<s>]`` is a 429 RESOURCE_EXHAUSTED whose
-``details`` carry ``RetryInfo.retryDelay`` "<s>s"; ``auth`` a 400 "API key not valid"; ``stall-pre:<s>`` and
-``slow:<s>`` wait, then answer. Other behaviours answer as ``ok``.
+Provider shapes are chosen **by route**, as the real providers' base URLs differ, so a platform of each
+``kind`` points its ``base_url`` at its provider's path on this server and gets that provider's shapes (no
+setting to flip; one upstream serves every kind at once):
+
+    kind         base_url (ROOT: the address without /v1)      the chat call it makes
+    openai       ROOT/v1                                        POST /v1/chat/completions
+    gemini       ROOT/v1beta                                    POST /v1beta/models/<model>:generateContent
+    cohere       ROOT/compatibility/v1                          POST /compatibility/v1/chat/completions
+    cloudflare   ROOT/client/v4/accounts/{account_id}/ai/v1     POST .../accounts/<id>/ai/v1/chat/completions
+
+Gemini: ``:generateContent`` and ``:streamGenerateContent?alt=sse`` answer in Google's native shapes
+(``candidates`` / ``usageMetadata``; a stream is one ``data:`` frame per piece, the last with
+``finishReason``, no ``[DONE]``). The key must come in ``x-goog-api-key`` (none: 403 PERMISSION_DENIED; a
+``key=`` query parameter: 400 INVALID_ARGUMENT). The model in the path (URL-decoded) picks the behaviour as
+above: ``ok`` / ``echo`` / ``truncated`` (MAX_TOKENS) / ``empty`` answer, with ``functionDeclarations`` a
+``functionCall`` to the first; ``fail:<status>`` errors as ``{"error": {"code", "message", "status"}}``;
+``rate-limit[:<s>]`` is a 429 RESOURCE_EXHAUSTED whose ``details`` carry ``RetryInfo.retryDelay`` "<s>s";
+``quota-zero[:<s>]`` the 429 for a model the key's tier has no quota for ("limit: 0", a ``QuotaFailure``
+without ``quotaValue``, RetryInfo "<s>s", default 42); ``auth`` a 400 INVALID_ARGUMENT "API key not valid"
+with ``ErrorInfo.reason`` API_KEY_INVALID; ``context`` a 400 "The input token count ... exceeds the maximum
+number of tokens allowed"; ``stall-pre:<s>`` and ``slow:<s>`` wait, then answer. Faults in its form:
+``stall-mid:<s>`` (two frames, s seconds of silence, the last frame), ``reset-mid`` (two frames, then RST),
+``fail-mid[:<code>]`` (two frames, then an error frame ``{"error": {...}}``), ``wrapped-body[:<code>]`` /
+``wrapped-sse[:<code>]`` (a 200 whose body, or whose only frame, is an error object; code default 503);
+``tools-split``: a call to every declared function, each in its own stream frame. ``GET /v1beta/models``
+(the adapter's key check): key behaviour ``auth`` is the bad-key 400, ``fail:<status>`` that status.
+
+Cohere (its compatibility endpoint): answers are OpenAI's (every behaviour above as on ``/v1``), errors
+are Cohere's ``{"id", "message"}``: ``fail:<status>``, ``rate-limit[:<s>]`` (429, ``Retry-After: <s>``
+when given), ``auth`` (401 "invalid api token"), ``context`` (400 "too many tokens: ..."). Wrapped and
+mid-stream errors keep OpenAI's ``{"error": ...}`` form, as the endpoint is OpenAI-compatible. Its key
+check is Cohere's own ``GET /v1/models`` (served by the OpenAI route: ``auth`` is a 401 there too).
+
+Cloudflare (Workers AI's OpenAI-compatible endpoint under an account): answers are OpenAI's, errors are
+the ``{"result": null, "success": false, "errors": [{"code", "message"}], "messages": []}`` envelope with
+Workers AI's internal codes: ``fail:<status>`` sends the code for it at the status Cloudflare uses (400
+3003, 401 10000, 403 3023, 404 as 400 5007 "No such model", 408 3007, 413 3006, 429 3040, 500 3043);
+``rate-limit[:<s>]`` 429 code 3040 (``Retry-After: <s>`` when given); ``daily-quota`` 429 code 3036 (the
+daily free allocation, which lasts until UTC midnight); ``auth`` 401 code 10000; ``context`` 400 code 5021
+("... exceeded this model context window limit"); ``wrapped-body[:<code>]`` a **200** with the envelope
+(code default 3040), ``wrapped-sse[:<code>]`` the envelope as an SSE frame, ``fail-mid[:<code>]`` two
+content frames then the envelope frame. An empty (or unfilled ``{account_id}``) account is 400 code 7003;
+an unknown path 400 code 7000. ``GET .../accounts/<acct>/ai/models/search`` (the adapter's key check)
+lists one model; key behaviour ``auth`` is its 401 code 10000.
+
+Names only some routes answer (``quota-zero``, ``tools-split``, ``daily-quota``: ``PROVIDER_BEHAVIOURS``)
+behave as ``ok`` elsewhere, like any unknown name.
 
 Embeddings: ``POST /v1/embeddings`` (OpenAI's shape) and Gemini's ``:batchEmbedContents`` answer one
 deterministic vector per input (``embedding_vector``: a function of the model id and the text, 8 numbers
@@ -470,6 +508,121 @@ def _gemini_answer(name: str, model: str, body: dict) -> _Answer:
     return _build_answer(name, [], model, {"messages": messages, "tools": tools})
 
 
+# -------------------------------------------------- provider shapes: Gemini faults, Cohere, Cloudflare
+
+# Behaviour names only some provider routes answer (elsewhere they are unknown names, so ``ok``).
+PROVIDER_BEHAVIOURS = frozenset({"quota-zero", "tools-split", "daily-quota"})
+_GEMINI_ONLY = frozenset({"quota-zero", "tools-split"})
+_GEMINI_FAULTS = frozenset({"stall-mid", "reset-mid", "fail-mid", "wrapped-body", "wrapped-sse"})
+_GEMINI_BAD_KEY = "API key not valid. Please pass a valid API key."
+_GEMINI_KEY_INVALID = {
+    "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+    "reason": "API_KEY_INVALID",
+    "domain": "googleapis.com",
+    "metadata": {"service": "generativelanguage.googleapis.com"},
+}
+_QUOTA_FAILURE = "type.googleapis.com/google.rpc.QuotaFailure"
+
+_COHERE_PREFIX = "/compatibility/v1/"
+# Cohere's compatibility endpoint answers errors with a root ``message`` (docs.cohere.com/reference/errors).
+_COHERE_MESSAGES = {
+    400: "invalid request: fault upstream injected a bad request",
+    401: "invalid api token",
+    402: "Please add a payment method to continue using the API",
+    404: "model '{model}' not found, make sure the correct model ID was used and that you have access to "
+    "the model.",
+    429: "You are using a Trial key, which is limited to 20 API calls / minute. You can continue to use the "
+    "Trial key for free or upgrade to a Production key with higher rate limits.",
+    500: "internal server error, this has been reported to our developers. id fault-upstream",
+    503: "service unavailable",
+}
+
+_CLOUDFLARE_PREFIX = "/client/v4/accounts/"
+# ``fail:<status>`` on Cloudflare: the status Workers AI sends, its internal code and message
+# (developers.cloudflare.com/workers-ai/platform/errors). "No such model" is a 400 there.
+_CLOUDFLARE_FAIL = {
+    400: (400, 3003, "Request is missing headers or body: messages"),
+    401: (401, 10000, "Authentication error"),
+    403: (403, 3023, "Service unavailable for account"),
+    404: (400, 5007, "No such model {model} or task"),
+    408: (408, 3007, "AiError: Request timeout"),
+    413: (413, 3006, "AiError: Request is too large"),
+    429: (429, 3040, "AiError: AiError: Capacity temporarily exceeded, please try again."),
+    500: (500, 3043, "AiError: AiError: Internal server error"),
+}
+_CLOUDFLARE_CODE_MESSAGES = {
+    3036: "AiError: AiError: You have used up your daily free allocation of 10,000 neurons. Please upgrade "
+    "to Cloudflare's Workers Paid plan if you would like to continue usage.",
+    3040: "AiError: AiError: Capacity temporarily exceeded, please try again.",
+    5007: "No such model {model} or task",
+    10000: "Authentication error",
+}
+
+
+def _chat_body(raw: bytes) -> tuple[dict | None, str | None, bool]:
+    """(the JSON object body or None, its model, whether it asks to stream)."""
+    try:
+        decoded = _decode_json(raw) if raw else None
+    except msgspec.DecodeError:
+        decoded = None
+    if not isinstance(decoded, dict):
+        return None, None, False
+    model = decoded.get("model")
+    return decoded, model if isinstance(model, str) else None, decoded.get("stream") is True
+
+
+def _gemini_error_obj(status: int, message: str | None, details: list | None = None) -> dict:
+    error: dict = {
+        "code": status,
+        "message": message or f"fault upstream: injected HTTP {status}",
+        "status": _GEMINI_STATUS.get(status, "INTERNAL" if status >= 500 else "FAILED_PRECONDITION"),
+    }
+    if details:
+        error["details"] = details
+    return {"error": error}
+
+
+def _gemini_zero_quota(model: str, retry_s: str) -> tuple[str, list]:
+    """Google's 429 for a model the key's tier has no quota for: "limit: 0" in the message, the
+    QuotaFailure violations without a ``quotaValue`` (proto3 JSON leaves a zero out), and a RetryInfo
+    that no wait would satisfy."""
+    message = (
+        "You exceeded your current quota, please check your plan and billing details.\n* Quota exceeded "
+        "for metric: generativelanguage.googleapis.com/generate_content_free_tier_requests, limit: 0, "
+        f"model: {model}"
+    )
+    violation = {
+        "quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+        "quotaId": "GenerateRequestsPerDayPerProjectPerModel-FreeTier",
+        "quotaDimensions": {"location": "global", "model": model},
+    }
+    details = [
+        {"@type": _QUOTA_FAILURE, "violations": [violation]},
+        {"@type": _RETRY_INFO, "retryDelay": f"{retry_s}s"},
+    ]
+    return message, details
+
+
+def _sse(payload: dict | bytes) -> bytes:
+    return b"data: " + (payload if isinstance(payload, bytes) else _encode(payload)) + b"\n\n"
+
+
+def _cohere_error(status: int, model: str | None, message: str | None = None) -> bytes:
+    text = message or _COHERE_MESSAGES.get(status, f"fault upstream: injected HTTP {status}")
+    return _encode({"id": f"fault-{next(_ids):08d}", "message": text.format(model=model)})
+
+
+def _cloudflare_envelope(code: int, message: str) -> bytes:
+    return _encode(
+        {"result": None, "success": False, "errors": [{"code": code, "message": message}], "messages": []}
+    )
+
+
+def _cloudflare_code_error(code: int, model: str) -> bytes:
+    message = _CLOUDFLARE_CODE_MESSAGES.get(code, f"fault upstream: wrapped Cloudflare error {code}")
+    return _cloudflare_envelope(code, message.format(model=model))
+
+
 # ------------------------------------------------------------------------------------------ connection
 
 _RESET = object()  # sentinel in a stream schedule: abort the connection here
@@ -571,6 +724,12 @@ class _Conn:
         path = target.split("?", 1)[0]
         if path.startswith(_GEMINI_PREFIX):
             return await self._gemini(request, target, path, raw)
+        if path == "/v1beta/models":
+            return await self._gemini_models(request)
+        if path.startswith(_COHERE_PREFIX):
+            return await self._cohere(request, path, raw, api_key)
+        if path.startswith(_CLOUDFLARE_PREFIX):
+            return await self._cloudflare(request, path, raw, api_key)
 
         body: dict | None = None
         model = None
@@ -647,7 +806,18 @@ class _Conn:
             message = "You exceeded your current quota, please check your plan and billing details."
             return await self._gemini_error(429, message, details)
         if name == "auth":
-            return await self._gemini_error(400, "API key not valid. Please pass a valid API key.")
+            return await self._gemini_error(400, _GEMINI_BAD_KEY, [_GEMINI_KEY_INVALID])
+        if name == "context":
+            message = (
+                f"The input token count ({_prompt_tokens(body) + 1048576}) exceeds the maximum number of "
+                "tokens allowed (1048576)."
+            )
+            return await self._gemini_error(400, message)
+        own, *own_args = state.behaviour_for(model, api_key).split(":")
+        if own in _GEMINI_ONLY:
+            return await self._gemini_fault(own, own_args, model, body, stream)
+        if name in _GEMINI_FAULTS:
+            return await self._gemini_fault(name, args, model, body, stream)
         answer = _gemini_answer(name, model, body)
         delay = _float(args, 0, 1.0) if name in _DELAYED else 0.0
         if stream:
@@ -661,14 +831,196 @@ class _Conn:
         return await self._json(200, answer.gemini_completion())
 
     async def _gemini_error(self, status: int, message: str | None, details: list | None = None) -> bool:
-        error: dict = {
-            "code": status,
-            "message": message or f"fault upstream: injected HTTP {status}",
-            "status": _GEMINI_STATUS.get(status, "INTERNAL" if status >= 500 else "FAILED_PRECONDITION"),
-        }
-        if details:
-            error["details"] = details
-        return await self._json(status, _encode({"error": error}))
+        return await self._json(status, _encode(_gemini_error_obj(status, message, details)))
+
+    # ------------------------------------------------ provider shapes: Gemini faults, Cohere, Cloudflare
+
+    async def _gemini_fault(self, name: str, args: list[str], model: str, body: dict, stream: bool) -> bool:
+        """Gemini's native form of the faults and of the behaviours only its route has."""
+        if name == "quota-zero":
+            message, details = _gemini_zero_quota(model, args[0] if args and args[0] else "42")
+            return await self._gemini_error(429, message, details)
+        answer = _gemini_answer("ok", model, body)
+        if name == "tools-split":
+            return await self._gemini_split_calls(answer, body, stream)
+        code = _int(args, 0, 503)
+        error = _gemini_error_obj(
+            code if 400 <= code <= 599 else 503, f"fault upstream: wrapped error {code}"
+        )
+        if name in ("wrapped-body", "wrapped-sse", "fail-mid") and not stream:
+            return await self._json(200, _encode(error))
+        if name in ("wrapped-body", "wrapped-sse"):
+            return await self._stream(None, [(0.0, _sse(error))])
+        frames = answer.gemini_frames()
+        if name == "fail-mid":
+            return await self._stream(None, [(0.0, f) for f in [*frames[:2], _sse(error)]])
+        if name == "reset-mid":
+            if not stream:
+                return await self._reset_mid_body(answer.gemini_completion())
+            return await self._stream(None, [(0.0, f) for f in frames[:2]] + [(0.0, _RESET)])
+        # stall-mid: two frames, silence, the rest (non-stream: the answer after the silence)
+        pause = _float(args, 0, 1.0)
+        if not stream:
+            return await self._watched(self._delayed_gemini, pause, answer)
+        schedule = [(0.0, f) for f in frames]
+        schedule[2:3] = [(pause, schedule[2][1])] if len(schedule) > 2 else [(pause, b"")]
+        return await self._stream(None, schedule)
+
+    async def _gemini_split_calls(self, answer: _Answer, body: dict, stream: bool) -> bool:
+        """A call to every declared function: each in its own frame (stream), or all in one answer."""
+        names = [
+            str(d.get("name"))
+            for t in body.get("tools") or []
+            if isinstance(t, dict)
+            for d in t.get("functionDeclarations") or []
+            if isinstance(d, dict)
+        ] or ["tool"]
+        parts = [{"functionCall": {"name": n, "args": {"n": i}}} for i, n in enumerate(names)]
+        if not stream:
+            return await self._json(200, _encode(answer._gemini_payload(parts, "tool_calls", True)))
+        last = len(parts) - 1
+        payloads = [
+            answer._gemini_payload([p], "tool_calls" if i == last else None, i == last)
+            for i, p in enumerate(parts)
+        ]
+        return await self._stream(None, [(0.0, _sse(p)) for p in payloads])
+
+    async def _gemini_models(self, request: h11.Request) -> bool:
+        """``GET /v1beta/models`` (the adapter's key check): key behaviour ``auth`` is Google's bad-key
+        400."""
+        api_key = next((v.decode("latin-1") for k, v in request.headers if k == b"x-goog-api-key"), None)
+        self._record_request(request, "/v1beta/models", None, None, api_key, False)
+        if api_key is None:
+            return await self._gemini_error(403, "Method doesn't allow unregistered callers.")
+        spec = self.state.key_behaviours.get(api_key, "ok")
+        if spec.split(":", 1)[0] == "auth":
+            return await self._gemini_error(400, _GEMINI_BAD_KEY, [_GEMINI_KEY_INVALID])
+        if spec.split(":", 1)[0] == "fail":
+            return await self._gemini_error(_int(spec.split(":")[1:], 0, 500), None)
+        models = [{"name": f"models/{m}", "displayName": m} for m in DEFAULT_MODELS]
+        return await self._json(200, _encode({"models": models}))
+
+    async def _reset_mid_body(self, body: bytes) -> bool:
+        conn = self.h11
+        headers = [_JSON, (b"content-length", str(len(body)).encode())]
+        await self._send(
+            conn.send(h11.Response(status_code=200, headers=headers, reason=b"OK")) + body[: len(body) // 2]
+        )
+        await self._abort()
+        return False
+
+    def _record_request(
+        self,
+        request: h11.Request,
+        path: str,
+        body: dict | None,
+        model: str | None,
+        api_key: str | None,
+        stream: bool,
+    ) -> None:
+        if self.state.record:
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in request.headers}
+            self.state.requests.append(
+                RecordedRequest(request.method.decode(), path, model, api_key, stream, body, headers)
+            )
+
+    async def _cohere(self, request: h11.Request, path: str, raw: bytes, api_key: str | None) -> bool:
+        """Cohere's compatibility endpoint: OpenAI's answers, Cohere's ``{"message"}`` errors."""
+        body, model, stream = _chat_body(raw)
+        self._record_request(request, path, body, model, api_key, stream)
+        if path != _COHERE_PREFIX + "chat/completions" or request.method != b"POST":
+            return await self._json(
+                404, _cohere_error(404, model, f"no route for {request.method.decode()} {path}")
+            )
+        if body is None:
+            return await self._json(
+                400, _cohere_error(400, model, "invalid request: body must be a JSON object")
+            )
+        if api_key is None:
+            return await self._json(401, _cohere_error(401, model, "no api key supplied"))
+        model = model or "unknown"
+        spec = self.state.behaviour_for(model, api_key)
+        name, args = parse_spec(spec)
+        if name == "fail":
+            status = _int(args, 0, 500)
+            return await self._json(status if 400 <= status <= 599 else 500, _cohere_error(status, model))
+        if name == "rate-limit":
+            extra = [(b"retry-after", args[0].encode())] if args and args[0] else []
+            return await self._json(429, _cohere_error(429, model), extra)
+        if name == "auth":
+            return await self._json(401, _cohere_error(401, model))
+        if name == "context":
+            message = (
+                "too many tokens: total number of tokens in the prompt cannot exceed 256000 - received "
+                "301544. Try using a shorter prompt or enable prompt truncating."
+            )
+            return await self._json(400, _cohere_error(400, model, message))
+        return await self._chat(spec, model, body, stream)
+
+    async def _cloudflare(self, request: h11.Request, path: str, raw: bytes, api_key: str | None) -> bool:
+        """Workers AI's OpenAI-compatible endpoint under an account: OpenAI's answers, Cloudflare's
+        ``success: false`` envelope for errors (on an error status, or a 200)."""
+        account, _, rest = path[len(_CLOUDFLARE_PREFIX) :].partition("/")
+        body, model, stream = _chat_body(raw)
+        self._record_request(request, path, body, model, api_key, stream)
+        if not account or unquote(account) == "{account_id}":
+            message = f"Could not route to {path}, perhaps your object identifier is invalid?"
+            return await self._json(400, _cloudflare_envelope(7003, message))
+        if api_key is None:
+            return await self._json(401, _cloudflare_code_error(10000, ""))
+        if rest == "ai/models/search" and request.method == b"GET":
+            if self.state.key_behaviours.get(api_key, "ok").split(":", 1)[0] == "auth":
+                return await self._json(401, _cloudflare_code_error(10000, ""))
+            found = [
+                {"id": "fault-model", "name": m, "task": {"name": "Text Generation"}}
+                for m in DEFAULT_MODELS[:1]
+            ]
+            result = {
+                "success": True,
+                "result": found,
+                "errors": [],
+                "messages": [],
+                "result_info": {"count": 1},
+            }
+            return await self._json(200, _encode(result))
+        if rest != "ai/v1/chat/completions" or request.method != b"POST":
+            return await self._json(400, _cloudflare_envelope(7000, "No route for that URI"))
+        if body is None:
+            return await self._json(
+                400, _cloudflare_envelope(3003, "Request is missing headers or body: messages")
+            )
+        model = model or "unknown"
+        spec = self.state.behaviour_for(model, api_key)
+        name, args = parse_spec(spec)
+        if spec.split(":", 1)[0] == "daily-quota":
+            return await self._json(429, _cloudflare_code_error(3036, model))
+        if name == "fail":
+            status, code, message = _CLOUDFLARE_FAIL.get(
+                _int(args, 0, 500), (_int(args, 0, 500), 3043, "AiError: AiError: Internal server error")
+            )
+            status = status if 400 <= status <= 599 else 500
+            return await self._json(status, _cloudflare_envelope(code, message.format(model=model)))
+        if name == "rate-limit":
+            extra = [(b"retry-after", args[0].encode())] if args and args[0] else []
+            return await self._json(429, _cloudflare_code_error(3040, model), extra)
+        if name == "auth":
+            return await self._json(401, _cloudflare_code_error(10000, model))
+        if name == "context":
+            message = (
+                "AiError: AiError: The estimated number of input and maximum output tokens (9000) exceeded "
+                "this model context window limit (8192)."
+            )
+            return await self._json(400, _cloudflare_envelope(5021, message))
+        code = _int(args, 0, 3040)
+        if name == "wrapped-body" or (name in ("wrapped-sse", "fail-mid") and not stream):
+            return await self._json(200, _cloudflare_code_error(code, model))
+        if name == "wrapped-sse":
+            return await self._stream(None, [(0.0, _sse(_cloudflare_code_error(code, model))), (0.0, _DONE)])
+        if name == "fail-mid":
+            head = _build_answer("ok", [], model, body).head_frames()[:3]
+            frames = [*head, _sse(_cloudflare_code_error(code, model)), _DONE]
+            return await self._stream(None, [(0.0, f) for f in frames])
+        return await self._chat(spec, model, body, stream)
 
     async def _models(self, path: str, api_key: str | None) -> bool:
         spec = self.state.key_behaviours.get(api_key, "ok") if api_key is not None else "ok"

@@ -124,12 +124,12 @@ class HttpUpstream:
         try:
             resp = await next(self._next).handle_async_request(self._send(endpoint, built))
             try:
-                await resp.aread()  # the body, so the connection goes back to the pool
+                raw = await resp.aread()  # the body: the adapter reads it, and the connection is reused
             finally:
                 await resp.aclose()
         except httpx.HTTPError as exc:
             raise _failure(exc) from None
-        return resp.status_code
+        return endpoint.adapter.key_check_status(resp.status_code, raw)
 
 
 REDACT_PIECE = 8  # any run of this many characters of a secret is hidden

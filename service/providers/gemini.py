@@ -4,6 +4,11 @@ to and from the neutral OpenAI chat shapes at this edge.
 Gemini's own API rather than its OpenAI-compatible endpoint, because only the native errors say what a 429
 is: `RetryInfo.retryDelay` gives the exact cooldown, and a quota whose limit is 0 says the key may never
 use the model (a free tier without it), which no retry fixes.
+
+A stream is read by one `GeminiStream` per stream (`stream_frames()`): Gemini sends whole `functionCall`
+parts, a later frame may bring another, and OpenAI's deltas number a stream's calls by `index`. The key
+check lists one model; its answer is read by `key_check_status`, as Google says a bad key with a 400
+(reason API_KEY_INVALID), not a 401.
 """
 
 from __future__ import annotations
@@ -90,6 +95,13 @@ class GeminiAdapter:
         headers = {"x-goog-api-key": secret, "accept-encoding": "gzip"}
         return HttpRequest("GET", base_url.rstrip("/") + "/models?pageSize=1", headers)
 
+    def key_check_status(self, status: int, raw: bytes) -> int:
+        """Google answers a bad key with 400 INVALID_ARGUMENT (reason API_KEY_INVALID), not 401: that is
+        read as the 401 it means, so the key is set aside like any other kind's bad key."""
+        if status == 400 and any(_reason(d) == "API_KEY_INVALID" for d in _details(_error_object(raw))):
+            return 401
+        return status
+
     def completion(self, raw: bytes) -> Any:
         try:
             payload = _decode(raw) if raw else None
@@ -107,42 +119,17 @@ class GeminiAdapter:
         }
 
     def frame(self, payload: bytes) -> Chunk | None:
-        try:
-            obj = _decode(payload)
-        except _UNREADABLE:
-            return None
-        if not isinstance(obj, dict):
-            return None
-        if "error" in obj:
-            return Chunk(_encode(obj), obj)  # an error frame, judged as a wrapped failure
-        choices = [_choice(candidate, i, delta=True) for i, candidate in _candidates(obj)]
-        chunk: dict[str, Any] = {
-            "id": _response_id(obj),
-            "object": "chat.completion.chunk",
-            "created": int(time.time()),
-            "model": obj.get("modelVersion"),
-            "choices": choices,
-        }
-        # Gemini repeats its running counts in every frame; the last (the one that finishes) holds the totals.
-        if any(choice["finish_reason"] for choice in choices):
-            usage = _usage(obj.get("usageMetadata"))
-            if usage is not None:
-                chunk["usage"] = usage
-        return Chunk(_encode(chunk), chunk)
+        """One frame as the first of a stream (a stream's frames go through `stream_frames()`)."""
+        return GeminiStream().frame(payload)
+
+    def stream_frames(self) -> GeminiStream:
+        return GeminiStream()
 
     def error(self, status: int, headers: Mapping[str, str], raw: bytes, now: float) -> Failed:
-        try:
-            payload = _decode(raw) if raw else None
-        except _UNREADABLE:
-            payload = None
-        if isinstance(payload, list) and payload:
-            payload = payload[0]  # a stream request's error comes as a one-element array
-        error = payload.get("error") if isinstance(payload, dict) else None
-        error = error if isinstance(error, dict) else ({"message": str(error)} if error else None)
+        error = _error_object(raw)
         fallback = " ".join(raw[:200].decode("utf-8", "replace").split()) or f"HTTP {status}"
         message = taxonomy.error_message(error, fallback)
-        details = error.get("details") if error else None
-        details = [d for d in details if isinstance(d, dict)] if isinstance(details, list) else []
+        details = _details(error)
         retry = _retry_delay_s(details)
         if retry is None:
             retry = taxonomy.retry_after_s(headers, now)
@@ -205,6 +192,44 @@ class GeminiAdapter:
             ],
             "model": None,
         }
+
+
+class GeminiStream:
+    """The frames of one `streamGenerateContent` stream. Each Gemini frame holds whole `functionCall` parts,
+    and a later frame may bring another call; OpenAI's deltas say which call a piece belongs to by its
+    `index`, counted over the whole stream, so the calls each candidate has had so far are counted here
+    (without it the second call would get index 0 again and a client would merge the two)."""
+
+    def __init__(self) -> None:
+        self._calls: dict[int, int] = {}  # candidate index -> tool calls it has streamed so far
+
+    def frame(self, payload: bytes) -> Chunk | None:
+        try:
+            obj = _decode(payload)
+        except _UNREADABLE:
+            return None
+        if not isinstance(obj, dict):
+            return None
+        if "error" in obj:
+            return Chunk(_encode(obj), obj)  # an error frame, judged as a wrapped failure
+        choices = []
+        for i, candidate in _candidates(obj):
+            choice = _choice(candidate, i, delta=True, first_call=self._calls.get(i, 0))
+            self._calls[i] = self._calls.get(i, 0) + len(choice["delta"].get("tool_calls", ()))
+            choices.append(choice)
+        chunk: dict[str, Any] = {
+            "id": _response_id(obj),
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": obj.get("modelVersion"),
+            "choices": choices,
+        }
+        # Gemini repeats its running counts in every frame; the last (the one that finishes) holds the totals.
+        if any(choice["finish_reason"] for choice in choices):
+            usage = _usage(obj.get("usageMetadata"))
+            if usage is not None:
+                chunk["usage"] = usage
+        return Chunk(_encode(chunk), chunk)
 
 
 # ---- the request ------------------------------------------------------------------------------------------
@@ -467,7 +492,9 @@ def _candidates(payload: Mapping[str, Any]) -> list[tuple[int, dict[str, Any]]]:
     return []
 
 
-def _choice(candidate: Mapping[str, Any], index: int, *, delta: bool) -> dict[str, Any]:
+def _choice(candidate: Mapping[str, Any], index: int, *, delta: bool, first_call: int = 0) -> dict[str, Any]:
+    """A candidate as an OpenAI choice (a stream's delta when `delta`); its tool calls are numbered from
+    `first_call`, the calls this candidate already streamed."""
     content = candidate.get("content")
     parts = content.get("parts") if isinstance(content, dict) else None
     texts: list[str] = []
@@ -481,7 +508,7 @@ def _choice(candidate: Mapping[str, Any], index: int, *, delta: bool) -> dict[st
             (thoughts if part.get("thought") else texts).append(text)
         fn = part.get("functionCall")
         if isinstance(fn, dict):
-            n = len(calls)
+            n = first_call + len(calls)
             call: dict[str, Any] = {
                 "id": fn["id"] if isinstance(fn.get("id"), str) else f"call_{index}_{n}",
                 "type": "function",
@@ -526,6 +553,23 @@ def _usage(metadata: Any) -> dict[str, int] | None:
 
 
 # ---- errors -----------------------------------------------------------------------------------------------
+
+
+def _error_object(raw: bytes) -> dict[str, Any] | None:
+    """The `error` object of a Google error body (None when there is none)."""
+    try:
+        payload = _decode(raw) if raw else None
+    except _UNREADABLE:
+        payload = None
+    if isinstance(payload, list) and payload:
+        payload = payload[0]  # a stream request's error comes as a one-element array
+    error = payload.get("error") if isinstance(payload, dict) else None
+    return error if isinstance(error, dict) else ({"message": str(error)} if error else None)
+
+
+def _details(error: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    details = error.get("details") if error else None
+    return [d for d in details if isinstance(d, dict)] if isinstance(details, list) else []
 
 
 def _reason(detail: Mapping[str, Any]) -> Any:

@@ -34,6 +34,9 @@ class OpenAIAdapter:
         headers = {"authorization": f"Bearer {secret}", "accept-encoding": "gzip"}
         return HttpRequest("GET", base_url.rstrip("/") + "/models", headers)
 
+    def key_check_status(self, status: int, raw: bytes) -> int:
+        return status  # a bad key is a 401 (or 403)
+
     def completion(self, raw: bytes) -> Any:
         try:
             return _decode(raw) if raw else None
@@ -50,6 +53,9 @@ class OpenAIAdapter:
             # lone CR, which a client's SSE parser reads as a line end) is written again on one.
             payload = _encode(obj)
         return Chunk(payload, obj)
+
+    def stream_frames(self) -> OpenAIAdapter:
+        return self  # an OpenAI frame stands alone: it carries its own delta indexes
 
     def error(self, status: int, headers: Mapping[str, str], raw: bytes, now: float) -> Failed:
         return judge_error(status, headers, raw, now)

@@ -2,8 +2,9 @@
 provider receives (Cloudflare: the token alone as the Bearer credential, `null` content as `""`; Cohere: tool
 schemas without `additionalProperties`, no `parallel_tool_calls`), streaming and not.
 
-The fault upstream answers in OpenAI's shapes at `/v1`, which both providers' answers are; their error
-shapes are covered from fixtures by tests/service/test_provider_cohere.py and test_provider_cloudflare.py.
+The fault upstream answers in OpenAI's shapes at `/v1`, which both providers' answers are. Their errors in
+their own shapes, on their own routes, are in test_adapters_e2e.py (and from fixtures in
+tests/service/test_provider_cohere.py and test_provider_cloudflare.py).
 """
 
 from __future__ import annotations

@@ -213,6 +213,7 @@ SECONDS_TO_UTC_MIDNIGHT = 86400 - (22 * 3600 + 13 * 60 + 20)
         ("daily_allocation_3036_retry_after", FailureKind.RATE_LIMITED, 429, 120.0),
         ("capacity_3040", FailureKind.RATE_LIMITED, 429, None),
         ("too_large_3006", FailureKind.CONTEXT_EXCEEDED, 413, None),
+        ("context_5021", FailureKind.CONTEXT_EXCEEDED, 400, None),  # said in words: "context window"
         ("timeout_3007", FailureKind.SERVER_ERROR, 504, None),
         (
             "blocked_3023",
@@ -264,3 +265,13 @@ def test_an_error_without_a_readable_envelope_follows_its_status(
 ) -> None:
     out = CloudflareAdapter().error(status, {"retry-after": "5"}, raw, NOW)
     assert (out.kind, out.status, out.retry_after_s) == (kind, status, 5.0)
+
+
+def test_a_key_check_s_answer_is_its_status() -> None:
+    raw = msgspec.json.encode(fixture("error_auth_10000.json")["body"])
+    assert [CloudflareAdapter().key_check_status(s, raw) for s in (200, 400, 401, 403)] == [
+        200,
+        400,
+        401,
+        403,
+    ]

@@ -5,6 +5,7 @@ the runner judges them, and each error answer's failure kind, message and retry 
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -124,11 +125,16 @@ def test_parallel_tool_calls_is_not_forwarded() -> None:
     assert c.body["parallel_tool_calls"] is False  # the call itself is left as it was (a fallback reuses it)
 
 
-def test_the_key_check_lists_models_with_the_key_in_its_header() -> None:
-    built = CohereAdapter().key_check(BASE, SECRET)
-    assert built == HttpRequest(
-        "GET", BASE + "/models", {"authorization": f"Bearer {SECRET}", "accept-encoding": "gzip"}
-    )
+def test_the_key_check_lists_one_model_through_cohere_s_own_api() -> None:
+    # The compatibility endpoint has no /models: its list would be a 404 for every key.
+    built = CohereAdapter().key_check(BASE + "/", SECRET)
+    headers = {"authorization": f"Bearer {SECRET}", "accept-encoding": "gzip"}
+    assert built == HttpRequest("GET", "https://api.cohere.ai/v1/models?page_size=1", headers)
+
+
+def test_a_base_url_that_is_not_the_compatibility_endpoint_is_checked_with_its_models() -> None:
+    built = CohereAdapter().key_check("https://proxy.example/openai/v1", SECRET)
+    assert (built.method, built.url) == ("GET", "https://proxy.example/openai/v1/models")
 
 
 # ---- answers -----------------------------------------------------------------------------------------------
@@ -169,6 +175,30 @@ def test_a_stream_is_judged_frame_by_frame() -> None:
     assert judge.reply_text is not None and "Recursive loops" in judge.reply_text
 
 
+def test_streamed_tool_calls_keep_their_indexes_through_one_stream_parser() -> None:
+    adapter = CohereAdapter()
+    parser, judge = adapter.stream_frames(), StreamJudge(None, keep_reply=False)
+    assert parser is adapter  # OpenAI-shaped frames stand alone
+    deltas, done = [], False
+    for line in (FIXTURES / "stream_tool_calls.sse").read_bytes().splitlines():
+        payload = line.removeprefix(b"data: ")
+        if not line.startswith(b"data: "):
+            continue
+        if payload == b"[DONE]":
+            done = True
+            break
+        out = judge.feed(parser.frame(payload))
+        assert not isinstance(out, Failed)
+        deltas += [t for c in out or [] for t in c.obj["choices"][0]["delta"].get("tool_calls", [])]
+    assert [(t["index"], t.get("id")) for t in deltas] == [
+        (0, "get_weather_8x2kq7fz1m3n"),
+        (0, None),
+        (1, "get_weather_4p9wd2hs6t0v"),
+    ]
+    end = judge.end(done)
+    assert isinstance(end, Answered) and end.usage.output_reported == 29
+
+
 # ---- errors ------------------------------------------------------------------------------------------------
 
 
@@ -179,7 +209,7 @@ def test_a_stream_is_judged_frame_by_frame() -> None:
         ("expired_401", FailureKind.AUTH, None),
         ("rate_limited_429", FailureKind.RATE_LIMITED, 27.0),
         ("bad_request_400", FailureKind.BAD_REQUEST, None),
-        ("context_400", FailureKind.CONTEXT_EXCEEDED, None),
+        ("context_400", FailureKind.CONTEXT_EXCEEDED, None),  # "too many tokens"
         ("not_found_404", FailureKind.MODEL_MISSING, None),
         ("server_500", FailureKind.SERVER_ERROR, None),
         ("unavailable_503", FailureKind.SERVER_ERROR, None),
@@ -218,3 +248,19 @@ def test_an_error_not_in_cohere_shape_is_judged_as_openai_shaped(
 ) -> None:
     out = CohereAdapter().error(status, {}, raw, NOW)
     assert (out.kind, out.status, out.message) == (kind, status, message)
+
+
+def test_a_key_check_s_answer_is_its_status() -> None:
+    raw = msgspec.json.encode(fixture("error_auth_401.json")["body"])
+    assert [CohereAdapter().key_check_status(s, raw) for s in (200, 400, 401, 404)] == [200, 400, 401, 404]
+
+
+def test_a_402_is_the_key_s_billing_limit_spent_until_the_month_turns() -> None:
+    case = fixture("error_payment_402.json")
+    raw = msgspec.json.encode(case["body"])
+    out = CohereAdapter().error(402, {}, raw, NOW)  # mid-November: the month turns in 16 days
+    assert (out.kind, out.status, out.retry_after_s) == (FailureKind.RATE_LIMITED, 402, 86400.0)
+    assert out.message.startswith("this key reached its Cohere billing limit: Please add or update")
+    late_december = datetime(2025, 12, 31, 23, 0, tzinfo=UTC).timestamp()
+    assert CohereAdapter().error(402, {}, raw, late_december).retry_after_s == 3600.0
+    assert CohereAdapter().error(402, {"retry-after": "30"}, raw, NOW).retry_after_s == 30.0

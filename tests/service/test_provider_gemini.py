@@ -389,10 +389,10 @@ async def _pieces(raw: bytes, size: int) -> AsyncGenerator[bytes]:
 async def relay(name: str, client_max_tokens: int | None = None) -> tuple[list[Any], Answered | Failed]:
     """The fixture's SSE body through the transport's frame splitter, the adapter and the stream judge, as
     the attempt runs it (Gemini sends no `[DONE]`: the body's end is the stream's)."""
-    judge = StreamJudge(client_max_tokens, keep_reply=True)
+    judge, parser = StreamJudge(client_max_tokens, keep_reply=True), ADAPTER.stream_frames()
     out: list[Any] = []
     async for payload in data_frames(_pieces(fixture(name), 7)):
-        verdict = judge.feed(ADAPTER.frame(payload))
+        verdict = judge.feed(parser.frame(payload))
         assert not isinstance(verdict, Failed)
         for chunk in verdict or ():
             assert msgspec.json.decode(chunk.raw) == chunk.obj
@@ -427,6 +427,44 @@ async def test_streamed_function_calls_are_tool_call_deltas_with_an_index() -> N
     ]
     assert end.usage.output_reported == 56
     assert calls[0]["extra_content"] == {"google": {"thought_signature": "CiQBVKhc7g3PaHVVFsR9fHD5v0n7d1cM"}}
+
+
+async def test_function_calls_in_separate_frames_are_numbered_across_the_stream() -> None:
+    # Each frame holds whole functionCall parts; the second call comes in a later frame and must be the
+    # second tool call (index 1, its own id), or a client merges its name and arguments into the first.
+    chunks, end = await relay("stream_tool_calls_split.sse")
+    assert isinstance(end, Answered)
+    calls = [t for c in chunks for t in c["choices"][0]["delta"].get("tool_calls", [])]
+    assert [(t["index"], t["function"]["name"]) for t in calls] == [(0, "get_weather"), (1, "get_time")]
+    assert len({t["id"] for t in calls}) == 2
+    assert [c["choices"][0]["finish_reason"] for c in chunks] == [None, "tool_calls"]
+
+
+def test_each_stream_gets_its_own_parser_and_counts_from_zero() -> None:
+    first, second = fixture("stream_tool_calls_split.sse").split(b"\r\n\r\n")[:2]
+    parser = ADAPTER.stream_frames()
+    assert parser is not ADAPTER.stream_frames()
+    indexes = []
+    for p in (parser, parser, ADAPTER.stream_frames()):
+        chunk = p.frame((first if not indexes else second).removeprefix(b"data: "))
+        assert chunk is not None
+        indexes.append(chunk.obj["choices"][0]["delta"]["tool_calls"][0]["index"])
+    assert indexes == [0, 1, 0]
+    chunk = ADAPTER.frame(second.removeprefix(b"data: "))  # one frame alone: the first of its stream
+    assert chunk is not None and chunk.obj["choices"][0]["delta"]["tool_calls"][0]["index"] == 0
+
+
+async def test_an_error_frame_after_content_ends_the_stream_honestly() -> None:
+    judge, parser = StreamJudge(None, keep_reply=False), ADAPTER.stream_frames()
+    verdicts = [
+        judge.feed(parser.frame(p))
+        async for p in data_frames(_pieces(fixture("stream_error_midway.sse"), 64))
+    ]
+    assert isinstance(verdicts[0], list) and verdicts[0]  # the content went out
+    failed = verdicts[-1]
+    assert isinstance(failed, Failed)
+    assert (failed.kind, failed.status, failed.after_content) == (FailureKind.SERVER_ERROR, 500, True)
+    assert failed.message.startswith("wrapped error: An internal error has occurred")
 
 
 async def test_a_stream_cut_before_its_finish_is_an_honest_failure() -> None:
@@ -492,6 +530,8 @@ def test_a_zero_quota_value_is_a_limit_of_zero_too_but_a_real_limit_is_not() -> 
         (400, "error_400_api_key_invalid.json", FailureKind.AUTH),
         (403, "error_403_permission_denied.json", FailureKind.AUTH),
         (400, "error_400_context.json", FailureKind.CONTEXT_EXCEEDED),
+        (404, "error_404_not_found.json", FailureKind.MODEL_MISSING),
+        (401, "error_401_unauthenticated.json", FailureKind.AUTH),
     ],
 )
 def test_each_error_status_is_its_failure_kind(status: int, name: str, kind: FailureKind) -> None:
@@ -505,3 +545,28 @@ def test_an_error_body_that_is_not_json_is_classified_by_its_status() -> None:
     assert failed.kind == FailureKind.SERVER_ERROR
     assert failed.message == "<html> <body>Bad Gateway</body></html>"
     assert ADAPTER.error(401, {}, b"", NOW).kind == FailureKind.AUTH
+
+
+# ---- the key check's answer --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "name", "read_as"),
+    [
+        (400, "error_400_api_key_invalid.json", 401),  # Google's bad key: a 400 whose reason says so
+        (400, "error_400_invalid_argument.json", 400),  # any other 400 is no verdict on the key
+        (403, "error_403_permission_denied.json", 403),
+        (429, "error_429_retry.json", 429),
+        (503, "error_503_unavailable.json", 503),
+    ],
+)
+def test_a_key_check_s_answer_says_bad_key_only_when_google_does(
+    status: int, name: str, read_as: int
+) -> None:
+    assert ADAPTER.key_check_status(status, fixture(name)) == read_as
+
+
+def test_a_key_check_s_answer_without_a_readable_body_is_its_status() -> None:
+    assert ADAPTER.key_check_status(200, b'{"models": []}') == 200
+    assert ADAPTER.key_check_status(400, b"<html>Bad Request</html>") == 400
+    assert ADAPTER.key_check_status(400, b"") == 400
