@@ -27,6 +27,7 @@ from service import (
     admin_requests,
     metrics,
     openapi,
+    responses,
 )
 from service import chat_completions as chat
 from service.admin_context import AdminContext
@@ -49,7 +50,10 @@ from service.secrets import TokenCheck
 _encode = msgspec.json.encode
 
 # Every client protocol's POST route, served by service/fast_route.py (one entry a line).
-PROTOCOLS: tuple[ClientProtocol, ...] = (chat.PROTOCOL,)
+PROTOCOLS: tuple[ClientProtocol, ...] = (
+    chat.PROTOCOL,
+    responses.PROTOCOL,
+)
 
 
 def create_app(
@@ -67,6 +71,7 @@ def create_app(
     throttle = AuthThrottle()
     quart = _quart_app(runtime, gateway_tokens, throttle, max_body_bytes, body_timeout_s)
     admin_auth.register(quart, admin.auth)
+    responses.register(quart, runtime)
     for module in (admin_api, admin_requests, admin_analytics, admin_feed, metrics, admin_console, openapi):
         module.register(quart, admin)
     return ProtocolRoutes(
