@@ -33,6 +33,9 @@ What a request gets is its *behaviour*, a spec ``name[:arg[:arg]]``, looked up i
     drip:<i>:<n>          stream: headers + role chunk at once, then n content chunks "t0 ", "t1 ", ...
                           each after i seconds, then the finish (non-stream: the answer after n*i seconds)
     slow:<s>              a healthy but slow upstream: wait s seconds, then answer normally
+    tool-once             an agent's turn (see ``_tool_once_answer``): with ``tools`` and no tool result
+                          after the last user message, a call to the first tool; otherwise the text
+                          "The tool said: <the last tool result>." (stream or not)
 
 ``stream_options.include_usage`` adds the usual usage chunk before ``[DONE]``.
 
@@ -103,6 +106,7 @@ BEHAVIOURS = frozenset(
         "fail-mid",
         "drip",
         "slow",
+        "tool-once",
     }
 )
 
@@ -424,6 +428,28 @@ def _build_answer(name: str, args: list[str], model: str, body: dict) -> _Answer
     )
 
 
+# ------------------------------------------------------------------------------------- an agent's turn
+
+
+def _tool_once_answer(model: str, body: dict) -> _Answer:
+    """``tool-once``: what an agent loop needs from a model, a tool call and then an answer that uses the
+    tool's result. A call to the first tool while no ``tool`` message follows the last user message;
+    once one does, the text "The tool said: <its content>." (so a test sees the result reached the model)."""
+    messages = body.get("messages") if isinstance(body.get("messages"), list) else []
+    result = None
+    for m in reversed(messages):
+        if not isinstance(m, dict) or m.get("role") == "user":
+            break
+        if m.get("role") == "tool":
+            result = _message_text(m.get("content"))
+            break
+    if result is None:
+        return _build_answer("ok", [], model, body)  # with tools: a call to the first one
+    answer = _build_answer("ok", [], model, {**body, "tools": None})
+    answer.pieces = _split_words(f"The tool said: {result}.")
+    return answer
+
+
 # ------------------------------------------------------------------------------------- gemini bodies
 
 _GEMINI_PREFIX = "/v1beta/models/"
@@ -673,8 +699,10 @@ class _Conn:
 
     async def _chat(self, spec: str, model: str, body: dict, stream: bool) -> bool:
         name, args = parse_spec(spec)
-        if name in _PLAIN:
-            answer = _build_answer(name, args, model, body)
+        if name in _PLAIN or name == "tool-once":
+            answer = (
+                _build_answer(name, args, model, body) if name in _PLAIN else _tool_once_answer(model, body)
+            )
             if stream:
                 return await self._stream(answer, [(0.0, f) for f in answer.head_frames()])
             return await self._json(200, answer.completion())
