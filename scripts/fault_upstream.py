@@ -34,7 +34,8 @@ What a request gets is its *behaviour*, a spec ``name[:arg[:arg]]``, looked up i
                           each after i seconds, then the finish (non-stream: the answer after n*i seconds)
     slow:<s>              a healthy but slow upstream: wait s seconds, then answer normally
     tool-once             an agent's turn (see ``_tool_once_answer``): with ``tools`` and no tool result
-                          after the last user message, a call to the first tool; otherwise the text
+                          after the last user message, a call to the first tool (each required property
+                          an example value: "example", 1, true); otherwise the text
                           "The tool said: <the last tool result>." (stream or not)
 
 ``stream_options.include_usage`` adds the usual usage chunk before ``[DONE]``.
@@ -271,6 +272,7 @@ class _Answer:
     include_usage: bool
     id: str = ""
     created: int = 0
+    arguments: str = "{}"  # of the tool call
 
     def usage(self) -> dict:
         completion = max(len(self.pieces), 1) if self.tool is None else 1
@@ -300,7 +302,7 @@ class _Answer:
         return {
             "id": "call_" + self.id.rpartition("-")[2],
             "type": "function",
-            "function": {"name": self.tool, "arguments": "{}"},
+            "function": {"name": self.tool, "arguments": self.arguments},
         }
 
     def _gemini_payload(self, parts: list[dict], finish: str | None, usage: bool) -> dict:
@@ -362,7 +364,9 @@ class _Answer:
             call["index"] = 0
             call["function"] = {"name": self.tool, "arguments": ""}
             frames.append(self._chunk({"tool_calls": [call]}))
-            frames.append(self._chunk({"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}))
+            frames.append(
+                self._chunk({"tool_calls": [{"index": 0, "function": {"arguments": self.arguments}}]})
+            )
         else:
             frames.extend(self._chunk({"content": p}) for p in self.pieces)
         return frames
@@ -444,10 +448,29 @@ def _tool_once_answer(model: str, body: dict) -> _Answer:
             result = _message_text(m.get("content"))
             break
     if result is None:
-        return _build_answer("ok", [], model, body)  # with tools: a call to the first one
+        answer = _build_answer("ok", [], model, body)  # with tools: a call to the first one ...
+        answer.arguments = _example_arguments(body)  # ... whose arguments its schema accepts
+        return answer
     answer = _build_answer("ok", [], model, {**body, "tools": None})
     answer.pieces = _split_words(f"The tool said: {result}.")
     return answer
+
+
+_EXAMPLES = {"string": "example", "integer": 1, "number": 1, "boolean": True}
+
+
+def _example_arguments(body: dict) -> str:
+    """Arguments for the first tool: each required property of a simple type gets an example value."""
+    tools = body.get("tools") or [{}]
+    fn = (tools[0].get("function") if isinstance(tools[0], dict) else None) or {}
+    schema = fn.get("parameters") if isinstance(fn.get("parameters"), dict) else {}
+    props = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+    args = {
+        name: _EXAMPLES.get(props.get(name, {}).get("type"), "example")
+        for name in schema.get("required") or ()
+        if isinstance(name, str) and isinstance(props.get(name), dict)
+    }
+    return _encode(args).decode()
 
 
 # ------------------------------------------------------------------------------------- gemini bodies
