@@ -481,13 +481,15 @@ def usage_object(
     output_tokens = _count(usage.get("completion_tokens")) or (output_chars + 3) // 4
     prompt_details = usage.get("prompt_tokens_details")
     completion_details = usage.get("completion_tokens_details")
-    cached = _count(prompt_details.get("cached_tokens")) if isinstance(prompt_details, dict) else 0
+    prompt_details = prompt_details if isinstance(prompt_details, dict) else {}
+    cached = _count(prompt_details.get("cached_tokens"))
+    cache_write = _count(prompt_details.get("cache_write_tokens"))
     reasoning = (
         _count(completion_details.get("reasoning_tokens")) if isinstance(completion_details, dict) else 0
     )
     return {
         "input_tokens": input_tokens,
-        "input_tokens_details": {"cached_tokens": cached},
+        "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": cache_write},
         "output_tokens": output_tokens,
         "output_tokens_details": {"reasoning_tokens": reasoning},
         "total_tokens": input_tokens + output_tokens,
