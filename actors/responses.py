@@ -169,20 +169,19 @@ class ResponseStore:
                 return None
             ids.append(current)
             current = entry.previous
-        missing = [(rid, self._index[rid].seq) for rid in ids if rid not in self._cache]
+        found = {rid: self._cache[rid] for rid in ids if rid in self._cache}
+        missing = [(rid, self._index[rid].seq) for rid in ids if rid not in found]
         if missing:
             read = await self._read(missing)
             if read is None:
                 return None
-            for response in read:
-                self._cache_put(response)
-        found = [self._cache.get(rid) for rid in ids]
-        for rid in ids:
+            found.update((r.response_id, r) for r in read)
+        for rid in reversed(ids):  # oldest first: the newest turn ends the most recently used
             if rid in self._cache:
                 self._cache.move_to_end(rid)
-        if any(f is None for f in found):
-            return None  # evicted again at once: a cache smaller than one conversation
-        return [f for f in reversed(found) if f is not None]
+            else:
+                self._cache_put(found[rid])
+        return [found[rid] for rid in reversed(ids)]
 
     async def delete(self, response_id: str) -> bool:
         """Forget a stored response (a `ResponseDeleted`, committed before the answer); False if unknown."""
