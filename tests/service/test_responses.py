@@ -15,9 +15,11 @@ import msgspec
 import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 
+from actors.responses import ResponseRetention
 from actors.stream import Routed
 from events.attempts import Failure
 from events.frames import Chunk
+from service.config import ConfigError, load_config
 from service.edge import BadRequest
 from service.responses import (
     ResponseShell,
@@ -27,6 +29,7 @@ from service.responses import (
     response_of,
     stored_turn,
 )
+from service.server import routing_settings
 
 FIXTURES = Path(__file__).parent / "fixtures" / "responses"
 # The SDK's event classes by their `type` (validating against the whole union reports every member's errors).
@@ -316,3 +319,21 @@ def test_a_whole_answer_sent_as_one_chunk_renders_and_a_truncation_is_incomplete
     assert events[-1]["response"]["incomplete_details"] == {"reason": "max_output_tokens"}
     assert events[-1]["response"]["usage"]["output_tokens"] == 1  # estimated: no usage chunk
     validated(events[-1])
+
+
+# ---- configuration ---------------------------------------------------------------------------------------
+
+
+def test_the_responses_table_sets_the_store_s_retention(tmp_path: Path) -> None:
+    path = tmp_path / "switchboard.toml"
+    path.write_text(
+        "[catalog]\nbuiltin = false\n[responses]\nretention_days = 7\nmax_indexed = 50\ncache_mb = 2\n"
+    )
+    settings = routing_settings(load_config(path, {}))
+    assert settings.responses == ResponseRetention(7 * 86400, 50, 2 * 1024 * 1024)
+    path.write_text("[catalog]\nbuiltin = false\n")
+    assert routing_settings(load_config(path, {})).responses == ResponseRetention()  # 30 days, 100k, 64 MB
+    path.write_text("[catalog]\nbuiltin = false\n[responses]\nretention_days = 0\n")
+    with pytest.raises(ConfigError) as bad:
+        load_config(path, {})
+    assert bad.value.key == "responses.retention_days"
