@@ -438,8 +438,9 @@ class Turn:
 
     @classmethod
     def of_completion(cls, completion: Any) -> Turn:
-        choice = (completion.get("choices") or [{}])[0] if isinstance(completion, dict) else {}
-        message = choice.get("message") or {}
+        choices = completion.get("choices") if isinstance(completion, dict) else None
+        choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+        message: dict[str, Any] = choice["message"] if isinstance(choice.get("message"), dict) else {}
         content = message.get("content")
         if isinstance(content, list):
             content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
@@ -450,7 +451,7 @@ class Turn:
         calls = []
         for call in message.get("tool_calls") or ():
             if isinstance(call, dict):
-                fn = call.get("function") or {}
+                fn = call["function"] if isinstance(call.get("function"), dict) else {}
                 calls.append(
                     {
                         "id": str(call.get("id") or new_id("call")),
@@ -839,7 +840,7 @@ async def handle(runtime: Runtime, raw: bytes, request_id: str, headers: Headers
         if isinstance(result, Failure):
             return failure_answer(result)
         shell.model = result.routed_via
-        turn = Turn.of_completion(_decode(result.body))
+        turn = Turn.of_completion(_decode(result.body)) if result.body else Turn()
         response = response_of(shell, turn, req.est_tokens)
         await keep(response, turn)
         return Answer(200, _encode(response), routing_headers(result))
