@@ -120,11 +120,38 @@ async def test_a_function_call_round_trip(tmp_path):
                     model="tool-once", input=[*history, output], tools=[WEATHER], stream=True
                 )
                 events = [event async for event in stream]
+                # The same turn continued from the stored call: only the output is sent this time.
+                stored = await client.responses.create(
+                    model="tool-once", input="Weather in Oslo?", tools=[WEATHER]
+                )
+                (stored_call,) = stored.output
+                answer = await client.responses.create(
+                    model="tool-once",
+                    input=[{"type": "function_call_output", "call_id": stored_call.call_id, "output": "-3C"}],
+                    tools=[WEATHER],
+                    previous_response_id=stored.id,
+                )
             finally:
                 await client.close()
     assert events[-1].type == "response.completed"
     assert events[-1].response.output_text == "The tool said: 22C and sunny."
-    sent = chat_messages(gw)
+    assert answer.output_text == "The tool said: -3C."
+    assert chat_messages(gw) == [
+        {"role": "user", "content": "Weather in Oslo?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": stored_call.call_id,
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": stored_call.arguments},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": stored_call.call_id, "content": "-3C"},
+    ]
+    sent = chat_messages(gw, 1)
     assert sent[1] == {
         "role": "assistant",
         "content": None,
@@ -137,7 +164,7 @@ async def test_a_function_call_round_trip(tmp_path):
         ],
     }
     assert sent[2] == {"role": "tool", "tool_call_id": call.call_id, "content": "22C and sunny"}
-    tools = [r for r in gw.upstream.requests if r.path == "/v1/chat/completions"][-1].body["tools"]
+    tools = [r for r in gw.upstream.requests if r.path == "/v1/chat/completions"][1].body["tools"]
     assert tools == [
         {
             "type": "function",
