@@ -159,7 +159,9 @@ def parse_responses_request(raw: bytes) -> ResponsesCall:
     echo["tools"] = tools or []
     choice = body.get("tool_choice")
     if choice is not None:
-        chat["tool_choice"] = _tool_choice(choice)
+        checked = _tool_choice(choice)
+        if tools:  # without tools, providers refuse a tool_choice (OpenAI's chat API does)
+            chat["tool_choice"] = checked
     echo["tool_choice"] = choice if choice is not None else "auto"
     parallel = _optional(body, "parallel_tool_calls", bool, "true or false")
     if parallel is not None and tools:

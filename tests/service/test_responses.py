@@ -113,6 +113,12 @@ def test_a_string_input_with_history_and_instructions() -> None:
     assert req.body["stream_options"] == {"include_usage": True}
 
 
+def test_tool_settings_go_to_the_provider_only_with_tools() -> None:
+    call = parse_responses_request(b'{"input": "hi", "tool_choice": "none", "parallel_tool_calls": false}')
+    assert "tool_choice" not in call.chat and "parallel_tool_calls" not in call.chat
+    assert call.echo["tool_choice"] == "none" and call.echo["parallel_tool_calls"] is False
+
+
 @pytest.mark.parametrize(
     ("body", "param"),
     [
