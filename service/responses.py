@@ -721,12 +721,7 @@ class ResponsesRender(StreamRender):
         if self._text_index is not None:
             items.append((self._text_index, message_item(self._text_id, self.turn.text, status)))
         for c in self._calls.values():
-            items.append(
-                (
-                    c.output_index,
-                    call_item(c.item_id, c.call, "completed" if status == "completed" else status),
-                )
-            )
+            items.append((c.output_index, call_item(c.item_id, c.call, status)))
         return [item for _, item in sorted(items, key=lambda pair: pair[0])]
 
     def _close_items(self, status: str) -> bytes:
@@ -773,7 +768,7 @@ class ResponsesRender(StreamRender):
                 ) + self._event(
                     "response.output_item.done",
                     output_index=c.output_index,
-                    item=call_item(c.item_id, c.call, "completed"),
+                    item=call_item(c.item_id, c.call, status),
                 )
 
             closing.append((c.output_index, call_done))
