@@ -31,6 +31,7 @@ from actors.log_writer import LogWriter
 from actors.metrics import MetricsActor
 from actors.model_health import ModelHealth
 from actors.request import Deadlines, RequestActor
+from actors.responses import ResponseRetention, ResponseStore
 from actors.session import SessionActor
 from actors.snapshotter import Snapshotter
 from actors.stats import History, StatsActor
@@ -74,6 +75,7 @@ class Runtime:
     shutting_down: trio.Event
     metrics: MetricsActor
     feed: Feed  # the live feed (/admin/events)
+    responses: ResponseStore  # stored Responses API answers (/v1/responses)
     unclean_previous_start: float | None = None  # the last run was killed or crashed: when it had started
     unfinished: Unfinished | None = None  # ... and what it left open
     snapshotter: Snapshotter | None = None
@@ -95,6 +97,7 @@ class Settings:
     snapshot_every_events: int = 100_000  # a snapshot of the projections after this many events...
     snapshot_every_s: float = 600.0  # ... or this long after the last one, if anything was folded since
     claude_model: str = "auto-smart"  # `[messages] claude_model`: a Claude model name's mode or model
+    responses: ResponseRetention = field(default_factory=ResponseRetention)
 
     def new_view(self) -> RoutingView:
         return RoutingView(self.models, self.policy, self.rolling_day_platforms, self.sessions)
@@ -207,6 +210,7 @@ async def run_service(
     metrics = MetricsActor(log, settings.version, clock.now)
     shutting_down = trio.Event()
     feed = Feed(log, shutting_down)
+    responses = ResponseStore(log, store, upto=view.seq, retention=settings.responses, now=clock.now)
     # A start with no stop after it: that run was killed or crashed (a hard kill loses at most one batch).
     unclean = lifecycle.ts if isinstance(lifecycle, ServiceStarted) else None
     left_open = _unfinished(store) if unclean is not None else None
@@ -220,6 +224,7 @@ async def run_service(
         shutting_down,
         metrics,
         feed,
+        responses,
         unclean,
         left_open,
         snapshotter,
@@ -237,6 +242,7 @@ async def run_service(
             await inner.start(snapshotter.run)
             await inner.start(metrics.run)
             await inner.start(feed.run)
+            await inner.start(responses.run)
             if handle_signals:
                 inner.start_soon(_watch_signals, shutting_down)
             config = settings.config_record(clock.now())

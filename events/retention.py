@@ -11,8 +11,22 @@ folded by any projection.
 
 from __future__ import annotations
 
-from events.types import ClientDisconnected, RequestReceived, RouteDecided, event_tag
+from events.types import (
+    ClientDisconnected,
+    RequestReceived,
+    ResponseDeleted,
+    ResponseStored,
+    RouteDecided,
+    event_tag,
+)
 
-REMOVABLE: frozenset[str] = frozenset(
-    event_tag(t) for t in (RequestReceived, RouteDecided, ClientDisconnected)
+# Stored Responses API answers (actors/responses.py) are read back only within `[responses]
+# retention_days`: older ones are expired, and a compaction drops them. A cutoff inside the retention
+# forgets the responses before it too (their `previous_response_id` is then not found, as for an expired
+# one). A deletion always comes after what it deletes, so a cutoff never keeps a deleted response without
+# its deletion.
+RESPONSES: frozenset[str] = frozenset(event_tag(t) for t in (ResponseStored, ResponseDeleted))
+
+REMOVABLE: frozenset[str] = (
+    frozenset(event_tag(t) for t in (RequestReceived, RouteDecided, ClientDisconnected)) | RESPONSES
 )

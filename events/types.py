@@ -349,6 +349,26 @@ class ConfigApplied(Event, tag="config_applied", frozen=True):
     max_attempts: int = 0
 
 
+class ResponseStored(Event, tag="response_stored", frozen=True):
+    """A Responses API answer kept for `previous_response_id` and `GET /v1/responses/{id}` (the client
+    did not send `store: false`). `messages`: what this turn added to the conversation in the neutral chat
+    form (its input messages, then the assistant's message), as a JSON array; `response`: the Response
+    object as the client got it, as JSON. Not carried: the turn's `instructions` (OpenAI does not carry
+    them over either). The message bodies are the point of storing, so they are here in full: a client
+    that wants none of its prompts in the log sends `store: false`."""
+
+    response_id: str
+    previous_response_id: str | None = None
+    messages: str = "[]"
+    response: str = "{}"
+
+
+class ResponseDeleted(Event, tag="response_deleted", frozen=True):
+    """A client deleted a stored response (`DELETE /v1/responses/{id}`): it is no longer found."""
+
+    response_id: str
+
+
 AnyEvent = (
     ServiceStarted
     | ServiceStopped
@@ -373,6 +393,8 @@ AnyEvent = (
     | ConfigApplied
     | CooldownsReset
     | SessionBanLifted
+    | ResponseStored
+    | ResponseDeleted
 )
 
 EVENT_TYPES: tuple[type[Event], ...] = typing.get_args(AnyEvent)

@@ -33,6 +33,10 @@ What a request gets is its *behaviour*, a spec ``name[:arg[:arg]]``, looked up i
     drip:<i>:<n>          stream: headers + role chunk at once, then n content chunks "t0 ", "t1 ", ...
                           each after i seconds, then the finish (non-stream: the answer after n*i seconds)
     slow:<s>              a healthy but slow upstream: wait s seconds, then answer normally
+    tool-once             an agent's turn (see ``_tool_once_answer``): with ``tools`` and no tool result
+                          after the last user message, a call to the first tool (each required property
+                          an example value: "example", 1, true); otherwise the text
+                          "The tool said: <the last tool result>." (stream or not)
 
 ``stream_options.include_usage`` adds the usual usage chunk before ``[DONE]``.
 
@@ -149,6 +153,7 @@ BEHAVIOURS = frozenset(
         "fail-mid",
         "drip",
         "slow",
+        "tool-once",
     }
 )
 
@@ -313,6 +318,7 @@ class _Answer:
     include_usage: bool
     id: str = ""
     created: int = 0
+    arguments: str = "{}"  # of the tool call
 
     def usage(self) -> dict:
         completion = max(len(self.pieces), 1) if self.tool is None else 1
@@ -342,7 +348,7 @@ class _Answer:
         return {
             "id": "call_" + self.id.rpartition("-")[2],
             "type": "function",
-            "function": {"name": self.tool, "arguments": "{}"},
+            "function": {"name": self.tool, "arguments": self.arguments},
         }
 
     def _gemini_payload(self, parts: list[dict], finish: str | None, usage: bool) -> dict:
@@ -404,7 +410,9 @@ class _Answer:
             call["index"] = 0
             call["function"] = {"name": self.tool, "arguments": ""}
             frames.append(self._chunk({"tool_calls": [call]}))
-            frames.append(self._chunk({"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}))
+            frames.append(
+                self._chunk({"tool_calls": [{"index": 0, "function": {"arguments": self.arguments}}]})
+            )
         else:
             frames.extend(self._chunk({"content": p}) for p in self.pieces)
         return frames
@@ -468,6 +476,47 @@ def _build_answer(name: str, args: list[str], model: str, body: dict) -> _Answer
         id=f"chatcmpl-{n:08d}",
         created=int(time.time()),
     )
+
+
+# ------------------------------------------------------------------------------------- an agent's turn
+
+
+def _tool_once_answer(model: str, body: dict) -> _Answer:
+    """``tool-once``: what an agent loop needs from a model, a tool call and then an answer that uses the
+    tool's result. A call to the first tool while no ``tool`` message follows the last user message;
+    once one does, the text "The tool said: <its content>." (so a test sees the result reached the model)."""
+    messages = body.get("messages") if isinstance(body.get("messages"), list) else []
+    result = None
+    for m in reversed(messages):
+        if not isinstance(m, dict) or m.get("role") == "user":
+            break
+        if m.get("role") == "tool":
+            result = _message_text(m.get("content"))
+            break
+    if result is None:
+        answer = _build_answer("ok", [], model, body)  # with tools: a call to the first one ...
+        answer.arguments = _example_arguments(body)  # ... whose arguments its schema accepts
+        return answer
+    answer = _build_answer("ok", [], model, {**body, "tools": None})
+    answer.pieces = _split_words(f"The tool said: {result}.")
+    return answer
+
+
+_EXAMPLES = {"string": "example", "integer": 1, "number": 1, "boolean": True}
+
+
+def _example_arguments(body: dict) -> str:
+    """Arguments for the first tool: each required property of a simple type gets an example value."""
+    tools = body.get("tools") or [{}]
+    fn = (tools[0].get("function") if isinstance(tools[0], dict) else None) or {}
+    schema = fn.get("parameters") if isinstance(fn.get("parameters"), dict) else {}
+    props = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+    args = {
+        name: _EXAMPLES.get(props.get(name, {}).get("type"), "example")
+        for name in schema.get("required") or ()
+        if isinstance(name, str) and isinstance(props.get(name), dict)
+    }
+    return _encode(args).decode()
 
 
 # ------------------------------------------------------------------------------------- gemini bodies
@@ -1037,8 +1086,10 @@ class _Conn:
 
     async def _chat(self, spec: str, model: str, body: dict, stream: bool) -> bool:
         name, args = parse_spec(spec)
-        if name in _PLAIN:
-            answer = _build_answer(name, args, model, body)
+        if name in _PLAIN or name == "tool-once":
+            answer = (
+                _build_answer(name, args, model, body) if name in _PLAIN else _tool_once_answer(model, body)
+            )
             if stream:
                 return await self._stream(answer, [(0.0, f) for f in answer.head_frames()])
             return await self._json(200, answer.completion())

@@ -29,6 +29,7 @@ from service import (
     messages,
     metrics,
     openapi,
+    responses,
 )
 from service import chat_completions as chat
 from service.admin_context import AdminContext
@@ -56,6 +57,7 @@ PROTOCOLS: tuple[ClientProtocol, ...] = (
     messages.PROTOCOL,
     messages.COUNT_TOKENS_PROTOCOL,
     embeddings.PROTOCOL,
+    responses.PROTOCOL,
 )
 
 
@@ -74,6 +76,7 @@ def create_app(
     throttle = AuthThrottle()
     quart = _quart_app(runtime, gateway_tokens, throttle, max_body_bytes, body_timeout_s)
     admin_auth.register(quart, admin.auth)
+    responses.register(quart, runtime)
     for module in (admin_api, admin_requests, admin_analytics, admin_feed, metrics, admin_console, openapi):
         module.register(quart, admin)
     return ProtocolRoutes(

@@ -266,6 +266,16 @@ class Snapshots(_Table, frozen=True):
     every_s: Seconds = 600.0  # ... or this long after the last one, if anything happened since
 
 
+class Responses(_Table, frozen=True):
+    """`[responses]`: stored Responses API answers (actors/responses.py, README: the Responses API)."""
+
+    retention_days: Annotated[float, Meta(gt=0, le=3650, description="days, at most 3650")] = 30.0
+    # Responses indexed at most (the newest kept): bounds the index's memory, about 200 bytes each.
+    max_indexed: Count = 100_000
+    # Bodies of recent responses held in memory; older ones are read back from the log.
+    cache_mb: Annotated[float, Meta(gt=0, le=1e5, description="a positive number of megabytes")] = 64.0
+
+
 # RoutingPolicy fields that are weights of a score term: any finite number (ttfb_worst is negative by nature).
 # Every other float field is a duration, count, prior or threshold and must be > 0; int fields must be >= 1.
 _POLICY_WEIGHTS = frozenset(
@@ -406,6 +416,7 @@ class ConfigFile(_Table, frozen=True):
     sessions: Sessions = msgspec.field(default_factory=Sessions)
     snapshots: Snapshots = msgspec.field(default_factory=Snapshots)
     messages: Messages = msgspec.field(default_factory=Messages)
+    responses: Responses = msgspec.field(default_factory=Responses)
     catalog: _Catalog = msgspec.field(default_factory=_Catalog)
     platforms: Annotated[list[_PlatformEntry], Meta(description="an array of tables ([[platforms]])")] = []
     models: Annotated[list[_ModelEntry], Meta(description="an array of tables ([[models]])")] = []
@@ -436,6 +447,7 @@ class Config:
     env_keys: dict[str, tuple[str, ...]] = field(repr=False)
     limits: ServerLimits = field(default_factory=ServerLimits)
     snapshots: Snapshots = field(default_factory=Snapshots)
+    responses: Responses = field(default_factory=Responses)
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
     messages: Messages = field(default_factory=Messages)
 
@@ -508,6 +520,7 @@ def load_config(path: Path | None, env: Mapping[str, str] | None = None, *, serv
         routing=routing,
         sessions=file.sessions,
         snapshots=file.snapshots,
+        responses=file.responses,
         builtin_catalog=file.catalog.builtin,
         catalog_version=version,
         platforms=platforms,

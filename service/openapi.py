@@ -1280,21 +1280,160 @@ def _messages_paths() -> dict[str, dict[str, Schema]]:
     }
 
 
+# -- the Responses API (service/responses.py) ------------------------------------------------------------
+
+_RESPONSES_INPUT_ITEM = _obj(
+    {},
+    {
+        "type": {"enum": ["message", "function_call", "function_call_output", "reasoning"]},
+        "role": {"enum": ["user", "assistant", "system", "developer"]},
+        "content": {"anyOf": [STR, {"type": "array", "items": {"type": "object"}}]},
+        "call_id": STR,
+        "name": STR,
+        "arguments": STR,
+        "output": {"anyOf": [STR, {"type": "array", "items": {"type": "object"}}]},
+    },
+    closed=False,
+)
+RESPONSES_REQUEST = _obj(
+    {},
+    {
+        "model": {
+            **_MODEL_NAME,
+            "default": "auto",
+            "description": f"a model ref (platform/id), a model id, or a mode: {', '.join(VIRTUAL_MODELS)}",
+        },
+        "models": CHAT_REQUEST["properties"]["models"],
+        "fallback": CHAT_REQUEST["properties"]["fallback"],
+        "input": {"anyOf": [STR, {"type": "array", "items": _RESPONSES_INPUT_ITEM}]},
+        "instructions": _nullable(STR),
+        "previous_response_id": _nullable({"type": "string", "minLength": 1, "maxLength": 256}),
+        "store": {"type": "boolean", "default": True},
+        "stream": {"type": "boolean", "default": False},
+        "tools": {
+            "type": "array",
+            "description": "function tools only ({type: function, name, description, parameters, strict})",
+            "items": _obj({"type": {"const": "function"}, "name": STR}, closed=False),
+        },
+        "tool_choice": {"anyOf": [{"enum": ["auto", "none", "required"]}, {"type": "object"}]},
+        "parallel_tool_calls": _nullable(BOOL),
+        "max_output_tokens": _nullable({"type": "integer", "minimum": 1}),
+        "temperature": _nullable({"type": "number"}),
+        "top_p": _nullable({"type": "number"}),
+        "metadata": _nullable({"type": "object", "additionalProperties": STR}),
+        "user": _nullable(STR),
+        "text": {"type": "object"},
+    },
+    closed=False,
+)
+RESPONSE_OBJECT = _obj(
+    {
+        "id": STR,
+        "object": {"const": "response"},
+        "created_at": INT,
+        "status": {"enum": ["completed", "incomplete", "failed", "in_progress"]},
+        "model": STR,
+        "output": {"type": "array", "items": {"type": "object"}},
+    },
+    {"usage": _nullable({"type": "object"}), "error": _nullable({"type": "object"})},
+    closed=False,
+)
+RESPONSE_EVENT = _obj({"data": STR, "event": STR}, {"id": STR, "retry": INT}, closed=False)
+RESPONSE_DELETED = _obj({"id": STR, "object": {"const": "response.deleted"}, "deleted": {"const": True}})
+RESPONSES_SCHEMAS: dict[str, Schema] = {
+    "ResponsesRequest": RESPONSES_REQUEST,
+    "Response": RESPONSE_OBJECT,
+    "ResponseEvent": RESPONSE_EVENT,
+    "ResponseDeleted": RESPONSE_DELETED,
+}
+
+
+def _responses_paths() -> dict[str, dict[str, Schema]]:
+    """`POST /v1/responses` (on the one request core, as chat) and the stored responses by id."""
+    response_id = _path_param("response_id", "a stored response's id (resp_...)")
+    stored = (404,)
+    return {
+        "/v1/responses": {
+            "post": _op(
+                "createResponse",
+                "A model response (OpenAI's Responses API), routed to a model and key, with fallback",
+                "v1",
+                GATEWAY,
+                {
+                    "200": {
+                        "description": "The Response object (`stream: true`: Responses events, each with "
+                        "`type` and `sequence_number`, ending with `response.completed`, "
+                        "`response.incomplete` or `response.failed`).",
+                        "headers": _headers("X-Routed-Via", "X-Fallback-Attempts", "X-Skipped-Models"),
+                        "content": {
+                            "application/json": {"schema": _ref("Response")},
+                            "text/event-stream": {"schema": _ref("ResponseEvent")},
+                        },
+                    },
+                    "4XX": _json(
+                        "Invalid input (`param` names the field), `previous_response_not_found`, or every "
+                        "provider tried refused the request as invalid.",
+                        _ref("Error"),
+                        "X-Fallback-Attempts",
+                    ),
+                    "502": _json("Every attempt failed.", _ref("Error"), "X-Fallback-Attempts"),
+                    "504": _json(
+                        "Every attempt timed out before it answered (`stream_timeout`).",
+                        _ref("Error"),
+                        "X-Fallback-Attempts",
+                    ),
+                },
+                (404,),
+                params=[
+                    {
+                        "name": "X-Session-Id",
+                        "in": "header",
+                        "required": False,
+                        "description": "names the conversation for pins and thread protection (not empty)",
+                        "schema": {"type": "string", "pattern": "\\S"},
+                    }
+                ],
+                body=_ref("ResponsesRequest"),
+            )
+        },
+        "/v1/responses/{response_id}": {
+            "get": _op(
+                "retrieveResponse",
+                "A stored response (within [responses] retention_days)",
+                "v1",
+                GATEWAY,
+                {"200": _json("The Response object.", _ref("Response"))},
+                stored,
+                params=[response_id],
+            ),
+            "delete": _op(
+                "deleteResponse",
+                "Delete a stored response",
+                "v1",
+                GATEWAY,
+                {"200": _json("Deleted.", _ref("ResponseDeleted"))},
+                stored,
+                params=[response_id],
+            ),
+        },
+    }
+
+
 @cache
 def document() -> Schema:
     """The whole document (built once; it depends on nothing but the code)."""
     structs, struct_components = _struct_schemas()
-    paths = {**_paths(structs), **_messages_paths(), **_embeddings_paths()}
+    paths = {**_paths(structs), **_messages_paths(), **_embeddings_paths(), **_responses_paths()}
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "switchboard",
             "version": __version__,
             "description": "A self-hosted, OpenAI-compatible LLM gateway. `/v1` is OpenAI's API (chat "
-            "completions, models) with a gateway key; `/admin/api`, `/admin/events` and `/metrics` are the "
-            "operators' surface, with the admin token or the console's session. The admin API's contract, "
-            "the feed and the error shape are in docs/admin-api.md; setup, configuration and "
-            "troubleshooting in the README.",
+            "completions, Responses, models) with a gateway key; `/admin/api`, `/admin/events` and "
+            "`/metrics` are the operators' surface, with the admin token or the console's session. The "
+            "admin API's contract, the feed and the error shape are in docs/admin-api.md; setup, "
+            "configuration and troubleshooting in the README.",
         },
         "tags": [
             {"name": tag}
@@ -1302,7 +1441,13 @@ def document() -> Schema:
         ],
         "paths": paths,
         "components": {
-            "schemas": {**struct_components, **SCHEMAS, **MESSAGES_SCHEMAS, **EMBEDDINGS_SCHEMAS},
+            "schemas": {
+                **struct_components,
+                **SCHEMAS,
+                **MESSAGES_SCHEMAS,
+                **EMBEDDINGS_SCHEMAS,
+                **RESPONSES_SCHEMAS,
+            },
             "responses": {**_error_responses(), **_messages_error_responses()},
             "headers": _HEADERS,
             "securitySchemes": {

@@ -27,6 +27,7 @@ import trio
 
 from actors.key_checker import check_key
 from actors.request import Deadlines
+from actors.responses import ResponseRetention
 from actors.supervisor import Runtime, Settings, run_service
 from events.catalog import CatalogModel
 from events.key_health import KeyInfo
@@ -193,6 +194,11 @@ def routing_settings(config: Config, keys: list[tuple[str, str, str, KeySource]]
         snapshot_every_events=config.snapshots.every_events,
         snapshot_every_s=config.snapshots.every_s,
         claude_model=config.messages.claude_model,
+        responses=ResponseRetention(
+            retention_s=config.responses.retention_days * 86400,
+            max_indexed=config.responses.max_indexed,
+            cache_bytes=int(config.responses.cache_mb * 1024 * 1024),
+        ),
         sessions=SessionPolicy(
             protection={p.name: p.protection for p in config.platforms.values()},
             single_flight=frozenset(

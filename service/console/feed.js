@@ -10,6 +10,7 @@ export const EVENT_TYPES = [
   "key_added", "key_removed", "key_disabled", "key_enabled", "key_invalidated", "key_checked",
   "cooldowns_reset", "model_updated",
   "session_pinned", "session_pin_cleared", "session_banned", "session_ban_lifted",
+  "response_stored", "response_deleted",
 ];
 
 const KEEP = 1000; // events kept for the Live page, newest last

@@ -73,6 +73,10 @@ export function describe(event) {
       return `key ${d.key_id}: cooldowns reset${d.model ? ` on ${d.model}` : ""}`;
     case "session_ban_lifted":
       return `session ${d.session}: ban on ${d.platform} lifted`;
+    case "response_stored": // its messages and response are the conversation: not shown on one line
+      return `response ${d.response_id} stored${d.previous_response_id ? ` after ${d.previous_response_id}` : ""}`;
+    case "response_deleted":
+      return `response ${d.response_id} deleted`;
     case "model_updated": {
       const parts = Object.entries(d).filter(([k, v]) => !["type", "ts", "request_id", "platform", "model"].includes(k) && v !== null);
       return `${ref} changed: ${parts.map(([k, v]) => `${k} ${typeof v === "object" ? JSON.stringify(v) : v}`).join(", ")}`;

@@ -36,6 +36,8 @@ from events.types import (
     ModelUpdated,
     RequestCompleted,
     RequestReceived,
+    ResponseDeleted,
+    ResponseStored,
     RouteDecided,
     RouteInput,
     ServiceStarted,
@@ -107,6 +109,8 @@ def _extra(rng: random.Random, ts: float) -> Event:
             ConfigApplied(
                 ts=ts, hash="h", models=({"platform": "groq", "id": "x"},), policy={"decay_days": 1}
             ),
+            ResponseStored(ts=ts, request_id=rid, response_id=f"resp_{rid}", messages="[]", response="{}"),
+            ResponseDeleted(ts=ts, response_id=f"resp_{rid}"),
         ]
     )
 
@@ -226,6 +230,8 @@ def one_of_each(ts: float) -> list[Event]:
         CooldownsReset(ts=ts, key_id="g2"),
         CooldownsReset(ts=ts, key_id="g2", model="llama-70b"),
         ConfigApplied(ts=ts, hash="h", platforms=("groq",), policy={"rate_limit_cooldown_s": 1.0}),
+        ResponseStored(ts=ts, request_id="r1", response_id="resp_1", messages="[]", response="{}"),
+        ResponseDeleted(ts=ts, response_id="resp_1"),
         ServiceStarted(ts=ts, version="t"),  # last: it ends every attempt in flight
     ]
     assert {type(e) for e in events} == set(EVENT_TYPES)

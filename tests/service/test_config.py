@@ -914,8 +914,8 @@ def test_env_thread_protection_knows_only_loaded_platforms(tmp_path: Path) -> No
             "zzz = 1\n",
             1,
             "zzz",
-            "unknown key (expected one of: admin, catalog, gateway, messages, models, platforms, routing, "
-            "server, sessions, snapshots, timeouts)",
+            "unknown key (expected one of: admin, catalog, gateway, messages, models, platforms, responses, "
+            "routing, server, sessions, snapshots, timeouts)",
         ),
         ('[[server]]\nhost = "x"\n', 1, "server", "expected a table, found an array"),
         ("[server]\nhost = 1979-05-27\n", 2, "server.host", "expected a non-empty string, found a date/time"),

@@ -1,0 +1,62 @@
+"""The openai-agents SDK against the gateway: its default model (`OpenAIResponsesModel`, the Responses API)
+runs an agent with one function tool, the way an application would. The fault upstream's `tool-once`
+model calls the tool first, then answers with the tool's result, so one run is two Responses turns: a
+`function_call`, then the agent's `function_call_output` and a text answer.
+
+The agents SDK is asyncio and our tests are trio: the agent runs in `asyncio.run` in a worker thread, while
+the gateway serves on the trio thread."""
+
+from __future__ import annotations
+
+import asyncio
+
+import agents
+import openai
+import trio
+from harness import GATEWAY_KEY, running_gateway
+from test_streams import events_of
+
+CALLS: list[str] = []
+
+
+@agents.function_tool
+def get_weather(city: str) -> str:
+    """The weather in a city."""
+    CALLS.append(city)
+    return f"22C in {city}"
+
+
+def run_agent(base_url: str) -> agents.RunResult:
+    async def main() -> agents.RunResult:
+        client = openai.AsyncOpenAI(base_url=base_url, api_key=GATEWAY_KEY, max_retries=0, timeout=10)
+        try:
+            agent = agents.Agent(
+                name="weather",
+                instructions="Answer with the weather tool.",
+                tools=[get_weather],
+                model=agents.OpenAIResponsesModel(model="tool-once", openai_client=client),
+            )
+            return await agents.Runner.run(agent, "What is the weather in Paris?")
+        finally:
+            await client.close()
+
+    agents.set_tracing_disabled(True)
+    return asyncio.run(main())
+
+
+async def test_an_agent_calls_its_tool_once_then_answers(tmp_path):
+    CALLS.clear()
+    with trio.fail_after(30):
+        async with running_gateway(tmp_path, ["tool-once"]) as gw:
+            result = await trio.to_thread.run_sync(run_agent, gw.base_url)
+    assert CALLS == ["example"]  # the tool ran once, with the upstream's example arguments
+    assert result.final_output == "The tool said: 22C in example."
+    chats = [r.body for r in gw.upstream.requests if r.path == "/v1/chat/completions"]
+    assert len(chats) == 2
+    first, second = chats
+    assert first["messages"][0] == {"role": "system", "content": "Answer with the weather tool."}
+    assert first["tools"][0]["function"]["name"] == "get_weather"
+    roles = [m["role"] for m in second["messages"]]
+    assert roles == ["system", "user", "assistant", "tool"]
+    assert second["messages"][3]["content"] == "22C in example"
+    assert {e.protocol for e in events_of(gw.data_dir, "request_received")} == {"responses"}
