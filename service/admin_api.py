@@ -41,7 +41,7 @@ from events.types import (
     SessionPinCleared,
 )
 from service.admin_context import AdminContext
-from service.config import Config
+from service.config import MAX_COUNT, Config
 from service.edge import Answer, error_answer, quart_response, quoted
 from service.secrets import MemoryVault, SecretsError, Vault, check_key_text, key_id_for, key_label
 
@@ -49,8 +49,8 @@ _encode = msgspec.json.encode
 T = TypeVar("T")
 
 MAX_TEXT = 200  # characters of a label or a reason
-Rank = Annotated[int, Meta(ge=1)]
-Limit = Annotated[int, Meta(ge=1)]
+Rank = Annotated[int, Meta(ge=1, le=MAX_COUNT)]
+Limit = Annotated[int, Meta(ge=1, le=MAX_COUNT)]
 Text = Annotated[str, Meta(max_length=MAX_TEXT)]
 
 

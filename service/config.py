@@ -204,11 +204,16 @@ Token = Annotated[
     ),
 ]
 Port = Annotated[int, Meta(ge=0, le=65535, description="an integer from 0 to 65535")]
-Count = Annotated[int, Meta(ge=1, description="an integer >= 1")]
+# Counts and limits are stored in snapshots (msgpack: at most 64 bits) and read by the console (JavaScript:
+# exact to 2**53): past that a number means nothing a count could, and must not reach either.
+MAX_COUNT = 2**53
+Count = Annotated[int, Meta(ge=1, le=MAX_COUNT, description="an integer from 1 to 2**53")]
 Seconds = Annotated[float, Meta(gt=0, le=_FINITE, description="a positive number of seconds")]
 Finite = Annotated[float, Meta(ge=-_FINITE, le=_FINITE, description="a finite number")]
 Flag = Annotated[bool, Meta(description="true or false")]
-Limit = Annotated[Count | Literal["unlimited"], Meta(description=f'an integer >= 1 or "{UNLIMITED}"')]
+Limit = Annotated[
+    Count | Literal["unlimited"], Meta(description=f'an integer from 1 to 2**53 or "{UNLIMITED}"')
+]
 Url = Annotated[str, Meta(pattern=r"(?i)\Ahttps?://[^/?#\s]", description="an http:// or https:// URL")]
 PlatformName = Annotated[
     str,

@@ -164,6 +164,9 @@ BAD_MODEL_PATCHES = [
     ({"intelligence_rank": True}, "intelligence_rank"),
     ({"intelligence_rank": 2.5}, "intelligence_rank"),
     ({"limits": {"rpm": 0}}, "limits.rpm"),
+    # Past 64 bits a snapshot could not hold it (schemathesis found the shutdown's snapshot failing).
+    ({"limits": {"tpd": 2**64}}, "limits.tpd"),
+    ({"intelligence_rank": 2**53 + 1}, "intelligence_rank"),
     ({"limits": {"tpd": "many"}}, "limits.tpd"),
     ({"limits": {"rpx": 5}}, "limits.rpx"),
     ({"limits": 5}, "limits"),

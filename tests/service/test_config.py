@@ -608,7 +608,12 @@ def test_sessions_table(tmp_path: Path) -> None:
         ("[server]\nport = 70000\n", 2, "server.port", "from 0 to 65535, found an integer (70000)"),
         ("[server]\nport = true\n", 2, "server.port", "found a boolean (true)"),
         ('[server]\nhost = ""\n', 2, "server.host", "non-empty string"),
-        ("[routing]\nmax_attempts = 0\n", 2, "routing.max_attempts", "an integer >= 1, found an integer (0)"),
+        (
+            "[routing]\nmax_attempts = 0\n",
+            2,
+            "routing.max_attempts",
+            "an integer from 1 to 2**53, found an integer (0)",
+        ),
         ("[routing]\nmax_attempts = true\n", 2, "routing.max_attempts", "found a boolean"),
         ("[routing]\nmax_attempts = 2.5\n", 2, "routing.max_attempts", "found a float (2.5)"),
         ("\n[timeouts]\nstall_s = -1\n", 3, "timeouts.stall_s", "positive number"),
@@ -696,7 +701,12 @@ def test_sessions_table(tmp_path: Path) -> None:
         ("[routing]\ntransient_cooldown_s = -2\n", 2, "routing.transient_cooldown_s", "positive number"),
         ("[routing]\ntransient_window_s = inf\n", 2, "routing.transient_window_s", "found a float (inf)"),
         ("[routing]\nmodel_missing_cooldown_s = true\n", 2, "routing.model_missing_cooldown_s", "a boolean"),
-        ("[routing]\noutput_reserve_default = 0\n", 2, "routing.output_reserve_default", "an integer >= 1"),
+        (
+            "[routing]\noutput_reserve_default = 0\n",
+            2,
+            "routing.output_reserve_default",
+            "an integer from 1 to 2**53",
+        ),
         ("[routing]\noutput_reserve_cap = 1.5\n", 2, "routing.output_reserve_cap", "found a float (1.5)"),
         ("[routing]\noutput_reserve_cap = true\n", 2, "routing.output_reserve_cap", "found a boolean"),
         ("[routing]\nspeed_weight = true\n", 2, "routing.speed_weight", "finite number, found a boolean"),
@@ -719,7 +729,7 @@ def test_sessions_table(tmp_path: Path) -> None:
             "\n[sessions]\nmax_sessions = 0\n",
             3,
             "sessions.max_sessions",
-            "an integer >= 1, found an integer (0)",
+            "an integer from 1 to 2**53, found an integer (0)",
         ),
         ("[sessions]\nmax_sessions = 10.0\n", 2, "sessions.max_sessions", "found a float (10.0)"),
         ("[sessions]\nmax_sessions = true\n", 2, "sessions.max_sessions", "found a boolean"),
@@ -924,7 +934,7 @@ def test_env_thread_protection_knows_only_loaded_platforms(tmp_path: Path) -> No
             '[[models]]\nplatform = "groq"\nid = "a"\nrpm = "lots"\n',
             4,
             "[[models]][1].rpm",
-            'expected an integer >= 1 or "unlimited", found a string ("lots")',
+            'expected an integer from 1 to 2**53 or "unlimited", found a string ("lots")',
         ),
         ('[[models]]\nplatform = 3\nid = "a"\n', 2, "[[models]][1].platform", "found an integer (3)"),
     ],
@@ -1058,4 +1068,4 @@ def test_snapshot_intervals_are_configured_in_their_own_table(tmp_path: Path) ->
     assert (settings.snapshot_every_events, settings.snapshot_every_s) == (5000, 30.0)
     assert routing_settings(load_config(None, {})).snapshot_every_events == 100_000
     err = error_for(tmp_path, "[snapshots]\nevery_events = 0\n")
-    assert err.key == "snapshots.every_events" and "expected an integer >= 1" in err.message
+    assert err.key == "snapshots.every_events" and "expected an integer from 1 to 2**53" in err.message
