@@ -52,10 +52,18 @@ def messages_body(model: str, models: list[str] | None, stream: bool, text: str)
     return {**chat_body(model, models, stream, text), "max_tokens": 200}
 
 
+def responses_body(model: str, models: list[str] | None, stream: bool, text: str) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": model, "input": text, "stream": stream, "instructions": "Be brief."}
+    if models:
+        body["models"] = models
+    return body
+
+
 # (protocol path, the body for (model, models, stream, text), extra headers)
 PROTOCOLS: list[tuple[str, Any, dict[str, str]]] = [
     ("/v1/chat/completions", chat_body, {}),
     ("/v1/messages", messages_body, {"anthropic-version": "2023-06-01"}),
+    ("/v1/responses", responses_body, {}),
 ]
 
 # What each request asks for: a named model that fails (falls back), a rate-limited one (cools), lists
