@@ -81,6 +81,9 @@ async def stream_answer(
             for data in first:
                 if data:
                     yield data
+            # The keep-alive counts from the last bytes written, not the last item: a renderer may write
+            # nothing for many items (Messages drops reasoning unless thinking was asked for).
+            written = trio.current_time()
             while True:
                 item: StreamItem | None = None
                 try:
@@ -88,24 +91,28 @@ async def stream_answer(
                         # While chunks flow they are already waiting: no keepalive timer at all.
                         item = handle.items.receive_nowait()
                     except trio.WouldBlock:
-                        with trio.move_on_after(keepalive_s):
+                        with trio.move_on_at(written + keepalive_s):
                             item = await handle.items.receive()
                 except trio.EndOfChannel:
                     return
                 if item is None:
-                    yield render.keepalive()
+                    out = render.keepalive()
                 elif isinstance(item, Routed):
-                    if out := render.routed(item, in_headers=False):
-                        yield out
+                    out = render.routed(item, in_headers=False)
                 elif isinstance(item, Chunk):
-                    if out := render.chunk(item):
-                        yield out
+                    out = render.chunk(item)
                 elif isinstance(item, StreamEnd):
                     yield await render.end()
                     return  # the client's answer is whole: the runner's bookkeeping goes on alone
                 else:
                     yield render.failure(item)
                     return
+                now = trio.current_time()
+                if not out and now - written >= keepalive_s:
+                    out = render.keepalive()
+                if out:
+                    written = now
+                    yield out
         finally:
             handle.close(client_gone=True)
 
