@@ -128,8 +128,7 @@ class Snapshotter:
             op_stats=self._stats.state(),
             notes=self._notes.state(),
         )
-        data = snapshot.encode(taken)
-        self._write(taken.seq, data, started)
+        self._write(taken, started)
 
     def final(self, view: RoutingView) -> None:
         """At shutdown, after the log writer's last commit and with every actor stopped: bring the view
@@ -151,12 +150,16 @@ class Snapshotter:
             return
         started = time.perf_counter()
         taken = snapshot.take(view, self._stats, self._notes, self._config_hash, self._now())
-        self._write(taken.seq, snapshot.encode(taken), started)
+        self._write(taken, started)
 
-    def _write(self, seq: int, data: bytes, started: float) -> None:
+    def _write(self, taken: Snapshot, started: float) -> None:
+        seq = taken.seq
         try:
+            # A number too large for msgpack (past 64 bits) cannot be saved: a snapshot only saves a start
+            # some folding, so that is a warning, not the end of the service.
+            data = snapshot.encode(taken)
             self._store.save_snapshot(seq, data, snapshot.KEEP)
-        except apsw.Error as exc:
+        except (apsw.Error, OverflowError) as exc:
             self._failures += 1
             logger.warning(
                 "snapshot at seq %d not written (%s): the next start folds the log from an older one",

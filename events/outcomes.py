@@ -33,9 +33,17 @@ class Usage:
             self.output_reported = completion
 
 
+# More tokens than any request could hold: a provider's number past this is no count. Unbounded, one such
+# number summed into the quotas made every later snapshot unencodable (msgpack holds 64 bits), at every
+# restart, since the event stays in the log.
+MAX_TOKENS = 10**9
+
+
 def count(value: object) -> int | None:
-    """`value` if it is a token count (a non-negative int, not a bool), else None."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+    """`value` if it is a token count (an int from 0 to MAX_TOKENS, not a bool), else None."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKENS:
+        return value
+    return None
 
 
 @dataclass(frozen=True, slots=True)

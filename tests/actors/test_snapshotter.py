@@ -191,6 +191,25 @@ async def test_a_snapshot_that_cannot_be_written_is_logged_and_the_gateway_goes_
     )
 
 
+async def test_a_snapshot_too_large_to_encode_is_logged_and_the_gateway_goes_on(
+    autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A number past 64 bits in the projections (a log written before provider counts were bounded) cannot
+    be saved in msgpack: the snapshot is skipped with a warning, the actor and the gateway go on."""
+    store = MemoryStore()
+    [started, succeeded] = [e for e in request(1) if isinstance(e, AttemptStarted | AttemptSucceeded)]
+    assert isinstance(succeeded, AttemptSucceeded)
+    huge = msgspec.structs.replace(succeeded, input_tokens=2**70)
+    with caplog.at_level(logging.WARNING, "switchboard.snapshot"):
+        async with running(store, every_events=2) as gw:
+            for event in (started, huge, *request(2), *request(3)):
+                await gw.log.append(event)
+            await trio.sleep(0.01)
+            seq = await gw.log.append_durable(ConfigApplied(ts=T0, hash="h"))
+    assert seq == store.last_seq() and gw.snapshotter.statistics().failures >= 1
+    assert "not written (" in caplog.text
+
+
 def settings() -> Settings:
     return Settings(
         models=MODELS,

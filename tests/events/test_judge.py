@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from events.failures import FailureKind
 from events.frames import Chunk, completion_as_chunk
 from events.judge import StreamJudge, judge_completion, judge_error, truncated, wrapped_failure
-from events.outcomes import Answered, Failed, Usage
+from events.outcomes import MAX_TOKENS, Answered, Failed, Usage
 
 NOW = 1_700_000_000.0
 _encode = msgspec.json.encode
@@ -412,7 +412,7 @@ def test_without_reported_usage_the_output_is_estimated_from_the_text() -> None:
 
 
 @pytest.mark.parametrize(
-    "value", ["12", 12.5, -1, True, False, None, [12], {"n": 12}, float("nan")], ids=repr
+    "value", ["12", 12.5, -1, True, False, None, [12], {"n": 12}, float("nan"), 2**70, 10**9 + 1], ids=repr
 )
 def test_usage_values_that_are_not_counts_are_never_taken(value: Any) -> None:
     payload = completion("abcd" * 5, usage={"prompt_tokens": value, "completion_tokens": value})
@@ -434,12 +434,12 @@ def test_a_usage_that_is_not_an_object_is_ignored(usage: Any) -> None:
     prompt=st.one_of(st.integers(), st.floats(), st.text(), st.booleans(), st.none()),
     completion_tokens=st.one_of(st.integers(), st.floats(), st.text(), st.booleans(), st.none()),
 )
-def test_usage_takes_exactly_the_non_negative_integers(prompt: Any, completion_tokens: Any) -> None:
+def test_usage_takes_exactly_the_integers_that_can_be_counts(prompt: Any, completion_tokens: Any) -> None:
     usage = Usage()
     usage.take({"prompt_tokens": prompt, "completion_tokens": completion_tokens})
 
     def count(v: Any) -> int:
-        return v if type(v) is int and v > 0 else 0
+        return v if type(v) is int and 0 < v <= MAX_TOKENS else 0
 
     assert usage.input_tokens == count(prompt)
     assert usage.output_reported == count(completion_tokens)
