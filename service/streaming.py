@@ -11,6 +11,7 @@ A renderer is made for one stream and may keep state (sequence numbers, open blo
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncGenerator
 
 import trio
@@ -24,6 +25,17 @@ from events.frames import Chunk
 from service.edge import Answer, ErrorRender, failure_answer, routing_headers
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+logger = logging.getLogger("switchboard.http")
+
+
+def _internal(request_id: str) -> Failure:
+    return Failure(
+        500,
+        f"The gateway failed on this request (see its log, request id {request_id}).",
+        "server_error",
+        "internal_error",
+        after_content=True,
+    )
 
 
 class StreamRender:
@@ -95,18 +107,26 @@ async def stream_answer(
                             item = await handle.items.receive()
                 except trio.EndOfChannel:
                     return
-                if item is None:
-                    out = render.keepalive()
-                elif isinstance(item, Routed):
-                    out = render.routed(item, in_headers=False)
-                elif isinstance(item, Chunk):
-                    out = render.chunk(item)
-                elif isinstance(item, StreamEnd):
-                    yield await render.end()
-                    return  # the client's answer is whole: the runner's bookkeeping goes on alone
-                else:
-                    yield render.failure(item)
+                try:
+                    if item is None:
+                        out = render.keepalive()
+                    elif isinstance(item, Routed):
+                        out = render.routed(item, in_headers=False)
+                    elif isinstance(item, Chunk):
+                        out = render.chunk(item)
+                    elif isinstance(item, StreamEnd):
+                        out = await render.end()
+                    else:
+                        out = render.failure(item)
+                except Exception:
+                    # A bug in a renderer, met after the headers went out: loud in the log, and the client
+                    # gets its protocol's error event rather than a stream cut off without one.
+                    logger.exception("request %s: its stream could not be rendered", req.request_id)
+                    yield render.failure(_internal(req.request_id))
                     return
+                if isinstance(item, StreamEnd | Failure):
+                    yield out
+                    return  # the client's answer is whole: the runner's bookkeeping goes on alone
                 now = trio.current_time()
                 if not out and now - written >= keepalive_s:
                     out = render.keepalive()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, cast
 
+import pytest
 import trio
 
 from actors.request import ChatRequest
@@ -49,7 +51,9 @@ def _request() -> ChatRequest:
     return ChatRequest("req_1", {"messages": [{"role": "user", "content": "hi"}]}, ("auto",), True, 1)
 
 
-async def _run(feed: list[tuple[float, StreamItem]]) -> list[tuple[float, bytes]]:
+async def _run(
+    feed: list[tuple[float, StreamItem]], render: StreamRender | None = None
+) -> list[tuple[float, bytes]]:
     """Feed items at their times; return what the client got, each with when it got it."""
     send, recv = trio.open_memory_channel[StreamItem](100)
     handle = StreamHandle(recv, trio.CancelScope())
@@ -60,12 +64,15 @@ async def _run(feed: list[tuple[float, StreamItem]]) -> list[tuple[float, bytes]
             start = trio.current_time()
             for at, item in feed:
                 await trio.sleep_until(start + at)
-                await send.send(item)
+                try:
+                    await send.send(item)
+                except trio.BrokenResourceError:
+                    return  # the edge closed the stream (as the runner sees a client that left)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(producer)
         runtime = cast(Runtime, _Runtime(handle))
-        answer = await stream_answer(runtime, _request(), SilentOnOdd(), error_answer)
+        answer = await stream_answer(runtime, _request(), render or SilentOnOdd(), error_answer)
         body: Any = answer.body
         async for data in body:
             got.append((trio.current_time(), data))
@@ -90,3 +97,18 @@ async def test_flowing_content_needs_no_keep_alive(autojump_clock) -> None:
     got = await _run(feed)
     assert [data for _, data in got].count(b": keep-alive\n\n") == 0
     assert len(got) == 13
+
+
+class RaisesOnChunks(SilentOnOdd):
+    def chunk(self, chunk: Chunk) -> bytes:
+        raise TypeError("a renderer's bug")
+
+
+async def test_a_renderer_that_raises_ends_the_stream_with_its_error_event(
+    autojump_clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    feed: list[tuple[float, StreamItem]] = [(0.0, Routed("p/m", 1)), (1.0, Chunk(b"", "say")), (2.0, END)]
+    with caplog.at_level(logging.ERROR, "switchboard.http"):
+        got = await _run(feed, RaisesOnChunks())
+    assert [data for _, data in got] == [b"failed\n\n"]
+    assert "req_1: its stream could not be rendered" in caplog.text and "a renderer's bug" in caplog.text
