@@ -229,6 +229,17 @@ def judge_embeddings(payload: Any, inputs: int, dimensions: int | None = None) -
             f"the provider's answer has {len(data)} embeddings for {inputs} inputs",
             502,
         )
+    indexes = [item.get("index") if isinstance(item, dict) else None for item in data]
+    if any(index is not None for index in indexes) and sorted(
+        (index if isinstance(index, int) and not isinstance(index, bool) else -1) for index in indexes
+    ) != list(range(inputs)):
+        # Vectors are put in input order by `index`: one missing, repeated or not a number, and which vector
+        # belongs to which text is unknown.
+        return Failed(
+            FailureKind.SERVER_ERROR,
+            f"the provider's embeddings are not indexed 0 to {inputs - 1}, one each",
+            502,
+        )
     for i, item in enumerate(data):
         vector = item.get("embedding") if isinstance(item, dict) else None
         if (

@@ -244,7 +244,8 @@ def render(result: Completion, encoding_format: str, est_tokens: int) -> bytes:
     """The client's answer from the neutral list (which the judge checked): vectors by input order, in
     the encoding asked for, `model` the routed `platform/id`, usage the provider's (else our estimate)."""
     payload = _decode(result.body)
-    items = sorted(payload["data"], key=lambda item: item.get("index", 0))
+    # The judge let through indexes 0..n-1 once each, or none at all (null or absent: the list's order).
+    items = sorted(payload["data"], key=lambda item: item.get("index") or 0)
     data = [
         {
             "object": "embedding",

@@ -64,3 +64,28 @@ def test_vectors_of_another_size_than_asked_are_a_rejected_request() -> None:
     assert isinstance(out, Failed) and out.kind == FailureKind.BAD_REQUEST and out.status == 400
     assert "3-dimensional vectors, not the 2 'dimensions' asks for" in out.message
     assert isinstance(judge_embeddings(answer([1.0, 2.0, 3.0]), 1, None), Answered)
+
+
+@pytest.mark.parametrize(
+    "indexes",
+    [[0, 0], [1, 2], [None, 1], ["0", "1"], [0, True], [0.0, 1.0], [5, 5]],
+    ids=repr,
+)
+def test_vectors_not_indexed_once_each_from_zero_are_a_server_error(indexes: list[Any]) -> None:
+    payload = answer([1.0], [2.0])
+    for item, index in zip(payload["data"], indexes, strict=True):
+        item["index"] = index
+    out = judge_embeddings(payload, 2)
+    assert isinstance(out, Failed) and out.kind is FailureKind.SERVER_ERROR
+    assert "not indexed 0 to 1, one each" in out.message
+
+
+@pytest.mark.parametrize("indexes", [[1, 0], [None, None], "absent"], ids=repr)
+def test_vectors_indexed_in_any_order_or_not_at_all_are_an_answer(indexes: Any) -> None:
+    payload = answer([1.0], [2.0])
+    for item, index in zip(payload["data"], [None, None] if indexes == "absent" else indexes, strict=True):
+        if indexes == "absent":
+            del item["index"]
+        else:
+            item["index"] = index
+    assert isinstance(judge_embeddings(payload, 2), Answered)

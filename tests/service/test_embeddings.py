@@ -193,3 +193,10 @@ def test_a_config_file_makes_embedding_models_and_refuses_an_unknown_task(tmp_pa
         'switchboard.toml:9: [[models]][1].task: expected a model task ("chat", "embedding"), '
         'found a string ("vision")'
     )
+
+
+def test_vectors_with_null_indexes_keep_the_providers_order() -> None:
+    items = [{"index": None, "embedding": [1.0]}, {"index": None, "embedding": [2.0]}]
+    out = msgspec.json.decode(render(answer(items), "float", 3))
+    assert [d["embedding"] for d in out["data"]] == [[1.0], [2.0]]
+    assert [d["index"] for d in out["data"]] == [0, 1]
