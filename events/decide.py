@@ -262,7 +262,7 @@ def _use_pin(
     platform, model_id, key_id = session.pin
     ref = f"{platform}/{model_id}"
     m = next((m for m in view.catalog.models() if m.ref == ref), None)
-    if m is None or not m.enabled:
+    if m is None or not m.enabled or m.task != req.task:  # (a config may have made it an embedding model)
         return None, None, f"pinned model {ref} is no longer available"
     if platform in session.bans:
         return None, None, f"{platform} is banned for this session ({session.bans[platform]})"

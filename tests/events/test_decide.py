@@ -4,6 +4,7 @@ and seed give the same decision -- the one an exhaustive argmax over the sampled
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Iterable
 
@@ -665,6 +666,16 @@ def test_a_pin_that_cannot_be_used_is_cleared_with_a_reason() -> None:
     assert not d.pin_used
     assert d.pin_cleared is not None and d.pin_cleared.startswith(f"pinned model {MID.ref} is cooling")
     assert d.chosen is not None and d.chosen != MID
+
+
+def test_a_pin_on_a_model_that_became_an_embedding_model_is_cleared() -> None:
+    """The pin was made while it was a chat model; a config since made it an embedding model."""
+    as_embedding = dataclasses.replace(MID, task="embedding", family="gemini/flash")
+    catalog = [as_embedding if m == MID else m for m in CATALOG]
+    view = make_view(models=catalog, events=[pinned(MID, "gm1")])
+    d = route(view, "auto-smart", session="s1", use_pin=True)
+    assert not d.pin_used and d.pin_cleared == f"pinned model {MID.ref} is no longer available"
+    assert d.chosen is not None and d.chosen.task == "chat"
 
 
 def test_a_platform_banned_for_the_session_is_excluded() -> None:
