@@ -25,11 +25,12 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 
+import msgspec
 import trio
 
 from actors.log_writer import LogWriter
 from events.store import Entry, LogStore
-from events.types import Event, RouteDecided, decode_event, encode_event, event_type
+from events.types import Event, ResponseStored, RouteDecided, decode_event, encode_event, event_type
 
 BUFFER = 1000  # events held for one subscriber before it is lagged
 HEARTBEAT_S = 15.0  # a heartbeat when nothing else was sent for this long
@@ -124,19 +125,28 @@ def _platform_model(event: Event) -> tuple[str | None, str | None]:
     return (on if isinstance(on, str) else None, named if isinstance(named, str) else None)
 
 
+def feed_data(event: Event, stored: bytes | None = None) -> bytes:
+    """What the feed sends for an event: its JSON as the log stores it (`stored`, when read from there),
+    but for a stored Responses turn, whose conversation text stays out of the feed (the operators' live view
+    of the gateway, kept in browsers: the README's promise that it never holds a prompt)."""
+    if isinstance(event, ResponseStored):
+        return encode_event(msgspec.structs.replace(event, messages="[]", response="{}"))
+    return stored if stored is not None else encode_event(event)
+
+
 def read_history(store: LogStore, query: FeedQuery, after: int, upto: int) -> tuple[list[FeedEvent], int]:
     """The next page of events matching `query` with `after` < seq <= `upto`, and the position it covers
     (every seq up to it was read). Blocking: run it in a worker thread."""
     if query.request_id is not None:
         # One request's events come from its index, however long the log: all of them at once (a few dozen).
         entries = [(s, e) for s, e in store.read_request(query.request_id) if after < s <= upto]
-        return [FeedEvent(s, event_type(e), encode_event(e)) for s, e in entries if query.matches(e)], upto
+        return [FeedEvent(s, event_type(e), feed_data(e)) for s, e in entries if query.matches(e)], upto
     rows = store.read_raw_after(after, PAGE, query.types, upto)
     page: list[FeedEvent] = []
     for seq, data in rows:
         event = decode_event(data)
         if query.matches(event):
-            page.append(FeedEvent(seq, event_type(event), data))
+            page.append(FeedEvent(seq, event_type(event), feed_data(event, data)))
     return page, upto if len(rows) < PAGE else rows[-1][0]
 
 
@@ -237,7 +247,7 @@ class Feed:
         def item(seq: int, event: Event) -> FeedEvent:
             found = encoded.get(seq)
             if found is None:
-                found = encoded[seq] = FeedEvent(seq, event_type(event), encode_event(event))
+                found = encoded[seq] = FeedEvent(seq, event_type(event), feed_data(event))
             return found
 
         for sub in self._subscriptions:

@@ -24,6 +24,7 @@ from events.types import (
     Event,
     KeyDisabled,
     RequestReceived,
+    ResponseStored,
     RouteDecided,
     RouteInput,
     encode_event,
@@ -182,6 +183,26 @@ async def test_resume_reads_the_log_then_joins_live_with_no_gap_and_no_duplicate
         rest = await follower.seqs(30 - 3 - len(first))
         assert first + rest == list(range(4, 31))
         assert r.feed.statistics().events_sent == 27
+
+
+async def test_a_stored_responses_turn_reaches_the_feed_without_its_conversation() -> None:
+    stored = ResponseStored(
+        ts=1.0,
+        request_id="r",
+        response_id="resp_1",
+        messages='[{"role":"user","content":"my secret plan"}]',
+        response='{"output":"my secret plan"}',
+    )
+    async with running() as r:
+        await r.append([stored])
+        await r.committed(1)
+        await r.append([stored])  # once from the log (the resume below), once live
+        follower = await r.follow(after=0)
+        items = await follower.events(2)
+    for item in items:
+        assert isinstance(item, FeedEvent) and item.type == "response_stored"
+        assert b"secret" not in item.data and b'"response_id":"resp_1"' in item.data
+    assert b"secret" in r.store.read_raw_after(0, 1)[0][1]  # the log keeps it: continuing needs it
 
 
 async def test_a_position_past_the_log_end_sends_only_what_comes_after_it(
