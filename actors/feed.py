@@ -25,12 +25,19 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 
-import msgspec
 import trio
 
 from actors.log_writer import LogWriter
 from events.store import Entry, LogStore
-from events.types import Event, ResponseStored, RouteDecided, decode_event, encode_event, event_type
+from events.types import (
+    Event,
+    ResponseStored,
+    RouteDecided,
+    decode_event,
+    encode_event,
+    event_type,
+    without_conversation,
+)
 
 BUFFER = 1000  # events held for one subscriber before it is lagged
 HEARTBEAT_S = 15.0  # a heartbeat when nothing else was sent for this long
@@ -130,7 +137,7 @@ def feed_data(event: Event, stored: bytes | None = None) -> bytes:
     but for a stored Responses turn, whose conversation text stays out of the feed (the operators' live view
     of the gateway, kept in browsers: the README's promise that it never holds a prompt)."""
     if isinstance(event, ResponseStored):
-        return encode_event(msgspec.structs.replace(event, messages="[]", response="{}"))
+        return encode_event(without_conversation(event))
     return stored if stored is not None else encode_event(event)
 
 

@@ -24,6 +24,7 @@ from events.types import (
     RequestReceived,
     RouteDecided,
     event_type,
+    without_conversation,
 )
 from events.view import POOL_REASON
 
@@ -159,7 +160,9 @@ def story(request_id: str, entries: Sequence[Entry], replayed: Mapping[int, Repl
     events = [e for _, e in entries]
     summary = summarize(request_id, events)
     received_ts = summary.ts
-    rows = [EventRow(s, event_type(e), e.ts, msgspec.to_builtins(e)) for s, e in entries]
+    rows = [
+        EventRow(s, event_type(e), e.ts, msgspec.to_builtins(without_conversation(e))) for s, e in entries
+    ]
     decisions = [_decision(s, e, replayed.get(s)) for s, e in entries if type(e) is RouteDecided]
     verdicts = [d.reproduces for d in decisions]
     return Story(

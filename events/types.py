@@ -363,6 +363,14 @@ class ResponseStored(Event, tag="response_stored", frozen=True):
     response: str = "{}"
 
 
+def without_conversation(event: Event) -> Event:
+    """The event as the operators' views show it (the live feed, a request's story): a stored Responses
+    turn without its conversation's text, which only the log keeps (for continuing it); any other as is."""
+    if isinstance(event, ResponseStored):
+        return msgspec.structs.replace(event, messages="[]", response="{}")
+    return event
+
+
 class ResponseDeleted(Event, tag="response_deleted", frozen=True):
     """A client deleted a stored response (`DELETE /v1/responses/{id}`): it is no longer found."""
 

@@ -22,6 +22,7 @@ from events.types import (
     Event,
     RequestCompleted,
     RequestReceived,
+    ResponseStored,
     RouteDecided,
     RouteInput,
     ScoredCandidate,
@@ -161,6 +162,16 @@ def test_a_fallback_story_has_its_waterfall_decisions_and_verdict() -> None:
     assert first.reproduces is True and first.replayed_ref == "p/a"
     assert first.explanation is not None and "[reproduced]" in first.explanation
     assert s.reproduces is True
+
+
+def test_a_stored_responses_turn_is_in_the_story_without_its_conversation() -> None:
+    stored = ResponseStored(
+        ts=T + 1, request_id=RID, response_id="resp_1", messages='[{"content":"secret"}]', response='{"x":1}'
+    )
+    s = story(RID, [*fallback_request(), (18, stored)], {})
+    (shown,) = [e for e in s.events if e.type == "response_stored"]
+    assert shown.data["response_id"] == "resp_1"
+    assert (shown.data["messages"], shown.data["response"]) == ("[]", "{}")
 
 
 def test_a_decision_not_replayed_says_so_and_leaves_the_verdict_open() -> None:
