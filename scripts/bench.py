@@ -13,7 +13,8 @@ The upstream's CPU use per scenario shows it is not the bottleneck. Prints a tab
     scripts/bench --quick          # smoke run (1 s per scenario, soak 2000)
     scripts/bench --direct-only    # only the upstream scenarios (no gateway needed)
 
-Then the routing benchmark (scripts/bench_routing.py): one decision at 100 models x 3 keys, and replay speed.
+Then the routing benchmark (scripts/bench_routing.py): one decision at 100 models x 3 keys, and replay speed;
+and the client protocols' edges in process (scripts/bench_protocols.py): each protocol's translation cost.
 """
 
 from __future__ import annotations
@@ -844,6 +845,13 @@ def main(argv: list[str] | None = None) -> int:
             reproduced = {routing["replay_reproduced"], routing["replay_parallel_reproduced"]}
             if reproduced != {routing["replay_decisions"]}:  # each replay, one process or two, reproduced all
                 status = 1
+        if args.protocol_rounds > 0:
+            # The client protocols' edges in this process, on a runner that answers at once: their
+            # translation's own cost, which the HTTP runs above cannot resolve from the noise.
+            import bench_protocols
+
+            report["protocol_edges"] = bench_protocols.run(500 if args.quick else 5000, args.protocol_rounds)
+            bench_protocols.print_report(report["protocol_edges"])
         Path(args.out).write_text(msgspec.json.format(msgspec.json.encode(report)).decode() + "\n")
         print(f"results written to {args.out}")
         if status == 0 and not args.keep:
