@@ -60,3 +60,43 @@ async def test_an_agent_calls_its_tool_once_then_answers(tmp_path):
     assert roles == ["system", "user", "assistant", "tool"]
     assert second["messages"][3]["content"] == "22C in example"
     assert {e.protocol for e in events_of(gw.data_dir, "request_received")} == {"responses"}
+
+
+def run_agent_streamed(base_url: str) -> tuple[str, list[str]]:
+    """The agent through `Runner.run_streamed` (the Responses stream), with `auto`: the gateway picks."""
+
+    async def main() -> tuple[str, list[str]]:
+        client = openai.AsyncOpenAI(base_url=base_url, api_key=GATEWAY_KEY, max_retries=0, timeout=20)
+        try:
+            agent = agents.Agent(
+                name="weather",
+                instructions="Answer with the weather tool.",
+                tools=[get_weather],
+                model=agents.OpenAIResponsesModel(model="auto", openai_client=client),
+            )
+            run = agents.Runner.run_streamed(agent, "What is the weather in Paris?")
+            kinds = [event.type async for event in run.stream_events()]
+            return str(run.final_output), kinds
+        finally:
+            await client.close()
+
+    agents.set_tracing_disabled(True)
+    return asyncio.run(main())
+
+
+async def test_a_streamed_agent_gets_past_a_stall_and_a_failure_before_its_first_token(tmp_path, clock):
+    """The chain's first model is silent, the second fails: the first turn falls over twice before any
+    content, so the agent sees one seamless stream from the third model, and still calls its tool once."""
+    CALLS.clear()
+    fast = "first_byte_s = 5\nstall_s = 5\nkeepalive_s = 2"
+    with trio.fail_after(60):
+        async with running_gateway(tmp_path, ["stall-pre:30", "fail:500", "tool-once"], timeouts=fast) as gw:
+            final, kinds = await trio.to_thread.run_sync(run_agent_streamed, gw.base_url)
+    assert CALLS == ["example"]
+    assert final == "The tool said: 22C in example."
+    assert "raw_response_event" in kinds and "run_item_stream_event" in kinds
+    tried = [r.body["model"] for r in gw.upstream.requests if r.path == "/v1/chat/completions"]
+    # The first turn fell over twice; the second goes straight to the model that answered (the other two
+    # are cooling).
+    assert tried == ["stall-pre:30", "fail:500", "tool-once", "tool-once"]
+    assert {e.protocol for e in events_of(gw.data_dir, "request_received")} == {"responses"}
