@@ -63,7 +63,8 @@ async def test_an_agent_calls_its_tool_once_then_answers(tmp_path):
 
 
 def run_agent_streamed(base_url: str) -> tuple[str, list[str]]:
-    """The agent through `Runner.run_streamed` (the Responses stream), with `auto`: the gateway picks."""
+    """The agent through `Runner.run_streamed` (the Responses stream), naming the models to try in order
+    (the gateway's own `models` field, as `extra_body`)."""
 
     async def main() -> tuple[str, list[str]]:
         client = openai.AsyncOpenAI(base_url=base_url, api_key=GATEWAY_KEY, max_retries=0, timeout=20)
@@ -72,7 +73,10 @@ def run_agent_streamed(base_url: str) -> tuple[str, list[str]]:
                 name="weather",
                 instructions="Answer with the weather tool.",
                 tools=[get_weather],
-                model=agents.OpenAIResponsesModel(model="auto", openai_client=client),
+                model=agents.OpenAIResponsesModel(model="local/stall-pre:30", openai_client=client),
+                model_settings=agents.ModelSettings(
+                    extra_body={"models": ["local/fail:500", "local/tool-once"], "fallback": False}
+                ),
             )
             run = agents.Runner.run_streamed(agent, "What is the weather in Paris?")
             kinds = [event.type async for event in run.stream_events()]
