@@ -79,6 +79,15 @@ _CONTEXT_MARKERS = ("input token count", "exceeds the maximum number of tokens")
 # Model families that take no systemInstruction (Gemma on the Gemini API).
 _NO_SYSTEM_INSTRUCTION = ("gemma-",)
 _LIMIT_ZERO = re.compile(r"\blimit: 0(?![\d.])")
+# The signature Google documents for a function call whose history it did not produce (a client that
+# dropped `extra_content`: the anthropic SDK, Claude Code, Responses clients, a history from another
+# model): it tells Gemini 3 to skip the signature check it would otherwise fail the request on (400
+# "Function call is missing a thought_signature"). ai.google.dev/gemini-api/docs/thought-signatures (FAQ:
+# "skip_thought_signature_validator" or "context_engineering_is_the_way_to_go").
+DUMMY_SIGNATURE = "skip_thought_signature_validator"
+# Families that never check signatures (Gemini 1.x/2.x make them optional; Gemma does not think): they
+# get none. Every other name gets the dummy, as a list of the families that need it would miss the next.
+_UNSIGNED_FAMILIES = ("gemini-1", "gemini-2", "gemma-")
 
 
 class GeminiAdapter:
@@ -238,11 +247,13 @@ class GeminiStream:
 def gemini_body(body: Mapping[str, Any]) -> dict[str, Any]:
     """A neutral chat body as a Gemini `GenerateContentRequest`."""
     messages = body.get("messages")
+    model = str(body.get("model") or "").removeprefix("models/")
     system, contents = _contents(messages if isinstance(messages, list) else [])
+    if not model.startswith(_UNSIGNED_FAMILIES):
+        _sign_unsigned_calls(contents)
     out: dict[str, Any] = {"contents": contents}
     if system:
         text = "\n\n".join(system)
-        model = str(body.get("model") or "").removeprefix("models/")
         if model.startswith(_NO_SYSTEM_INSTRUCTION):
             # These models answer a systemInstruction with 400 "Developer instruction is not enabled": the
             # instructions go first in the conversation instead.
@@ -303,6 +314,18 @@ def _contents(messages: list[Any]) -> tuple[list[str], list[dict[str, Any]]]:
         else:
             _append(contents, "user", _user_parts(message.get("content")))
     return system, contents
+
+
+def _sign_unsigned_calls(contents: list[dict[str, Any]]) -> None:
+    """Gemini 3 checks the first functionCall of each model step (parallel calls: only the first carries
+    a signature): a step whose calls have none, because the client dropped it or another model made
+    them, gets the documented dummy there. A real signature is never replaced."""
+    for content in contents:
+        if content["role"] != "model":
+            continue
+        calls = [part for part in content["parts"] if "functionCall" in part]
+        if calls and not any("thoughtSignature" in part for part in calls):
+            calls[0]["thoughtSignature"] = DUMMY_SIGNATURE
 
 
 def _append(contents: list[dict[str, Any]], role: str, parts: list[dict[str, Any]]) -> None:
