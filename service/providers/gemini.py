@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import mimetypes
 import re
+import secrets
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -118,12 +119,13 @@ class GeminiAdapter:
             return None
         if not isinstance(payload, dict) or "error" in payload:
             return payload  # the judge reads a root `error` as a wrapped failure
+        ids = _call_prefix()
         return {
             "id": _response_id(payload),
             "object": "chat.completion",
             "created": int(time.time()),
             "model": payload.get("modelVersion"),
-            "choices": [_choice(candidate, i, delta=False) for i, candidate in _candidates(payload)],
+            "choices": [_choice(candidate, i, delta=False, ids=ids) for i, candidate in _candidates(payload)],
             "usage": _usage(payload.get("usageMetadata")),
         }
 
@@ -211,6 +213,7 @@ class GeminiStream:
 
     def __init__(self) -> None:
         self._calls: dict[int, int] = {}  # candidate index -> tool calls it has streamed so far
+        self._ids = _call_prefix()  # one per stream: the ids stay stable within this answer
 
     def frame(self, payload: bytes) -> Chunk | None:
         try:
@@ -223,7 +226,7 @@ class GeminiStream:
             return Chunk(_encode(obj), obj)  # an error frame, judged as a wrapped failure
         choices = []
         for i, candidate in _candidates(obj):
-            choice = _choice(candidate, i, delta=True, first_call=self._calls.get(i, 0))
+            choice = _choice(candidate, i, delta=True, first_call=self._calls.get(i, 0), ids=self._ids)
             self._calls[i] = self._calls.get(i, 0) + len(choice["delta"].get("tool_calls", ()))
             choices.append(choice)
         chunk: dict[str, Any] = {
@@ -515,9 +518,18 @@ def _candidates(payload: Mapping[str, Any]) -> list[tuple[int, dict[str, Any]]]:
     return []
 
 
-def _choice(candidate: Mapping[str, Any], index: int, *, delta: bool, first_call: int = 0) -> dict[str, Any]:
+def _call_prefix() -> str:
+    """The start of the tool-call ids of one answer. Gemini names its calls by function only, and ids
+    made from their position alone (`call_0_0`) repeat every turn, so an agent's history (Claude Code,
+    the agents SDK) would hold the same id for different calls and pair results with the wrong one."""
+    return "call_" + secrets.token_hex(6)
+
+
+def _choice(
+    candidate: Mapping[str, Any], index: int, *, delta: bool, ids: str, first_call: int = 0
+) -> dict[str, Any]:
     """A candidate as an OpenAI choice (a stream's delta when `delta`); its tool calls are numbered from
-    `first_call`, the calls this candidate already streamed."""
+    `first_call`, the calls this candidate already streamed, their ids made from the answer's `ids`."""
     content = candidate.get("content")
     parts = content.get("parts") if isinstance(content, dict) else None
     texts: list[str] = []
@@ -533,7 +545,7 @@ def _choice(candidate: Mapping[str, Any], index: int, *, delta: bool, first_call
         if isinstance(fn, dict):
             n = first_call + len(calls)
             call: dict[str, Any] = {
-                "id": fn["id"] if isinstance(fn.get("id"), str) else f"call_{index}_{n}",
+                "id": fn["id"] if isinstance(fn.get("id"), str) else f"{ids}_{index}_{n}",
                 "type": "function",
                 "function": {"name": str(fn.get("name") or ""), "arguments": _args_text(fn.get("args"))},
             }

@@ -218,6 +218,22 @@ def test_families_that_never_check_signatures_get_no_dummy(model: str) -> None:
     assert [p.get("thoughtSignature") for p in signed] == ["CiQBVKhc7g3P"]
 
 
+def test_made_up_call_ids_are_unique_per_answer_and_distinct_within_it() -> None:
+    # Gemini's calls have no id: ids from the position alone (call_0_0) would repeat every turn, and an
+    # agent's history would hold one id for two calls.
+    answers = [ADAPTER.completion(fixture("generate_tool_calls.json")) for _ in range(2)]
+    ids = [[c["id"] for c in a["choices"][0]["message"]["tool_calls"]] for a in answers]
+    assert len(set(ids[0])) == 2 and not set(ids[0]) & set(ids[1])
+    first, second = fixture("stream_tool_calls_split.sse").split(b"\r\n\r\n")[:2]
+    streams = []
+    for parser in (ADAPTER.stream_frames(), ADAPTER.stream_frames()):
+        frames = [parser.frame(f.removeprefix(b"data: ")) for f in (first, second)]
+        streams.append([c["id"] for f in frames if f for c in f.obj["choices"][0]["delta"]["tool_calls"]])
+    assert len(set(streams[0])) == 2 and not set(streams[0]) & set(streams[1])
+    # Within one stream the calls share the answer's prefix: one answer, one id family.
+    assert len({i.rsplit("_", 2)[0] for i in streams[0]}) == 1
+
+
 def test_gemma_gets_its_system_messages_inlined_in_the_first_user_turn() -> None:
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
     body = sent({"model": "gemma-3-27b-it", "messages": messages})
