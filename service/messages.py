@@ -641,8 +641,12 @@ class MessagesRender(StreamRender):
         self.blocks = 0  # blocks opened so far: the next block's index
         self.open: int | None = None  # the index of the open block
         self.open_kind: str | None = None  # "text", "thinking" or "tool_use"
-        self.calls: dict[Any, int] = {}  # a chat tool call's `index` -> its block index
-        self.pending: dict[Any, dict[str, Any]] = {}  # calls whose name has not come yet
+        self.calls: dict[int, int] = {}  # a tool call's serial number (`_call_key`) -> its block index
+        self.pending: dict[int, dict[str, Any]] = {}  # calls whose name has not come yet
+        self.call_ids: dict[str, int] = {}  # a chat tool call's `id` -> its serial number
+        self.call_indexes: dict[int, int] = {}  # a chat tool call's `index` -> the latest call with it
+        self.call_count = 0
+        self.last_call: int | None = None  # the call a fragment with neither id nor index continues
         self.finish: Any = None
         self.output_tokens: int | None = None
         self.input_tokens: int | None = None  # the provider's count, when it sends usage
@@ -716,18 +720,44 @@ class MessagesRender(StreamRender):
         )
 
     def _call(self, call: dict[str, Any]) -> bytes:
-        key = call.get("index", 0)
         function: dict[str, Any] = call["function"] if isinstance(call.get("function"), dict) else {}
         arguments = function.get("arguments")
         fragment = (
             arguments if isinstance(arguments, str) else _encode(arguments).decode() if arguments else ""
         )
+        return self._feed(self._call_key(call, function), call.get("id"), function.get("name"), fragment)
+
+    def _call_key(self, call: dict[str, Any], function: dict[str, Any]) -> int:
+        """Which call of this answer a tool-call delta belongs to (a serial number). A new `id` is a new
+        call, whatever its `index` (providers that send whole calls reuse index 0, or send none); an
+        `index` alone finds its call; without either, a name starts a call (unless the last one is still
+        waiting for its name) and a bare fragment continues the last call."""
+        call_id = call.get("id") if isinstance(call.get("id"), str) and call["id"] else None
+        index = call.get("index") if isinstance(call.get("index"), int) else None
+        if call_id is not None and call_id in self.call_ids:
+            return self.call_ids[call_id]
+        if call_id is None and index is not None and index in self.call_indexes:
+            return self.call_indexes[index]
+        last = self.last_call
+        waiting = last is not None and last in self.pending and not self.pending[last]["name"]
+        if call_id is None and index is None and last is not None and (not function.get("name") or waiting):
+            return last
+        key = self.call_count
+        self.call_count += 1
+        if call_id is not None:
+            self.call_ids[call_id] = key
+        if index is not None:
+            self.call_indexes[index] = key  # a later fragment with this index alone is this call's
+        self.last_call = key
+        return key
+
+    def _feed(self, key: int, call_id: Any, name: Any, fragment: str) -> bytes:
         out = b""
         index = self.calls.get(key)
         if index is None:
             pending = self.pending.setdefault(key, {"id": None, "name": None, "arguments": ""})
-            pending["id"] = pending["id"] or call.get("id")
-            pending["name"] = pending["name"] or function.get("name")
+            pending["id"] = pending["id"] or call_id
+            pending["name"] = pending["name"] or name
             pending["arguments"] += fragment
             if not pending["name"]:
                 return b""  # a block starts with its name: wait for it
@@ -765,7 +795,7 @@ class MessagesRender(StreamRender):
         for key in list(self.pending):
             # A call that never named its tool: sent as "unknown" so the client answers that no such tool
             # exists (and the model can recover) rather than the call vanishing.
-            out += self._call({"index": key, "function": {"name": "unknown"}})
+            out += self._feed(key, None, "unknown", "")
         out += self._close()
         output = self.output_tokens if self.output_tokens is not None else self.out_chars // 4
         usage = {"output_tokens": output}

@@ -484,6 +484,57 @@ def test_a_call_named_late_and_fragments_of_an_earlier_call_keep_their_block() -
     assert events[-2][1]["delta"]["stop_reason"] == "tool_use"
 
 
+def whole_call(call_id: str | None, name: str | None, arguments: str, index: int | None = None) -> Any:
+    chunk = call_chunk(0, arguments, name, call_id)
+    call = chunk["choices"][0]["delta"]["tool_calls"][0]
+    if index is None:
+        del call["index"]
+    else:
+        call["index"] = index
+    return chunk
+
+
+def accumulated(events: list[tuple[str, Any]]) -> list[tuple[str, str, Any]]:
+    """The tool_use blocks as the anthropic SDK accumulates them: (id, name, input)."""
+    json_bufs: dict[int, bytes] = {}
+    snapshot = None
+    for _, data in events:
+        snapshot = accumulate_event(event=data, current_snapshot=snapshot, json_bufs=json_bufs)
+    assert snapshot is not None
+    return [(b.id, b.name, b.input) for b in snapshot.content if b.type == "tool_use"]
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        # Whole calls with no index (Google's OpenAI-compatible endpoint): each new id is a new block.
+        [whole_call("c1", "a", '{"x":1}'), whole_call("c2", "b", '{"y":2}')],
+        # Both on index 0 with different ids: the new id is a new call, not more arguments for the first.
+        [whole_call("c1", "a", '{"x":1}', 0), whole_call("c2", "b", '{"y":2}', 0)],
+        # No index and no ids: a name starts a call, a bare fragment continues the last one.
+        [whole_call(None, "a", '{"x":'), whole_call(None, None, "1}"), whole_call(None, "b", '{"y":2}')],
+    ],
+)
+def test_several_calls_without_distinct_indexes_are_separate_blocks(chunks: list[Any]) -> None:
+    events = render(MessagesRender("msg_1", 1), chunks)
+    calls = [(name, arguments) for _, name, arguments in accumulated(events)]
+    assert calls == [("a", {"x": 1}), ("b", {"y": 2})]
+    starts = [d["index"] for k, d in events if k == "content_block_start"]
+    assert starts == [0, 1]
+
+
+def test_an_index_continues_its_call_after_a_new_id_took_it_over() -> None:
+    chunks = [
+        whole_call("c1", "a", '{"x":1}', 0),
+        whole_call("c2", "b", '{"y":', 0),
+        call_chunk(0, "2}"),  # index 0 alone: the call that has it now, c2
+    ]
+    assert accumulated(render(MessagesRender("msg_1", 1), chunks)) == [
+        ("c1", "a", {"x": 1}),
+        ("c2", "b", {"y": 2}),
+    ]
+
+
 def test_a_call_that_never_names_its_tool_still_goes_out() -> None:
     events = render(MessagesRender("msg_1", 1), [call_chunk(0, "{}", call_id="c0")])
     starts = [d["content_block"] for k, d in events if k == "content_block_start"]
