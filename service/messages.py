@@ -14,6 +14,7 @@ coming and a gateway that refused them would break Claude Code on its next relea
   `thinking` / `redacted_thinking` are dropped (no provider here could verify their signatures).
 - `thinking` (enabled): the provider's reasoning (`reasoning_content`) comes back as thinking blocks
   with an empty signature; without it, reasoning is dropped, as Anthropic sends no thinking unasked.
+  An answer that is only reasoning has it as its text, streamed or not (else the client gets nothing).
 - `tools` -> function tools (server tools such as `web_search_*` are refused: no provider runs them),
   `tool_choice`, `stop_sequences`, `temperature`, `top_p`, `max_tokens`, `stream`.
 
@@ -651,6 +652,10 @@ class MessagesRender(StreamRender):
         self.output_tokens: int | None = None
         self.input_tokens: int | None = None  # the provider's count, when it sends usage
         self.out_chars = 0
+        # The reasoning, kept while nothing else came: an answer that is only reasoning has it as its text
+        # (as a whole answer does: events/frames.py normalise_message), not an empty message.
+        self.reasoning: list[str] = []
+        self.answered = False  # text or a tool call came
 
     def keepalive(self) -> bytes:
         return PING
@@ -692,12 +697,17 @@ class MessagesRender(StreamRender):
         delta = choice.get("delta")
         if isinstance(delta, dict):
             reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-            if self.thinking and isinstance(reasoning, str) and reasoning:
-                out.append(self._delta("thinking", {"type": "thinking_delta", "thinking": reasoning}))
+            if isinstance(reasoning, str) and reasoning:
+                if self.thinking:
+                    out.append(self._delta("thinking", {"type": "thinking_delta", "thinking": reasoning}))
+                if not self.answered:
+                    self.reasoning.append(reasoning)
             text = delta.get("content")
+            calls = delta.get("tool_calls")
+            if (isinstance(text, str) and text) or (isinstance(calls, list) and calls):
+                self.answered, self.reasoning = True, []
             if isinstance(text, str) and text:
                 out.append(self._delta("text", {"type": "text_delta", "text": text}))
-            calls = delta.get("tool_calls")
             for call in calls if isinstance(calls, list) else ():
                 if isinstance(call, dict):
                     out.append(self._call(call))
@@ -792,6 +802,11 @@ class MessagesRender(StreamRender):
 
     async def end(self) -> bytes:
         out = self._start("")
+        if not self.answered and self.reasoning:
+            counted = self.out_chars
+            out += self._delta("text", {"type": "text_delta", "text": "".join(self.reasoning)})
+            if self.thinking:
+                self.out_chars = counted  # already counted as the thinking it also went out as
         for key in list(self.pending):
             # A call that never named its tool: sent as "unknown" so the client answers that no such tool
             # exists (and the model can recover) rather than the call vanishing.

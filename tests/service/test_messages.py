@@ -535,6 +535,42 @@ def test_an_index_continues_its_call_after_a_new_id_took_it_over() -> None:
     ]
 
 
+def reasoning_chunk(text: str) -> dict[str, Any]:
+    return {"choices": [{"index": 0, "delta": {"reasoning_content": text}, "finish_reason": None}]}
+
+
+def blocks(events: list[tuple[str, Any]]) -> list[dict[str, Any]]:
+    json_bufs: dict[int, bytes] = {}
+    snapshot = None
+    for _, data in events:
+        snapshot = accumulate_event(event=data, current_snapshot=snapshot, json_bufs=json_bufs)
+    assert snapshot is not None
+    return [b.model_dump(include={"type", "text", "thinking"}) for b in snapshot.content]
+
+
+@pytest.mark.parametrize("thinking", [False, True])
+def test_a_reasoning_only_stream_ends_with_its_reasoning_as_the_text(thinking: bool) -> None:
+    # As the whole answer does (test_a_reasoning_only_answer_is_its_text): not an empty message.
+    events = render(
+        MessagesRender("msg_1", 1, thinking=thinking),
+        [reasoning_chunk("The answer"), reasoning_chunk(" is 4.")],
+    )
+    text = {"type": "text", "text": "The answer is 4."}
+    shown = [{"type": "thinking", "thinking": "The answer is 4."}] if thinking else []
+    assert blocks(events) == [*shown, text]
+    assert events[-2][1]["usage"]["output_tokens"] == len("The answer is 4.") // 4
+    assert [k for k, _ in events][-2:] == ["message_delta", "message_stop"]
+
+
+def test_reasoning_beside_an_answer_is_not_repeated_as_text() -> None:
+    events = render(
+        MessagesRender("msg_1", 1), [reasoning_chunk("hmm"), text_chunk("4"), reasoning_chunk("ok")]
+    )
+    assert blocks(events) == [{"type": "text", "text": "4"}]
+    called = render(MessagesRender("msg_1", 1), [reasoning_chunk("hmm"), call_chunk(0, "{}", "f", "c1")])
+    assert [b["type"] for b in blocks(called)] == ["tool_use"]
+
+
 def test_a_call_that_never_names_its_tool_still_goes_out() -> None:
     events = render(MessagesRender("msg_1", 1), [call_chunk(0, "{}", call_id="c0")])
     starts = [d["content_block"] for k, d in events if k == "content_block_start"]
