@@ -7,9 +7,12 @@ What is translated (anything else in the body is accepted and not forwarded, as 
 coming and a gateway that refused them would break Claude Code on its next release):
 
 - `system` (a string or text blocks) -> a system message; `cache_control` anywhere is ignored.
-- user blocks: `text`, `image` (base64 -> a data URL, or a URL), `document` with a text source -> text;
+- user blocks: `text`, `image` (base64 -> a data URL, or a URL), `document` with a text (or text
+  `content`) source -> text, any other document (a PDF, a URL, a file) -> a placeholder saying what it
+  was (a warning is logged): clients resend the history, so a 400 would end the conversation for good;
   `tool_result` -> one `tool` message each, in order, before a user message holding the turn's other
-  blocks (a result's images join that user message: chat tool messages carry text only).
+  blocks (a result's images join that user message: chat tool messages carry text only; a block kind
+  it does not know is a placeholder too, as a tool made it, not the client).
 - assistant blocks: `text` -> content, `tool_use` -> `tool_calls` (arguments = the input's JSON);
   `thinking` / `redacted_thinking` are dropped (no provider here could verify their signatures).
 - `thinking` (enabled): the provider's reasoning (`reasoning_content`) comes back as thinking blocks
@@ -356,20 +359,53 @@ def _part(path: str, block: dict[str, Any]) -> dict[str, Any]:
     if kind == "image":
         return {"type": "image_url", "image_url": {"url": _image_url(path, block)}}
     if kind == "document":
-        source = block.get("source")
-        if (
-            not isinstance(source, dict)
-            or source.get("type") != "text"
-            or not isinstance(source.get("data"), str)
-        ):
-            raise _fail(
-                f"{path}.source.type",
-                "only documents with a text source ({'type': 'text', 'data': ...}) are supported.",
-            )
-        title = block.get("title")
-        text = source["data"]
-        return {"type": "text", "text": f"{title}\n\n{text}" if isinstance(title, str) and title else text}
+        return {"type": "text", "text": _document(path, block)}
     raise _fail(f"{path}.type", f"content blocks of type '{kind[:40]}' are not supported here.")
+
+
+def _document(path: str, block: dict[str, Any]) -> str:
+    """A document as the text a chat model reads: a text source is its text (a `content` source its text
+    blocks). Any other (a base64 PDF from Claude Code's Read tool, a URL, a Files API file) becomes a
+    placeholder saying what it was, not a 400: clients resend the history every turn, so refusing it
+    would make the conversation unusable for good."""
+    source = block.get("source")
+    if not isinstance(source, dict) or not isinstance(source.get("type"), str):
+        raise _fail(f"{path}.source", "must be an object with a string 'type'.")
+    kind = source["type"]
+    title = block.get("title")
+    text: str | None = None
+    if kind == "text":
+        if not isinstance(source.get("data"), str):
+            raise _fail(f"{path}.source.data", "must be the document's text.")
+        text = source["data"]
+    elif kind == "content" and isinstance(source.get("content"), str):
+        text = source["content"]
+    elif kind == "content" and isinstance(source.get("content"), list):
+        parts = source["content"]
+        if all(isinstance(p, dict) and p.get("type") == "text" for p in parts):
+            text = "\n\n".join(_text(p, f"{path}.source.content[{k}]") for k, p in enumerate(parts))
+    if text is None:
+        text = _unsupported_document(path, source)
+    return f"{title}\n\n{text}" if isinstance(title, str) and title else text
+
+
+def _unsupported_document(path: str, source: dict[str, Any]) -> str:
+    kind = source["type"]
+    if kind == "base64":
+        media_type, data = source.get("media_type"), source.get("data")
+        if not isinstance(media_type, str) or not isinstance(data, str):
+            raise _fail(f"{path}.source", "a base64 document needs string 'media_type' and 'data'.")
+        padding = len(data) - len(data.rstrip("="))
+        what = f"{media_type[:60]}, {len(data) * 3 // 4 - padding} bytes"  # the decoded size
+    elif kind == "url":
+        what = "a URL"  # not the URL itself: a signed URL is a credential
+    elif kind == "file":
+        what = "a Files API file"
+    else:
+        what = f"a '{kind[:40]}' source"
+    # What it was and where, never its content.
+    logger.warning("%s: a document (%s) is not supported; the model is told so in its place", path, what)
+    return f"[document: {what}, not supported by this gateway]"
 
 
 def _image_url(path: str, block: dict[str, Any]) -> str:
@@ -405,9 +441,15 @@ def _tool_result(path: str, block: dict[str, Any]) -> tuple[str, list[dict[str, 
             elif isinstance(item, dict) and item.get("type") == "image":
                 images.append({"type": "image_url", "image_url": {"url": _image_url(where, item)}})
             elif isinstance(item, dict) and item.get("type") == "document":
-                texts.append(_part(where, item)["text"])
+                texts.append(_document(where, item))
+            elif isinstance(item, dict) and isinstance(item.get("type"), str):
+                # A tool's output is what the tool made (an MCP server's new block kind), not the client's
+                # choice, and is resent every turn: a placeholder, not a 400 the user cannot get past.
+                kind = item["type"][:40]
+                logger.warning("%s: a tool result block of type '%s' is not supported", where, kind)
+                texts.append(f"[{kind} block: not supported by this gateway]")
             else:
-                raise _fail(f"{where}.type", "tool results hold text, image or text document blocks.")
+                raise _fail(f"{where}.type", "must be a content block with a string 'type'.")
     elif content is not None:
         raise _fail(f"{path}.content", "must be a string or a list of text and image blocks.")
     text = "\n\n".join(texts)

@@ -173,7 +173,7 @@ def test_claude_model_names_route_as_the_configured_mode(
                     }
                 ],
             },
-            "messages[0].content[0].source.type",
+            "messages[0].content[0].source",
         ),
         (
             {
@@ -229,9 +229,7 @@ def test_claude_model_names_route_as_the_configured_mode(
                 "messages": [
                     {
                         "role": "user",
-                        "content": [
-                            {"type": "tool_result", "tool_use_id": "t", "content": [{"type": "video"}]}
-                        ],
+                        "content": [{"type": "tool_result", "tool_use_id": "t", "content": ["video"]}],
                     }
                 ],
             },
@@ -303,6 +301,78 @@ def test_bad_input_is_refused_naming_the_field(body: dict[str, Any], param: str)
 def test_a_body_that_is_not_a_json_object_is_refused(raw: bytes) -> None:
     with pytest.raises(BadRequest):
         parse_messages_request(raw, "req_1", "auto-smart")
+
+
+PDF = {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0xLjQK"}  # 9 bytes
+
+
+def test_a_pdf_in_a_tool_result_is_a_placeholder_not_a_400(caplog: pytest.LogCaptureFixture) -> None:
+    # Claude Code's Read tool on a PDF: refusing it would refuse every later turn, as the history is resent.
+    body = {
+        "model": "claude-sonnet-4",
+        "max_tokens": 100,
+        "messages": [
+            {"role": "user", "content": "read a.pdf"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "Read", "input": {}}]},
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": "t1",
+                        "content": [{"type": "document", "source": PDF}],
+                    }
+                ],
+            },
+        ],
+    }
+    with caplog.at_level("WARNING", logger="switchboard.messages"):
+        req = parse(body)
+    placeholder = "[document: application/pdf, 9 bytes, not supported by this gateway]"
+    assert req.body["messages"][2] == {"role": "tool", "tool_call_id": "t1", "content": placeholder}
+    assert "messages[2].content[0].content[0]" in caplog.text and "application/pdf" in caplog.text
+    assert PDF["data"] not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("source", "text"),
+    [
+        (PDF, "a.pdf\n\n[document: application/pdf, 9 bytes, not supported by this gateway]"),
+        (
+            {"type": "url", "url": "https://x.test/a.pdf?sig=SECRET"},
+            "a.pdf\n\n[document: a URL, not supported by this gateway]",
+        ),
+        (
+            {"type": "file", "file_id": "file_1"},
+            "a.pdf\n\n[document: a Files API file, not supported by this gateway]",
+        ),
+        (
+            {"type": "content", "content": [{"type": "text", "text": "p1"}, {"type": "text", "text": "p2"}]},
+            "a.pdf\n\np1\n\np2",
+        ),
+        ({"type": "content", "content": "all"}, "a.pdf\n\nall"),
+    ],
+)
+def test_documents_without_a_text_source_are_placeholders_or_their_text(
+    source: dict[str, Any], text: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    block = {"type": "document", "title": "a.pdf", "source": source}
+    with caplog.at_level("WARNING", logger="switchboard.messages"):
+        req = parse({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [block]}]})
+    assert req.body["messages"] == [{"role": "user", "content": text}]
+    assert "SECRET" not in caplog.text
+
+
+def test_an_unknown_block_in_a_tool_result_is_a_placeholder() -> None:
+    result = {
+        "type": "tool_result",
+        "tool_use_id": "t",
+        "content": [{"type": "text", "text": "a"}, {"type": "video"}],
+    }
+    req = parse({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [result]}]})
+    assert req.body["messages"] == [
+        {"role": "tool", "tool_call_id": "t", "content": "a\n\n[video block: not supported by this gateway]"}
+    ]
 
 
 def test_accepted_fields_that_are_not_forwarded() -> None:
