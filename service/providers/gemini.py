@@ -9,6 +9,10 @@ A stream is read by one `GeminiStream` per stream (`stream_frames()`): Gemini se
 parts, a later frame may bring another, and OpenAI's deltas number a stream's calls by `index`. The key
 check lists one model; its answer is read by `key_check_status`, as Google says a bad key with a 400
 (reason API_KEY_INVALID), not a 401.
+
+A call's `thoughtSignature` rides on its chat tool call (`extra_content.google.thought_signature`); clients
+that drop it (Messages, Responses) get Google's dummy signature on the call instead, as Gemini 3 refuses
+an unsigned one. Calls Gemini leaves without an id get one unique to their answer.
 """
 
 from __future__ import annotations
