@@ -64,7 +64,12 @@ number of tokens allowed"; ``stall-pre:<s>`` and ``slow:<s>`` wait, then answer.
 ``stall-mid:<s>`` (two frames, s seconds of silence, the last frame), ``reset-mid`` (two frames, then RST),
 ``fail-mid[:<code>]`` (two frames, then an error frame ``{"error": {...}}``), ``wrapped-body[:<code>]`` /
 ``wrapped-sse[:<code>]`` (a 200 whose body, or whose only frame, is an error object; code default 503);
-``tools-split``: a call to every declared function, each in its own stream frame. ``GET /v1beta/models``
+``tools-split``: a call to every declared function, each in its own stream frame; ``signed-tool-once``:
+``tool-once`` as Gemini 3 does it, its ``functionCall`` carrying a ``thoughtSignature``, and a request
+whose current turn (after the last user text) has a model step whose first ``functionCall`` is unsigned
+refused with Gemini 3's 400 "... is missing a `thought_signature`" (a signature neither its own nor
+Google's documented dummy, ``skip_thought_signature_validator`` / ``context_engineering_is_the_way_to_go``,
+is a 400 "Corrupted thought signature."). ``GET /v1beta/models``
 (the adapter's key check): key behaviour ``auth`` is the bad-key 400, ``fail:<status>`` that status.
 
 Cohere (its compatibility endpoint): answers are OpenAI's (every behaviour above as on ``/v1``), errors
@@ -85,7 +90,8 @@ content frames then the envelope frame. An empty (or unfilled ``{account_id}``) 
 an unknown path 400 code 7000. ``GET .../accounts/<acct>/ai/models/search`` (the adapter's key check)
 lists one model; key behaviour ``auth`` is its 401 code 10000.
 
-Names only some routes answer (``quota-zero``, ``tools-split``, ``daily-quota``: ``PROVIDER_BEHAVIOURS``)
+Names only some routes answer (``quota-zero``, ``tools-split``, ``signed-tool-once``, ``daily-quota``:
+``PROVIDER_BEHAVIOURS``)
 behave as ``ok`` elsewhere, like any unknown name.
 
 Embeddings: ``POST /v1/embeddings`` (OpenAI's shape) and Gemini's ``:batchEmbedContents`` answer one
@@ -560,8 +566,8 @@ def _gemini_answer(name: str, model: str, body: dict) -> _Answer:
 # -------------------------------------------------- provider shapes: Gemini faults, Cohere, Cloudflare
 
 # Behaviour names only some provider routes answer (elsewhere they are unknown names, so ``ok``).
-PROVIDER_BEHAVIOURS = frozenset({"quota-zero", "tools-split", "daily-quota"})
-_GEMINI_ONLY = frozenset({"quota-zero", "tools-split"})
+PROVIDER_BEHAVIOURS = frozenset({"quota-zero", "tools-split", "signed-tool-once", "daily-quota"})
+_GEMINI_ONLY = frozenset({"quota-zero", "tools-split", "signed-tool-once"})
 _GEMINI_FAULTS = frozenset({"stall-mid", "reset-mid", "fail-mid", "wrapped-body", "wrapped-sse"})
 _GEMINI_BAD_KEY = "API key not valid. Please pass a valid API key."
 _GEMINI_KEY_INVALID = {
@@ -650,6 +656,41 @@ def _gemini_zero_quota(model: str, retry_s: str) -> tuple[str, list]:
         {"@type": _RETRY_INFO, "retryDelay": f"{retry_s}s"},
     ]
     return message, details
+
+
+_GEMINI3_SIGNATURE = "ZmF1bHQtdXBzdHJlYW0tc2lnbmF0dXJl"  # what ``signed-tool-once`` signs its calls with
+# Google's documented signatures for a history it did not produce
+# (ai.google.dev/gemini-api/docs/thought-signatures).
+_GEMINI_DUMMY_SIGNATURES = frozenset(
+    {"skip_thought_signature_validator", "context_engineering_is_the_way_to_go"}
+)
+
+
+def _gemini3_signature_error(contents: list[dict]) -> str | None:
+    """Gemini 3's rule, as its 400 says it: in the current turn (from the last user content with text),
+    the first ``functionCall`` of each model step must carry a signature (parallel calls: only the first
+    has one). None when the history passes."""
+    start = 0
+    for i, content in enumerate(contents):
+        parts = content.get("parts") if isinstance(content.get("parts"), list) else []
+        if content.get("role") != "model" and any(isinstance(p, dict) and "text" in p for p in parts):
+            start = i
+    for k in range(start, len(contents)):
+        content = contents[k]
+        parts = content.get("parts") if isinstance(content.get("parts"), list) else []
+        calls = [p for p in parts if isinstance(p, dict) and isinstance(p.get("functionCall"), dict)]
+        if content.get("role") != "model" or not calls:
+            continue
+        signature = calls[0].get("thoughtSignature")
+        if signature is None:
+            name = calls[0]["functionCall"].get("name")
+            return (
+                f"Unable to submit request because function call `{name}` in the {k + 1}. content block is "
+                "missing a `thought_signature`. Learn more: https://ai.google.dev/gemini-api/docs/thought-signatures"
+            )
+        if signature != _GEMINI3_SIGNATURE and signature not in _GEMINI_DUMMY_SIGNATURES:
+            return "Corrupted thought signature."
+    return None
 
 
 def _sse(payload: dict | bytes) -> bytes:
@@ -892,6 +933,8 @@ class _Conn:
         answer = _gemini_answer("ok", model, body)
         if name == "tools-split":
             return await self._gemini_split_calls(answer, body, stream)
+        if name == "signed-tool-once":
+            return await self._gemini_signed_tool_once(answer, body, stream)
         code = _int(args, 0, 503)
         error = _gemini_error_obj(
             code if 400 <= code <= 599 else 503, f"fault upstream: wrapped error {code}"
@@ -933,6 +976,42 @@ class _Conn:
             for i, p in enumerate(parts)
         ]
         return await self._stream(None, [(0.0, _sse(p)) for p in payloads])
+
+    async def _gemini_signed_tool_once(self, answer: _Answer, body: dict, stream: bool) -> bool:
+        """``signed-tool-once``: Gemini 3's signature check on the history, then ``tool-once``'s turn."""
+        contents = [c for c in body.get("contents") or [] if isinstance(c, dict)]
+        refused = _gemini3_signature_error(contents)
+        if refused is not None:
+            return await self._gemini_error(400, refused)
+        last = contents[-1].get("parts") if contents else None
+        results = [
+            p["functionResponse"].get("response")
+            for p in (last if isinstance(last, list) else ())
+            if isinstance(p, dict) and isinstance(p.get("functionResponse"), dict)
+        ]
+        if results:
+            said = [
+                r["result"] if isinstance(r, dict) and set(r) == {"result"} else _encode(r).decode()
+                for r in results
+            ]
+            parts: list[dict] = [{"text": f"The tool said: {' '.join(map(str, said))}."}]
+            finish = "stop"
+        else:
+            tools = [
+                {"function": d}
+                for t in body.get("tools") or []
+                if isinstance(t, dict)
+                for d in t.get("functionDeclarations") or []
+                if isinstance(d, dict)
+            ]
+            name = str(tools[0]["function"].get("name")) if tools else "tool"
+            args = _decode_json(_example_arguments({"tools": tools or [{}]}))
+            call = {"functionCall": {"name": name, "args": args}, "thoughtSignature": _GEMINI3_SIGNATURE}
+            parts, finish = [call], "tool_calls"
+        payload = answer._gemini_payload(parts, finish, True)
+        if stream:
+            return await self._stream(None, [(0.0, _sse(payload))])
+        return await self._json(200, _encode(payload))
 
     async def _gemini_models(self, request: h11.Request) -> bool:
         """``GET /v1beta/models`` (the adapter's key check): key behaviour ``auth`` is Google's bad-key

@@ -7,13 +7,17 @@ What is translated (anything else in the body is accepted and not forwarded, as 
 coming and a gateway that refused them would break Claude Code on its next release):
 
 - `system` (a string or text blocks) -> a system message; `cache_control` anywhere is ignored.
-- user blocks: `text`, `image` (base64 -> a data URL, or a URL), `document` with a text source -> text;
+- user blocks: `text`, `image` (base64 -> a data URL, or a URL), `document` with a text (or text
+  `content`) source -> text, any other document (a PDF, a URL, a file) -> a placeholder saying what it
+  was (a warning is logged): clients resend the history, so a 400 would end the conversation for good;
   `tool_result` -> one `tool` message each, in order, before a user message holding the turn's other
-  blocks (a result's images join that user message: chat tool messages carry text only).
+  blocks (a result's images join that user message: chat tool messages carry text only; a block kind
+  it does not know is a placeholder too, as a tool made it, not the client).
 - assistant blocks: `text` -> content, `tool_use` -> `tool_calls` (arguments = the input's JSON);
   `thinking` / `redacted_thinking` are dropped (no provider here could verify their signatures).
 - `thinking` (enabled): the provider's reasoning (`reasoning_content`) comes back as thinking blocks
   with an empty signature; without it, reasoning is dropped, as Anthropic sends no thinking unasked.
+  An answer that is only reasoning has it as its text, streamed or not (else the client gets nothing).
 - `tools` -> function tools (server tools such as `web_search_*` are refused: no provider runs them),
   `tool_choice`, `stop_sequences`, `temperature`, `top_p`, `max_tokens`, `stream`.
 
@@ -355,20 +359,53 @@ def _part(path: str, block: dict[str, Any]) -> dict[str, Any]:
     if kind == "image":
         return {"type": "image_url", "image_url": {"url": _image_url(path, block)}}
     if kind == "document":
-        source = block.get("source")
-        if (
-            not isinstance(source, dict)
-            or source.get("type") != "text"
-            or not isinstance(source.get("data"), str)
-        ):
-            raise _fail(
-                f"{path}.source.type",
-                "only documents with a text source ({'type': 'text', 'data': ...}) are supported.",
-            )
-        title = block.get("title")
-        text = source["data"]
-        return {"type": "text", "text": f"{title}\n\n{text}" if isinstance(title, str) and title else text}
+        return {"type": "text", "text": _document(path, block)}
     raise _fail(f"{path}.type", f"content blocks of type '{kind[:40]}' are not supported here.")
+
+
+def _document(path: str, block: dict[str, Any]) -> str:
+    """A document as the text a chat model reads: a text source is its text (a `content` source its text
+    blocks). Any other (a base64 PDF from Claude Code's Read tool, a URL, a Files API file) becomes a
+    placeholder saying what it was, not a 400: clients resend the history every turn, so refusing it
+    would make the conversation unusable for good."""
+    source = block.get("source")
+    if not isinstance(source, dict) or not isinstance(source.get("type"), str):
+        raise _fail(f"{path}.source", "must be an object with a string 'type'.")
+    kind = source["type"]
+    title = block.get("title")
+    text: str | None = None
+    if kind == "text":
+        if not isinstance(source.get("data"), str):
+            raise _fail(f"{path}.source.data", "must be the document's text.")
+        text = source["data"]
+    elif kind == "content" and isinstance(source.get("content"), str):
+        text = source["content"]
+    elif kind == "content" and isinstance(source.get("content"), list):
+        parts = source["content"]
+        if all(isinstance(p, dict) and p.get("type") == "text" for p in parts):
+            text = "\n\n".join(_text(p, f"{path}.source.content[{k}]") for k, p in enumerate(parts))
+    if text is None:
+        text = _unsupported_document(path, source)
+    return f"{title}\n\n{text}" if isinstance(title, str) and title else text
+
+
+def _unsupported_document(path: str, source: dict[str, Any]) -> str:
+    kind = source["type"]
+    if kind == "base64":
+        media_type, data = source.get("media_type"), source.get("data")
+        if not isinstance(media_type, str) or not isinstance(data, str):
+            raise _fail(f"{path}.source", "a base64 document needs string 'media_type' and 'data'.")
+        padding = len(data) - len(data.rstrip("="))
+        what = f"{media_type[:60]}, {len(data) * 3 // 4 - padding} bytes"  # the decoded size
+    elif kind == "url":
+        what = "a URL"  # not the URL itself: a signed URL is a credential
+    elif kind == "file":
+        what = "a Files API file"
+    else:
+        what = f"a '{kind[:40]}' source"
+    # What it was and where, never its content.
+    logger.warning("%s: a document (%s) is not supported; the model is told so in its place", path, what)
+    return f"[document: {what}, not supported by this gateway]"
 
 
 def _image_url(path: str, block: dict[str, Any]) -> str:
@@ -404,9 +441,15 @@ def _tool_result(path: str, block: dict[str, Any]) -> tuple[str, list[dict[str, 
             elif isinstance(item, dict) and item.get("type") == "image":
                 images.append({"type": "image_url", "image_url": {"url": _image_url(where, item)}})
             elif isinstance(item, dict) and item.get("type") == "document":
-                texts.append(_part(where, item)["text"])
+                texts.append(_document(where, item))
+            elif isinstance(item, dict) and isinstance(item.get("type"), str):
+                # A tool's output is what the tool made (an MCP server's new block kind), not the client's
+                # choice, and is resent every turn: a placeholder, not a 400 the user cannot get past.
+                kind = item["type"][:40]
+                logger.warning("%s: a tool result block of type '%s' is not supported", where, kind)
+                texts.append(f"[{kind} block: not supported by this gateway]")
             else:
-                raise _fail(f"{where}.type", "tool results hold text, image or text document blocks.")
+                raise _fail(f"{where}.type", "must be a content block with a string 'type'.")
     elif content is not None:
         raise _fail(f"{path}.content", "must be a string or a list of text and image blocks.")
     text = "\n\n".join(texts)
@@ -641,12 +684,20 @@ class MessagesRender(StreamRender):
         self.blocks = 0  # blocks opened so far: the next block's index
         self.open: int | None = None  # the index of the open block
         self.open_kind: str | None = None  # "text", "thinking" or "tool_use"
-        self.calls: dict[Any, int] = {}  # a chat tool call's `index` -> its block index
-        self.pending: dict[Any, dict[str, Any]] = {}  # calls whose name has not come yet
+        self.calls: dict[int, int] = {}  # a tool call's serial number (`_call_key`) -> its block index
+        self.pending: dict[int, dict[str, Any]] = {}  # calls whose name has not come yet
+        self.call_ids: dict[str, int] = {}  # a chat tool call's `id` -> its serial number
+        self.call_indexes: dict[int, int] = {}  # a chat tool call's `index` -> the latest call with it
+        self.call_count = 0
+        self.last_call: int | None = None  # the call a fragment with neither id nor index continues
         self.finish: Any = None
         self.output_tokens: int | None = None
         self.input_tokens: int | None = None  # the provider's count, when it sends usage
         self.out_chars = 0
+        # The reasoning, kept while nothing else came: an answer that is only reasoning has it as its text
+        # (as a whole answer does: events/frames.py normalise_message), not an empty message.
+        self.reasoning: list[str] = []
+        self.answered = False  # text or a tool call came
 
     def keepalive(self) -> bytes:
         return PING
@@ -688,12 +739,17 @@ class MessagesRender(StreamRender):
         delta = choice.get("delta")
         if isinstance(delta, dict):
             reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-            if self.thinking and isinstance(reasoning, str) and reasoning:
-                out.append(self._delta("thinking", {"type": "thinking_delta", "thinking": reasoning}))
+            if isinstance(reasoning, str) and reasoning:
+                if self.thinking:
+                    out.append(self._delta("thinking", {"type": "thinking_delta", "thinking": reasoning}))
+                if not self.answered:
+                    self.reasoning.append(reasoning)
             text = delta.get("content")
+            calls = delta.get("tool_calls")
+            if (isinstance(text, str) and text) or (isinstance(calls, list) and calls):
+                self.answered, self.reasoning = True, []
             if isinstance(text, str) and text:
                 out.append(self._delta("text", {"type": "text_delta", "text": text}))
-            calls = delta.get("tool_calls")
             for call in calls if isinstance(calls, list) else ():
                 if isinstance(call, dict):
                     out.append(self._call(call))
@@ -716,18 +772,44 @@ class MessagesRender(StreamRender):
         )
 
     def _call(self, call: dict[str, Any]) -> bytes:
-        key = call.get("index", 0)
         function: dict[str, Any] = call["function"] if isinstance(call.get("function"), dict) else {}
         arguments = function.get("arguments")
         fragment = (
             arguments if isinstance(arguments, str) else _encode(arguments).decode() if arguments else ""
         )
+        return self._feed(self._call_key(call, function), call.get("id"), function.get("name"), fragment)
+
+    def _call_key(self, call: dict[str, Any], function: dict[str, Any]) -> int:
+        """Which call of this answer a tool-call delta belongs to (a serial number). A new `id` is a new
+        call, whatever its `index` (providers that send whole calls reuse index 0, or send none); an
+        `index` alone finds its call; without either, a name starts a call (unless the last one is still
+        waiting for its name) and a bare fragment continues the last call."""
+        call_id = call.get("id") if isinstance(call.get("id"), str) and call["id"] else None
+        index = call.get("index") if isinstance(call.get("index"), int) else None
+        if call_id is not None and call_id in self.call_ids:
+            return self.call_ids[call_id]
+        if call_id is None and index is not None and index in self.call_indexes:
+            return self.call_indexes[index]
+        last = self.last_call
+        waiting = last is not None and last in self.pending and not self.pending[last]["name"]
+        if call_id is None and index is None and last is not None and (not function.get("name") or waiting):
+            return last
+        key = self.call_count
+        self.call_count += 1
+        if call_id is not None:
+            self.call_ids[call_id] = key
+        if index is not None:
+            self.call_indexes[index] = key  # a later fragment with this index alone is this call's
+        self.last_call = key
+        return key
+
+    def _feed(self, key: int, call_id: Any, name: Any, fragment: str) -> bytes:
         out = b""
         index = self.calls.get(key)
         if index is None:
             pending = self.pending.setdefault(key, {"id": None, "name": None, "arguments": ""})
-            pending["id"] = pending["id"] or call.get("id")
-            pending["name"] = pending["name"] or function.get("name")
+            pending["id"] = pending["id"] or call_id
+            pending["name"] = pending["name"] or name
             pending["arguments"] += fragment
             if not pending["name"]:
                 return b""  # a block starts with its name: wait for it
@@ -762,10 +844,15 @@ class MessagesRender(StreamRender):
 
     async def end(self) -> bytes:
         out = self._start("")
+        if not self.answered and self.reasoning:
+            counted = self.out_chars
+            out += self._delta("text", {"type": "text_delta", "text": "".join(self.reasoning)})
+            if self.thinking:
+                self.out_chars = counted  # already counted as the thinking it also went out as
         for key in list(self.pending):
             # A call that never named its tool: sent as "unknown" so the client answers that no such tool
             # exists (and the model can recover) rather than the call vanishing.
-            out += self._call({"index": key, "function": {"name": "unknown"}})
+            out += self._feed(key, None, "unknown", "")
         out += self._close()
         output = self.output_tokens if self.output_tokens is not None else self.out_chars // 4
         usage = {"output_tokens": output}

@@ -9,6 +9,10 @@ A stream is read by one `GeminiStream` per stream (`stream_frames()`): Gemini se
 parts, a later frame may bring another, and OpenAI's deltas number a stream's calls by `index`. The key
 check lists one model; its answer is read by `key_check_status`, as Google says a bad key with a 400
 (reason API_KEY_INVALID), not a 401.
+
+A call's `thoughtSignature` rides on its chat tool call (`extra_content.google.thought_signature`); clients
+that drop it (Messages, Responses) get Google's dummy signature on the call instead, as Gemini 3 refuses
+an unsigned one. Calls Gemini leaves without an id get one unique to their answer.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import math
 import mimetypes
 import re
+import secrets
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -79,6 +84,15 @@ _CONTEXT_MARKERS = ("input token count", "exceeds the maximum number of tokens")
 # Model families that take no systemInstruction (Gemma on the Gemini API).
 _NO_SYSTEM_INSTRUCTION = ("gemma-",)
 _LIMIT_ZERO = re.compile(r"\blimit: 0(?![\d.])")
+# The signature Google documents for a function call whose history it did not produce (a client that
+# dropped `extra_content`: the anthropic SDK, Claude Code, Responses clients, a history from another
+# model): it tells Gemini 3 to skip the signature check it would otherwise fail the request on (400
+# "Function call is missing a thought_signature"). ai.google.dev/gemini-api/docs/thought-signatures (FAQ:
+# "skip_thought_signature_validator" or "context_engineering_is_the_way_to_go").
+DUMMY_SIGNATURE = "skip_thought_signature_validator"
+# Families that never check signatures (Gemini 1.x/2.x make them optional; Gemma does not think): they
+# get none. Every other name gets the dummy, as a list of the families that need it would miss the next.
+_UNSIGNED_FAMILIES = ("gemini-1", "gemini-2", "gemma-")
 
 
 class GeminiAdapter:
@@ -109,12 +123,13 @@ class GeminiAdapter:
             return None
         if not isinstance(payload, dict) or "error" in payload:
             return payload  # the judge reads a root `error` as a wrapped failure
+        ids = _call_prefix()
         return {
             "id": _response_id(payload),
             "object": "chat.completion",
             "created": int(time.time()),
             "model": payload.get("modelVersion"),
-            "choices": [_choice(candidate, i, delta=False) for i, candidate in _candidates(payload)],
+            "choices": [_choice(candidate, i, delta=False, ids=ids) for i, candidate in _candidates(payload)],
             "usage": _usage(payload.get("usageMetadata")),
         }
 
@@ -202,6 +217,7 @@ class GeminiStream:
 
     def __init__(self) -> None:
         self._calls: dict[int, int] = {}  # candidate index -> tool calls it has streamed so far
+        self._ids = _call_prefix()  # one per stream: the ids stay stable within this answer
 
     def frame(self, payload: bytes) -> Chunk | None:
         try:
@@ -214,7 +230,7 @@ class GeminiStream:
             return Chunk(_encode(obj), obj)  # an error frame, judged as a wrapped failure
         choices = []
         for i, candidate in _candidates(obj):
-            choice = _choice(candidate, i, delta=True, first_call=self._calls.get(i, 0))
+            choice = _choice(candidate, i, delta=True, first_call=self._calls.get(i, 0), ids=self._ids)
             self._calls[i] = self._calls.get(i, 0) + len(choice["delta"].get("tool_calls", ()))
             choices.append(choice)
         chunk: dict[str, Any] = {
@@ -238,11 +254,13 @@ class GeminiStream:
 def gemini_body(body: Mapping[str, Any]) -> dict[str, Any]:
     """A neutral chat body as a Gemini `GenerateContentRequest`."""
     messages = body.get("messages")
+    model = str(body.get("model") or "").removeprefix("models/")
     system, contents = _contents(messages if isinstance(messages, list) else [])
+    if not model.startswith(_UNSIGNED_FAMILIES):
+        _sign_unsigned_calls(contents)
     out: dict[str, Any] = {"contents": contents}
     if system:
         text = "\n\n".join(system)
-        model = str(body.get("model") or "").removeprefix("models/")
         if model.startswith(_NO_SYSTEM_INSTRUCTION):
             # These models answer a systemInstruction with 400 "Developer instruction is not enabled": the
             # instructions go first in the conversation instead.
@@ -303,6 +321,18 @@ def _contents(messages: list[Any]) -> tuple[list[str], list[dict[str, Any]]]:
         else:
             _append(contents, "user", _user_parts(message.get("content")))
     return system, contents
+
+
+def _sign_unsigned_calls(contents: list[dict[str, Any]]) -> None:
+    """Gemini 3 checks the first functionCall of each model step (parallel calls: only the first carries
+    a signature): a step whose calls have none, because the client dropped it or another model made
+    them, gets the documented dummy there. A real signature is never replaced."""
+    for content in contents:
+        if content["role"] != "model":
+            continue
+        calls = [part for part in content["parts"] if "functionCall" in part]
+        if calls and not any("thoughtSignature" in part for part in calls):
+            calls[0]["thoughtSignature"] = DUMMY_SIGNATURE
 
 
 def _append(contents: list[dict[str, Any]], role: str, parts: list[dict[str, Any]]) -> None:
@@ -492,9 +522,18 @@ def _candidates(payload: Mapping[str, Any]) -> list[tuple[int, dict[str, Any]]]:
     return []
 
 
-def _choice(candidate: Mapping[str, Any], index: int, *, delta: bool, first_call: int = 0) -> dict[str, Any]:
+def _call_prefix() -> str:
+    """The start of the tool-call ids of one answer. Gemini names its calls by function only, and ids
+    made from their position alone (`call_0_0`) repeat every turn, so an agent's history (Claude Code,
+    the agents SDK) would hold the same id for different calls and pair results with the wrong one."""
+    return "call_" + secrets.token_hex(6)
+
+
+def _choice(
+    candidate: Mapping[str, Any], index: int, *, delta: bool, ids: str, first_call: int = 0
+) -> dict[str, Any]:
     """A candidate as an OpenAI choice (a stream's delta when `delta`); its tool calls are numbered from
-    `first_call`, the calls this candidate already streamed."""
+    `first_call`, the calls this candidate already streamed, their ids made from the answer's `ids`."""
     content = candidate.get("content")
     parts = content.get("parts") if isinstance(content, dict) else None
     texts: list[str] = []
@@ -510,7 +549,7 @@ def _choice(candidate: Mapping[str, Any], index: int, *, delta: bool, first_call
         if isinstance(fn, dict):
             n = first_call + len(calls)
             call: dict[str, Any] = {
-                "id": fn["id"] if isinstance(fn.get("id"), str) else f"call_{index}_{n}",
+                "id": fn["id"] if isinstance(fn.get("id"), str) else f"{ids}_{index}_{n}",
                 "type": "function",
                 "function": {"name": str(fn.get("name") or ""), "arguments": _args_text(fn.get("args"))},
             }

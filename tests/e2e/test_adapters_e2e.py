@@ -475,3 +475,27 @@ async def test_each_provider_route_answers_errors_in_its_own_shape(tmp_path: Pat
     kinds = [d["@type"].rsplit(".", 1)[1] for d in error["details"]]
     assert kinds == ["QuotaFailure", "RetryInfo"]
     assert all("quotaValue" not in v for v in error["details"][0]["violations"])
+
+
+async def test_a_gemini_3_tool_loop_through_responses_continues_from_the_stored_call(tmp_path: Path) -> None:
+    # The stored turn keeps the call as chat's tool call, without Gemini's extra_content: the adapter's
+    # dummy signature is what lets Gemini 3 (the fault upstream's signed-tool-once) take the next turn.
+    weather = {"type": "function", "name": "get_weather", "parameters": WEATHER["function"]["parameters"]}
+    with trio.fail_after(20):
+        async with (
+            gateway_from(tmp_path, platform(KINDS["gemini"], "signed-tool-once")) as gw,
+            client(gw) as sdk,
+        ):
+            first = await sdk.responses.create(
+                model="signed-tool-once", input="Weather in Oslo?", tools=[weather]
+            )
+            (call,) = first.output
+            assert call.type == "function_call"
+            output = {"type": "function_call_output", "call_id": call.call_id, "output": "-3C"}
+            answer = await sdk.responses.create(
+                model="signed-tool-once", input=[output], tools=[weather], previous_response_id=first.id
+            )
+            sent = [r.body for r in chat_calls(gw)]
+    assert answer.output_text == "The tool said: -3C."
+    [step] = [c for c in sent[1]["contents"] if c["role"] == "model"]
+    assert step["parts"][0]["thoughtSignature"] == "skip_thought_signature_validator"

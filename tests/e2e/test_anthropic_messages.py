@@ -22,6 +22,7 @@ import trio
 from custom_gateway import read_log, settled
 from harness import GATEWAY_KEY, gateway_from, running_gateway
 from test_fast_route import with_server
+from test_gemini_gateway import gemini_platform
 
 import service.app
 from events.types import RequestReceived, RouteDecided, SessionPinned, StreamStalled
@@ -186,6 +187,43 @@ async def test_a_tool_round_trip(tmp_path):
     [block] = streamed.content
     assert block.type == "tool_use" and block.name == "get_weather" and block.input == {}
     assert streamed.stop_reason == "tool_use"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_gemini_3_tool_loop_works_though_the_sdk_drops_the_thought_signature(tmp_path, stream):
+    # The anthropic SDK's tool_use block has no place for Gemini's thoughtSignature, so the call comes back
+    # unsigned; `signed-tool-once` refuses that as Gemini 3 does, unless the adapter sends Google's dummy.
+    def turn(client: anthropic.Anthropic, messages: list[Any]) -> Any:
+        ask = {"model": "signed-tool-once", "max_tokens": 100, "tools": [WEATHER], "messages": messages}
+        if not stream:
+            return client.messages.create(**ask)
+        with client.messages.stream(**ask) as answer:
+            return answer.get_final_message()
+
+    question = {"role": "user", "content": "weather in Paris?"}
+    with trio.fail_after(20):
+        async with gateway_from(tmp_path, gemini_platform("signed-tool-once")) as gw:
+            with sync_client(gw.url) as client:
+                first = await in_thread(turn, client, [question])
+                [call] = first.content
+                result = {"type": "tool_result", "tool_use_id": call.id, "content": "sunny"}
+                history = [question, {"role": "assistant", "content": first.content}]
+                second = await in_thread(turn, client, [*history, {"role": "user", "content": [result]}])
+                history += [
+                    {"role": "user", "content": [result]},
+                    {"role": "assistant", "content": second.content},
+                ]
+                third = await in_thread(
+                    turn, client, [*history, {"role": "user", "content": "and tomorrow?"}]
+                )
+            sent = [r.body for r in gw.upstream.requests if r.path.startswith("/v1beta/models/")]
+    assert call.type == "tool_use" and call.name == "get_weather" and call.input == {"city": "example"}
+    assert second.stop_reason == "end_turn" and second.content[0].text == "The tool said: sunny."
+    [model_step] = [c for c in sent[1]["contents"] if c["role"] == "model"]
+    assert model_step["parts"][0]["thoughtSignature"] == "skip_thought_signature_validator"
+    # Each answer names its calls afresh: the history holds no two calls with one id.
+    [again] = third.content
+    assert again.type == "tool_use" and again.id != call.id
 
 
 async def test_count_tokens_estimates_without_calling_a_provider(tmp_path):

@@ -173,7 +173,7 @@ def test_claude_model_names_route_as_the_configured_mode(
                     }
                 ],
             },
-            "messages[0].content[0].source.type",
+            "messages[0].content[0].source",
         ),
         (
             {
@@ -229,9 +229,7 @@ def test_claude_model_names_route_as_the_configured_mode(
                 "messages": [
                     {
                         "role": "user",
-                        "content": [
-                            {"type": "tool_result", "tool_use_id": "t", "content": [{"type": "video"}]}
-                        ],
+                        "content": [{"type": "tool_result", "tool_use_id": "t", "content": ["video"]}],
                     }
                 ],
             },
@@ -303,6 +301,78 @@ def test_bad_input_is_refused_naming_the_field(body: dict[str, Any], param: str)
 def test_a_body_that_is_not_a_json_object_is_refused(raw: bytes) -> None:
     with pytest.raises(BadRequest):
         parse_messages_request(raw, "req_1", "auto-smart")
+
+
+PDF = {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0xLjQK"}  # 9 bytes
+
+
+def test_a_pdf_in_a_tool_result_is_a_placeholder_not_a_400(caplog: pytest.LogCaptureFixture) -> None:
+    # Claude Code's Read tool on a PDF: refusing it would refuse every later turn, as the history is resent.
+    body = {
+        "model": "claude-sonnet-4",
+        "max_tokens": 100,
+        "messages": [
+            {"role": "user", "content": "read a.pdf"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "Read", "input": {}}]},
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": "t1",
+                        "content": [{"type": "document", "source": PDF}],
+                    }
+                ],
+            },
+        ],
+    }
+    with caplog.at_level("WARNING", logger="switchboard.messages"):
+        req = parse(body)
+    placeholder = "[document: application/pdf, 9 bytes, not supported by this gateway]"
+    assert req.body["messages"][2] == {"role": "tool", "tool_call_id": "t1", "content": placeholder}
+    assert "messages[2].content[0].content[0]" in caplog.text and "application/pdf" in caplog.text
+    assert PDF["data"] not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("source", "text"),
+    [
+        (PDF, "a.pdf\n\n[document: application/pdf, 9 bytes, not supported by this gateway]"),
+        (
+            {"type": "url", "url": "https://x.test/a.pdf?sig=SECRET"},
+            "a.pdf\n\n[document: a URL, not supported by this gateway]",
+        ),
+        (
+            {"type": "file", "file_id": "file_1"},
+            "a.pdf\n\n[document: a Files API file, not supported by this gateway]",
+        ),
+        (
+            {"type": "content", "content": [{"type": "text", "text": "p1"}, {"type": "text", "text": "p2"}]},
+            "a.pdf\n\np1\n\np2",
+        ),
+        ({"type": "content", "content": "all"}, "a.pdf\n\nall"),
+    ],
+)
+def test_documents_without_a_text_source_are_placeholders_or_their_text(
+    source: dict[str, Any], text: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    block = {"type": "document", "title": "a.pdf", "source": source}
+    with caplog.at_level("WARNING", logger="switchboard.messages"):
+        req = parse({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [block]}]})
+    assert req.body["messages"] == [{"role": "user", "content": text}]
+    assert "SECRET" not in caplog.text
+
+
+def test_an_unknown_block_in_a_tool_result_is_a_placeholder() -> None:
+    result = {
+        "type": "tool_result",
+        "tool_use_id": "t",
+        "content": [{"type": "text", "text": "a"}, {"type": "video"}],
+    }
+    req = parse({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [result]}]})
+    assert req.body["messages"] == [
+        {"role": "tool", "tool_call_id": "t", "content": "a\n\n[video block: not supported by this gateway]"}
+    ]
 
 
 def test_accepted_fields_that_are_not_forwarded() -> None:
@@ -482,6 +552,93 @@ def test_a_call_named_late_and_fragments_of_an_earlier_call_keep_their_block() -
     assert snapshot is not None
     assert [block.input for block in snapshot.content] == [{"a": 1}, {}]  # type: ignore[union-attr]
     assert events[-2][1]["delta"]["stop_reason"] == "tool_use"
+
+
+def whole_call(call_id: str | None, name: str | None, arguments: str, index: int | None = None) -> Any:
+    chunk = call_chunk(0, arguments, name, call_id)
+    call = chunk["choices"][0]["delta"]["tool_calls"][0]
+    if index is None:
+        del call["index"]
+    else:
+        call["index"] = index
+    return chunk
+
+
+def accumulated(events: list[tuple[str, Any]]) -> list[tuple[str, str, Any]]:
+    """The tool_use blocks as the anthropic SDK accumulates them: (id, name, input)."""
+    json_bufs: dict[int, bytes] = {}
+    snapshot = None
+    for _, data in events:
+        snapshot = accumulate_event(event=data, current_snapshot=snapshot, json_bufs=json_bufs)
+    assert snapshot is not None
+    return [(b.id, b.name, b.input) for b in snapshot.content if b.type == "tool_use"]
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        # Whole calls with no index (Google's OpenAI-compatible endpoint): each new id is a new block.
+        [whole_call("c1", "a", '{"x":1}'), whole_call("c2", "b", '{"y":2}')],
+        # Both on index 0 with different ids: the new id is a new call, not more arguments for the first.
+        [whole_call("c1", "a", '{"x":1}', 0), whole_call("c2", "b", '{"y":2}', 0)],
+        # No index and no ids: a name starts a call, a bare fragment continues the last one.
+        [whole_call(None, "a", '{"x":'), whole_call(None, None, "1}"), whole_call(None, "b", '{"y":2}')],
+    ],
+)
+def test_several_calls_without_distinct_indexes_are_separate_blocks(chunks: list[Any]) -> None:
+    events = render(MessagesRender("msg_1", 1), chunks)
+    calls = [(name, arguments) for _, name, arguments in accumulated(events)]
+    assert calls == [("a", {"x": 1}), ("b", {"y": 2})]
+    starts = [d["index"] for k, d in events if k == "content_block_start"]
+    assert starts == [0, 1]
+
+
+def test_an_index_continues_its_call_after_a_new_id_took_it_over() -> None:
+    chunks = [
+        whole_call("c1", "a", '{"x":1}', 0),
+        whole_call("c2", "b", '{"y":', 0),
+        call_chunk(0, "2}"),  # index 0 alone: the call that has it now, c2
+    ]
+    assert accumulated(render(MessagesRender("msg_1", 1), chunks)) == [
+        ("c1", "a", {"x": 1}),
+        ("c2", "b", {"y": 2}),
+    ]
+
+
+def reasoning_chunk(text: str) -> dict[str, Any]:
+    return {"choices": [{"index": 0, "delta": {"reasoning_content": text}, "finish_reason": None}]}
+
+
+def blocks(events: list[tuple[str, Any]]) -> list[dict[str, Any]]:
+    json_bufs: dict[int, bytes] = {}
+    snapshot = None
+    for _, data in events:
+        snapshot = accumulate_event(event=data, current_snapshot=snapshot, json_bufs=json_bufs)
+    assert snapshot is not None
+    return [b.model_dump(include={"type", "text", "thinking"}) for b in snapshot.content]
+
+
+@pytest.mark.parametrize("thinking", [False, True])
+def test_a_reasoning_only_stream_ends_with_its_reasoning_as_the_text(thinking: bool) -> None:
+    # As the whole answer does (test_a_reasoning_only_answer_is_its_text): not an empty message.
+    events = render(
+        MessagesRender("msg_1", 1, thinking=thinking),
+        [reasoning_chunk("The answer"), reasoning_chunk(" is 4.")],
+    )
+    text = {"type": "text", "text": "The answer is 4."}
+    shown = [{"type": "thinking", "thinking": "The answer is 4."}] if thinking else []
+    assert blocks(events) == [*shown, text]
+    assert events[-2][1]["usage"]["output_tokens"] == len("The answer is 4.") // 4
+    assert [k for k, _ in events][-2:] == ["message_delta", "message_stop"]
+
+
+def test_reasoning_beside_an_answer_is_not_repeated_as_text() -> None:
+    events = render(
+        MessagesRender("msg_1", 1), [reasoning_chunk("hmm"), text_chunk("4"), reasoning_chunk("ok")]
+    )
+    assert blocks(events) == [{"type": "text", "text": "4"}]
+    called = render(MessagesRender("msg_1", 1), [reasoning_chunk("hmm"), call_chunk(0, "{}", "f", "c1")])
+    assert [b["type"] for b in blocks(called)] == ["tool_use"]
 
 
 def test_a_call_that_never_names_its_tool_still_goes_out() -> None:

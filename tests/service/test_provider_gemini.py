@@ -175,6 +175,65 @@ def test_a_thought_signature_on_a_tool_call_goes_back_on_its_function_call() -> 
     ]
 
 
+def _unsigned_history(model: str) -> Any:
+    def calls(*names: str) -> dict[str, Any]:
+        return {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": f"c_{n}", "type": "function", "function": {"name": n, "arguments": "{}"}}
+                for n in names
+            ],
+        }
+
+    signed = calls("signed")
+    signed["tool_calls"][0]["extra_content"] = {"google": {"thought_signature": "CiQBVKhc7g3P"}}
+    messages = [
+        {"role": "user", "content": "look around"},
+        calls("ls", "pwd"),  # parallel calls whose signature the client dropped (Messages, Responses)
+        {"role": "tool", "tool_call_id": "c_ls", "content": "a b"},
+        {"role": "tool", "tool_call_id": "c_pwd", "content": "/"},
+        signed,
+        {"role": "tool", "tool_call_id": "c_signed", "content": "ok"},
+    ]
+    return [
+        c["parts"] for c in sent({"model": model, "messages": messages})["contents"] if c["role"] == "model"
+    ]
+
+
+@pytest.mark.parametrize("model", ["gemini-3-flash-preview", "gemini-3.1-pro-preview", "gemini-flash-latest"])
+def test_a_step_of_unsigned_calls_gets_googles_dummy_signature_on_its_first_call(model: str) -> None:
+    # Gemini 3 refuses a current-turn functionCall without a signature (400 "Function call is missing a
+    # thought_signature"); Google's documented dummy skips the check. Parallel calls carry one, on the
+    # first; a real signature is kept as it came.
+    unsigned, signed = _unsigned_history(model)
+    assert [p.get("thoughtSignature") for p in unsigned] == ["skip_thought_signature_validator", None]
+    assert [p.get("thoughtSignature") for p in signed] == ["CiQBVKhc7g3P"]
+
+
+@pytest.mark.parametrize("model", ["gemini-2.5-flash", "gemini-2.0-flash", "gemma-3-27b-it"])
+def test_families_that_never_check_signatures_get_no_dummy(model: str) -> None:
+    unsigned, signed = _unsigned_history(model)
+    assert [p.get("thoughtSignature") for p in unsigned] == [None, None]
+    assert [p.get("thoughtSignature") for p in signed] == ["CiQBVKhc7g3P"]
+
+
+def test_made_up_call_ids_are_unique_per_answer_and_distinct_within_it() -> None:
+    # Gemini's calls have no id: ids from the position alone (call_0_0) would repeat every turn, and an
+    # agent's history would hold one id for two calls.
+    answers = [ADAPTER.completion(fixture("generate_tool_calls.json")) for _ in range(2)]
+    ids = [[c["id"] for c in a["choices"][0]["message"]["tool_calls"]] for a in answers]
+    assert len(set(ids[0])) == 2 and not set(ids[0]) & set(ids[1])
+    first, second = fixture("stream_tool_calls_split.sse").split(b"\r\n\r\n")[:2]
+    streams = []
+    for parser in (ADAPTER.stream_frames(), ADAPTER.stream_frames()):
+        frames = [parser.frame(f.removeprefix(b"data: ")) for f in (first, second)]
+        streams.append([c["id"] for f in frames if f for c in f.obj["choices"][0]["delta"]["tool_calls"]])
+    assert len(set(streams[0])) == 2 and not set(streams[0]) & set(streams[1])
+    # Within one stream the calls share the answer's prefix: one answer, one id family.
+    assert len({i.rsplit("_", 2)[0] for i in streams[0]}) == 1
+
+
 def test_gemma_gets_its_system_messages_inlined_in_the_first_user_turn() -> None:
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
     body = sent({"model": "gemma-3-27b-it", "messages": messages})
