@@ -613,7 +613,9 @@ class ResponsesRender(StreamRender):
         self._started = False
         self._text_index: int | None = None
         self._text_id = ""
-        self._calls: dict[int, _OpenCall] = {}  # by the chat delta's `index`
+        self._calls: list[_OpenCall] = []  # in the order they opened
+        self._by_index: dict[int, _OpenCall] = {}  # the latest call opened at each chat delta `index`
+        self._last_call: _OpenCall | None = None  # where a fragment without an index goes
         self._items = 0
         self.turn = Turn()
 
@@ -684,28 +686,41 @@ class ResponsesRender(StreamRender):
         )
 
     def _call(self, delta: dict[str, Any]) -> bytes:
-        index = delta.get("index")
-        key = index if isinstance(index, int) else len(self._calls)
+        """A tool-call delta. A new `id` starts a new call even at an `index` already seen (some providers
+        number every call 0), and so does a name when there is no `index` (whole calls, one per delta);
+        only a fragment with neither continues: the call at its index, else the last one opened."""
+        index = delta.get("index") if isinstance(delta.get("index"), int) else None
+        call_id = delta.get("id") if isinstance(delta.get("id"), str) and delta.get("id") else None
         fn = delta.get("function")
         fn = fn if isinstance(fn, dict) else {}
         name, args = fn.get("name"), fn.get("arguments")
+        name = name if isinstance(name, str) and name else None
+        open_ = self._by_index.get(index) if index is not None else self._last_call
+        new = (
+            open_ is None
+            or (call_id is not None and call_id != open_.call["id"])
+            or (index is None and call_id is None and name is not None)
+        )
         out = b""
-        open_ = self._calls.get(key)
-        if open_ is None:
+        if open_ is None or new:
             call = {
-                "id": str(delta.get("id") or new_id("call")),
-                "function": {"name": name if isinstance(name, str) else "", "arguments": ""},
+                "id": call_id or new_id("call"),
+                "function": {"name": name or "", "arguments": ""},
             }
-            open_ = self._calls[key] = _OpenCall(self._items, new_id("fc"), call)
+            open_ = _OpenCall(self._items, new_id("fc"), call)
             self._items += 1
+            self._calls.append(open_)
+            if index is not None:
+                self._by_index[index] = open_
             self.turn.calls.append(call)
             out = self._event(
                 "response.output_item.added",
                 output_index=open_.output_index,
                 item=call_item(open_.item_id, call, "in_progress"),
             )
-        elif isinstance(name, str) and name and not open_.call["function"]["name"]:
+        elif name is not None and not open_.call["function"]["name"]:
             open_.call["function"]["name"] = name
+        self._last_call = open_
         if isinstance(args, str) and args:
             open_.call["function"]["arguments"] += args
             out += self._event(
@@ -720,7 +735,7 @@ class ResponsesRender(StreamRender):
         items: list[tuple[int, dict[str, Any]]] = []
         if self._text_index is not None:
             items.append((self._text_index, message_item(self._text_id, self.turn.text, status)))
-        for c in self._calls.values():
+        for c in self._calls:
             items.append((c.output_index, call_item(c.item_id, c.call, status)))
         return [item for _, item in sorted(items, key=lambda pair: pair[0])]
 
@@ -756,7 +771,7 @@ class ResponsesRender(StreamRender):
                 )
 
             closing.append((index, text_done))
-        for c in self._calls.values():
+        for c in self._calls:
 
             def call_done(c: _OpenCall = c) -> bytes:
                 return self._event(

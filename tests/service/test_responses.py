@@ -343,3 +343,63 @@ def test_the_responses_table_sets_the_store_s_retention(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as bad:
         load_config(path, {})
     assert bad.value.key == "responses.retention_days"
+
+
+# ---- provider shapes the stream must not merge or trip on ------------------------------------------------
+
+
+def rendered(chunks: list[dict[str, Any]], render: ResponsesRender | None = None) -> list[dict[str, Any]]:
+    """The events of a whole stream of chat chunks, every one validated by the SDK's type."""
+    render = render or ResponsesRender(shell(), est_input=5)
+    out = render.routed(Routed("local/ok", 1), in_headers=True)
+    for obj in chunks:
+        out += render.chunk(Chunk(msgspec.json.encode(obj), obj))
+    events = parse_sse(out + run(render.end()))
+    for event in events:
+        validated(event)
+    return events
+
+
+def delta(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+    return {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+
+def tool_delta(args: str, *, index: int | None = None, **fields: Any) -> dict[str, Any]:
+    call: dict[str, Any] = {**fields, "function": {"arguments": args}}
+    if "name" in fields:
+        call["function"]["name"] = call.pop("name")
+    if index is not None:
+        call["index"] = index
+    return delta({"tool_calls": [call]})
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        pytest.param(  # Google's OpenAI-compatible endpoint: whole calls, no index
+            [tool_delta('{"x":1}', id="c1", name="a"), tool_delta('{"y":2}', id="c2", name="b")],
+            id="no-index",
+        ),
+        pytest.param(  # every call numbered 0, told apart by its id
+            [
+                tool_delta('{"x":', index=0, id="c1", name="a"),
+                tool_delta("1}", index=0),
+                tool_delta('{"y":2}', index=0, id="c2", name="b"),
+            ],
+            id="index-0-new-id",
+        ),
+        pytest.param(  # no index: a fragment with neither id nor name continues the last call
+            [
+                tool_delta('{"x":', id="c1", name="a"),
+                tool_delta("1}"),
+                tool_delta('{"y":2}', name="b"),
+            ],
+            id="no-index-fragments",
+        ),
+    ],
+)
+def test_tool_calls_are_told_apart_by_id_and_name_not_only_by_index(chunks: list[dict[str, Any]]) -> None:
+    final = rendered(chunks)[-1]["response"]
+    calls = [(item["name"], item["arguments"]) for item in final["output"]]
+    assert calls == [("a", '{"x":1}'), ("b", '{"y":2}')]
+    assert final["output"][0]["call_id"] == "c1"
