@@ -13,6 +13,7 @@ followed back to its first turn, oldest first. `instructions` apply to their own
 from __future__ import annotations
 
 import dataclasses
+import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,6 +42,8 @@ from service.edge import (
 )
 from service.protocol import ClientProtocol
 from service.streaming import StreamRender, stream_answer
+
+logger = logging.getLogger("switchboard.responses")
 
 RESPONSES_PATH = "/v1/responses"
 MAX_ID = 256  # characters of a response id a client may send
@@ -217,11 +220,17 @@ def input_messages(value: Any) -> list[dict[str, Any]]:
     if not isinstance(value, list):
         raise _bad_type("input", "a string or an array of input items")
     messages: list[dict[str, Any]] = []
+    # Images of function call outputs, for one user message after the run of tool messages they came in
+    # (chat wants every tool message of a turn right after the assistant's calls).
+    pending_images: list[dict[str, Any]] = []
     for i, item in enumerate(value):
         where = f"input[{i}]"
         if not isinstance(item, dict):
             raise _bad_type(where, "an object")
         kind = item.get("type")
+        if pending_images and kind != "function_call_output":
+            messages.append({"role": "user", "content": pending_images})
+            pending_images = []
         if kind is None and "role" in item:
             kind = "message"  # the SDK's EasyInputMessage
         if kind == "message":
@@ -241,13 +250,14 @@ def input_messages(value: Any) -> list[dict[str, Any]]:
             else:
                 messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
         elif kind == "function_call_output":
-            messages.append(
-                {
-                    "role": "tool",
-                    "tool_call_id": _string(item, "call_id", where),
-                    "content": _output_text(where, item.get("output")),
-                }
-            )
+            call_id = _string(item, "call_id", where)
+            text, images = _tool_output(where, item.get("output"))
+            messages.append({"role": "tool", "tool_call_id": call_id, "content": text})
+            if images:
+                pending_images.append(
+                    {"type": "text", "text": f"The images function call {call_id} returned:"}
+                )
+                pending_images.extend(images)
         elif kind == "reasoning":
             continue
         elif isinstance(kind, str):
@@ -259,6 +269,8 @@ def input_messages(value: Any) -> list[dict[str, Any]]:
             )
         else:
             raise _bad_type(f"{where}.type", "a string")
+    if pending_images:
+        messages.append({"role": "user", "content": pending_images})
     return messages
 
 
@@ -269,27 +281,47 @@ def _string(item: dict[str, Any], name: str, where: str, *, allow_empty: bool = 
     return value
 
 
-def _output_text(where: str, output: Any) -> str:
+def _tool_output(where: str, output: Any) -> tuple[str, list[dict[str, Any]]]:
+    """A function call's output: its text, and its images as chat image parts (a chat tool message carries
+    text only: they go in a user message after it). Codex and the agents SDK send screenshots and MCP
+    results as `input_image`; a file is named in the text (no chat provider takes a file here). Clients
+    resend the whole history every turn, so an output refused once would be refused for ever."""
     if isinstance(output, str):
-        return output
-    if isinstance(output, list):
-        texts = []
-        for j, part in enumerate(output):
-            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-                raise _bad_type(f"{where}.output[{j}]", "an object with a string 'type'")
-            if part["type"] in ("input_text", "output_text"):
-                if not isinstance(part.get("text"), str):
-                    raise _bad_type(f"{where}.output[{j}].text", "a string")
-                texts.append(part["text"])
-            else:
-                raise BadRequest(
-                    f"'{where}.output[{j}].type' {quoted(part['type'])!r} is not supported in a function "
-                    "call's output; send text.",
-                    f"{where}.output[{j}].type",
-                    "invalid_value",
-                )
-        return "".join(texts)
-    raise _bad_type(f"{where}.output", "a string or an array of text parts")
+        return output, []
+    if not isinstance(output, list):
+        raise _bad_type(f"{where}.output", "a string or an array of content parts")
+    texts: list[str] = []
+    images: list[dict[str, Any]] = []
+    for j, part in enumerate(output):
+        at = f"{where}.output[{j}]"
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            raise _bad_type(at, "an object with a string 'type'")
+        kind = part["type"]
+        if kind in ("input_text", "output_text"):
+            if not isinstance(part.get("text"), str):
+                raise _bad_type(f"{at}.text", "a string")
+            texts.append(part["text"])
+        elif kind == "input_image" and isinstance(part.get("image_url"), str) and part["image_url"]:
+            image: dict[str, Any] = {"url": part["image_url"]}
+            if isinstance(part.get("detail"), str):
+                image["detail"] = part["detail"]
+            images.append({"type": "image_url", "image_url": image})
+        elif kind in ("input_image", "input_file"):
+            # A file id (we hold no files) or a file: the model is told what was there, the log why not.
+            name = next(
+                (part[k] for k in ("filename", "file_id", "file_url") if isinstance(part.get(k), str)), "?"
+            )
+            what = "image" if kind == "input_image" else "file"
+            texts.append(f"[{what} {name!r} omitted: not supported by this gateway]")
+            logger.warning("responses: %s %s in a function call's output replaced by a note", at, kind)
+        else:
+            raise BadRequest(
+                f"'{at}.type' {quoted(kind)!r} is not supported in a function call's output; this gateway "
+                "takes input_text, output_text, input_image and input_file parts.",
+                f"{at}.type",
+                "invalid_value",
+            )
+    return "".join(texts), images
 
 
 def _message(where: str, item: dict[str, Any]) -> dict[str, Any]:

@@ -403,3 +403,47 @@ def test_tool_calls_are_told_apart_by_id_and_name_not_only_by_index(chunks: list
     calls = [(item["name"], item["arguments"]) for item in final["output"]]
     assert calls == [("a", '{"x":1}'), ("b", '{"y":2}')]
     assert final["output"][0]["call_id"] == "c1"
+
+
+def test_images_in_function_call_outputs_follow_the_tool_messages_and_files_are_named(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    image = {"type": "input_image", "image_url": "data:image/png;base64,AAAA", "detail": "low"}
+    pdf = {"type": "input_file", "filename": "report.pdf", "file_data": "data:application/pdf;base64,JVBE"}
+    body = {
+        "model": "auto",
+        "input": [
+            {"role": "user", "content": "screenshot it and read the report"},
+            {"type": "function_call", "call_id": "c1", "name": "screenshot", "arguments": "{}"},
+            {"type": "function_call", "call_id": "c2", "name": "read", "arguments": "{}"},
+            {
+                "type": "function_call_output",
+                "call_id": "c1",
+                "output": [{"type": "input_text", "text": "caption"}, image],
+            },
+            {"type": "function_call_output", "call_id": "c2", "output": [pdf]},
+            {"role": "user", "content": "well?"},
+        ],
+    }
+    with caplog.at_level("WARNING", "switchboard.responses"):
+        messages = parse_responses_request(msgspec.json.encode(body)).messages
+    assert messages[2:] == [
+        {"role": "tool", "tool_call_id": "c1", "content": "caption"},
+        {
+            "role": "tool",
+            "tool_call_id": "c2",
+            "content": "[file 'report.pdf' omitted: not supported by this gateway]",
+        },
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "The images function call c1 returned:"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA", "detail": "low"}},
+            ],
+        },
+        {"role": "user", "content": "well?"},
+    ]
+    assert "input[4].output[0]" in caplog.text and "JVBE" not in caplog.text
+    # The last item may be the output: its images still follow it.
+    last = parse_responses_request(msgspec.json.encode({**body, "input": body["input"][:4]})).messages
+    assert [m["role"] for m in last] == ["user", "assistant", "tool", "user"]
