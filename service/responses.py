@@ -648,6 +648,7 @@ class ResponsesRender(StreamRender):
         self._calls: list[_OpenCall] = []  # in the order they opened
         self._by_index: dict[int, _OpenCall] = {}  # the latest call opened at each chat delta `index`
         self._last_call: _OpenCall | None = None  # where a fragment without an index goes
+        self._reasoning: list[str] = []  # the answer's text if it ends with no text and no call
         self._items = 0
         self.turn = Turn()
 
@@ -684,6 +685,9 @@ class ResponsesRender(StreamRender):
                 text = delta.get("content")
                 if isinstance(text, str) and text:
                     out.append(self._text(text))
+                reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+                if isinstance(reasoning, str):
+                    self._reasoning.append(reasoning)
                 for call in delta.get("tool_calls") or ():
                     if isinstance(call, dict):
                         out.append(self._call(call))
@@ -826,7 +830,12 @@ class ResponsesRender(StreamRender):
     async def end(self) -> bytes:
         incomplete = self.turn.finish == "length"
         status = "incomplete" if incomplete else "completed"
-        out = self._start() + self._close_items(status)
+        out = self._start()
+        if not self.turn.text and not self._calls and self._reasoning:
+            # A reasoning-only answer: its reasoning is the text, as the whole answer's is
+            # (events/frames.py: normalise_message), so a stream and a whole answer say the same.
+            out += self._text("".join(self._reasoning))
+        out += self._close_items(status)
         usage = usage_object(self.turn.usage, self.est_input, self.turn.text, self.turn.calls)
         response = self.shell.build(status, self._output(status), usage, incomplete=incomplete)
         if self._finished is not None:

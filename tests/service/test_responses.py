@@ -447,3 +447,24 @@ def test_images_in_function_call_outputs_follow_the_tool_messages_and_files_are_
     # The last item may be the output: its images still follow it.
     last = parse_responses_request(msgspec.json.encode({**body, "input": body["input"][:4]})).messages
     assert [m["role"] for m in last] == ["user", "assistant", "tool", "user"]
+
+
+def test_a_reasoning_only_stream_answers_with_its_reasoning_as_the_whole_answer_does() -> None:
+    chunks = [delta({"reasoning_content": "The answer "}), delta({"reasoning": "is 4."}, "stop")]
+    events = rendered(chunks)
+    assert [e["type"] for e in events[2:]] == [
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    final = events[-1]["response"]
+    assert final["output"][0]["content"][0]["text"] == "The answer is 4."
+    whole = {"choices": [{"index": 0, "message": {"reasoning_content": "The answer is 4."}}]}
+    assert Turn.of_completion(whole).text == "The answer is 4."
+    # Beside text, reasoning is not the answer.
+    text = rendered([delta({"reasoning_content": "hmm"}), delta({"content": "4"}, "stop")])
+    assert text[-1]["response"]["output"][0]["content"][0]["text"] == "4"
