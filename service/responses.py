@@ -126,6 +126,22 @@ def _optional(body: dict[str, Any], name: str, kind: type | tuple[type, ...], wh
 def parse_responses_request(raw: bytes) -> ResponsesCall:
     """Validate what we read and translate it; fields the SDKs send that we do not use are ignored."""
     body = _decoded(raw)
+    # Server-side state this gateway does not keep: ignoring it would answer without the conversation or
+    # the prompt the client meant, so it is refused, saying what works instead.
+    if body.get("conversation") is not None:
+        raise BadRequest(
+            "'conversation' is not supported: this gateway keeps no conversation objects; continue one "
+            "with 'previous_response_id', or send the conversation in 'input'.",
+            "conversation",
+            "unsupported_parameter",
+        )
+    if body.get("prompt") is not None:
+        raise BadRequest(
+            "'prompt' (a stored prompt template) is not supported by this gateway; send the prompt's text "
+            "as 'instructions' and 'input'.",
+            "prompt",
+            "unsupported_parameter",
+        )
     chat: dict[str, Any] = {}
     for name in ("model", "models", "fallback"):  # validated by chat's parser
         if name in body:

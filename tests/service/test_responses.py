@@ -156,6 +156,9 @@ def test_tool_settings_go_to_the_provider_only_with_tools() -> None:
         ({"input": "hi", "text": {"format": {"type": "xml"}}}, "text.format.type"),
         ({"input": "hi", "text": {"format": {"type": "json_schema", "schema": {}}}}, "text.format.name"),
         ({"input": "hi", "parallel_tool_calls": "no"}, "parallel_tool_calls"),
+        ({"input": "hi", "conversation": "conv_123"}, "conversation"),
+        ({"input": "hi", "conversation": {"id": "conv_123"}}, "conversation"),
+        ({"input": "hi", "prompt": {"id": "pmpt_1"}}, "prompt"),
     ],
 )
 def test_wrong_types_are_a_400_naming_the_field(body: dict[str, Any], param: str) -> None:
