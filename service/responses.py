@@ -507,12 +507,19 @@ class Turn:
                         "id": str(call.get("id") or new_id("call")),
                         "function": {
                             "name": str(fn.get("name") or ""),
-                            "arguments": str(fn.get("arguments") or ""),
+                            "arguments": arguments_text(fn.get("arguments")),
                         },
                     }
                 )
         usage = completion.get("usage") if isinstance(completion, dict) else None
         return cls(text, calls, choice.get("finish_reason"), usage if isinstance(usage, dict) else None)
+
+
+def arguments_text(value: Any) -> str:
+    """A tool call's arguments as the JSON text Responses carries: some providers send the object itself."""
+    if isinstance(value, str):
+        return value
+    return "" if value is None else _encode(value).decode()
 
 
 def _count(value: Any) -> int:
@@ -745,7 +752,7 @@ class ResponsesRender(StreamRender):
         call_id = delta.get("id") if isinstance(delta.get("id"), str) and delta.get("id") else None
         fn = delta.get("function")
         fn = fn if isinstance(fn, dict) else {}
-        name, args = fn.get("name"), fn.get("arguments")
+        name, args = fn.get("name"), arguments_text(fn.get("arguments"))
         name = name if isinstance(name, str) and name else None
         open_ = self._by_index.get(index) if index is not None else self._last_call
         new = (
@@ -773,7 +780,7 @@ class ResponsesRender(StreamRender):
         elif name is not None and not open_.call["function"]["name"]:
             open_.call["function"]["name"] = name
         self._last_call = open_
-        if isinstance(args, str) and args:
+        if args:
             open_.call["function"]["arguments"] += args
             out += self._event(
                 "response.function_call_arguments.delta",

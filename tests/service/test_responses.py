@@ -471,3 +471,13 @@ def test_a_reasoning_only_stream_answers_with_its_reasoning_as_the_whole_answer_
     # Beside text, reasoning is not the answer.
     text = rendered([delta({"reasoning_content": "hmm"}), delta({"content": "4"}, "stop")])
     assert text[-1]["response"]["output"][0]["content"][0]["text"] == "4"
+
+
+def test_tool_arguments_sent_as_an_object_become_json_text_in_both_paths() -> None:
+    fn = {"name": "weather", "arguments": {"city": "Paris", "days": [1, 2]}}
+    whole = {"choices": [{"index": 0, "message": {"tool_calls": [{"id": "c1", "function": fn}]}}]}
+    (call,) = Turn.of_completion(whole).calls
+    assert json.loads(call["function"]["arguments"]) == fn["arguments"]
+    events = rendered([delta({"tool_calls": [{"index": 0, "id": "c1", "function": fn}]}, "tool_calls")])
+    (item,) = events[-1]["response"]["output"]
+    assert json.loads(item["arguments"]) == fn["arguments"]
