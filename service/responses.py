@@ -52,6 +52,8 @@ _decode = msgspec.json.decode
 
 MESSAGE_ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
 TOOL_CHOICES = ("auto", "none", "required")
+# A chat finish_reason that leaves a Response incomplete, and the reason OpenAI gives for it.
+INCOMPLETE_REASONS = {"length": "max_output_tokens", "content_filter": "content_filter"}
 
 
 def new_id(prefix: str) -> str:
@@ -594,7 +596,7 @@ class ResponseShell:
         output: list[dict[str, Any]],
         usage: dict[str, Any] | None = None,
         error: dict[str, Any] | None = None,
-        incomplete: bool = False,
+        incomplete: str | None = None,
     ) -> dict[str, Any]:
         return {
             "id": self.response_id,
@@ -603,7 +605,7 @@ class ResponseShell:
             "status": status,
             "background": False,
             "error": error,
-            "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
+            "incomplete_details": {"reason": incomplete} if incomplete else None,
             "model": self.model,
             "output": output,
             "usage": usage,
@@ -615,7 +617,7 @@ class ResponseShell:
 
 def response_of(shell: ResponseShell, turn: Turn, est_input: int) -> dict[str, Any]:
     """A whole Response from a whole answer: its message (if it has text), then its function calls."""
-    incomplete = turn.finish == "length"
+    incomplete = INCOMPLETE_REASONS.get(turn.finish or "")
     status = "incomplete" if incomplete else "completed"
     output: list[dict[str, Any]] = []
     if turn.text or not turn.calls:
@@ -851,7 +853,7 @@ class ResponsesRender(StreamRender):
         return b"".join(out)
 
     async def end(self) -> bytes:
-        incomplete = self.turn.finish == "length"
+        incomplete = INCOMPLETE_REASONS.get(self.turn.finish or "")
         status = "incomplete" if incomplete else "completed"
         out = self._start()
         if not self.turn.text and not self._calls and self._reasoning:

@@ -481,3 +481,14 @@ def test_tool_arguments_sent_as_an_object_become_json_text_in_both_paths() -> No
     events = rendered([delta({"tool_calls": [{"index": 0, "id": "c1", "function": fn}]}, "tool_calls")])
     (item,) = events[-1]["response"]["output"]
     assert json.loads(item["arguments"]) == fn["arguments"]
+
+
+def test_a_content_filter_finish_is_incomplete_for_that_reason_in_both_paths() -> None:
+    whole = {"choices": [{"index": 0, "message": {"content": "I can"}, "finish_reason": "content_filter"}]}
+    response = response_of(shell(), Turn.of_completion(whole), 5)
+    assert response["status"] == "incomplete"
+    assert response["incomplete_details"] == {"reason": "content_filter"}
+    Response.model_validate(response)
+    final = rendered([delta({"content": "I can"}, "content_filter")])[-1]
+    assert final["type"] == "response.incomplete"
+    assert final["response"]["incomplete_details"] == {"reason": "content_filter"}
