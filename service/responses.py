@@ -490,31 +490,47 @@ class Turn:
 
     @classmethod
     def of_completion(cls, completion: Any) -> Turn:
-        choices = completion.get("choices") if isinstance(completion, dict) else None
-        choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+        """The answer in a chat completion; shapes a provider got wrong are skipped, never raised on (the
+        attempt already counted as a success: a 500 now would answer a good request with a bug)."""
+        completion = completion if isinstance(completion, dict) else {}
+        choices = _list(completion.get("choices"))
+        choice = choices[0] if choices and isinstance(choices[0], dict) else {}
         message: dict[str, Any] = choice["message"] if isinstance(choice.get("message"), dict) else {}
         content = message.get("content")
         if isinstance(content, list):
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+            content = "".join(
+                p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)
+            )
         text = content if isinstance(content, str) else ""
-        if not text and not message.get("tool_calls"):
-            reasoning = message.get("reasoning_content") or message.get("reasoning")
-            text = reasoning if isinstance(reasoning, str) else ""
         calls = []
-        for call in message.get("tool_calls") or ():
+        for call in _list(message.get("tool_calls")):
             if isinstance(call, dict):
                 fn = call["function"] if isinstance(call.get("function"), dict) else {}
+                call_id, name = call.get("id"), fn.get("name")
                 calls.append(
                     {
-                        "id": str(call.get("id") or new_id("call")),
+                        "id": call_id if isinstance(call_id, str) and call_id else new_id("call"),
                         "function": {
-                            "name": str(fn.get("name") or ""),
+                            "name": name if isinstance(name, str) else "",
                             "arguments": arguments_text(fn.get("arguments")),
                         },
                     }
                 )
-        usage = completion.get("usage") if isinstance(completion, dict) else None
-        return cls(text, calls, choice.get("finish_reason"), usage if isinstance(usage, dict) else None)
+        if not text and not calls:
+            reasoning = message.get("reasoning_content") or message.get("reasoning")
+            text = reasoning if isinstance(reasoning, str) else ""
+        usage = completion.get("usage")
+        return cls(text, calls, _finish(choice), usage if isinstance(usage, dict) else None)
+
+
+def _list(value: Any) -> list[Any]:
+    """A list from provider data, or none: a field of the wrong type is ignored, as chat passes it."""
+    return value if isinstance(value, list) else []
+
+
+def _finish(choice: dict[str, Any]) -> str | None:
+    finish = choice.get("finish_reason")
+    return finish if isinstance(finish, str) and finish else None
 
 
 def arguments_text(value: Any) -> str:
@@ -702,7 +718,7 @@ class ResponsesRender(StreamRender):
         out = [self._start()]
         if isinstance(obj.get("usage"), dict):
             self.turn.usage = obj["usage"]
-        for choice in obj.get("choices") or ():
+        for choice in _list(obj.get("choices")):
             if not isinstance(choice, dict):
                 continue
             delta = choice.get("delta") or {}
@@ -713,11 +729,10 @@ class ResponsesRender(StreamRender):
                 reasoning = delta.get("reasoning_content") or delta.get("reasoning")
                 if isinstance(reasoning, str):
                     self._reasoning.append(reasoning)
-                for call in delta.get("tool_calls") or ():
+                for call in _list(delta.get("tool_calls")):
                     if isinstance(call, dict):
                         out.append(self._call(call))
-            if choice.get("finish_reason"):
-                self.turn.finish = choice["finish_reason"]
+            self.turn.finish = _finish(choice) or self.turn.finish
         return b"".join(out)
 
     def _text(self, text: str) -> bytes:

@@ -492,3 +492,26 @@ def test_a_content_filter_finish_is_incomplete_for_that_reason_in_both_paths() -
     final = rendered([delta({"content": "I can"}, "content_filter")])[-1]
     assert final["type"] == "response.incomplete"
     assert final["response"]["incomplete_details"] == {"reason": "content_filter"}
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"content": "ok", "tool_calls": 5},
+        {"content": "ok", "tool_calls": [1, "x", None]},
+        {"content": [{"text": 5}, {"type": "text", "text": "ok"}, 3]},
+        {"content": "ok", "tool_calls": [{"id": 7, "function": {"name": ["f"], "arguments": None}}]},
+    ],
+)
+def test_odd_provider_shapes_are_skipped_not_raised_on(message: dict[str, Any]) -> None:
+    whole = {"choices": [{"index": 0, "message": message, "finish_reason": {"odd": 1}}]}
+    turn = Turn.of_completion(whole)
+    assert turn.text == "ok" and turn.finish is None
+    assert all(isinstance(c["id"], str) and c["function"]["name"] == "" for c in turn.calls)
+    Response.model_validate(response_of(shell(), turn, 5))
+    chunk = {"choices": [{"index": 0, "delta": message, "finish_reason": {"odd": 1}}]}
+    events = rendered([chunk])
+    assert events[-1]["type"] == "response.completed"
+    for odd in ({"choices": 5}, {"choices": [5, None]}, {"choices": None}, {"choices": [{"delta": 3}]}):
+        assert Turn.of_completion(odd) == Turn()
+        assert rendered([odd])[-1]["type"] == "response.completed"
