@@ -24,7 +24,7 @@ from quart import Response
 from quart_trio import QuartTrio
 
 from actors.request import ChatRequest
-from actors.responses import StoredResponse
+from actors.responses import MAX_CHAIN, Missing, ResponseRetention, StoredResponse, TooLong
 from actors.stream import Routed
 from actors.supervisor import Runtime
 from events.attempts import Failure
@@ -895,13 +895,36 @@ class ResponsesRender(StreamRender):
 # ---- the handlers ----------------------------------------------------------------------------------------
 
 
-def not_found_previous(response_id: str) -> Answer:
+def not_found_previous(response_id: str, missing: str) -> Answer:
+    """The response the client named, or an earlier one its conversation continues (named, so the client
+    knows which turn is gone), is not found."""
+    which = (
+        f"Previous response with id '{quoted(response_id)}'"
+        if missing == response_id
+        else f"Previous response '{quoted(response_id)}' continues response '{quoted(missing)}', which is"
+    )
     return error_answer(
         400,
-        f"Previous response with id '{quoted(response_id)}' not found (unknown, expired, deleted, or "
-        "created with store: false).",
+        f"{which} not found (unknown, expired, deleted, or created with store: false).",
         "invalid_request_error",
         "previous_response_not_found",
+        param="previous_response_id",
+    )
+
+
+def too_long_chain(response_id: str, chain: TooLong, retention: ResponseRetention) -> Answer:
+    if chain.size > retention.max_chain_bytes:
+        mb = retention.max_chain_bytes / (1024 * 1024)
+        why = f"its last {chain.turns} stored turns hold more than {mb:g} MB of messages (the largest "
+        why += "request this gateway takes, [server] max_body_mb)"
+    else:
+        why = f"it has more than {MAX_CHAIN} turns"
+    return error_answer(
+        400,
+        f"The conversation ending with response '{quoted(response_id)}' is too long to continue by "
+        f"reference: {why}. Start a new conversation, sending what you want to keep of it as 'input'.",
+        "invalid_request_error",
+        "conversation_too_long",
         param="previous_response_id",
     )
 
@@ -912,8 +935,10 @@ async def handle(runtime: Runtime, raw: bytes, request_id: str, headers: Headers
         history: list[dict[str, Any]] = []
         if call.previous_response_id is not None:
             chain = await runtime.responses.chain(call.previous_response_id)
-            if chain is None:
-                return not_found_previous(call.previous_response_id)
+            if isinstance(chain, Missing):
+                return not_found_previous(call.previous_response_id, chain.response_id)
+            if isinstance(chain, TooLong):
+                return too_long_chain(call.previous_response_id, chain, runtime.responses.retention)
             for earlier in chain:
                 history.extend(_decode(earlier.messages))
         req = call.chat_request(history, request_id, headers.get("x-session-id"))

@@ -15,7 +15,7 @@ import msgspec
 import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 
-from actors.responses import ResponseRetention
+from actors.responses import ResponseRetention, TooLong
 from actors.stream import Routed
 from events.attempts import Failure
 from events.frames import Chunk
@@ -28,6 +28,7 @@ from service.responses import (
     parse_responses_request,
     response_of,
     stored_turn,
+    too_long_chain,
 )
 from service.server import routing_settings
 
@@ -336,10 +337,12 @@ def test_a_whole_answer_sent_as_one_chunk_renders_and_a_truncation_is_incomplete
 def test_the_responses_table_sets_the_store_s_retention(tmp_path: Path) -> None:
     path = tmp_path / "switchboard.toml"
     path.write_text(
-        "[catalog]\nbuiltin = false\n[responses]\nretention_days = 7\nmax_indexed = 50\ncache_mb = 2\n"
+        "[server]\nmax_body_mb = 4\n[catalog]\nbuiltin = false\n"
+        "[responses]\nretention_days = 7\nmax_indexed = 50\ncache_mb = 2\n"
     )
     settings = routing_settings(load_config(path, {}))
-    assert settings.responses == ResponseRetention(7 * 86400, 50, 2 * 1024 * 1024)
+    # A chain may hold as much as one request body may: the conversation sent whole would be refused.
+    assert settings.responses == ResponseRetention(7 * 86400, 50, 2 * 1024 * 1024, 4 * 1024 * 1024)
     path.write_text("[catalog]\nbuiltin = false\n")
     assert routing_settings(load_config(path, {})).responses == ResponseRetention()  # 30 days, 100k, 64 MB
     path.write_text("[catalog]\nbuiltin = false\n[responses]\nretention_days = 0\n")
@@ -515,3 +518,14 @@ def test_odd_provider_shapes_are_skipped_not_raised_on(message: dict[str, Any]) 
     for odd in ({"choices": 5}, {"choices": [5, None]}, {"choices": None}, {"choices": [{"delta": 3}]}):
         assert Turn.of_completion(odd) == Turn()
         assert rendered([odd])[-1]["type"] == "response.completed"
+
+
+def test_a_chain_past_its_budget_is_a_400_saying_to_start_anew() -> None:
+    answer = too_long_chain(
+        "resp_9", TooLong(7, 5_000_000), ResponseRetention(max_chain_bytes=4 * 1024 * 1024)
+    )
+    assert answer.status == 400 and isinstance(answer.body, bytes)
+    error = json.loads(answer.body)["error"]
+    assert error["code"] == "conversation_too_long" and error["param"] == "previous_response_id"
+    assert "'resp_9' is too long to continue by reference" in error["message"]
+    assert "7 stored turns hold more than 4 MB" in error["message"] and "'input'" in error["message"]
