@@ -23,6 +23,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -60,13 +61,14 @@ class StoredResponse:
     response: str
     ts: float
 
-    @property
+    @cached_property
     def messages_bytes(self) -> int:
         return len(self.messages.encode())
 
-    @property
+    @cached_property
     def size(self) -> int:
-        return len(self.messages) + len(self.response) + 200
+        """What it holds of the cache's budget: UTF-8 bytes (the texts are JSON, often not ASCII)."""
+        return self.messages_bytes + len(self.response.encode()) + 200
 
     @classmethod
     def of(cls, event: ResponseStored) -> StoredResponse:
@@ -124,7 +126,6 @@ class ResponseStore:
         self._index: OrderedDict[str, _Entry] = OrderedDict()  # oldest first
         self._cache: OrderedDict[str, StoredResponse] = OrderedDict()  # least recently used first
         self._cached_bytes = 0
-        self._deleted_meanwhile: set[str] = set()  # deleted while the rebuild ran
         self._ready = trio.Event()
         self._send, self._recv = trio.open_memory_channel[list[Entry]](math.inf)
         log.subscribe(self._send.clone())
@@ -166,16 +167,25 @@ class ResponseStore:
         while len(self._index) > self.retention.max_indexed:
             oldest, _ = self._index.popitem(last=False)
             self._cache_drop(oldest)
-        await self._log.append(
-            ResponseStored(
-                ts=response.ts,
-                request_id=request_id,
-                response_id=rid,
-                previous_response_id=response.previous_response_id,
-                messages=response.messages,
-                response=response.response,
+        try:
+            await self._log.append(
+                ResponseStored(
+                    ts=response.ts,
+                    request_id=request_id,
+                    response_id=rid,
+                    previous_response_id=response.previous_response_id,
+                    messages=response.messages,
+                    response=response.response,
+                )
             )
-        )
+        except BaseException:
+            # Not appended (the client went while the log's inbox was full, or the log is closed): the
+            # log will never give it a seq, so it would stay pinned in the cache for ever. Its client
+            # never heard it was whole; forget it.
+            if self._index.get(rid) is entry:
+                del self._index[rid]
+                self._cache_drop(rid)
+            raise
 
     async def get(self, response_id: str) -> StoredResponse | None:
         """The stored response, or None (unknown, expired or deleted)."""
@@ -301,11 +311,10 @@ class ResponseStore:
                 self._store, since, self._upto, limit, self.retention.cache_bytes, lambda: False
             )
         entries, bodies = found
-        # What came meanwhile (stored since the start) is newer than everything the rebuild read.
+        # What came meanwhile (stored since the start) is newer than everything the rebuild read. Nothing
+        # was deleted meanwhile: delete() waits for the rebuild, as lookups do.
         live = self._index
-        self._index = OrderedDict(
-            (rid, entry) for rid, entry in entries if rid not in live and rid not in self._deleted_meanwhile
-        )
+        self._index = OrderedDict((rid, entry) for rid, entry in entries if rid not in live)
         self._index.update(live)
         for body in bodies:
             if body.response_id in self._index and body.response_id not in self._cache:
@@ -313,7 +322,6 @@ class ResponseStore:
                 self._cache.move_to_end(body.response_id, last=False)  # older than what came meanwhile
                 self._cached_bytes += body.size
         self._evict()
-        self._deleted_meanwhile.clear()
         self._rebuild_s = time.perf_counter() - started
         self._ready.set()
         logger.info("responses: %d stored responses indexed in %.2fs", len(entries), self._rebuild_s)

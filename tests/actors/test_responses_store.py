@@ -196,3 +196,27 @@ async def test_a_chain_names_the_turn_that_is_gone_and_stops_past_its_byte_budge
         clock.now = NOW + 30 * DAY + 0.5  # resp_0 has expired, resp_1 not yet
         assert await responses.chain("resp_1") == Missing("resp_0")
         await committed(log)
+
+
+async def test_a_response_whose_append_was_cancelled_is_forgotten_not_pinned(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    store = MemoryStore()
+    log = LogWriter(store, after=0, inbox_size=1)  # not running: its inbox stays full
+    responses = ResponseStore(log, store, upto=0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(responses.run)
+        await responses.stored(turn(1), "req_1")  # fills the inbox
+        with trio.move_on_after(1) as waited:  # the client goes while the log's inbox is full
+            await responses.stored(turn(2, previous=1), "req_2")
+        assert waited.cancelled_caught
+        assert await responses.get("resp_2") is None  # never in the log: not kept, never to be evicted
+        stats = responses.statistics()
+        assert (stats.indexed, stats.cached, stats.cached_bytes) == (1, 1, turn(1).size)
+        nursery.cancel_scope.cancel()
+
+
+def test_a_response_s_size_is_its_utf8_bytes() -> None:
+    wide = StoredResponse("resp_1", None, '[{"content":"' + "é" * 100 + '"}]', '{"t":"日本"}', NOW)
+    assert wide.messages_bytes == len('[{"content":""}]') + 200
+    assert wide.size == wide.messages_bytes + len('{"t":""}') + 6 + 200
