@@ -23,6 +23,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,9 @@ class ResponseRetention:
     retention_s: float = 30 * 86400.0
     max_indexed: int = 100_000
     cache_bytes: int = 64 * 1024 * 1024
+    # The most a conversation's stored messages may come to: the server's request body limit ([server]
+    # max_body_mb, 32 MB by default), as the same conversation sent whole in `input` would be refused (413).
+    max_chain_bytes: int = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -57,9 +61,14 @@ class StoredResponse:
     response: str
     ts: float
 
-    @property
+    @cached_property
+    def messages_bytes(self) -> int:
+        return len(self.messages.encode())
+
+    @cached_property
     def size(self) -> int:
-        return len(self.messages) + len(self.response) + 200
+        """What it holds of the cache's budget: UTF-8 bytes (the texts are JSON, often not ASCII)."""
+        return self.messages_bytes + len(self.response.encode()) + 200
 
     @classmethod
     def of(cls, event: ResponseStored) -> StoredResponse:
@@ -71,6 +80,22 @@ class _Entry:
     ts: float
     previous: str | None
     seq: int | None  # None until the log writer committed it
+    size: int  # UTF-8 bytes of its messages: what a chain through it adds to the next request
+
+
+@dataclass(frozen=True)
+class Missing:
+    """A chain's turn that is not found (unknown, expired, deleted): the one asked for, or one before it."""
+
+    response_id: str
+
+
+@dataclass(frozen=True)
+class TooLong:
+    """A chain whose stored messages pass `max_chain_bytes` (or MAX_CHAIN turns): followed this far."""
+
+    turns: int
+    size: int
 
 
 @dataclass(frozen=True)
@@ -101,7 +126,6 @@ class ResponseStore:
         self._index: OrderedDict[str, _Entry] = OrderedDict()  # oldest first
         self._cache: OrderedDict[str, StoredResponse] = OrderedDict()  # least recently used first
         self._cached_bytes = 0
-        self._deleted_meanwhile: set[str] = set()  # deleted while the rebuild ran
         self._ready = trio.Event()
         self._send, self._recv = trio.open_memory_channel[list[Entry]](math.inf)
         log.subscribe(self._send.clone())
@@ -135,53 +159,77 @@ class ResponseStore:
 
     async def stored(self, response: StoredResponse, request_id: str) -> None:
         """Index and cache a response, then append its event: found from now on, before the log has it."""
-        self._index[response.response_id] = _Entry(response.ts, response.previous_response_id, None)
-        self._index.move_to_end(response.response_id)
+        rid = response.response_id
+        entry = _Entry(response.ts, response.previous_response_id, None, response.messages_bytes)
+        self._index[rid] = entry
+        self._index.move_to_end(rid)
         self._cache_put(response)
         while len(self._index) > self.retention.max_indexed:
             oldest, _ = self._index.popitem(last=False)
             self._cache_drop(oldest)
-        await self._log.append(
-            ResponseStored(
-                ts=response.ts,
-                request_id=request_id,
-                response_id=response.response_id,
-                previous_response_id=response.previous_response_id,
-                messages=response.messages,
-                response=response.response,
+        try:
+            await self._log.append(
+                ResponseStored(
+                    ts=response.ts,
+                    request_id=request_id,
+                    response_id=rid,
+                    previous_response_id=response.previous_response_id,
+                    messages=response.messages,
+                    response=response.response,
+                )
             )
-        )
+        except BaseException:
+            # Not appended (the client went while the log's inbox was full, or the log is closed): the
+            # log will never give it a seq, so it would stay pinned in the cache for ever. Its client
+            # never heard it was whole; forget it.
+            if self._index.get(rid) is entry:
+                del self._index[rid]
+                self._cache_drop(rid)
+            raise
 
     async def get(self, response_id: str) -> StoredResponse | None:
         """The stored response, or None (unknown, expired or deleted)."""
-        found = await self.chain(response_id, limit=1)
-        return found[-1] if found else None
+        await self._ready.wait()
+        if self._live(response_id) is None:
+            return None
+        found = await self._bodies([response_id])
+        return None if isinstance(found, Missing) else found[0]
 
-    async def chain(self, response_id: str, limit: int = MAX_CHAIN) -> list[StoredResponse] | None:
-        """The conversation that ends with `response_id`, oldest first; None when it, or any turn before
-        it, is not found (expired, deleted or never stored)."""
+    async def chain(self, response_id: str) -> list[StoredResponse] | Missing | TooLong:
+        """The conversation that ends with `response_id`, oldest first; or the first turn of it, going
+        back, that is not found (expired, deleted or never stored); or, when its messages pass
+        `max_chain_bytes`, how far it was followed (sizes come from the index: nothing is read for it)."""
         await self._ready.wait()
         ids: list[str] = []
+        size = 0
         current: str | None = response_id
-        while current is not None and len(ids) < limit:
+        while current is not None:
             entry = self._live(current)
             if entry is None:
-                return None
+                return Missing(current)
             ids.append(current)
+            size += entry.size
+            if size > self.retention.max_chain_bytes or len(ids) > MAX_CHAIN:
+                return TooLong(len(ids), size)
             current = entry.previous
+        ids.reverse()
+        return await self._bodies(ids)
+
+    async def _bodies(self, ids: list[str]) -> list[StoredResponse] | Missing:
+        """The bodies of indexed responses, from the cache or read back from the log, in that order."""
         found = {rid: self._cache[rid] for rid in ids if rid in self._cache}
         missing = [(rid, self._index[rid].seq) for rid in ids if rid not in found]
         if missing:
             read = await self._read(missing)
-            if read is None:
-                return None
+            if isinstance(read, Missing):
+                return read
             found.update((r.response_id, r) for r in read)
-        for rid in reversed(ids):  # oldest first: the newest turn ends the most recently used
+        for rid in ids:  # in order: the newest turn ends the most recently used
             if rid in self._cache:
                 self._cache.move_to_end(rid)
-            else:
+            elif rid in self._index:  # (not deleted while it was read)
                 self._cache_put(found[rid])
-        return [found[rid] for rid in reversed(ids)]
+        return [found[rid] for rid in ids]
 
     async def delete(self, response_id: str) -> bool:
         """Forget a stored response (a `ResponseDeleted`, committed before the answer); False if unknown."""
@@ -227,10 +275,11 @@ class ResponseStore:
             if entry is None or entry.seq is not None:
                 self._cache_drop(rid)
 
-    async def _read(self, wanted: list[tuple[str, int | None]]) -> list[StoredResponse] | None:
-        """Bodies read back from the log by seq (None if one cannot be found there)."""
-        if any(seq is None for _, seq in wanted):
-            return None  # uncommitted and not cached cannot happen (never evicted); be safe
+    async def _read(self, wanted: list[tuple[str, int | None]]) -> list[StoredResponse] | Missing:
+        """Bodies read back from the log by seq (the first that cannot be found there, if one cannot)."""
+        for rid, seq in wanted:
+            if seq is None:
+                return Missing(rid)  # uncommitted and not cached cannot happen (never evicted); be safe
         seqs = [(rid, seq) for rid, seq in wanted if seq is not None]
         self._log_reads += len(seqs)
         if isinstance(self._store, SqliteStore):
@@ -262,11 +311,10 @@ class ResponseStore:
                 self._store, since, self._upto, limit, self.retention.cache_bytes, lambda: False
             )
         entries, bodies = found
-        # What came meanwhile (stored since the start) is newer than everything the rebuild read.
+        # What came meanwhile (stored since the start) is newer than everything the rebuild read. Nothing
+        # was deleted meanwhile: delete() waits for the rebuild, as lookups do.
         live = self._index
-        self._index = OrderedDict(
-            (rid, entry) for rid, entry in entries if rid not in live and rid not in self._deleted_meanwhile
-        )
+        self._index = OrderedDict((rid, entry) for rid, entry in entries if rid not in live)
         self._index.update(live)
         for body in bodies:
             if body.response_id in self._index and body.response_id not in self._cache:
@@ -274,7 +322,6 @@ class ResponseStore:
                 self._cache.move_to_end(body.response_id, last=False)  # older than what came meanwhile
                 self._cached_bytes += body.size
         self._evict()
-        self._deleted_meanwhile.clear()
         self._rebuild_s = time.perf_counter() - started
         self._ready.set()
         logger.info("responses: %d stored responses indexed in %.2fs", len(entries), self._rebuild_s)
@@ -319,8 +366,10 @@ def _rebuild_index(
     for seq, event in _newest(store, STORED_TAG, since, stopped):
         if seq > upto or not isinstance(event, ResponseStored) or event.response_id in deleted:
             continue
-        newest.append((event.response_id, _Entry(event.ts, event.previous_response_id, seq)))
         body = StoredResponse.of(event)
+        newest.append(
+            (event.response_id, _Entry(event.ts, event.previous_response_id, seq, body.messages_bytes))
+        )
         if body.size <= room:
             bodies.append(body)
             room -= body.size
@@ -330,7 +379,7 @@ def _rebuild_index(
     return newest, bodies
 
 
-def _read_from(path: Path, wanted: list[tuple[str, int]]) -> list[StoredResponse] | None:
+def _read_from(path: Path, wanted: list[tuple[str, int]]) -> list[StoredResponse] | Missing:
     store = SqliteStore(path, read_only=True)
     try:
         return _read_stored(store, wanted)
@@ -338,15 +387,15 @@ def _read_from(path: Path, wanted: list[tuple[str, int]]) -> list[StoredResponse
         store.close()
 
 
-def _read_stored(store: LogStore, wanted: list[tuple[str, int]]) -> list[StoredResponse] | None:
+def _read_stored(store: LogStore, wanted: list[tuple[str, int]]) -> list[StoredResponse] | Missing:
     out: list[StoredResponse] = []
     types: Any = (STORED_TAG,)
     for rid, seq in wanted:
         found = store.read_after(seq - 1, 1, types)
         if not found or found[0][0] != seq:
-            return None  # compacted away meanwhile
+            return Missing(rid)  # compacted away meanwhile
         event = found[0][1]
         if not isinstance(event, ResponseStored) or event.response_id != rid:
-            return None
+            return Missing(rid)
         out.append(StoredResponse.of(event))
     return out

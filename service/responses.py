@@ -13,6 +13,7 @@ followed back to its first turn, oldest first. `instructions` apply to their own
 from __future__ import annotations
 
 import dataclasses
+import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from quart import Response
 from quart_trio import QuartTrio
 
 from actors.request import ChatRequest
-from actors.responses import StoredResponse
+from actors.responses import MAX_CHAIN, Missing, ResponseRetention, StoredResponse, TooLong
 from actors.stream import Routed
 from actors.supervisor import Runtime
 from events.attempts import Failure
@@ -42,6 +43,8 @@ from service.edge import (
 from service.protocol import ClientProtocol
 from service.streaming import StreamRender, stream_answer
 
+logger = logging.getLogger("switchboard.responses")
+
 RESPONSES_PATH = "/v1/responses"
 MAX_ID = 256  # characters of a response id a client may send
 _encode = msgspec.json.encode
@@ -49,6 +52,8 @@ _decode = msgspec.json.decode
 
 MESSAGE_ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
 TOOL_CHOICES = ("auto", "none", "required")
+# A chat finish_reason that leaves a Response incomplete, and the reason OpenAI gives for it.
+INCOMPLETE_REASONS = {"length": "max_output_tokens", "content_filter": "content_filter"}
 
 
 def new_id(prefix: str) -> str:
@@ -123,6 +128,22 @@ def _optional(body: dict[str, Any], name: str, kind: type | tuple[type, ...], wh
 def parse_responses_request(raw: bytes) -> ResponsesCall:
     """Validate what we read and translate it; fields the SDKs send that we do not use are ignored."""
     body = _decoded(raw)
+    # Server-side state this gateway does not keep: ignoring it would answer without the conversation or
+    # the prompt the client meant, so it is refused, saying what works instead.
+    if body.get("conversation") is not None:
+        raise BadRequest(
+            "'conversation' is not supported: this gateway keeps no conversation objects; continue one "
+            "with 'previous_response_id', or send the conversation in 'input'.",
+            "conversation",
+            "unsupported_parameter",
+        )
+    if body.get("prompt") is not None:
+        raise BadRequest(
+            "'prompt' (a stored prompt template) is not supported by this gateway; send the prompt's text "
+            "as 'instructions' and 'input'.",
+            "prompt",
+            "unsupported_parameter",
+        )
     chat: dict[str, Any] = {}
     for name in ("model", "models", "fallback"):  # validated by chat's parser
         if name in body:
@@ -217,11 +238,17 @@ def input_messages(value: Any) -> list[dict[str, Any]]:
     if not isinstance(value, list):
         raise _bad_type("input", "a string or an array of input items")
     messages: list[dict[str, Any]] = []
+    # Images of function call outputs, for one user message after the run of tool messages they came in
+    # (chat wants every tool message of a turn right after the assistant's calls).
+    pending_images: list[dict[str, Any]] = []
     for i, item in enumerate(value):
         where = f"input[{i}]"
         if not isinstance(item, dict):
             raise _bad_type(where, "an object")
         kind = item.get("type")
+        if pending_images and kind != "function_call_output":
+            messages.append({"role": "user", "content": pending_images})
+            pending_images = []
         if kind is None and "role" in item:
             kind = "message"  # the SDK's EasyInputMessage
         if kind == "message":
@@ -241,13 +268,14 @@ def input_messages(value: Any) -> list[dict[str, Any]]:
             else:
                 messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
         elif kind == "function_call_output":
-            messages.append(
-                {
-                    "role": "tool",
-                    "tool_call_id": _string(item, "call_id", where),
-                    "content": _output_text(where, item.get("output")),
-                }
-            )
+            call_id = _string(item, "call_id", where)
+            text, images = _tool_output(where, item.get("output"))
+            messages.append({"role": "tool", "tool_call_id": call_id, "content": text})
+            if images:
+                pending_images.append(
+                    {"type": "text", "text": f"The images function call {call_id} returned:"}
+                )
+                pending_images.extend(images)
         elif kind == "reasoning":
             continue
         elif isinstance(kind, str):
@@ -259,6 +287,8 @@ def input_messages(value: Any) -> list[dict[str, Any]]:
             )
         else:
             raise _bad_type(f"{where}.type", "a string")
+    if pending_images:
+        messages.append({"role": "user", "content": pending_images})
     return messages
 
 
@@ -269,27 +299,47 @@ def _string(item: dict[str, Any], name: str, where: str, *, allow_empty: bool = 
     return value
 
 
-def _output_text(where: str, output: Any) -> str:
+def _tool_output(where: str, output: Any) -> tuple[str, list[dict[str, Any]]]:
+    """A function call's output: its text, and its images as chat image parts (a chat tool message carries
+    text only: they go in a user message after it). Codex and the agents SDK send screenshots and MCP
+    results as `input_image`; a file is named in the text (no chat provider takes a file here). Clients
+    resend the whole history every turn, so an output refused once would be refused for ever."""
     if isinstance(output, str):
-        return output
-    if isinstance(output, list):
-        texts = []
-        for j, part in enumerate(output):
-            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-                raise _bad_type(f"{where}.output[{j}]", "an object with a string 'type'")
-            if part["type"] in ("input_text", "output_text"):
-                if not isinstance(part.get("text"), str):
-                    raise _bad_type(f"{where}.output[{j}].text", "a string")
-                texts.append(part["text"])
-            else:
-                raise BadRequest(
-                    f"'{where}.output[{j}].type' {quoted(part['type'])!r} is not supported in a function "
-                    "call's output; send text.",
-                    f"{where}.output[{j}].type",
-                    "invalid_value",
-                )
-        return "".join(texts)
-    raise _bad_type(f"{where}.output", "a string or an array of text parts")
+        return output, []
+    if not isinstance(output, list):
+        raise _bad_type(f"{where}.output", "a string or an array of content parts")
+    texts: list[str] = []
+    images: list[dict[str, Any]] = []
+    for j, part in enumerate(output):
+        at = f"{where}.output[{j}]"
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            raise _bad_type(at, "an object with a string 'type'")
+        kind = part["type"]
+        if kind in ("input_text", "output_text"):
+            if not isinstance(part.get("text"), str):
+                raise _bad_type(f"{at}.text", "a string")
+            texts.append(part["text"])
+        elif kind == "input_image" and isinstance(part.get("image_url"), str) and part["image_url"]:
+            image: dict[str, Any] = {"url": part["image_url"]}
+            if isinstance(part.get("detail"), str):
+                image["detail"] = part["detail"]
+            images.append({"type": "image_url", "image_url": image})
+        elif kind in ("input_image", "input_file"):
+            # A file id (we hold no files) or a file: the model is told what was there, the log why not.
+            name = next(
+                (part[k] for k in ("filename", "file_id", "file_url") if isinstance(part.get(k), str)), "?"
+            )
+            what = "image" if kind == "input_image" else "file"
+            texts.append(f"[{what} {name!r} omitted: not supported by this gateway]")
+            logger.warning("responses: %s %s in a function call's output replaced by a note", at, kind)
+        else:
+            raise BadRequest(
+                f"'{at}.type' {quoted(kind)!r} is not supported in a function call's output; this gateway "
+                "takes input_text, output_text, input_image and input_file parts.",
+                f"{at}.type",
+                "invalid_value",
+            )
+    return "".join(texts), images
 
 
 def _message(where: str, item: dict[str, Any]) -> dict[str, Any]:
@@ -440,31 +490,54 @@ class Turn:
 
     @classmethod
     def of_completion(cls, completion: Any) -> Turn:
-        choices = completion.get("choices") if isinstance(completion, dict) else None
-        choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+        """The answer in a chat completion; shapes a provider got wrong are skipped, never raised on (the
+        attempt already counted as a success: a 500 now would answer a good request with a bug)."""
+        completion = completion if isinstance(completion, dict) else {}
+        choices = _list(completion.get("choices"))
+        choice = choices[0] if choices and isinstance(choices[0], dict) else {}
         message: dict[str, Any] = choice["message"] if isinstance(choice.get("message"), dict) else {}
         content = message.get("content")
         if isinstance(content, list):
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+            content = "".join(
+                p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)
+            )
         text = content if isinstance(content, str) else ""
-        if not text and not message.get("tool_calls"):
-            reasoning = message.get("reasoning_content") or message.get("reasoning")
-            text = reasoning if isinstance(reasoning, str) else ""
         calls = []
-        for call in message.get("tool_calls") or ():
+        for call in _list(message.get("tool_calls")):
             if isinstance(call, dict):
                 fn = call["function"] if isinstance(call.get("function"), dict) else {}
+                call_id, name = call.get("id"), fn.get("name")
                 calls.append(
                     {
-                        "id": str(call.get("id") or new_id("call")),
+                        "id": call_id if isinstance(call_id, str) and call_id else new_id("call"),
                         "function": {
-                            "name": str(fn.get("name") or ""),
-                            "arguments": str(fn.get("arguments") or ""),
+                            "name": name if isinstance(name, str) else "",
+                            "arguments": arguments_text(fn.get("arguments")),
                         },
                     }
                 )
-        usage = completion.get("usage") if isinstance(completion, dict) else None
-        return cls(text, calls, choice.get("finish_reason"), usage if isinstance(usage, dict) else None)
+        if not text and not calls:
+            reasoning = message.get("reasoning_content") or message.get("reasoning")
+            text = reasoning if isinstance(reasoning, str) else ""
+        usage = completion.get("usage")
+        return cls(text, calls, _finish(choice), usage if isinstance(usage, dict) else None)
+
+
+def _list(value: Any) -> list[Any]:
+    """A list from provider data, or none: a field of the wrong type is ignored, as chat passes it."""
+    return value if isinstance(value, list) else []
+
+
+def _finish(choice: dict[str, Any]) -> str | None:
+    finish = choice.get("finish_reason")
+    return finish if isinstance(finish, str) and finish else None
+
+
+def arguments_text(value: Any) -> str:
+    """A tool call's arguments as the JSON text Responses carries: some providers send the object itself."""
+    if isinstance(value, str):
+        return value
+    return "" if value is None else _encode(value).decode()
 
 
 def _count(value: Any) -> int:
@@ -539,7 +612,7 @@ class ResponseShell:
         output: list[dict[str, Any]],
         usage: dict[str, Any] | None = None,
         error: dict[str, Any] | None = None,
-        incomplete: bool = False,
+        incomplete: str | None = None,
     ) -> dict[str, Any]:
         return {
             "id": self.response_id,
@@ -548,7 +621,7 @@ class ResponseShell:
             "status": status,
             "background": False,
             "error": error,
-            "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
+            "incomplete_details": {"reason": incomplete} if incomplete else None,
             "model": self.model,
             "output": output,
             "usage": usage,
@@ -560,7 +633,7 @@ class ResponseShell:
 
 def response_of(shell: ResponseShell, turn: Turn, est_input: int) -> dict[str, Any]:
     """A whole Response from a whole answer: its message (if it has text), then its function calls."""
-    incomplete = turn.finish == "length"
+    incomplete = INCOMPLETE_REASONS.get(turn.finish or "")
     status = "incomplete" if incomplete else "completed"
     output: list[dict[str, Any]] = []
     if turn.text or not turn.calls:
@@ -613,7 +686,10 @@ class ResponsesRender(StreamRender):
         self._started = False
         self._text_index: int | None = None
         self._text_id = ""
-        self._calls: dict[int, _OpenCall] = {}  # by the chat delta's `index`
+        self._calls: list[_OpenCall] = []  # in the order they opened
+        self._by_index: dict[int, _OpenCall] = {}  # the latest call opened at each chat delta `index`
+        self._last_call: _OpenCall | None = None  # where a fragment without an index goes
+        self._reasoning: list[str] = []  # the answer's text if it ends with no text and no call
         self._items = 0
         self.turn = Turn()
 
@@ -642,7 +718,7 @@ class ResponsesRender(StreamRender):
         out = [self._start()]
         if isinstance(obj.get("usage"), dict):
             self.turn.usage = obj["usage"]
-        for choice in obj.get("choices") or ():
+        for choice in _list(obj.get("choices")):
             if not isinstance(choice, dict):
                 continue
             delta = choice.get("delta") or {}
@@ -650,11 +726,13 @@ class ResponsesRender(StreamRender):
                 text = delta.get("content")
                 if isinstance(text, str) and text:
                     out.append(self._text(text))
-                for call in delta.get("tool_calls") or ():
+                reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+                if isinstance(reasoning, str):
+                    self._reasoning.append(reasoning)
+                for call in _list(delta.get("tool_calls")):
                     if isinstance(call, dict):
                         out.append(self._call(call))
-            if choice.get("finish_reason"):
-                self.turn.finish = choice["finish_reason"]
+            self.turn.finish = _finish(choice) or self.turn.finish
         return b"".join(out)
 
     def _text(self, text: str) -> bytes:
@@ -684,29 +762,42 @@ class ResponsesRender(StreamRender):
         )
 
     def _call(self, delta: dict[str, Any]) -> bytes:
-        index = delta.get("index")
-        key = index if isinstance(index, int) else len(self._calls)
+        """A tool-call delta. A new `id` starts a new call even at an `index` already seen (some providers
+        number every call 0), and so does a name when there is no `index` (whole calls, one per delta);
+        only a fragment with neither continues: the call at its index, else the last one opened."""
+        index = delta.get("index") if isinstance(delta.get("index"), int) else None
+        call_id = delta.get("id") if isinstance(delta.get("id"), str) and delta.get("id") else None
         fn = delta.get("function")
         fn = fn if isinstance(fn, dict) else {}
-        name, args = fn.get("name"), fn.get("arguments")
+        name, args = fn.get("name"), arguments_text(fn.get("arguments"))
+        name = name if isinstance(name, str) and name else None
+        open_ = self._by_index.get(index) if index is not None else self._last_call
+        new = (
+            open_ is None
+            or (call_id is not None and call_id != open_.call["id"])
+            or (index is None and call_id is None and name is not None)
+        )
         out = b""
-        open_ = self._calls.get(key)
-        if open_ is None:
+        if open_ is None or new:
             call = {
-                "id": str(delta.get("id") or new_id("call")),
-                "function": {"name": name if isinstance(name, str) else "", "arguments": ""},
+                "id": call_id or new_id("call"),
+                "function": {"name": name or "", "arguments": ""},
             }
-            open_ = self._calls[key] = _OpenCall(self._items, new_id("fc"), call)
+            open_ = _OpenCall(self._items, new_id("fc"), call)
             self._items += 1
+            self._calls.append(open_)
+            if index is not None:
+                self._by_index[index] = open_
             self.turn.calls.append(call)
             out = self._event(
                 "response.output_item.added",
                 output_index=open_.output_index,
                 item=call_item(open_.item_id, call, "in_progress"),
             )
-        elif isinstance(name, str) and name and not open_.call["function"]["name"]:
+        elif name is not None and not open_.call["function"]["name"]:
             open_.call["function"]["name"] = name
-        if isinstance(args, str) and args:
+        self._last_call = open_
+        if args:
             open_.call["function"]["arguments"] += args
             out += self._event(
                 "response.function_call_arguments.delta",
@@ -720,7 +811,7 @@ class ResponsesRender(StreamRender):
         items: list[tuple[int, dict[str, Any]]] = []
         if self._text_index is not None:
             items.append((self._text_index, message_item(self._text_id, self.turn.text, status)))
-        for c in self._calls.values():
+        for c in self._calls:
             items.append((c.output_index, call_item(c.item_id, c.call, status)))
         return [item for _, item in sorted(items, key=lambda pair: pair[0])]
 
@@ -756,7 +847,7 @@ class ResponsesRender(StreamRender):
                 )
 
             closing.append((index, text_done))
-        for c in self._calls.values():
+        for c in self._calls:
 
             def call_done(c: _OpenCall = c) -> bytes:
                 return self._event(
@@ -777,9 +868,14 @@ class ResponsesRender(StreamRender):
         return b"".join(out)
 
     async def end(self) -> bytes:
-        incomplete = self.turn.finish == "length"
+        incomplete = INCOMPLETE_REASONS.get(self.turn.finish or "")
         status = "incomplete" if incomplete else "completed"
-        out = self._start() + self._close_items(status)
+        out = self._start()
+        if not self.turn.text and not self._calls and self._reasoning:
+            # A reasoning-only answer: its reasoning is the text, as the whole answer's is
+            # (events/frames.py: normalise_message), so a stream and a whole answer say the same.
+            out += self._text("".join(self._reasoning))
+        out += self._close_items(status)
         usage = usage_object(self.turn.usage, self.est_input, self.turn.text, self.turn.calls)
         response = self.shell.build(status, self._output(status), usage, incomplete=incomplete)
         if self._finished is not None:
@@ -799,13 +895,36 @@ class ResponsesRender(StreamRender):
 # ---- the handlers ----------------------------------------------------------------------------------------
 
 
-def not_found_previous(response_id: str) -> Answer:
+def not_found_previous(response_id: str, missing: str) -> Answer:
+    """The response the client named, or an earlier one its conversation continues (named, so the client
+    knows which turn is gone), is not found."""
+    which = (
+        f"Previous response with id '{quoted(response_id)}'"
+        if missing == response_id
+        else f"Previous response '{quoted(response_id)}' continues response '{quoted(missing)}', which is"
+    )
     return error_answer(
         400,
-        f"Previous response with id '{quoted(response_id)}' not found (unknown, expired, deleted, or "
-        "created with store: false).",
+        f"{which} not found (unknown, expired, deleted, or created with store: false).",
         "invalid_request_error",
         "previous_response_not_found",
+        param="previous_response_id",
+    )
+
+
+def too_long_chain(response_id: str, chain: TooLong, retention: ResponseRetention) -> Answer:
+    if chain.size > retention.max_chain_bytes:
+        mb = retention.max_chain_bytes / (1024 * 1024)
+        why = f"its last {chain.turns} stored turns hold more than {mb:g} MB of messages (the largest "
+        why += "request this gateway takes, [server] max_body_mb)"
+    else:
+        why = f"it has more than {MAX_CHAIN} turns"
+    return error_answer(
+        400,
+        f"The conversation ending with response '{quoted(response_id)}' is too long to continue by "
+        f"reference: {why}. Start a new conversation, sending what you want to keep of it as 'input'.",
+        "invalid_request_error",
+        "conversation_too_long",
         param="previous_response_id",
     )
 
@@ -816,8 +935,10 @@ async def handle(runtime: Runtime, raw: bytes, request_id: str, headers: Headers
         history: list[dict[str, Any]] = []
         if call.previous_response_id is not None:
             chain = await runtime.responses.chain(call.previous_response_id)
-            if chain is None:
-                return not_found_previous(call.previous_response_id)
+            if isinstance(chain, Missing):
+                return not_found_previous(call.previous_response_id, chain.response_id)
+            if isinstance(chain, TooLong):
+                return too_long_chain(call.previous_response_id, chain, runtime.responses.retention)
             for earlier in chain:
                 history.extend(_decode(earlier.messages))
         req = call.chat_request(history, request_id, headers.get("x-session-id"))

@@ -198,6 +198,7 @@ def routing_settings(config: Config, keys: list[tuple[str, str, str, KeySource]]
             retention_s=config.responses.retention_days * 86400,
             max_indexed=config.responses.max_indexed,
             cache_bytes=int(config.responses.cache_mb * 1024 * 1024),
+            max_chain_bytes=config.limits.max_body_bytes,
         ),
         sessions=SessionPolicy(
             protection={p.name: p.protection for p in config.platforms.values()},

@@ -16,7 +16,7 @@ import trio
 import trio.testing
 
 from actors.log_writer import LogWriter
-from actors.responses import ResponseRetention, ResponseStore, StoredResponse
+from actors.responses import Missing, ResponseRetention, ResponseStore, StoredResponse, TooLong
 from events.sqlite_store import SqliteStore
 from events.store import LogStore, MemoryStore
 from events.types import KeyDisabled, ResponseDeleted, ResponseStored
@@ -83,7 +83,7 @@ async def test_a_response_is_found_before_the_log_commits_it_and_chains_oldest_f
         await responses.stored(turn(2, previous=1), "req_2")
         assert [e for _, e in store.read_after(0)] == []  # not committed yet ...
         chain = await responses.chain("resp_2")  # ... and found
-        assert chain is not None and [r.response_id for r in chain] == ["resp_1", "resp_2"]
+        assert isinstance(chain, list) and [r.response_id for r in chain] == ["resp_1", "resp_2"]
         await committed(log)
         events = [e for _, e in store.read_after(0) if isinstance(e, ResponseStored)]
         assert [(e.response_id, e.request_id, e.previous_response_id) for e in events] == [
@@ -92,7 +92,7 @@ async def test_a_response_is_found_before_the_log_commits_it_and_chains_oldest_f
         ]
         assert events[1].messages == turn(2, previous=1).messages
         assert await responses.get("resp_9") is None
-        assert await responses.chain("resp_9") is None
+        assert await responses.chain("resp_9") == Missing("resp_9")
 
 
 async def test_a_start_rebuilds_the_index_within_the_retention(autojump_clock: trio.abc.Clock) -> None:
@@ -167,9 +167,56 @@ async def test_a_rebuild_from_sqlite_runs_in_a_thread_and_lookups_wait_for_it(tm
     with trio.fail_after(10):
         async with running(writer, ResponseRetention(cache_bytes=1)) as (responses, log):
             chain = await responses.chain("resp_2")  # asked at once: answered once the index is rebuilt
-            assert chain is not None and [r.response_id for r in chain] == ["resp_0", "resp_1", "resp_2"]
+            assert isinstance(chain, list) and [r.response_id for r in chain] == [
+                "resp_0",
+                "resp_1",
+                "resp_2",
+            ]
             assert responses.statistics().log_reads == 3  # nothing fits the cache: read in a thread
             await responses.stored(turn(3, 2), "req_3")
             await committed(log)
             assert (await responses.get("resp_3")) == turn(3, 2)
     writer.close()
+
+
+async def test_a_chain_names_the_turn_that_is_gone_and_stops_past_its_byte_budget(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    store, clock = MemoryStore(), Clock()
+    one = turn(0).messages_bytes
+    async with running(store, ResponseRetention(max_chain_bytes=3 * one), clock) as (responses, log):
+        for n in range(5):
+            clock.now = NOW + n
+            await responses.stored(turn(n, None if n == 0 else n - 1, ts=clock.now), f"req_{n}")
+        chain = await responses.chain("resp_2")
+        assert isinstance(chain, list) and len(chain) == 3  # exactly the budget
+        assert await responses.chain("resp_4") == TooLong(4, 4 * one)  # followed no further
+        assert await responses.delete("resp_3") is True
+        assert await responses.chain("resp_4") == Missing("resp_3")  # the ancestor, not the id asked for
+        clock.now = NOW + 30 * DAY + 0.5  # resp_0 has expired, resp_1 not yet
+        assert await responses.chain("resp_1") == Missing("resp_0")
+        await committed(log)
+
+
+async def test_a_response_whose_append_was_cancelled_is_forgotten_not_pinned(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    store = MemoryStore()
+    log = LogWriter(store, after=0, inbox_size=1)  # not running: its inbox stays full
+    responses = ResponseStore(log, store, upto=0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(responses.run)
+        await responses.stored(turn(1), "req_1")  # fills the inbox
+        with trio.move_on_after(1) as waited:  # the client goes while the log's inbox is full
+            await responses.stored(turn(2, previous=1), "req_2")
+        assert waited.cancelled_caught
+        assert await responses.get("resp_2") is None  # never in the log: not kept, never to be evicted
+        stats = responses.statistics()
+        assert (stats.indexed, stats.cached, stats.cached_bytes) == (1, 1, turn(1).size)
+        nursery.cancel_scope.cancel()
+
+
+def test_a_response_s_size_is_its_utf8_bytes() -> None:
+    wide = StoredResponse("resp_1", None, '[{"content":"' + "é" * 100 + '"}]', '{"t":"日本"}', NOW)
+    assert wide.messages_bytes == len('[{"content":""}]') + 200
+    assert wide.size == wide.messages_bytes + len('{"t":""}') + 6 + 200

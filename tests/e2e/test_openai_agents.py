@@ -12,6 +12,7 @@ import asyncio
 
 import agents
 import openai
+import pytest
 import trio
 from harness import GATEWAY_KEY, running_gateway
 from test_streams import events_of
@@ -104,3 +105,47 @@ async def test_a_streamed_agent_gets_past_a_stall_and_a_failure_before_its_first
     # are cooling).
     assert tried == ["stall-pre:30", "fail:500", "tool-once", "tool-once"]
     assert {e.protocol for e in events_of(gw.data_dir, "request_received")} == {"responses"}
+
+
+PIXEL = "data:image/png;base64,iVBORw0KGgo="
+
+
+@agents.function_tool
+def screenshot(page: str) -> list[agents.ToolOutputText | agents.ToolOutputImage]:
+    """A screenshot of a page."""
+    return [agents.ToolOutputText(text=f"{page} as shown"), agents.ToolOutputImage(image_url=PIXEL)]
+
+
+def run_screenshot_agent(base_url: str) -> None:
+    async def main() -> None:
+        client = openai.AsyncOpenAI(base_url=base_url, api_key=GATEWAY_KEY, max_retries=0, timeout=10)
+        try:
+            agent = agents.Agent(
+                name="looker",
+                tools=[screenshot],
+                model=agents.OpenAIResponsesModel(model="tool-once", openai_client=client),
+            )
+            await agents.Runner.run(agent, "Look at the home page.", max_turns=2)
+        finally:
+            await client.close()
+
+    agents.set_tracing_disabled(True)
+    asyncio.run(main())
+
+
+async def test_a_tool_s_image_output_reaches_the_model_after_the_tool_message(tmp_path):
+    """The SDK sends a ToolOutputImage as an `input_image` in the function_call_output (once a 400 that
+    every later turn repeated). `tool-once` reads the user message that carries the image as a new
+    question and calls the tool again, so the run stops at its max_turns; the second turn is the point."""
+    with trio.fail_after(30):
+        async with running_gateway(tmp_path, ["tool-once"]) as gw:
+            with pytest.raises(agents.MaxTurnsExceeded):
+                await trio.to_thread.run_sync(run_screenshot_agent, gw.base_url)
+    chats = [r.body for r in gw.upstream.requests if r.path == "/v1/chat/completions"]
+    assert len(chats) == 2
+    tool, images = chats[1]["messages"][-2:]
+    assert tool["role"] == "tool" and tool["content"] == "example as shown"
+    assert images["role"] == "user" and images["content"][1] == {
+        "type": "image_url",
+        "image_url": {"url": PIXEL},
+    }

@@ -432,3 +432,25 @@ async def test_a_restart_keeps_previous_response_id_working(tmp_path):
         {"role": "user", "content": "again"},
     ]
     assert gw.runtime.responses.statistics().indexed == 2
+
+
+async def test_a_chain_with_a_turn_deleted_in_the_middle_names_that_turn(tmp_path):
+    with trio.fail_after(20):
+        async with running_gateway(tmp_path, MODELS) as gw:
+            client = async_client(gw.base_url)
+            try:
+                first = await client.responses.create(model="echo", input="one")
+                second = await client.responses.create(
+                    model="echo", input="two", previous_response_id=first.id
+                )
+                third = await client.responses.create(
+                    model="echo", input="three", previous_response_id=second.id
+                )
+                await client.responses.delete(second.id)
+                with pytest.raises(openai.BadRequestError) as refused:
+                    await client.responses.create(model="echo", input="four", previous_response_id=third.id)
+            finally:
+                await client.close()
+    error = refused.value
+    assert error.code == "previous_response_not_found" and error.param == "previous_response_id"
+    assert f"'{third.id}' continues response '{second.id}', which is not found" in error.message

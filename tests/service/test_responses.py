@@ -15,7 +15,7 @@ import msgspec
 import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 
-from actors.responses import ResponseRetention
+from actors.responses import ResponseRetention, TooLong
 from actors.stream import Routed
 from events.attempts import Failure
 from events.frames import Chunk
@@ -28,6 +28,7 @@ from service.responses import (
     parse_responses_request,
     response_of,
     stored_turn,
+    too_long_chain,
 )
 from service.server import routing_settings
 
@@ -156,6 +157,9 @@ def test_tool_settings_go_to_the_provider_only_with_tools() -> None:
         ({"input": "hi", "text": {"format": {"type": "xml"}}}, "text.format.type"),
         ({"input": "hi", "text": {"format": {"type": "json_schema", "schema": {}}}}, "text.format.name"),
         ({"input": "hi", "parallel_tool_calls": "no"}, "parallel_tool_calls"),
+        ({"input": "hi", "conversation": "conv_123"}, "conversation"),
+        ({"input": "hi", "conversation": {"id": "conv_123"}}, "conversation"),
+        ({"input": "hi", "prompt": {"id": "pmpt_1"}}, "prompt"),
     ],
 )
 def test_wrong_types_are_a_400_naming_the_field(body: dict[str, Any], param: str) -> None:
@@ -333,13 +337,195 @@ def test_a_whole_answer_sent_as_one_chunk_renders_and_a_truncation_is_incomplete
 def test_the_responses_table_sets_the_store_s_retention(tmp_path: Path) -> None:
     path = tmp_path / "switchboard.toml"
     path.write_text(
-        "[catalog]\nbuiltin = false\n[responses]\nretention_days = 7\nmax_indexed = 50\ncache_mb = 2\n"
+        "[server]\nmax_body_mb = 4\n[catalog]\nbuiltin = false\n"
+        "[responses]\nretention_days = 7\nmax_indexed = 50\ncache_mb = 2\n"
     )
     settings = routing_settings(load_config(path, {}))
-    assert settings.responses == ResponseRetention(7 * 86400, 50, 2 * 1024 * 1024)
+    # A chain may hold as much as one request body may: the conversation sent whole would be refused.
+    assert settings.responses == ResponseRetention(7 * 86400, 50, 2 * 1024 * 1024, 4 * 1024 * 1024)
     path.write_text("[catalog]\nbuiltin = false\n")
     assert routing_settings(load_config(path, {})).responses == ResponseRetention()  # 30 days, 100k, 64 MB
     path.write_text("[catalog]\nbuiltin = false\n[responses]\nretention_days = 0\n")
     with pytest.raises(ConfigError) as bad:
         load_config(path, {})
     assert bad.value.key == "responses.retention_days"
+
+
+# ---- provider shapes the stream must not merge or trip on ------------------------------------------------
+
+
+def rendered(chunks: list[dict[str, Any]], render: ResponsesRender | None = None) -> list[dict[str, Any]]:
+    """The events of a whole stream of chat chunks, every one validated by the SDK's type."""
+    render = render or ResponsesRender(shell(), est_input=5)
+    out = render.routed(Routed("local/ok", 1), in_headers=True)
+    for obj in chunks:
+        out += render.chunk(Chunk(msgspec.json.encode(obj), obj))
+    events = parse_sse(out + run(render.end()))
+    for event in events:
+        validated(event)
+    return events
+
+
+def delta(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+    return {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+
+def tool_delta(args: str, *, index: int | None = None, **fields: Any) -> dict[str, Any]:
+    call: dict[str, Any] = {**fields, "function": {"arguments": args}}
+    if "name" in fields:
+        call["function"]["name"] = call.pop("name")
+    if index is not None:
+        call["index"] = index
+    return delta({"tool_calls": [call]})
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        pytest.param(  # Google's OpenAI-compatible endpoint: whole calls, no index
+            [tool_delta('{"x":1}', id="c1", name="a"), tool_delta('{"y":2}', id="c2", name="b")],
+            id="no-index",
+        ),
+        pytest.param(  # every call numbered 0, told apart by its id
+            [
+                tool_delta('{"x":', index=0, id="c1", name="a"),
+                tool_delta("1}", index=0),
+                tool_delta('{"y":2}', index=0, id="c2", name="b"),
+            ],
+            id="index-0-new-id",
+        ),
+        pytest.param(  # no index: a fragment with neither id nor name continues the last call
+            [
+                tool_delta('{"x":', id="c1", name="a"),
+                tool_delta("1}"),
+                tool_delta('{"y":2}', name="b"),
+            ],
+            id="no-index-fragments",
+        ),
+    ],
+)
+def test_tool_calls_are_told_apart_by_id_and_name_not_only_by_index(chunks: list[dict[str, Any]]) -> None:
+    final = rendered(chunks)[-1]["response"]
+    calls = [(item["name"], item["arguments"]) for item in final["output"]]
+    assert calls == [("a", '{"x":1}'), ("b", '{"y":2}')]
+    assert final["output"][0]["call_id"] == "c1"
+
+
+def test_images_in_function_call_outputs_follow_the_tool_messages_and_files_are_named(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    image = {"type": "input_image", "image_url": "data:image/png;base64,AAAA", "detail": "low"}
+    pdf = {"type": "input_file", "filename": "report.pdf", "file_data": "data:application/pdf;base64,JVBE"}
+    body = {
+        "model": "auto",
+        "input": [
+            {"role": "user", "content": "screenshot it and read the report"},
+            {"type": "function_call", "call_id": "c1", "name": "screenshot", "arguments": "{}"},
+            {"type": "function_call", "call_id": "c2", "name": "read", "arguments": "{}"},
+            {
+                "type": "function_call_output",
+                "call_id": "c1",
+                "output": [{"type": "input_text", "text": "caption"}, image],
+            },
+            {"type": "function_call_output", "call_id": "c2", "output": [pdf]},
+            {"role": "user", "content": "well?"},
+        ],
+    }
+    with caplog.at_level("WARNING", "switchboard.responses"):
+        messages = parse_responses_request(msgspec.json.encode(body)).messages
+    assert messages[2:] == [
+        {"role": "tool", "tool_call_id": "c1", "content": "caption"},
+        {
+            "role": "tool",
+            "tool_call_id": "c2",
+            "content": "[file 'report.pdf' omitted: not supported by this gateway]",
+        },
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "The images function call c1 returned:"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA", "detail": "low"}},
+            ],
+        },
+        {"role": "user", "content": "well?"},
+    ]
+    assert "input[4].output[0]" in caplog.text and "JVBE" not in caplog.text
+    # The last item may be the output: its images still follow it.
+    last = parse_responses_request(msgspec.json.encode({**body, "input": body["input"][:4]})).messages
+    assert [m["role"] for m in last] == ["user", "assistant", "tool", "user"]
+
+
+def test_a_reasoning_only_stream_answers_with_its_reasoning_as_the_whole_answer_does() -> None:
+    chunks = [delta({"reasoning_content": "The answer "}), delta({"reasoning": "is 4."}, "stop")]
+    events = rendered(chunks)
+    assert [e["type"] for e in events[2:]] == [
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    final = events[-1]["response"]
+    assert final["output"][0]["content"][0]["text"] == "The answer is 4."
+    whole = {"choices": [{"index": 0, "message": {"reasoning_content": "The answer is 4."}}]}
+    assert Turn.of_completion(whole).text == "The answer is 4."
+    # Beside text, reasoning is not the answer.
+    text = rendered([delta({"reasoning_content": "hmm"}), delta({"content": "4"}, "stop")])
+    assert text[-1]["response"]["output"][0]["content"][0]["text"] == "4"
+
+
+def test_tool_arguments_sent_as_an_object_become_json_text_in_both_paths() -> None:
+    fn = {"name": "weather", "arguments": {"city": "Paris", "days": [1, 2]}}
+    whole = {"choices": [{"index": 0, "message": {"tool_calls": [{"id": "c1", "function": fn}]}}]}
+    (call,) = Turn.of_completion(whole).calls
+    assert json.loads(call["function"]["arguments"]) == fn["arguments"]
+    events = rendered([delta({"tool_calls": [{"index": 0, "id": "c1", "function": fn}]}, "tool_calls")])
+    (item,) = events[-1]["response"]["output"]
+    assert json.loads(item["arguments"]) == fn["arguments"]
+
+
+def test_a_content_filter_finish_is_incomplete_for_that_reason_in_both_paths() -> None:
+    whole = {"choices": [{"index": 0, "message": {"content": "I can"}, "finish_reason": "content_filter"}]}
+    response = response_of(shell(), Turn.of_completion(whole), 5)
+    assert response["status"] == "incomplete"
+    assert response["incomplete_details"] == {"reason": "content_filter"}
+    Response.model_validate(response)
+    final = rendered([delta({"content": "I can"}, "content_filter")])[-1]
+    assert final["type"] == "response.incomplete"
+    assert final["response"]["incomplete_details"] == {"reason": "content_filter"}
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"content": "ok", "tool_calls": 5},
+        {"content": "ok", "tool_calls": [1, "x", None]},
+        {"content": [{"text": 5}, {"type": "text", "text": "ok"}, 3]},
+        {"content": "ok", "tool_calls": [{"id": 7, "function": {"name": ["f"], "arguments": None}}]},
+    ],
+)
+def test_odd_provider_shapes_are_skipped_not_raised_on(message: dict[str, Any]) -> None:
+    whole = {"choices": [{"index": 0, "message": message, "finish_reason": {"odd": 1}}]}
+    turn = Turn.of_completion(whole)
+    assert turn.text == "ok" and turn.finish is None
+    assert all(isinstance(c["id"], str) and c["function"]["name"] == "" for c in turn.calls)
+    Response.model_validate(response_of(shell(), turn, 5))
+    chunk = {"choices": [{"index": 0, "delta": message, "finish_reason": {"odd": 1}}]}
+    events = rendered([chunk])
+    assert events[-1]["type"] == "response.completed"
+    for odd in ({"choices": 5}, {"choices": [5, None]}, {"choices": None}, {"choices": [{"delta": 3}]}):
+        assert Turn.of_completion(odd) == Turn()
+        assert rendered([odd])[-1]["type"] == "response.completed"
+
+
+def test_a_chain_past_its_budget_is_a_400_saying_to_start_anew() -> None:
+    answer = too_long_chain(
+        "resp_9", TooLong(7, 5_000_000), ResponseRetention(max_chain_bytes=4 * 1024 * 1024)
+    )
+    assert answer.status == 400 and isinstance(answer.body, bytes)
+    error = json.loads(answer.body)["error"]
+    assert error["code"] == "conversation_too_long" and error["param"] == "previous_response_id"
+    assert "'resp_9' is too long to continue by reference" in error["message"]
+    assert "7 stored turns hold more than 4 MB" in error["message"] and "'input'" in error["message"]
