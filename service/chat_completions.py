@@ -20,6 +20,7 @@ from service.edge import (
     Headers,
     error_answer,
     failure_answer,
+    json_body,
     one_line,
     routing_headers,
 )
@@ -76,23 +77,7 @@ class ChatRender(StreamRender):
 
 def parse_chat_request(raw: bytes, request_id: str, session_header: str | None = None) -> ChatRequest:
     """Validate what we must understand; pass everything else through untouched."""
-    if not raw.strip():
-        raise BadRequest(
-            "The request body is empty; send a JSON object with 'model' and 'messages'.", code="invalid_json"
-        )
-    try:
-        body = _decode(raw)
-    except msgspec.DecodeError as exc:
-        raise BadRequest(f"The request body is not valid JSON: {exc}.", code="invalid_json") from None
-    except RecursionError:
-        raise BadRequest("The request body is nested too deeply.", code="invalid_json") from None
-    except UnicodeDecodeError as exc:  # msgspec checks a string's UTF-8 as it decodes it
-        raise BadRequest(
-            f"The request body is not valid UTF-8 (byte {exc.start}); JSON must be UTF-8.",
-            code="invalid_json",
-        ) from None
-    if not isinstance(body, dict):
-        raise BadRequest("The request body must be a JSON object.", code="invalid_json")
+    body = json_body(raw, "'model' and 'messages'")
     messages = body.get("messages")
     if messages is None:
         raise BadRequest(

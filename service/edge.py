@@ -11,7 +11,7 @@ import uuid
 from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 from quart import Response
@@ -159,6 +159,30 @@ class BadRequest(Exception):
         super().__init__(message)
         self.param = param
         self.code = code
+
+
+_decode = msgspec.json.decode
+
+
+def json_body(raw: bytes, needs: str) -> dict[str, Any]:
+    """A request body as every protocol reads it: a JSON object (`needs` names what it must hold, for the
+    message when it is empty), or a BadRequest saying what is wrong with it."""
+    if not raw.strip():
+        raise BadRequest(f"The request body is empty; send a JSON object with {needs}.", code="invalid_json")
+    try:
+        body = _decode(raw)
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"The request body is not valid JSON: {exc}.", code="invalid_json") from None
+    except RecursionError:
+        raise BadRequest("The request body is nested too deeply.", code="invalid_json") from None
+    except UnicodeDecodeError as exc:  # msgspec checks a string's UTF-8 as it decodes it
+        raise BadRequest(
+            f"The request body is not valid UTF-8 (byte {exc.start}); JSON must be UTF-8.",
+            code="invalid_json",
+        ) from None
+    if not isinstance(body, dict):
+        raise BadRequest("The request body must be a JSON object.", code="invalid_json")
+    return body
 
 
 @dataclass

@@ -30,6 +30,7 @@ from service.edge import (
     Headers,
     error_answer,
     failure_answer,
+    json_body,
     quoted,
     routing_headers,
 )
@@ -85,23 +86,7 @@ class EmbeddingsBody(msgspec.Struct, frozen=True):
 
 def parse_embeddings_request(raw: bytes) -> EmbeddingsBody:
     """Validate what the gateway reads; other fields pass through to the provider untouched."""
-    if not raw.strip():
-        raise BadRequest(
-            "The request body is empty; send a JSON object with 'model' and 'input'.", code="invalid_json"
-        )
-    try:
-        body = _decode(raw)
-    except msgspec.DecodeError as exc:
-        raise BadRequest(f"The request body is not valid JSON: {exc}.", code="invalid_json") from None
-    except RecursionError:
-        raise BadRequest("The request body is nested too deeply.", code="invalid_json") from None
-    except UnicodeDecodeError as exc:  # msgspec checks a string's UTF-8 as it decodes it
-        raise BadRequest(
-            f"The request body is not valid UTF-8 (byte {exc.start}); JSON must be UTF-8.",
-            code="invalid_json",
-        ) from None
-    if not isinstance(body, dict):
-        raise BadRequest("The request body must be a JSON object.", code="invalid_json")
+    body = json_body(raw, "'model' and 'input'")
     model = body.get("model")
     if model is None:
         raise BadRequest(

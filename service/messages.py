@@ -49,7 +49,7 @@ from actors.supervisor import Runtime
 from events.attempts import Failure
 from events.frames import Chunk, normalise_message
 from service.chat_completions import MAX_MODEL_NAME, estimate_tokens, gateway_routing
-from service.edge import Answer, BadRequest, Headers, bearer, failure_answer, routing_headers
+from service.edge import Answer, BadRequest, Headers, bearer, failure_answer, json_body, routing_headers
 from service.protocol import ClientProtocol
 from service.streaming import StreamRender, stream_answer
 
@@ -205,21 +205,7 @@ def input_estimate(chat: dict[str, Any]) -> int:
 
 
 def _body(raw: bytes) -> dict[str, Any]:
-    if not raw.strip():
-        raise BadRequest("The request body is empty; send a JSON object with 'model' and 'messages'.")
-    try:
-        body = _decode(raw)
-    except msgspec.DecodeError as exc:
-        raise BadRequest(f"The request body is not valid JSON: {exc}.") from None
-    except RecursionError:
-        raise BadRequest("The request body is nested too deeply.") from None
-    except UnicodeDecodeError as exc:  # msgspec checks a string's UTF-8 as it decodes it
-        raise BadRequest(
-            f"The request body is not valid UTF-8 (byte {exc.start}); JSON must be UTF-8."
-        ) from None
-    if not isinstance(body, dict):
-        raise BadRequest("The request body must be a JSON object.")
-    return body
+    return json_body(raw, "'model', 'max_tokens' and 'messages'")
 
 
 def _fail(path: str, what: str) -> BadRequest:

@@ -36,6 +36,7 @@ from service.edge import (
     Headers,
     error_answer,
     failure_answer,
+    json_body,
     quart_response,
     quoted,
     routing_headers,
@@ -91,24 +92,7 @@ class ResponsesCall:
 
 
 def _decoded(raw: bytes) -> dict[str, Any]:
-    if not raw.strip():
-        raise BadRequest(
-            "The request body is empty; send a JSON object with 'model' and 'input'.", code="invalid_json"
-        )
-    try:
-        body = _decode(raw)
-    except msgspec.DecodeError as exc:
-        raise BadRequest(f"The request body is not valid JSON: {exc}.", code="invalid_json") from None
-    except RecursionError:
-        raise BadRequest("The request body is nested too deeply.", code="invalid_json") from None
-    except UnicodeDecodeError as exc:
-        raise BadRequest(
-            f"The request body is not valid UTF-8 (byte {exc.start}); JSON must be UTF-8.",
-            code="invalid_json",
-        ) from None
-    if not isinstance(body, dict):
-        raise BadRequest("The request body must be a JSON object.", code="invalid_json")
-    return body
+    return json_body(raw, "'model' and 'input'")
 
 
 def _bad_type(param: str, what: str) -> BadRequest:
