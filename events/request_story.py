@@ -56,6 +56,7 @@ class RequestSummary(msgspec.Struct, frozen=True):
     platform: str | None  # where it was answered (while it runs: its latest attempt's)
     model: str | None
     error: str | None
+    protocol: str = "chat"  # the client protocol it came by (chat, responses, messages, embeddings)
 
 
 def summarize(
@@ -88,6 +89,7 @@ def summarize(
             platform=completed.platform,
             model=completed.model,
             error=completed.error,
+            protocol=received.protocol if received is not None else "chat",
         )
     latest = started[-1] if started else None
     return RequestSummary(
@@ -103,6 +105,7 @@ def summarize(
         platform=latest.platform if latest is not None else None,
         model=latest.model if latest is not None else None,
         error=None,
+        protocol=received.protocol if received is not None else "chat",
     )
 
 

@@ -47,6 +47,7 @@ class ServiceStopped(Event, tag="service_stopped", frozen=True):
 
 # The client protocol a request came in by: chat completions, Responses, Anthropic Messages, embeddings.
 Protocol = Literal["chat", "responses", "messages", "embeddings"]
+PROTOCOLS: tuple[Protocol, ...] = ("chat", "responses", "messages", "embeddings")
 
 
 class RequestReceived(Event, tag="request_received", frozen=True):

@@ -23,7 +23,14 @@ from quart_trio import QuartTrio
 from events.replay import Replayed, re_decide
 from events.request_story import MODES, RequestSummary, Story, story, summarize
 from events.store import LogStore
-from events.types import AttemptStarted, RequestCompleted, RequestReceived, RouteDecided, event_tag
+from events.types import (
+    PROTOCOLS,
+    AttemptStarted,
+    RequestCompleted,
+    RequestReceived,
+    RouteDecided,
+    event_tag,
+)
 from events.view_at import ViewsAt
 from service.admin_context import AdminContext
 from service.edge import error_answer, quart_response, quoted
@@ -81,6 +88,7 @@ class Query:
     platform: str | None = None
     model: str | None = None
     mode: str | None = None
+    protocol: str | None = None
     since: float | None = None
     until: float | None = None
     limit: int = DEFAULT_LIMIT
@@ -88,7 +96,10 @@ class Query:
 
     @property
     def filtered(self) -> bool:
-        return any(v is not None for v in (self.outcome, self.status, self.platform, self.model, self.mode))
+        return any(
+            v is not None
+            for v in (self.outcome, self.status, self.platform, self.model, self.mode, self.protocol)
+        )
 
     def matches(self, s: RequestSummary) -> bool:
         if self.outcome is not None and (s.outcome or "running") != self.outcome:
@@ -98,6 +109,8 @@ class Query:
         if self.platform is not None and s.platform != self.platform:
             return False
         if self.model is not None and self.model not in (s.model, f"{s.platform}/{s.model}"):
+            return False
+        if self.protocol is not None and s.protocol != self.protocol:
             return False
         return self.mode is None or s.mode == self.mode
 
@@ -122,6 +135,7 @@ def parse_query() -> Query:
         platform=request.args.get("platform") or None,
         model=request.args.get("model") or None,
         mode=_choice("mode", MODES),
+        protocol=_choice("protocol", PROTOCOLS),
         since=since,
         until=until,
         limit=limit if limit is not None else DEFAULT_LIMIT,

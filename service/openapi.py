@@ -22,7 +22,7 @@ from quart_trio import QuartTrio
 from events.analytics import BUCKETS, DIMS, WINDOWS, ByDim, Errors, Summary, Timeline
 from events.catalog import VIRTUAL_MODELS
 from events.request_story import MODES, RequestSummary, Story
-from events.types import EVENT_TYPES, event_tag
+from events.types import EVENT_TYPES, PROTOCOLS, event_tag
 from service import __version__
 from service.admin_api import DisableBody, EmptyBody, KeyAddBody, ModelPatch, ResetBody
 from service.admin_auth import COOKIE, CSRF_HEADER, LoginBody
@@ -936,6 +936,7 @@ def _paths(structs: dict[str, Schema]) -> dict[str, dict[str, Schema]]:
                     _query("platform", STR, "where it was answered (or, while it runs, tried last)"),
                     _query("model", STR, "the model (id or platform/id) that answered or was tried last"),
                     _query("mode", {"enum": list(MODES)}, "the mode asked for (named: models named)"),
+                    _query("protocol", {"enum": list(PROTOCOLS)}, "the client protocol it came by"),
                     _query("since", NUM, "received at or after (epoch seconds)"),
                     _query("until", NUM, "received before (epoch seconds; not before since)"),
                     _query(

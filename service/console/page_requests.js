@@ -7,7 +7,8 @@ import { waterfall } from "./charts.js";
 import { badge, clock, coalesce, dateTime, h, ms, num, replace, table } from "./dom.js";
 import * as feed from "./feed.js";
 
-const filters = { outcome: "", platform: "", model: "", mode: "", since: "" };
+const filters = { outcome: "", platform: "", model: "", mode: "", protocol: "", since: "" };
+const PROTOCOL_NAMES = { chat: "chat completions", responses: "Responses", messages: "Messages", embeddings: "embeddings" };
 
 function outcomeBadge(outcome) {
   return badge(outcome === null || outcome === undefined ? "running" : outcome, outcome ? `outcome-${outcome}` : "outcome-running");
@@ -17,6 +18,7 @@ export function requestsPage(root) {
   const error = h("p", { class: "error", role: "alert" });
   const outcome = h("select", { id: "rq-outcome" }, ["", "ok", "error", "client_abort", "running"].map((v) => h("option", { value: v, selected: filters.outcome === v }, v || "any")));
   const mode = h("select", { id: "rq-mode" }, ["", "auto", "auto-fast", "auto-smart", "named"].map((v) => h("option", { value: v, selected: filters.mode === v }, v || "any")));
+  const protocol = h("select", { id: "rq-protocol" }, ["", ...Object.keys(PROTOCOL_NAMES)].map((v) => h("option", { value: v, selected: filters.protocol === v }, v ? PROTOCOL_NAMES[v] : "any")));
   const platform = h("input", { id: "rq-platform", value: filters.platform, autocomplete: "off" });
   const model = h("input", { id: "rq-model", value: filters.model, autocomplete: "off" });
   const since = h("select", { id: "rq-since" }, [["", "any time"], ["3600", "last hour"], ["86400", "last 24 h"], ["604800", "last 7 days"]].map(([v, t]) => h("option", { value: v, selected: filters.since === v }, t)));
@@ -25,6 +27,7 @@ export function requestsPage(root) {
     { class: "filters", "aria-label": "Filter requests" },
     h("div", { class: "field" }, h("label", { for: "rq-outcome" }, "Outcome"), outcome),
     h("div", { class: "field" }, h("label", { for: "rq-mode" }, "Mode"), mode),
+    h("div", { class: "field" }, h("label", { for: "rq-protocol" }, "Protocol"), protocol),
     h("div", { class: "field" }, h("label", { for: "rq-platform" }, "Platform"), platform),
     h("div", { class: "field" }, h("label", { for: "rq-model" }, "Model"), model),
     h("div", { class: "field" }, h("label", { for: "rq-since" }, "Since"), since),
@@ -36,7 +39,7 @@ export function requestsPage(root) {
     h("h1", {}, "Requests"),
     form,
     error,
-    h("table", { class: "grid requests" }, h("thead", {}, h("tr", {}, ["Time", "Request", "Asked for", "Mode", "Outcome", "Attempts", "Latency", "Answered by"].map((c) => h("th", { scope: "col" }, c)))), body),
+    h("table", { class: "grid requests" }, h("thead", {}, h("tr", {}, ["Time", "Request", "Asked for", "Mode", "Protocol", "Outcome", "Attempts", "Latency", "Answered by"].map((c) => h("th", { scope: "col" }, c)))), body),
     more,
   );
   let next = null;
@@ -44,7 +47,7 @@ export function requestsPage(root) {
 
   function query(before) {
     const q = new URLSearchParams({ limit: "50" });
-    for (const [k, v] of Object.entries({ outcome: outcome.value, platform: platform.value.trim(), model: model.value.trim(), mode: mode.value })) if (v) q.set(k, v);
+    for (const [k, v] of Object.entries({ outcome: outcome.value, platform: platform.value.trim(), model: model.value.trim(), mode: mode.value, protocol: protocol.value })) if (v) q.set(k, v);
     if (since.value) q.set("since", String(Date.now() / 1000 - Number(since.value)));
     if (before) q.set("before", before);
     return `/admin/api/requests?${q}`;
@@ -58,6 +61,7 @@ export function requestsPage(root) {
       h("td", { class: "nowrap" }, h("a", { href: `#/requests/${encodeURIComponent(r.id)}` }, r.id)),
       h("td", {}, r.requested, r.stream ? h("span", { class: "muted small" }, " stream") : null),
       h("td", {}, r.mode || "–"),
+      h("td", {}, PROTOCOL_NAMES[r.protocol] || r.protocol || "–"),
       h("td", {}, outcomeBadge(r.outcome), r.status ? h("span", { class: "muted small" }, ` ${r.status}`) : null, r.error ? h("div", { class: "muted small" }, r.error) : null),
       h("td", {}, r.attempts ?? "–"),
       h("td", {}, ms(r.latency_ms)),
@@ -71,7 +75,7 @@ export function requestsPage(root) {
       error.textContent = "";
       const rows = (data.data || []).map(row);
       if (before) body.append(...rows);
-      else replace(body, rows.length ? rows : h("tr", {}, h("td", { colspan: 8, class: "muted" }, "No requests match.")));
+      else replace(body, rows.length ? rows : h("tr", {}, h("td", { colspan: 9, class: "muted" }, "No requests match.")));
       next = data.next_before ?? null;
       more.hidden = next === null;
     } catch (err) {
@@ -81,7 +85,7 @@ export function requestsPage(root) {
 
   form.addEventListener("submit", (ev) => {
     ev.preventDefault();
-    Object.assign(filters, { outcome: outcome.value, platform: platform.value.trim(), model: model.value.trim(), mode: mode.value, since: since.value });
+    Object.assign(filters, { outcome: outcome.value, platform: platform.value.trim(), model: model.value.trim(), mode: mode.value, protocol: protocol.value, since: since.value });
     paged = false;
     load();
   });
@@ -161,6 +165,7 @@ export function requestPage(root, id) {
         { class: "facts" },
         h("dt", {}, "Received"), h("dd", {}, dateTime(r.ts)),
         h("dt", {}, "Asked for"), h("dd", {}, `${r.requested}${r.mode ? ` (mode ${r.mode})` : ""}${r.stream ? ", streaming" : ""}`),
+        h("dt", {}, "Protocol"), h("dd", {}, PROTOCOL_NAMES[r.protocol] || r.protocol || "–"),
         h("dt", {}, "Outcome"), h("dd", {}, outcomeBadge(r.outcome), r.status ? ` ${r.status}` : "", r.error ? ` – ${r.error}` : ""),
         h("dt", {}, "Answered by"), h("dd", {}, r.platform && r.model ? `${r.platform}/${r.model}` : "–"),
         h("dt", {}, "Latency"), h("dd", {}, ms(r.latency_ms)),

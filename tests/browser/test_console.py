@@ -240,6 +240,10 @@ def test_a_fallbacks_request_page_shows_every_attempt(page: Page, gateway: Gatew
     page.get_by_label("Mode", exact=True).select_option("named")
     page.get_by_role("button", name="Apply").click()
     expect(page.locator(f'tr[data-request="{request_id}"]')).to_be_visible()
+    expect(page.locator(f'tr[data-request="{request_id}"]')).to_contain_text("chat completions")
+    page.get_by_label("Protocol", exact=True).select_option("messages")  # it came by chat: filtered out
+    page.get_by_role("button", name="Apply").click()
+    expect(page.locator(f'tr[data-request="{request_id}"]')).to_have_count(0)
 
 
 def test_the_playground_streams_an_answer_and_links_its_request(page: Page) -> None:

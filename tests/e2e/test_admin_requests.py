@@ -79,6 +79,29 @@ async def test_a_fallback_tells_its_story_and_every_decision_reproduces(tmp_path
     assert story["reproduces"] is True
 
 
+async def test_the_list_says_and_filters_by_the_protocol_each_request_came_by(tmp_path):
+    with trio.fail_after(30):
+        async with running_gateway(tmp_path, ["ok"]) as gw:
+            ids = {"chat": (await chat(gw, {"model": "ok"})).headers["x-request-id"]}
+            async with httpx.AsyncClient(base_url=gw.url, headers=AUTH, timeout=10) as client:
+                bodies = {
+                    "responses": ("/v1/responses", {"model": "ok", "input": "hi"}),
+                    "messages": ("/v1/messages", {**HELLO, "model": "ok", "max_tokens": 50}),
+                }
+                for protocol, (path, body) in bodies.items():
+                    resp = await client.post(path, json=body)
+                    assert resp.status_code == 200, resp.text
+                    ids[protocol] = resp.headers["x-request-id"]
+            await settled(gw)
+            listed = (await admin_get(gw, "/admin/api/requests")).json()["data"]
+            assert {r["id"]: r["protocol"] for r in listed} == {v: k for k, v in ids.items()}
+            for protocol, request_id in ids.items():
+                resp = await admin_get(gw, "/admin/api/requests", protocol=protocol)
+                assert [r["id"] for r in resp.json()["data"]] == [request_id]
+            assert (await admin_get(gw, "/admin/api/requests", protocol="embeddings")).json()["data"] == []
+            assert_bad(await admin_get(gw, "/admin/api/requests", protocol="fax"), "protocol")
+
+
 async def test_the_list_filters_and_pages_back_in_time(tmp_path):
     with trio.fail_after(30):
         async with running_gateway(tmp_path, ["ok", "fail:500"]) as gw:
