@@ -32,6 +32,7 @@ from actors.feed import FeedStatistics
 from actors.log_writer import LogWriter, LogWriterStatistics
 from actors.model_health import KeyView, ModelAvailability
 from actors.request import RequestStatistics
+from actors.responses import ResponseStoreStatistics
 from events.failures import FailureKind
 from events.store import Entry
 from events.types import (
@@ -69,6 +70,7 @@ class Live:
     log: LogWriterStatistics
     log_writable: bool
     feed: FeedStatistics
+    responses: ResponseStoreStatistics | None = None  # the stored Responses answers (None: not asked)
 
 
 @dataclass(frozen=True)
@@ -388,6 +390,22 @@ class GatewayMetrics:
             "Times a feed subscriber fell behind its buffer and was caught up from the log.",
             value=live.feed.lagged,
         )
+        if live.responses is not None:
+            yield GaugeMetricFamily(
+                "switchboard_stored_responses",
+                "Stored Responses answers that previous_response_id and GET can find (indexed).",
+                value=live.responses.indexed,
+            )
+            yield GaugeMetricFamily(
+                "switchboard_stored_responses_cache_bytes",
+                "Bytes of stored Responses answers held in memory ([responses] cache_mb bounds it).",
+                value=live.responses.cached_bytes,
+            )
+            yield CounterMetricFamily(
+                "switchboard_stored_responses_log_reads",
+                "Stored Responses answers read back from the log (not in the memory cache).",
+                value=live.responses.log_reads,
+            )
         info = GaugeMetricFamily("switchboard_info", "The gateway's version (always 1).", labels=("version",))
         info.add_metric((self.version,), 1.0)
         yield info

@@ -23,6 +23,7 @@ async def live_values(runtime: Runtime) -> Live:
         log=runtime.log.statistics(),
         log_writable=runtime.log.outage() is None,
         feed=runtime.feed.statistics(),
+        responses=runtime.responses.statistics(),
     )
 
 

@@ -104,6 +104,19 @@ async def test_the_scrape_counts_an_answer_a_fallback_and_a_stream(tmp_path) -> 
     assert 0 < (completions[2].first_content_ms or 0) <= completions[2].latency_ms
 
 
+async def test_stored_responses_are_counted(tmp_path) -> None:
+    async with running_gateway(tmp_path, ["ok"], keys=(UPSTREAM_KEY,)) as gw:
+        async with httpx.AsyncClient(base_url=gw.base_url, headers=AUTH, timeout=10) as client:
+            _, before = await scrape(gw)
+            for store in (True, True, False):
+                resp = await client.post("/responses", json={"model": "ok", "input": "hi", "store": store})
+                assert resp.status_code == 200, resp.text
+        _, found = await scrape(gw)
+    assert value(before, "switchboard_stored_responses") == 0
+    assert value(found, "switchboard_stored_responses") == 2  # store: false is not kept
+    assert (value(found, "switchboard_stored_responses_cache_bytes") or 0) > 0
+
+
 async def test_metrics_need_the_admin_token(tmp_path) -> None:
     async with (
         running_gateway(tmp_path, ["ok"]) as gw,
