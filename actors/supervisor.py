@@ -80,6 +80,7 @@ class Runtime:
     unfinished: Unfinished | None = None  # ... and what it left open
     snapshotter: Snapshotter | None = None
     claude_model: str = "auto-smart"  # what a Claude model name routes as (service/messages.py)
+    messages_max_tokens: int | None = 8192  # `[messages] max_tokens_cap` (None: the client's own)
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ class Settings:
     snapshot_every_events: int = 100_000  # a snapshot of the projections after this many events...
     snapshot_every_s: float = 600.0  # ... or this long after the last one, if anything was folded since
     claude_model: str = "auto-smart"  # `[messages] claude_model`: a Claude model name's mode or model
+    messages_max_tokens: int | None = 8192  # `[messages] max_tokens_cap` (None: "unlimited")
     responses: ResponseRetention = field(default_factory=ResponseRetention)
 
     def new_view(self) -> RoutingView:
@@ -229,6 +231,7 @@ async def run_service(
         left_open,
         snapshotter,
         settings.claude_model,
+        settings.messages_max_tokens,
     )
 
     async with trio.open_nursery() as outer:

@@ -262,6 +262,10 @@ class Messages(_Table, frozen=True):
     # What a Claude model name (`claude-*`) routes as: a mode or a model id of the catalog. Claude clients
     # (Claude Code) name Anthropic's models, which no provider here serves.
     claude_model: Text = "auto-smart"
+    # The most output tokens a Messages request asks a provider for. Claude Code asks for 32,000 and many
+    # free models refuse more than they can give (a 400 on every turn); a client's smaller limit is kept.
+    # "unlimited" forwards the client's own.
+    max_tokens_cap: Limit = 8192
 
 
 class Snapshots(_Table, frozen=True):

@@ -19,7 +19,8 @@ coming and a gateway that refused them would break Claude Code on its next relea
   with an empty signature; without it, reasoning is dropped, as Anthropic sends no thinking unasked.
   An answer that is only reasoning has it as its text, streamed or not (else the client gets nothing).
 - `tools` -> function tools (server tools such as `web_search_*` are refused: no provider runs them),
-  `tool_choice`, `stop_sequences`, `temperature`, `top_p`, `max_tokens`, `stream`.
+  `tool_choice`, `stop_sequences`, `temperature`, `top_p`, `max_tokens` (at most `[messages]
+  max_tokens_cap`: Claude Code asks for 32,000, more than many free models give), `stream`.
 
 A Claude model name (`claude-*`) routes as `[messages] claude_model` (a mode or a model id); any other
 name routes as chat would. The answer's `model` is where it was served (`platform/id`).
@@ -118,7 +119,9 @@ def credential(headers: Headers) -> str:
 
 async def handle(runtime: Runtime, raw: bytes, request_id: str, headers: Headers) -> Answer:
     try:
-        call = parse_messages_request(raw, request_id, runtime.claude_model, session_header(headers))
+        call = parse_messages_request(
+            raw, request_id, runtime.claude_model, session_header(headers), runtime.messages_max_tokens
+        )
     except BadRequest as exc:
         return anthropic_error(400, str(exc), "invalid_request_error")
     req, msg_id = call.req, message_id(request_id)
@@ -174,10 +177,17 @@ class MessagesCall:
 
 
 def parse_messages_request(
-    raw: bytes, request_id: str, claude_model: str, session: str | None = None
+    raw: bytes,
+    request_id: str,
+    claude_model: str,
+    session: str | None = None,
+    max_tokens_cap: int | None = None,
 ) -> MessagesCall:
+    """`max_tokens_cap`: `[messages] max_tokens_cap`, the most output tokens asked of a provider."""
     body = _body(raw)
     chat = translate(body)
+    if max_tokens_cap is not None and chat["max_tokens"] > max_tokens_cap:
+        chat["max_tokens"] = max_tokens_cap
     model = chat["model"]
     mode = claude_model if model.lower().startswith(CLAUDE_PREFIX) else model
     chat["model"] = mode

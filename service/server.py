@@ -166,6 +166,11 @@ def catalog_models(config: Config) -> list[CatalogModel]:
     return [m.catalog_model() for m in config.models if m.platform in config.platforms]
 
 
+def _count_or_none(value: int | str) -> int | None:
+    """A config limit: a number, or None for "unlimited"."""
+    return value if isinstance(value, int) else None
+
+
 def routing_settings(config: Config, keys: list[tuple[str, str, str, KeySource]] | None = None) -> Settings:
     """Everything the runtime (and a replay) needs from the config."""
     t = config.timeouts
@@ -194,6 +199,7 @@ def routing_settings(config: Config, keys: list[tuple[str, str, str, KeySource]]
         snapshot_every_events=config.snapshots.every_events,
         snapshot_every_s=config.snapshots.every_s,
         claude_model=config.messages.claude_model,
+        messages_max_tokens=_count_or_none(config.messages.max_tokens_cap),
         responses=ResponseRetention(
             retention_s=config.responses.retention_days * 86400,
             max_indexed=config.responses.max_indexed,

@@ -100,6 +100,19 @@ async def test_create_answers_a_message_routed_like_chat(tmp_path):
     assert sent["max_tokens"] == 100
 
 
+async def test_claude_codes_large_max_tokens_is_capped_unless_configured_otherwise(tmp_path):
+    for extra, sent in (("", 8192), ('[messages]\nmax_tokens_cap = "unlimited"\n', 32000)):
+        (tmp_path / str(sent)).mkdir()
+        with trio.fail_after(20):
+            async with running_gateway(tmp_path / str(sent), MODELS, extra=extra) as gw:
+                with sync_client(gw.url) as client:
+                    message = await in_thread(
+                        client.messages.create, model="local/ok", max_tokens=32000, messages=HELLO
+                    )
+        assert message.content[0].text == "Hello from ok."
+        assert gw.upstream.requests[-1].body["max_tokens"] == sent
+
+
 async def test_stream_gives_text_and_the_final_message(tmp_path):
     def run(client: anthropic.Anthropic) -> tuple[list[str], Any]:
         with client.messages.stream(model="local/ok", max_tokens=100, messages=HELLO) as stream:

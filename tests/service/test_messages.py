@@ -743,3 +743,12 @@ def test_messages_claude_model_is_configured_and_checked(tmp_path: Path) -> None
     path.write_text('[messages]\nclaude = "auto"\n')
     with pytest.raises(ConfigError):
         load_config(path, {})
+
+
+def test_max_tokens_past_the_cap_is_asked_of_the_provider_as_the_cap() -> None:
+    body = {"model": "auto", "max_tokens": 32000, "messages": [{"role": "user", "content": "hi"}]}
+    raw = msgspec.json.encode(body)
+    assert parse_messages_request(raw, "req_1", "auto-smart", None, 8192).req.body["max_tokens"] == 8192
+    small = msgspec.json.encode({**body, "max_tokens": 512})
+    assert parse_messages_request(small, "req_1", "auto-smart", None, 8192).req.body["max_tokens"] == 512
+    assert parse_messages_request(raw, "req_1", "auto-smart", None, None).req.body["max_tokens"] == 32000
