@@ -104,6 +104,7 @@ class _Runtime:
     responses = _Responses()
     clock = _Clock()
     claude_model = "auto-smart"
+    messages_max_tokens = 8192
 
 
 def bodies(stream: bool) -> dict[str, tuple[ClientProtocol, bytes, dict[str, str]]]:
