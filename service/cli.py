@@ -303,7 +303,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         rows.append(
             (
                 m.ref,
-                m.pool,
+                m.task,
+                m.pool if m.task == "chat" else "-",  # pools order chat routing only
                 str(m.intelligence_rank),
                 str(m.context_window or "-"),
                 "yes" if m.enabled else "no",
@@ -312,7 +313,7 @@ def cmd_models(args: argparse.Namespace) -> int:
                 f"{s.successes}/{s.total}" if s else "-",
             )
         )
-    _table(("MODEL", "POOL", "RANK", "CONTEXT", "ENABLED", "CHAIN", "KEYS", "OK/TOTAL"), rows)
+    _table(("MODEL", "TASK", "POOL", "RANK", "CONTEXT", "ENABLED", "CHAIN", "KEYS", "OK/TOTAL"), rows)
     # Where each platform's keys come from: the variable to set is the first thing a new user needs.
     keyed: dict[str, int] = {}
     for info in view.health.keys.values():

@@ -113,12 +113,12 @@ async def test_read_only_commands_show_the_recorded_configuration(tmp_path, caps
     assert cli.main(["models", "--data-dir", data_dir]) == 0
     models, platforms = capsys.readouterr().out.split("\n\n")
     rows = [line.split() for line in models.splitlines()[1:]]
-    assert [(r[0], r[2], r[6]) for r in rows] == [
+    assert [(r[0], r[3], r[7]) for r in rows] == [
         ("local/echo", "1", "2"),
         ("local/ok", "2", "2"),
         ("local/fail:503", "3", "2"),
     ]
-    assert rows[0][7] == "1/1"
+    assert rows[0][8] == "1/1"
     assert [line.split() for line in platforms.splitlines()[1:]] == [["local", "-", "LOCAL_API_KEY", "2"]]
     assert cli.main(["keys", "list", "--data-dir", data_dir]) == 0
     keys = capsys.readouterr().out.splitlines()[1:]

@@ -203,6 +203,7 @@ def test_models_lists_the_catalog_and_toggles_models(setup, monkeypatch, capsys)
     out = capsys.readouterr().out
     assert out.splitlines()[0].split() == [
         "MODEL",
+        "TASK",
         "POOL",
         "RANK",
         "CONTEXT",
@@ -212,8 +213,8 @@ def test_models_lists_the_catalog_and_toggles_models(setup, monkeypatch, capsys)
         "OK/TOTAL",
     ]
     rows = table(out)
-    assert rows["local/ok"].split() == ["local/ok", "balanced", "1", "8192", "yes", "yes", "1", "-"]
-    assert rows["local/echo"].split() == ["local/echo", "balanced", "2", "-", "yes", "yes", "1", "-"]
+    assert rows["local/ok"].split() == ["local/ok", "chat", "balanced", "1", "8192", "yes", "yes", "1", "-"]
+    assert rows["local/echo"].split() == ["local/echo", "chat", "balanced", "2", "-", "yes", "yes", "1", "-"]
     # ... and where each platform's keys come from.
     assert rows["PLATFORM"].split() == ["PLATFORM", "KIND", "KEY", "VARIABLE", "USABLE", "KEYS"]
     assert rows["local"].split() == ["local", "openai", "LOCAL_API_KEY", "1"]
@@ -223,7 +224,7 @@ def test_models_lists_the_catalog_and_toggles_models(setup, monkeypatch, capsys)
     assert run("models", config=config) == 0
     assert "local/echo" not in table(capsys.readouterr().out)
     assert run("models", "--all", config=config) == 0
-    assert table(capsys.readouterr().out)["local/echo"].split()[4] == "no"
+    assert table(capsys.readouterr().out)["local/echo"].split()[5] == "no"
     assert run("models", "enable", "echo", config=config) == 0  # a bare id that names one model
     assert capsys.readouterr().out.strip() == "enabled local/echo"
 
