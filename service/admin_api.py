@@ -193,7 +193,7 @@ def key_object(view: KeyView) -> dict[str, Any]:
 def chain_positions(details: list[ModelDetail]) -> dict[str, int]:
     """1-based positions of the enabled models in the chain, in the order a decision prefers them with no
     data: by intelligence rank (what `decide` scores), then the catalog's order (what breaks its ties)."""
-    in_chain = [d.model for d in details if d.model.enabled and d.model.fallback]
+    in_chain = [d.model for d in details if d.model.enabled and d.model.fallback and d.model.task == "chat"]
     ordered = sorted(enumerate(in_chain), key=lambda im: (im[1].intelligence_rank, im[0]))
     return {m.ref: pos for pos, (_, m) in enumerate(ordered, start=1)}
 
@@ -204,6 +204,8 @@ def model_object(d: ModelDetail, position: int | None, counters: ModelCounters |
         "ref": m.ref,
         "platform": m.platform,
         "id": m.id,
+        "task": m.task,  # embedding models are never in the chain (their family stands in for them)
+        "family": m.vectors,
         "pool": m.pool,
         "intelligence_rank": m.intelligence_rank,
         "speed_rank": m.speed_rank,

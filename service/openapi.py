@@ -198,6 +198,8 @@ MODEL = _obj(
         "ref": STR,
         "platform": STR,
         "id": STR,
+        "task": {"enum": ["chat", "embedding"]},
+        "family": STR,
         "pool": POOL,
         "intelligence_rank": INT,
         "speed_rank": INT,

@@ -149,8 +149,11 @@ export function modelsPage(root) {
 
   function paint() {
     const chainLength = models.filter((m) => m.chain_position !== null && m.chain_position !== undefined).length;
-    const pools = [...POOLS, ...new Set(models.map((m) => m.pool).filter((p) => !POOLS.includes(p)))];
-    keepFocus(root, () => replace(body, pools.map((pool) => section(pool, models.filter((m) => m.pool === pool), chainLength))));
+    // Embedding models are never in the chain and their pool means nothing: a section of their own.
+    const groupOf = (m) => (m.task === "embedding" ? "embedding" : m.pool);
+    const extra = [...new Set(models.map(groupOf).filter((p) => !POOLS.includes(p) && p !== "embedding"))];
+    const groups = [...POOLS, ...extra, ...(models.some((m) => m.task === "embedding") ? ["embedding"] : [])];
+    keepFocus(root, () => replace(body, groups.map((group) => section(group, models.filter((m) => groupOf(m) === group), chainLength))));
   }
 
   async function load() {

@@ -18,7 +18,7 @@ import pytest
 import trio
 from custom_gateway import gateway_from, model_toml, platform_toml, read_log, server_toml, settled
 from fault_upstream import embedding_vector
-from harness import GATEWAY_KEY
+from harness import ADMIN_HEADERS, ADMIN_TOKEN, GATEWAY_KEY
 
 from events.config_applied import view_of
 from events.types import AttemptStarted, ConfigApplied, RequestReceived, RouteDecided
@@ -200,6 +200,23 @@ async def test_models_lists_embedding_models(tmp_path: Path) -> None:
     tasks = {m["id"]: m.get("task") for m in listed}
     assert tasks["cf/bge-cf"] == tasks["nv/bge-nv"] == tasks["gm/g-embed"] == "embedding"
     assert tasks["cf/ok"] == "chat"
+
+
+async def test_the_admin_api_says_each_models_task_and_family_and_chains_chat_models_only(
+    tmp_path: Path,
+) -> None:
+    def with_admin(upstream_url: str, data_dir: Path) -> str:
+        return platforms()(upstream_url, data_dir) + f'\n[admin]\ntoken = "{ADMIN_TOKEN}"\n'
+
+    with trio.fail_after(20):
+        async with gateway_from(tmp_path, with_admin) as gw:
+            async with httpx.AsyncClient(headers=ADMIN_HEADERS) as http:
+                listed = (await http.get(gw.url + "/admin/api/models")).json()["data"]
+    by_ref = {m["ref"]: m for m in listed}
+    assert (by_ref["cf/bge-cf"]["task"], by_ref["cf/bge-cf"]["family"]) == ("embedding", "bge")
+    assert by_ref["gm/g-embed"]["family"] == "gm/g-embed"  # no family given: its own
+    assert by_ref["cf/ok"]["task"] == "chat" and by_ref["cf/ok"]["chain_position"] == 1
+    assert all(m["chain_position"] is None for m in listed if m["task"] == "embedding")
 
 
 async def test_a_log_with_embeddings_replays_every_decision(tmp_path: Path) -> None:
