@@ -193,6 +193,14 @@ KEY_CHECK = _obj({"key": _ref("Key"), "ok": BOOL, "status": KEY_STATUS, "message
 
 _LIMIT: Schema = _nullable({"type": "integer", "minimum": 1})
 LIMITS = _obj({"rpm": _LIMIT, "rpd": _LIMIT, "tpm": _LIMIT, "tpd": _LIMIT})
+# The session header of chat completions and Responses (Messages takes Claude Code's too: its section).
+SESSION_HEADER: Schema = {
+    "name": "X-Session-Id",
+    "in": "header",
+    "required": False,
+    "description": "names the conversation for pins and thread protection (not empty)",
+    "schema": {"type": "string", "pattern": "\\S"},
+}
 MODEL = _obj(
     {
         "ref": STR,
@@ -591,15 +599,7 @@ def _chat(op_id: str, summary: str, security: Security) -> Schema:
             ),
         },
         (404,),
-        params=[
-            {
-                "name": "X-Session-Id",
-                "in": "header",
-                "required": False,
-                "description": "names the conversation for pins and thread protection (not empty)",
-                "schema": {"type": "string", "pattern": "\\S"},
-            }
-        ],
+        params=[SESSION_HEADER],
         body=_ref("ChatRequest"),
     )
 
@@ -1387,15 +1387,7 @@ def _responses_paths() -> dict[str, dict[str, Schema]]:
                     ),
                 },
                 (404,),
-                params=[
-                    {
-                        "name": "X-Session-Id",
-                        "in": "header",
-                        "required": False,
-                        "description": "names the conversation for pins and thread protection (not empty)",
-                        "schema": {"type": "string", "pattern": "\\S"},
-                    }
-                ],
+                params=[SESSION_HEADER],
                 body=_ref("ResponsesRequest"),
             )
         },

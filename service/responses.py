@@ -300,9 +300,7 @@ def _tool_output(where: str, output: Any) -> tuple[str, list[dict[str, Any]]]:
             raise _bad_type(at, "an object with a string 'type'")
         kind = part["type"]
         if kind in ("input_text", "output_text"):
-            if not isinstance(part.get("text"), str):
-                raise _bad_type(f"{at}.text", "a string")
-            texts.append(part["text"])
+            texts.append(_part_text(at, part))
         elif kind == "input_image" and isinstance(part.get("image_url"), str) and part["image_url"]:
             image: dict[str, Any] = {"url": part["image_url"]}
             if isinstance(part.get("detail"), str):
@@ -326,6 +324,14 @@ def _tool_output(where: str, output: Any) -> tuple[str, list[dict[str, Any]]]:
     return "".join(texts), images
 
 
+def _part_text(at: str, part: dict[str, Any]) -> str:
+    """A text part's text (`input_text` / `output_text`), which must be a string."""
+    text = part.get("text")
+    if not isinstance(text, str):
+        raise _bad_type(f"{at}.text", "a string")
+    return text
+
+
 def _message(where: str, item: dict[str, Any]) -> dict[str, Any]:
     role = item.get("role")
     if not isinstance(role, str) or role not in MESSAGE_ROLES:
@@ -345,9 +351,7 @@ def _message(where: str, item: dict[str, Any]) -> dict[str, Any]:
             raise _bad_type(at, "an object with a string 'type'")
         kind = part["type"]
         if kind in ("input_text", "output_text"):
-            if not isinstance(part.get("text"), str):
-                raise _bad_type(f"{at}.text", "a string")
-            parts.append({"type": "text", "text": part["text"]})
+            parts.append({"type": "text", "text": _part_text(at, part)})
         elif kind == "refusal":
             if not isinstance(part.get("refusal"), str):
                 raise _bad_type(f"{at}.refusal", "a string")

@@ -12,6 +12,7 @@ A renderer is made for one stream and may keep state (sequence numbers, open blo
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator
 
 import trio
@@ -38,8 +39,9 @@ def _internal(request_id: str) -> Failure:
     )
 
 
-class StreamRender:
-    """How one protocol writes a stream. Subclasses override what their protocol says differently."""
+class StreamRender(ABC):
+    """How one protocol writes a stream: each protocol says its chunks, its end and its failure; the
+    keep-alive and the routed moment have defaults it may override."""
 
     def keepalive(self) -> bytes:
         """Sent after `keepalive_s` of silence (also the first bytes of a stream committed by the tick)."""
@@ -50,16 +52,17 @@ class StreamRender:
         the response headers already (the stream was committed by its first content, not a keep-alive)."""
         return b""
 
+    @abstractmethod
     def chunk(self, chunk: Chunk) -> bytes:
-        raise NotImplementedError
+        """One neutral chunk in the protocol's form (b"": nothing to write for it)."""
 
+    @abstractmethod
     async def end(self) -> bytes:
         """The normal end. Async: a protocol may record its answer before the client hears it is whole."""
-        raise NotImplementedError
 
+    @abstractmethod
     def failure(self, failure: Failure) -> bytes:
         """A failure after the headers went out (before or after content): the protocol's error event."""
-        raise NotImplementedError
 
 
 async def stream_answer(
